@@ -1,0 +1,134 @@
+"""The model contract: what an ONNX generator must declare in its ``metadata_props``.
+
+Every value is JSON. Keys shared with Deepness and GeoDeep keep their names and meaning;
+the rest live under the ``marsdtm:`` namespace. See docs/model-contract.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from .errors import DtmError
+
+CONTRACT_VERSION = 1
+NAMESPACE = "marsdtm:"
+
+HEIGHT_UNITS = ("gsd", "metres")
+SUN_MODES = ("rotate", "none")
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """Parsed, validated metadata of one generator model."""
+
+    tile_size: int
+    """Side of the square input tile, in pixels."""
+    tiles_overlap: float
+    """Default overlap between neighbouring tiles, in percent of the tile size."""
+    resolution: float
+    """Ground sampling distance of the training data, in cm per pixel (Deepness/GeoDeep)."""
+    standardization_mean: list[float]
+    standardization_std: list[float]
+    height_units: str
+    """``gsd``: heights in units of the input pixel size; ``metres``: heights in metres."""
+    height_reference: str
+    """What the output heights are relative to; ``tile_mean``: each tile has zero mean."""
+    sun_mode: str
+    """``rotate``: the engine rotates each scene so the sun comes from ``sun_azimuth``."""
+    sun_azimuth: float
+    """Canonical sun azimuth in degrees clockwise from image up (only with ``rotate``)."""
+    input_percentiles: list[float]
+    """Scene percentiles mapped to 0 and 1 before standardisation."""
+    version: str
+    training_data: str
+    code_revision: str
+    model_type: str = "regression"
+    contract_version: int = CONTRACT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ``metadata_props`` that declare this contract (values JSON-encoded)."""
+        values = asdict(self)
+        extra = values.pop("extra")
+        props = {}
+        for name, value in values.items():
+            props[_key_of(name)] = json.dumps(value)
+        props.update({k: json.dumps(v) for k, v in extra.items()})
+        return props
+
+
+# Field name -> metadata key. Deepness/GeoDeep keys stay bare; ours are namespaced.
+_SHARED_KEYS = {
+    "model_type",
+    "tile_size",
+    "tiles_overlap",
+    "resolution",
+    "standardization_mean",
+    "standardization_std",
+}
+
+
+def _key_of(name: str) -> str:
+    return name if name in _SHARED_KEYS else NAMESPACE + name
+
+
+REQUIRED_KEYS = tuple(
+    _key_of(name) for name in ModelContract.__dataclass_fields__ if name != "extra"
+)
+
+
+def parse_contract(props: Mapping[str, str], source: str = "the model") -> ModelContract:
+    """Validate ``metadata_props``; refuse a missing or wrong key, naming it."""
+    values = {}
+    for name in ModelContract.__dataclass_fields__:
+        if name == "extra":
+            continue
+        key = _key_of(name)
+        if key not in props:
+            raise DtmError(f"{source} lacks the required metadata key '{key}'.")
+        try:
+            values[name] = json.loads(props[key])
+        except json.JSONDecodeError as exc:
+            raise DtmError(f"{source} has metadata key '{key}' that is not JSON.") from exc
+    known = {_key_of(n) for n in values}
+    extra = {}
+    for key, raw in props.items():
+        if key.startswith(NAMESPACE) and key not in known:
+            try:
+                extra[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                extra[key] = raw
+    contract = ModelContract(**values, extra=extra)
+    _check(contract, source)
+    return contract
+
+
+def _check(c: ModelContract, source: str) -> None:
+    def fail(key: str, why: str) -> None:
+        raise DtmError(f"{source} has an invalid metadata key '{_key_of(key)}': {why}.")
+
+    if c.model_type != "regression":
+        fail("model_type", "expected \"regression\"")
+    if c.contract_version > CONTRACT_VERSION:
+        fail("contract_version", f"this plugin reads contract version {CONTRACT_VERSION}")
+    if not isinstance(c.tile_size, int) or c.tile_size < 16:
+        fail("tile_size", "expected an integer of at least 16")
+    if not 0 <= c.tiles_overlap < 50:
+        fail("tiles_overlap", "expected a percentage from 0 to below 50")
+    if not c.resolution > 0:
+        fail("resolution", "expected a positive number of cm per pixel")
+    if len(c.standardization_mean) != 1 or len(c.standardization_std) != 1:
+        fail("standardization_mean", "expected one value per input channel (one channel)")
+    if not c.standardization_std[0] > 0:
+        fail("standardization_std", "expected a positive number")
+    if c.height_units not in HEIGHT_UNITS:
+        fail("height_units", f"expected one of {', '.join(HEIGHT_UNITS)}")
+    if c.height_reference != "tile_mean":
+        fail("height_reference", "expected \"tile_mean\"")
+    if c.sun_mode not in SUN_MODES:
+        fail("sun_mode", f"expected one of {', '.join(SUN_MODES)}")
+    lo_hi = c.input_percentiles
+    if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
+        fail("input_percentiles", "expected [low, high] percentiles with low < high")

@@ -1,0 +1,12 @@
+"""Errors the engine raises: each carries one sentence a user can act on."""
+
+
+class DtmError(Exception):
+    """Bad input, a broken model or a failed write; the message is for the user."""
+
+
+class DtmCancelled(DtmError):
+    """The caller asked to stop; nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__("The run was cancelled; no output was written.")

@@ -1,0 +1,1 @@
+"""Mars DTM: a Digital Terrain Model from a single orbital image."""

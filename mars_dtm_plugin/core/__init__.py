@@ -1,0 +1,1 @@
+"""The QGIS-free engine: numpy, GDAL and onnxruntime only."""

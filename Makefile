@@ -31,7 +31,7 @@ zip: build
 lint: venv
 	.venv/bin/ruff check .
 
-test: venv build lint
+test: venv-train build lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # A DTM from the built-in sample scene, with a PNG preview beside it.

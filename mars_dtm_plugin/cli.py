@@ -1,0 +1,95 @@
+"""Command line: ``python -m mars_dtm_plugin predict INPUT OUTPUT [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+from .core.engine import PredictOptions, predict_dtm
+from .core.errors import DtmCancelled, DtmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mars_dtm_plugin",
+        description="Predict a Digital Terrain Model (heights in metres) from one orbital image.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser(
+        "predict", help="predict a DTM GeoTIFF from an image",
+        description="Predict a DTM from INPUT (any raster GDAL reads) and write it to OUTPUT "
+                    "as a Float32 GeoTIFF on the same grid.")
+    predict.add_argument("input", metavar="INPUT", help="georeferenced image")
+    predict.add_argument("output", metavar="OUTPUT", help="DTM GeoTIFF to write")
+    predict.add_argument("--model", help="ONNX generator (default: the bundled model)")
+    predict.add_argument("--band", type=int,
+                         help="band to use (default: 1, or luminance of RGB; 0: luminance)")
+    predict.add_argument("--overlap", type=int, metavar="PX",
+                         help="tile overlap in pixels (default: the model's)")
+    predict.add_argument("--sun-azimuth", type=float, metavar="DEG",
+                         help="where the light comes from, degrees clockwise from north "
+                              "(default: from the product's label or metadata)")
+    predict.add_argument("--sun-elevation", type=float, metavar="DEG",
+                         help="sun elevation above the horizon in degrees")
+    predict.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="onnxruntime execution provider (default: auto)")
+    predict.add_argument("--pixel-size", type=float, metavar="M",
+                         help="pixel size in metres, for images without georeferencing")
+    predict.add_argument("--batch-size", type=int, default=4, help="tiles per model call")
+    predict.add_argument("--quiet", action="store_true", help="print errors only")
+    return parser
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; silent otherwise."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.started = time.perf_counter()
+
+    def __call__(self, fraction: float) -> None:
+        if not self.enabled:
+            return
+        filled = int(30 * fraction)
+        elapsed = time.perf_counter() - self.started
+        self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f}% "
+                          f"{elapsed:6.1f} s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = PredictOptions(
+        model_path=args.model, band=args.band, overlap_px=args.overlap,
+        sun_azimuth=args.sun_azimuth, sun_elevation=args.sun_elevation,
+        provider=args.provider, pixel_size=args.pixel_size, batch_size=args.batch_size)
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    bar = ProgressBar() if not args.quiet else None
+    try:
+        report = predict_dtm(args.input, args.output, options, progress=bar,
+                             is_cancelled=lambda: bool(interrupted))
+    except DtmCancelled as exc:
+        _fail(bar, exc)
+        return 130
+    except DtmError as exc:
+        _fail(bar, exc)
+        return 1
+    if bar:
+        bar.close()
+        for line in report.messages:
+            print(line)
+        print(f"Done in {report.seconds:.1f} s")
+    return 0
+
+
+def _fail(bar: ProgressBar | None, exc: Exception) -> None:
+    if bar:
+        bar.close()
+    print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,342 @@
+"""One image in, one seamless DTM out: the pipeline every front end (CLI, QGIS) calls.
+
+Pass 1 runs the model over overlapping tiles and parks each tile's heights in a temporary file,
+measuring how neighbours disagree; pass 2 blends the offset-corrected tiles strip by strip into
+the output. Memory stays flat in the raster's size.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .contract import ModelContract
+from .errors import DtmCancelled, DtmError
+from .model import Generator, default_model_path, onnxruntime_missing_message
+from .raster import InputRaster, gdal_exceptions, sun_from_product
+from .stitch import OffsetProblem, blend_ramps
+from .tiling import Rotation, Tile, tile_grid
+from .writer import BLOCK, DtmWriter, check_output_path
+
+__all__ = [
+    "PredictOptions", "RunReport", "default_model_path", "onnxruntime_missing_message",
+    "predict_dtm",
+]
+
+Progress = Callable[[float], None]
+MODEL_SHARE = 0.9  # share of the progress bar for pass 1
+
+
+@dataclass
+class PredictOptions:
+    model_path: str | None = None
+    """ONNX generator; None for the bundled model."""
+    band: int | None = None
+    """Band number; None: band 1, or the luminance of an RGB(A) raster; 0: luminance."""
+    overlap_px: int | None = None
+    """Overlap of neighbouring tiles in pixels; None: the model's default."""
+    sun_azimuth: float | None = None
+    """Degrees clockwise from north, where the light comes from; None: from the product."""
+    sun_elevation: float | None = None
+    provider: str = "auto"
+    """auto, cpu or cuda."""
+    pixel_size: float | None = None
+    """Metres per pixel, for rasters without georeferencing."""
+    batch_size: int = 4
+    threads: int | None = None
+
+
+@dataclass
+class RunReport:
+    output_path: str
+    provider: str
+    provider_note: str
+    tiles: int
+    seconds: float
+    pixel_size_m: float
+    sun_azimuth: float | None
+    sun_source: str
+    height_min: float
+    height_max: float
+    messages: list[str] = field(default_factory=list)
+
+
+def predict_dtm(input_path: str, output_path: str, options: PredictOptions | None = None,
+                progress: Progress | None = None,
+                is_cancelled: Callable[[], bool] | None = None,
+                log: Callable[[str], None] | None = None) -> RunReport:
+    """Predict a DTM (heights in metres) for ``input_path`` and write it to ``output_path``."""
+    options = options or PredictOptions()
+    started = time.perf_counter()
+    input_path, output_path = str(input_path), str(output_path)
+    with gdal_exceptions():
+        check_output_path(input_path, output_path)
+        generator = Generator(options.model_path or default_model_path(), options.provider,
+                              options.threads)
+        raster = InputRaster(input_path, options.band, options.pixel_size)
+        try:
+            run = _Run(raster, generator, options, progress, is_cancelled)
+            report = run.execute(output_path)
+        finally:
+            raster.close()
+    report.seconds = time.perf_counter() - started
+    if log:
+        for line in report.messages:
+            log(line)
+    return report
+
+
+class _Run:
+    """State of one prediction: scene mapping, tile grid, tile store, offsets."""
+
+    def __init__(self, raster: InputRaster, generator: Generator, options: PredictOptions,
+                 progress: Progress | None, is_cancelled: Callable[[], bool] | None) -> None:
+        self.raster, self.generator, self.options = raster, generator, options
+        self.contract: ModelContract = generator.contract
+        self.progress = progress or (lambda fraction: None)
+        self.is_cancelled = is_cancelled or (lambda: False)
+        self.sun_azimuth, self.sun_source = self._sun()
+        self.rotation = Rotation(self._rotation_degrees(), self.contract.tile_size)
+        self.grid = tile_grid(raster.width, raster.height, self.rotation.footprint,
+                              self._overlap())
+        self._ramp_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.scale, self.fill = self._intensity_mapping()
+        self.height_scale = (raster.georef.pixel_size_m
+                             if self.contract.height_units == "gsd" else 1.0)
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _sun(self) -> tuple[float | None, str]:
+        azimuth = self.options.sun_azimuth
+        if azimuth is not None:
+            return azimuth % 360, "user"
+        if self.contract.sun_mode == "none":
+            return None, "not needed"
+        azimuth, _ = sun_from_product(self.raster.path, self.raster.dataset)
+        if azimuth is None:
+            raise DtmError("This model needs the sun azimuth and the input's label or metadata "
+                           "does not give it; enter it (degrees clockwise from north).")
+        return azimuth, "label"
+
+    def _rotation_degrees(self) -> float:
+        if self.contract.sun_mode != "rotate" or self.sun_azimuth is None:
+            return 0.0
+        in_image = self.sun_azimuth - self.raster.georef.up_bearing_deg
+        return (self.contract.sun_azimuth - in_image) % 360
+
+    def _overlap(self) -> int:
+        footprint = self.rotation.footprint
+        if self.options.overlap_px is None:
+            return round(footprint * self.contract.tiles_overlap / 100)
+        overlap = self.options.overlap_px
+        if not 0 <= overlap < footprint // 2:
+            raise DtmError(f"The overlap must be from 0 to {footprint // 2 - 1} pixels for "
+                           f"this model, not {overlap}.")
+        return overlap
+
+    def _intensity_mapping(self) -> tuple[tuple[float, float], float]:
+        """One mapping of brightness for the whole scene, from its percentiles."""
+        sample = self.raster.sample()
+        low, high = np.percentile(sample, self.contract.input_percentiles)
+        if not high > low:
+            high = low + 1.0  # a flat image: any scale gives the same, flat, answer
+        mean = self.contract.standardization_mean[0]
+        std = self.contract.standardization_std[0]
+        # x -> ((x - low) / (high - low) - mean) / std, as one multiply-add per pixel.
+        gain = 1.0 / ((high - low) * std)
+        offset = -(low / (high - low) + mean) / std
+        fill = float(np.median(sample)) * gain + offset
+        return (gain, offset), fill
+
+    # -- pass 1: the model --------------------------------------------------------------------
+    def execute(self, output_path: str) -> RunReport:
+        with tempfile.TemporaryFile(dir=Path(output_path).parent, prefix=".marsdtm-") as file:
+            self.store = _TileStore(file, self.grid.tiles)
+            problem = self._predict_tiles()
+            statistics = self._blend(output_path, problem.solve())
+        return self._report(output_path, statistics)
+
+    def _predict_tiles(self) -> OffsetProblem:
+        problem = OffsetProblem(len(self.grid.tiles))
+        recent: dict[int, np.ndarray] = {}
+        batches = list(_chunks(self.grid.tiles, max(1, self.options.batch_size)))
+        with ThreadPoolExecutor(1) as reader:
+            pending = reader.submit(self._prepare, batches[0])
+            for number, batch in enumerate(batches):
+                if self.is_cancelled():
+                    raise DtmCancelled
+                inputs, valids = pending.result()
+                if number + 1 < len(batches):  # read the next batch while the model runs
+                    pending = reader.submit(self._prepare, batches[number + 1])
+                for tile, heights in zip(batch, self._infer(batch, inputs, valids)):
+                    self.store.put(tile, heights)
+                    if heights is not None:
+                        self._compare(problem, recent, tile, heights)
+                self.progress(MODEL_SHARE * (number + 1) / len(batches))
+        return problem
+
+    def _prepare(self, batch: list[Tile]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Model inputs (scaled, nodata filled, rotated) and footprint validity of a batch."""
+        gain, offset = self.scale
+        inputs, valids = [], []
+        for tile in batch:
+            x0, y0, width, height = self.rotation.context(tile)
+            window, valid = self.raster.read(x0, y0, width, height)
+            scaled = window * np.float32(gain) + np.float32(offset)
+            scaled[~valid] = self.fill
+            inputs.append(self.rotation.to_model(scaled, tile))
+            top, left = tile.y0 - y0, tile.x0 - x0
+            valids.append(valid[top : top + tile.height, left : left + tile.width])
+        return np.stack(inputs), valids
+
+    def _infer(self, batch: list[Tile], inputs: np.ndarray,
+               valids: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Heights in metres on each footprint, zero mean over valid pixels, NaN elsewhere."""
+        todo = [i for i, valid in enumerate(valids) if valid.any()]
+        results: list[np.ndarray | None] = [None] * len(batch)
+        if not todo:
+            return results
+        for i, prediction in zip(todo, self.generator.run(inputs[todo])):
+            heights = self.rotation.from_model(prediction, batch[i]) * np.float32(
+                self.height_scale)
+            heights[~valids[i]] = np.nan
+            results[i] = heights - np.float32(np.nanmean(heights))
+        return results
+
+    def _compare(self, problem: OffsetProblem, recent: dict[int, np.ndarray], tile: Tile,
+                 heights: np.ndarray) -> None:
+        """Measure disagreement with the neighbours already predicted (row-major order)."""
+        for other in self.grid.neighbours(tile):
+            if other.index < tile.index and other.index in recent:
+                problem.add_overlap(other, recent[other.index], tile, heights)
+        recent[tile.index] = heights
+        for stale in [i for i in recent if self.grid.tiles[i].row < tile.row - 1]:
+            del recent[stale]
+
+    # -- pass 2: blending ---------------------------------------------------------------------
+    def _blend(self, output_path: str, offsets: np.ndarray) -> tuple[float, float, float, float]:
+        georef = self.raster.georef
+        writer = DtmWriter(output_path, self.raster.width, self.raster.height,
+                           georef.geotransform, georef.crs_wkt)
+        statistics = _Statistics()
+        try:
+            strips = range(0, self.raster.height, BLOCK)
+            for number, y0 in enumerate(strips):
+                if self.is_cancelled():
+                    raise DtmCancelled
+                strip = self._blend_strip(y0, min(y0 + BLOCK, self.raster.height), offsets)
+                writer.write_rows(y0, strip)
+                statistics.add(strip)
+                self.progress(MODEL_SHARE + (1 - MODEL_SHARE) * (number + 1) / len(strips))
+            if statistics.count == 0:
+                raise DtmError("No pixel of the input could be predicted.")
+            writer.finish(statistics.summary())
+        except BaseException:
+            writer.abort()
+            raise
+        return statistics.summary()
+
+    def _blend_strip(self, y0: int, y1: int, offsets: np.ndarray) -> np.ndarray:
+        total = np.zeros((y1 - y0, self.raster.width), np.float32)
+        weight = np.zeros_like(total)
+        for tile in self.grid.tiles:
+            if tile.y1 <= y0 or tile.y0 >= y1 or not self.store.has(tile):
+                continue
+            r0, r1 = max(y0, tile.y0) - tile.y0, min(y1, tile.y1) - tile.y0
+            heights = self.store.rows(tile, r0, r1) + np.float32(offsets[tile.index])
+            ramp_y, ramp_x = self._ramps(tile)
+            w = np.outer(ramp_y[r0:r1], ramp_x)
+            valid = np.isfinite(heights)
+            w[~valid] = 0
+            heights[~valid] = 0
+            rows = slice(tile.y0 + r0 - y0, tile.y0 + r1 - y0)
+            total[rows, tile.x0 : tile.x1] += heights * w
+            weight[rows, tile.x0 : tile.x1] += w
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(weight > 0, total / weight, np.float32(np.nan))
+
+    def _ramps(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        if tile.index not in self._ramp_cache:
+            self._ramp_cache[tile.index] = blend_ramps(tile, self.grid.neighbours(tile))
+        return self._ramp_cache[tile.index]
+
+    def _report(self, output_path: str, statistics: tuple[float, float, float, float]
+                ) -> RunReport:
+        generator, georef = self.generator, self.raster.georef
+        report = RunReport(
+            output_path=output_path, provider=generator.provider,
+            provider_note=generator.provider_note, tiles=len(self.grid.tiles), seconds=0.0,
+            pixel_size_m=georef.pixel_size_m, sun_azimuth=self.sun_azimuth,
+            sun_source=self.sun_source, height_min=statistics[0], height_max=statistics[1])
+        report.messages = [
+            f"Execution provider: {generator.provider}",
+            *([generator.provider_note] if generator.provider_note else []),
+            f"Tiles: {report.tiles} of {self.contract.tile_size} px "
+            f"({self.rotation.footprint} px footprint), scene rotated by "
+            f"{self.rotation.degrees:.1f} degrees",
+            f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
+            + ("not used" if self.sun_azimuth is None
+               else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"),
+            f"Heights: {statistics[0]:.2f} to {statistics[1]:.2f} m",
+            f"Output: {output_path}",
+        ]
+        return report
+
+
+class _TileStore:
+    """Each tile's heights parked in a temporary file between the two passes."""
+
+    def __init__(self, file, tiles: list[Tile]) -> None:
+        self.file = file
+        sizes = [t.width * t.height * 4 for t in tiles]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.present = np.zeros(len(tiles), bool)
+
+    def put(self, tile: Tile, heights: np.ndarray | None) -> None:
+        if heights is None:
+            return
+        self.file.seek(int(self.offsets[tile.index]))
+        self.file.write(np.ascontiguousarray(heights, np.float32).tobytes())
+        self.present[tile.index] = True
+
+    def has(self, tile: Tile) -> bool:
+        return bool(self.present[tile.index])
+
+    def rows(self, tile: Tile, r0: int, r1: int) -> np.ndarray:
+        self.file.seek(int(self.offsets[tile.index]) + r0 * tile.width * 4)
+        data = self.file.read((r1 - r0) * tile.width * 4)
+        return np.frombuffer(data, np.float32).reshape(r1 - r0, tile.width).copy()
+
+
+class _Statistics:
+    """Running minimum, maximum, mean and standard deviation of the written heights."""
+
+    def __init__(self) -> None:
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, values: np.ndarray) -> None:
+        valid = values[np.isfinite(values)].astype(np.float64)
+        if valid.size:
+            self.count += valid.size
+            self.total += valid.sum()
+            self.squares += (valid**2).sum()
+            self.low, self.high = min(self.low, valid.min()), max(self.high, valid.max())
+
+    def summary(self) -> tuple[float, float, float, float]:
+        if not self.count:
+            return 0.0, 0.0, 0.0, 0.0
+        mean = self.total / self.count
+        std = math.sqrt(max(self.squares / self.count - mean**2, 0.0))
+        return float(self.low), float(self.high), mean, std
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,118 @@
+"""The ONNX generator: contract check, execution provider choice, batched inference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .contract import ModelContract, parse_contract
+from .errors import DtmError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+INSTALL_HELP = (
+    "The Python package onnxruntime is not installed in the Python that runs this program. "
+    "Install it there: on Windows, in the OSGeo4W Shell, run 'python -m pip install "
+    "onnxruntime'; on macOS, run '/Applications/QGIS.app/Contents/MacOS/bin/python3 -m pip "
+    "install onnxruntime'; on Linux, run 'python3 -m pip install --user onnxruntime' (or "
+    "onnxruntime-gpu for an NVIDIA GPU). Then restart QGIS."
+)
+
+
+def onnxruntime_missing_message() -> str | None:
+    """None when onnxruntime imports, else how to install it."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return INSTALL_HELP
+    return None
+
+
+def _onnxruntime():
+    # Imported lazily: onnxruntime is not part of QGIS, and its absence must not break imports.
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise DtmError(INSTALL_HELP) from exc
+    return onnxruntime
+
+
+def default_model_path() -> Path:
+    """The generator bundled with the plugin."""
+    return Path(__file__).resolve().parents[1] / "models" / "mars_dtm_generator.onnx"
+
+
+def load_contract(path: str | os.PathLike) -> ModelContract:
+    """The contract of a model file, without building an inference session."""
+    return Generator(path, provider="cpu").contract
+
+
+class Generator:
+    """An onnxruntime session over a contract-carrying generator model."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "auto",
+                 threads: int | None = None) -> None:
+        ort = _onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DtmError(f"The model file '{self.path}' does not exist.")
+        providers, self.provider_note = _choose_providers(ort, provider)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise DtmError(f"The model file '{self.path.name}' is not a valid ONNX model: "
+                           f"{str(exc).splitlines()[0]}") from exc
+        self.provider = self.session.get_providers()[0]
+        if provider == "cuda" and self.provider != PROVIDERS["cuda"]:
+            raise DtmError("CUDA was requested, but it could not start (no usable GPU or "
+                           "CUDA libraries); choose the CPU or auto.")
+        if providers[0] != self.provider:
+            self.provider_note = (f"{providers[0]} could not start (no usable GPU or CUDA "
+                                  f"libraries); running on {self.provider}.")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.contract = parse_contract(meta, source=f"The model '{self.path.name}'")
+        self.input_name, self.max_batch = self._check_io()
+
+    def _check_io(self) -> tuple[str, int | None]:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+            raise DtmError(f"The model '{self.path.name}' must have one input and one output "
+                           "of shape [batch, 1, height, width].")
+        batch = inputs[0].shape[0]
+        return inputs[0].name, batch if isinstance(batch, int) else None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Heights for a [N, H, W] batch of standardised tiles, as [N, H, W]."""
+        x = batch[:, None].astype(np.float32, copy=False)
+        if self.max_batch is None or len(x) <= self.max_batch:
+            return self._run(x)
+        parts = [self._run(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        return np.concatenate(parts)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(None, {self.input_name: x})
+        if out.shape[0] != x.shape[0] or out.shape[-2:] != x.shape[-2:]:
+            raise DtmError(f"The model '{self.path.name}' returned shape {out.shape} for input "
+                           f"{x.shape}; it must return one height per pixel.")
+        return out.reshape(x.shape[0], *x.shape[-2:])
+
+
+def _choose_providers(ort, provider: str) -> tuple[list[str], str]:
+    available = ort.get_available_providers()
+    if provider not in ("auto", *PROVIDERS):
+        raise DtmError(f"Unknown execution provider '{provider}'; use auto, cpu or cuda.")
+    if provider == "cpu":
+        return [PROVIDERS["cpu"]], ""
+    if PROVIDERS["cuda"] in available:
+        return [PROVIDERS["cuda"], PROVIDERS["cpu"]], ""
+    if provider == "cuda":
+        raise DtmError("CUDA was requested, but this onnxruntime has no CUDA support; install "
+                       "onnxruntime-gpu (and the CUDA libraries) or choose the CPU.")
+    return [PROVIDERS["cpu"]], ("No CUDA provider in this onnxruntime (install onnxruntime-gpu "
+                                "to use an NVIDIA GPU); running on CPUExecutionProvider.")

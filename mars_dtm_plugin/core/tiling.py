@@ -1,0 +1,140 @@
+"""The tile grid and the per-tile rotation that puts the sun where the model expects it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A footprint of the output grid that one model tile predicts."""
+
+    index: int
+    row: int
+    col: int
+    x0: int
+    y0: int
+    width: int
+    height: int
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.width
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.height
+
+
+def axis_origins(length: int, size: int, overlap: int) -> list[int]:
+    """Tile starts along one axis; the last tile is flush with the edge, never padded."""
+    if length <= size:
+        return [0]
+    stride = max(1, size - overlap)
+    origins = list(range(0, length - size, stride))
+    return [*origins, length - size]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    tiles: list[Tile]
+    rows: int
+    cols: int
+
+    def at(self, row: int, col: int) -> Tile | None:
+        inside = 0 <= row < self.rows and 0 <= col < self.cols
+        return self.tiles[row * self.cols + col] if inside else None
+
+    def neighbours(self, tile: Tile) -> list[Tile]:
+        """The eight tiles around ``tile`` that exist."""
+        around = (self.at(tile.row + dr, tile.col + dc)
+                  for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc)
+        return [t for t in around if t is not None]
+
+
+def tile_grid(width: int, height: int, footprint: int, overlap: int) -> TileGrid:
+    xs = axis_origins(width, footprint, overlap)
+    ys = axis_origins(height, footprint, overlap)
+    tile_w, tile_h = min(footprint, width), min(footprint, height)
+    tiles = [
+        Tile(r * len(xs) + c, r, c, x0, y0, tile_w, tile_h)
+        for r, y0 in enumerate(ys)
+        for c, x0 in enumerate(xs)
+    ]
+    return TileGrid(tiles, len(ys), len(xs))
+
+
+class Rotation:
+    """Rotates tiles clockwise by ``degrees`` (screen view, row 0 at top) and back.
+
+    Multiples of 90 degrees are exact (``np.rot90``); other angles resample bilinearly and
+    shrink the footprint so that the rotated model tile still covers it.
+    """
+
+    def __init__(self, degrees: float, tile_size: int) -> None:
+        self.degrees = degrees % 360
+        self.tile_size = tile_size
+        quarter = self.degrees / 90
+        self.quarter_turns = round(quarter) % 4 if abs(quarter - round(quarter)) < 1e-6 else None
+        radians = math.radians(self.degrees)
+        self.cos, self.sin = math.cos(radians), math.sin(radians)
+        if self.quarter_turns is None:
+            self.footprint = int(tile_size / (abs(self.cos) + abs(self.sin)))
+        else:
+            self.footprint = tile_size
+
+    def context(self, tile: Tile) -> tuple[int, int, int, int]:
+        """Window (x0, y0, w, h) to read so that the rotated model tile has real neighbours."""
+        if self.quarter_turns is not None:
+            pad_x, pad_y = self.tile_size - tile.width, self.tile_size - tile.height
+            return tile.x0 - pad_x // 2, tile.y0 - pad_y // 2, self.tile_size, self.tile_size
+        radius = math.ceil(self.tile_size * math.sqrt(0.5)) + 2
+        cx, cy = tile.x0 + tile.width // 2, tile.y0 + tile.height // 2
+        return cx - radius, cy - radius, 2 * radius, 2 * radius
+
+    def to_model(self, window: np.ndarray, tile: Tile) -> np.ndarray:
+        """The model tile (tile_size square) cut from the context window, rotated."""
+        if self.quarter_turns is not None:
+            return np.rot90(window, -self.quarter_turns)
+        x0, y0, _, _ = self.context(tile)
+        centre = (tile.x0 + (tile.width - 1) / 2 - x0, tile.y0 + (tile.height - 1) / 2 - y0)
+        grid = np.arange(self.tile_size, dtype=np.float64) - (self.tile_size - 1) / 2
+        u, v = np.meshgrid(grid, grid)
+        su, sv = self._rotate(u, v, -1)
+        return bilinear(window, su + centre[0], sv + centre[1])
+
+    def from_model(self, prediction: np.ndarray, tile: Tile) -> np.ndarray:
+        """The prediction turned back onto the tile's footprint."""
+        if self.quarter_turns is not None:
+            x0, y0, _, _ = self.context(tile)
+            back = np.rot90(prediction, self.quarter_turns)
+            top, left = tile.y0 - y0, tile.x0 - x0
+            return back[top : top + tile.height, left : left + tile.width]
+        u = np.arange(tile.width, dtype=np.float64) - (tile.width - 1) / 2
+        v = np.arange(tile.height, dtype=np.float64) - (tile.height - 1) / 2
+        uu, vv = np.meshgrid(u, v)
+        ru, rv = self._rotate(uu, vv, +1)
+        middle = (self.tile_size - 1) / 2
+        return bilinear(prediction, ru + middle, rv + middle)
+
+    def _rotate(self, u: np.ndarray, v: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray]:
+        # Clockwise on screen with rows pointing down is the usual matrix in (col, row).
+        sin = sign * self.sin
+        return u * self.cos - v * sin, u * sin + v * self.cos
+
+
+def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample ``image`` at fractional (col, row) positions, clamped at the borders."""
+    h, w = image.shape
+    x = np.clip(x, 0, w - 1)
+    y = np.clip(y, 0, h - 1)
+    x0 = np.minimum(np.floor(x).astype(np.intp), w - 2 if w > 1 else 0)
+    y0 = np.minimum(np.floor(y).astype(np.intp), h - 2 if h > 1 else 0)
+    fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)

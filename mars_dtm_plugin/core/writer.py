@@ -1,0 +1,96 @@
+"""The output DTM: Float32 GeoTIFF written block by block under a temporary name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+from .errors import DtmError
+
+NODATA = -99999.0
+BLOCK = 256
+CREATION_OPTIONS = [
+    "TILED=YES", f"BLOCKXSIZE={BLOCK}", f"BLOCKYSIZE={BLOCK}", "COMPRESS=DEFLATE",
+    "PREDICTOR=3", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS",
+]
+
+
+def check_output_path(input_path: str, output_path: str) -> None:
+    """Refuse an output that would overwrite the input or cannot be written."""
+    out = Path(output_path)
+    if out.resolve() == Path(input_path).resolve():
+        raise DtmError("The output path is the input path; choose another file name.")
+    if not out.parent.is_dir():
+        raise DtmError(f"The output folder '{out.parent}' does not exist.")
+    if not os.access(out.parent, os.W_OK):
+        raise DtmError(f"The output folder '{out.parent}' is not writable.")
+
+
+class DtmWriter:
+    """Writes rows of heights; only ``finish()`` makes the file appear under its final name."""
+
+    def __init__(self, path: str, width: int, height: int,
+                 geotransform: tuple[float, ...] | None, crs_wkt: str) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}.tif")
+        try:
+            driver = gdal.GetDriverByName("GTiff")
+            self.dataset = driver.Create(str(self.partial), width, height, 1, gdal.GDT_Float32,
+                                         CREATION_OPTIONS)
+        except RuntimeError as exc:
+            raise DtmError(f"Cannot create the output '{self.path}': {exc}") from exc
+        if geotransform is not None:
+            self.dataset.SetGeoTransform(geotransform)
+        if crs_wkt:
+            # WKT, not an authority code: Mars CRSs usually have none.
+            self.dataset.SetProjection(crs_wkt)
+        self.band = self.dataset.GetRasterBand(1)
+        self.band.SetNoDataValue(NODATA)
+        self.band.SetDescription("height (m)")
+        self.band.SetUnitType("m")
+
+    def write_rows(self, y0: int, heights: np.ndarray) -> None:
+        """Write full-width rows; NaN becomes nodata."""
+        out = np.where(np.isnan(heights), np.float32(NODATA), heights).astype(np.float32)
+        try:
+            self.band.WriteArray(out, 0, y0)
+        except RuntimeError as exc:
+            raise DtmError(f"Writing '{self.path.name}' failed (is the disk full?): {exc}") \
+                from exc
+
+    def finish(self, statistics: tuple[float, float, float, float]) -> None:
+        """Overviews, statistics, close, then rename into place."""
+        try:
+            self.band.SetStatistics(*statistics)
+            gdal.SetThreadLocalConfigOption("COMPRESS_OVERVIEW", "DEFLATE")
+            gdal.SetThreadLocalConfigOption("PREDICTOR_OVERVIEW", "3")
+            self.dataset.BuildOverviews("AVERAGE", _overview_levels(self.dataset))
+            self.band = None
+            self.dataset.FlushCache()
+            self.dataset = None
+        except RuntimeError as exc:
+            self.abort()
+            raise DtmError(f"Writing '{self.path.name}' failed (is the disk full?): {exc}") \
+                from exc
+        finally:
+            gdal.SetThreadLocalConfigOption("COMPRESS_OVERVIEW", None)
+            gdal.SetThreadLocalConfigOption("PREDICTOR_OVERVIEW", None)
+        os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file: a failed or cancelled run leaves nothing behind."""
+        self.band = None
+        self.dataset = None
+        for leftover in (self.partial, Path(f"{self.partial}.aux.xml"),
+                         Path(f"{self.partial}.ovr")):
+            leftover.unlink(missing_ok=True)
+
+
+def _overview_levels(dataset: gdal.Dataset) -> list[int]:
+    levels, size = [], max(dataset.RasterXSize, dataset.RasterYSize)
+    while size / (2 ** (len(levels) + 1)) >= BLOCK:
+        levels.append(2 ** (len(levels) + 1))
+    return levels

@@ -1,0 +1,413 @@
+"""Download HiRISE stereo DTMs and their orthoimages from the UAHiRISE PDS tree.
+
+    python -m training.scrape --out DIR [--base-url URL] [--limit N] [--workers N]
+                              [--resolution C|A]
+
+Walks the Apache listings ``<base>/{PSP,ESP}/ORB_xxxxxx_xxxxxx/<pair>/``, picks each pair's DTM,
+the RED orthoimage of its first observation and that ortho's label by parsing product ids, and
+mirrors them under ``--out`` with the same relative layout. Every pair folder gets a
+``pair.json`` and ``--out`` a ``manifest.json`` listing them all; only files marked
+``complete`` there, with the recorded size, are for the patch builder. See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urljoin, urlsplit
+
+from tqdm import tqdm
+
+from training.products import Pair, is_orbit_dir, parse_pair, select_products
+
+DEFAULT_BASE_URL = "https://www.uahirise.org/PDS/DTM/"
+# Where the project is published; the User-Agent tells site operators whom to contact.
+REPOSITORY_URL = "https://github.com/mars-dtm-plugin/mars-dtm-plugin"
+USER_AGENT = f"mars-dtm-plugin-scraper/0.1 (+{REPOSITORY_URL})"
+PHASES = ("PSP", "ESP")
+CHUNK = 1 << 20
+TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+log = logging.getLogger("training.scrape")
+T = TypeVar("T")
+
+
+class ShortRead(OSError):
+    """The server closed the connection before the whole file came."""
+
+
+class ScrapeError(RuntimeError):
+    """The crawl cannot start; the message is one sentence for the user."""
+
+
+class Refused(ValueError):
+    """A link or a name the scraper will not follow or write."""
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, urllib.error.HTTPError):
+        return error.code in TRANSIENT_HTTP
+    return isinstance(error, (urllib.error.URLError, OSError, http.client.HTTPException))
+
+
+class Http:
+    """urllib with a cap on concurrent requests, a polite delay and retries with backoff."""
+
+    def __init__(self, workers: int = 4, delay: float = 0.5, retries: int = 4,
+                 backoff: float = 1.0, timeout: float = 60.0) -> None:
+        self.slots = threading.BoundedSemaphore(workers)
+        self.delay, self.retries, self.backoff, self.timeout = delay, retries, backoff, timeout
+        self._lock = threading.Lock()
+        self._next_start = 0.0
+
+    def _wait_turn(self) -> None:
+        with self._lock:
+            pause = self._next_start - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            self._next_start = time.monotonic() + self.delay
+
+    def request(self, url: str, method: str = "GET", headers: dict | None = None,
+                consume: Callable[[http.client.HTTPResponse], T] = lambda r: r.read()) -> T:
+        """Send one request and hand the open response to ``consume``, inside a slot."""
+        req = urllib.request.Request(url, method=method,
+                                     headers={"User-Agent": USER_AGENT, **(headers or {})})
+        with self.slots:
+            self._wait_turn()
+            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+                return consume(response)
+
+    def retrying(self, func: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return func()
+            except Exception as error:
+                if not is_transient(error) or attempt == self.retries:
+                    raise
+                log.debug("retrying after %s", error)
+                time.sleep(self.backoff * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+
+class _Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs.extend(value for name, value in attrs if name == "href" and value)
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    url: str
+    is_dir: bool
+
+
+def child_links(listing_url: str, html: str, refused: list[str]) -> list[Link]:
+    """The entries of a directory listing that lie directly inside it.
+
+    Sort links and the parent directory are ignored; links to another host, outside the
+    listing or with names that could escape a local folder are refused and reported.
+    """
+    parser = _Anchors()
+    parser.feed(html)
+    here = urlsplit(listing_url)
+    links = []
+    for href in parser.hrefs:
+        target = urlsplit(urljoin(listing_url, href))
+        if (target.scheme, target.netloc) != (here.scheme, here.netloc):
+            refused.append(f"{href} (another host)")
+            continue
+        if target.query or here.path.startswith(target.path):
+            continue  # column sorting, this folder or a parent
+        rest = target.path[len(here.path):] if target.path.startswith(here.path) else None
+        segment = rest.rstrip("/") if rest else ""
+        name = unquote(segment)
+        if rest is None or "/" in segment or not SAFE_NAME.match(name):
+            refused.append(f"{href} (outside the listing or an unsafe name)")
+            continue
+        links.append(Link(name, target._replace(fragment="").geturl(), rest.endswith("/")))
+    return links
+
+
+def local_path(out: Path, parts: list[str]) -> Path:
+    """``out/parts...``, refusing any part that could leave ``out``."""
+    for part in parts:
+        if not SAFE_NAME.match(part):
+            raise Refused(f"unsafe name {part!r}")
+    path = out.joinpath(*parts)
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise Refused(f"{path} lies outside {out}")
+    return path
+
+
+@dataclass
+class Options:
+    out: Path
+    base_url: str = DEFAULT_BASE_URL
+    limit: int | None = None
+    workers: int = 4
+    scale: str = "C"
+    delay: float = 0.5
+    retries: int = 4
+    backoff: float = 1.0
+    timeout: float = 60.0
+    progress: bool = False
+
+
+@dataclass
+class Summary:
+    found: int = 0
+    fetched: int = 0
+    skipped: int = 0
+    failed: int = 0
+    refused: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"pairs found {self.found}, fetched {self.fetched}, skipped {self.skipped}, "
+                f"failed {self.failed}; links refused {len(self.refused)}")
+
+
+class Scraper:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.base_url = options.base_url.rstrip("/") + "/"
+        self.http = Http(options.workers, options.delay, options.retries, options.backoff,
+                         options.timeout)
+        self.refused: list[str] = []
+
+    def listing(self, url: str) -> list[Link]:
+        body = self.http.retrying(lambda: self.http.request(url))
+        return child_links(url, body.decode("utf-8", "replace"), self.refused)
+
+    def pair_dirs(self, root: list[Link]) -> Iterator[tuple[Pair, Link, list[str]]]:
+        """Pair folders in listing order: phase, then block of orbits, then pair."""
+        for phase in (link for link in root if link.is_dir and link.name in PHASES):
+            for orbits in self.listing(phase.url):
+                if not (orbits.is_dir and is_orbit_dir(orbits.name)):
+                    continue
+                for link in self.listing(orbits.url):
+                    pair = parse_pair(link.name) if link.is_dir else None
+                    if pair is not None:
+                        yield pair, link, [phase.name, orbits.name, link.name]
+
+    def run(self, root: list[Link]) -> tuple[Summary, list[dict]]:
+        pairs = self.pair_dirs(root)
+        with ThreadPoolExecutor(self.options.workers) as pool:
+            # range first: zip must not list one pair folder beyond the limit
+            futures = [pool.submit(self.fetch_pair, *item) for _, item in
+                       zip(range(self.options.limit or sys.maxsize), pairs)]
+            records = [future.result() for future in futures]
+        summary = Summary(found=len(records), refused=self.refused)
+        for record in records:
+            outcome = pair_outcome(record)
+            setattr(summary, outcome, getattr(summary, outcome) + 1)
+        return summary, sorted(records, key=lambda r: r["pair_id"])
+
+    def fetch_pair(self, pair: Pair, link: Link, parts: list[str]) -> dict:
+        record: dict = {"pair_id": str(pair), "url": link.url, "dir": "/".join(parts),
+                        "files": [], "status": "unusable", "reason": ""}
+        folder = local_path(self.options.out, parts)
+        try:
+            listed = {entry.name: entry for entry in self.listing(link.url) if not entry.is_dir}
+            selection, record["reason"] = select_products(pair, sorted(listed),
+                                                          self.options.scale)
+            if selection is not None:
+                roles = zip(("dtm", "ortho", "ortho_label"), selection.names)
+                record["files"] = [self.fetch_file(role, listed[name], folder)
+                                   for role, name in roles]
+                done = all(f["status"] == "complete" for f in record["files"])
+                record["status"] = "complete" if done else "incomplete"
+        except Exception as error:
+            record.update(status="incomplete", reason=f"{type(error).__name__}: {error}")
+        if record["status"] != "complete":
+            log.warning("pair %s: %s", pair, record["reason"] or "some files failed")
+        write_json(folder / "pair.json", record)
+        return record
+
+    def fetch_file(self, role: str, link: Link, folder: Path) -> dict:
+        entry = {"role": role, "product_id": link.name.rsplit(".", 1)[0], "url": link.url,
+                 "path": link.name, "size": None, "status": "failed", "action": "failed",
+                 "error": None}
+        try:
+            dest = local_path(folder, [link.name])
+            entry["size"] = self.http.retrying(lambda: self.remote_size(link.url))
+            entry["action"] = self.download(link.url, dest, entry["size"])
+            entry["status"] = "complete"
+        except Exception as error:
+            entry["error"] = f"{type(error).__name__}: {error}"
+            part = folder / (link.name + ".part")
+            entry["status"] = "partial" if part.exists() else "failed"
+        return entry
+
+    def remote_size(self, url: str) -> int:
+        length = self.http.request(url, "HEAD",
+                                   consume=lambda r: r.headers.get("Content-Length"))
+        if length is None or not length.isdigit():
+            raise ValueError(f"{url} has no Content-Length to verify a download against")
+        return int(length)
+
+    def download(self, url: str, dest: Path, size: int) -> str:
+        """Fetch ``url`` into ``dest`` via ``dest.part``, resuming what an earlier try left."""
+        part = dest.with_name(dest.name + ".part")
+        if dest.exists():
+            if dest.stat().st_size == size:
+                return "skipped"
+            if dest.stat().st_size < size:
+                os.replace(dest, part)  # an older, shorter copy: finish it
+            else:
+                dest.unlink()
+        folder_ready(dest.parent)
+        with tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, leave=False,
+                  disable=not self.options.progress) as bar:
+            self.http.retrying(lambda: self._resume(url, part, size, bar))
+        os.replace(part, dest)
+        return "fetched"
+
+    def _resume(self, url: str, part: Path, size: int, bar: tqdm) -> None:
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > size:
+            part.unlink()
+            offset = 0
+        if offset < size:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            self.http.request(url, headers=headers,
+                              consume=lambda r: self._append(r, part, offset, bar))
+        if part.stat().st_size != size:
+            raise ShortRead(f"{part.name}: {part.stat().st_size} of {size} bytes")
+
+    @staticmethod
+    def _append(response: http.client.HTTPResponse, part: Path, offset: int,
+                bar: tqdm) -> None:
+        ranged = response.status == 206
+        if ranged and not response.headers.get("Content-Range", "").startswith(
+                f"bytes {offset}-"):
+            raise ShortRead(f"server answered a different range for {part.name}")
+        bar.reset(bar.total)
+        bar.update(offset if ranged else 0)
+        with open(part, "ab" if ranged else "wb") as handle:
+            while chunk := response.read(CHUNK):
+                handle.write(chunk)
+                bar.update(len(chunk))
+
+
+def pair_outcome(record: dict) -> str:
+    """How a pair counts in the summary: fetched, skipped (all there already) or failed."""
+    if record["status"] != "complete":
+        return "failed"
+    return "skipped" if all(f["action"] == "skipped" for f in record["files"]) else "fetched"
+
+
+def folder_ready(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write under a temporary name and rename, so a reader never sees half a manifest."""
+    folder_ready(path.parent)
+    temp = path.with_name(path.name + ".part")
+    temp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(temp, path)
+
+
+def read_manifest(source: Path) -> list[tuple[dict, Path]]:
+    """Pair records of a manifest.json, a pair.json or a scrape folder, each with the folder
+    its file paths are relative to."""
+    if source.is_dir():
+        top = source / "manifest.json"
+        if not top.is_file():
+            return [(json.loads(p.read_text()), p.parent)
+                    for p in sorted(source.rglob("pair.json"))]
+        source = top
+    data = json.loads(source.read_text())
+    if "pairs" in data:
+        return [(record, source.parent / record["dir"]) for record in data["pairs"]]
+    return [(data, source.parent)]
+
+
+def scrape(options: Options) -> Summary:
+    """Crawl, download and write ``manifest.json`` under ``options.out``."""
+    scraper = Scraper(options)
+    try:
+        root = scraper.listing(scraper.base_url)
+    except Exception as error:
+        raise ScrapeError(f"cannot read the listing at {scraper.base_url}: {error}") from error
+    folder_ready(options.out)
+    summary, records = scraper.run(root)
+    write_json(options.out / "manifest.json", {
+        "base_url": scraper.base_url, "user_agent": USER_AGENT, "scale": options.scale,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "summary": {"found": summary.found, "fetched": summary.fetched,
+                    "skipped": summary.skipped, "failed": summary.failed,
+                    "refused": summary.refused},
+        "pairs": records,
+    })
+    return summary
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m training.scrape", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="folder to mirror into")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="root of the DTM tree")
+    parser.add_argument("--limit", type=int, help="take at most N pair folders")
+    parser.add_argument("--workers", type=int, default=4, help="concurrent requests (1-16)")
+    parser.add_argument("--resolution", choices=("C", "A"), default="C",
+                        help="orthoimage scale: C 1 m (default) or A 0.25 m")
+    parser.add_argument("--delay", type=float, default=0.5,
+                        help="seconds between the starts of two requests")
+    parser.add_argument("--retries", type=int, default=4, help="retries on transient errors")
+    parser.add_argument("--backoff", type=float, default=1.0,
+                        help="first retry wait in seconds, doubled on each retry")
+    args = parser.parse_args(argv)
+    url = urlsplit(args.base_url)
+    problems = [
+        (url.scheme not in ("http", "https") or not url.netloc,
+         f"--base-url must be an http(s) URL, got {args.base_url!r}"),
+        (args.out.exists() and not args.out.is_dir(), f"--out {args.out} is not a folder"),
+        (args.limit is not None and args.limit < 1, "--limit must be at least 1"),
+        (not 1 <= args.workers <= 16, "--workers must be between 1 and 16"),
+        (args.delay < 0 or args.retries < 0 or args.backoff < 0,
+         "--delay, --retries and --backoff must not be negative"),
+    ]
+    for bad, message in problems:
+        if bad:
+            parser.exit(2, f"error: {message}.\n")
+    return Options(args.out, args.base_url, args.limit, args.workers, args.resolution,
+                   args.delay, args.retries, args.backoff, progress=sys.stderr.isatty())
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        summary = scrape(options)
+    except ScrapeError as error:
+        print(f"error: {error}.", file=sys.stderr)
+        return 1
+    print(f"{summary.line()}; manifest {options.out / 'manifest.json'}")
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Train / validation / test splits by stereo pair, never by patch.
+
+    python -m training.splits SOURCE --out splits.json [--seed 0] [--val 0.1] [--test 0.1]
+
+SOURCE is a scrape manifest.json or folder (its complete pairs) or a text file of pair ids,
+one a line. Pairs that share an observation image the same ground, so they are kept together
+in one group; groups are ordered by a hash of seed and ids, which depends on nothing else
+(not on input order), and cut at the requested fractions. Writes ``splits.json`` and, beside
+it, ``train.txt``, ``val.txt`` and ``test.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from training.products import parse_pair
+from training.scrape import read_manifest
+
+SPLITS = ("train", "val", "test")
+
+
+def _pair_ids(source: Path) -> list[str]:
+    if source.suffix == ".txt":
+        return [line.strip() for line in source.read_text().splitlines() if line.strip()]
+    return [r["pair_id"] for r, _ in read_manifest(source) if r.get("status") == "complete"]
+
+
+def groups_of(pair_ids: list[str]) -> list[list[str]]:
+    """Pairs linked by a shared observation, as sorted groups (union-find over observations)."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    for pair_id in pair_ids:
+        pair = parse_pair(pair_id)
+        if pair is None:
+            raise ValueError(f"{pair_id!r} is not a stereo pair id")
+        for obs in pair.observations:
+            parent[root(str(obs))] = root(pair_id)
+    groups: dict[str, list[str]] = {}
+    for pair_id in sorted(set(pair_ids)):
+        groups.setdefault(root(pair_id), []).append(pair_id)
+    return list(groups.values())
+
+
+def split_pairs(pair_ids: list[str], seed: int = 0, val: float = 0.1,
+                test: float = 0.1) -> dict[str, list[str]]:
+    """Assign whole groups of pairs to train, val and test, deterministically from ``seed``."""
+    if val < 0 or test < 0 or val + test >= 1:
+        raise ValueError("val and test fractions must be non-negative and sum below 1")
+    groups = sorted(groups_of(pair_ids), key=lambda g: hashlib.sha256(
+        f"{seed}:{g[0]}".encode()).hexdigest())
+    total = sum(map(len, groups))
+    wanted = {"test": round(test * total), "val": round(val * total)}
+    result: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for group in groups:
+        name = next((n for n in ("test", "val") if len(result[n]) < wanted[n]), "train")
+        result[name].extend(group)
+    return {name: sorted(ids) for name, ids in result.items()}
+
+
+def write_splits(splits: dict[str, list[str]], out: Path, seed: int) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        (out.parent / f"{name}.txt").write_text("".join(f"{p}\n" for p in splits[name]))
+    temp = out.with_name(out.name + ".part")
+    temp.write_text(json.dumps({"seed": seed, **splits}, indent=1) + "\n")
+    temp.replace(out)
+
+
+def load_splits(path: Path) -> dict[str, str]:
+    """pair id -> split name, from a splits.json; ValueError if a pair is in two splits."""
+    data = json.loads(Path(path).read_text())
+    owner: dict[str, str] = {}
+    for name in SPLITS:
+        for pair_id in data.get(name, []):
+            if owner.setdefault(pair_id, name) != name:
+                raise ValueError(f"pair {pair_id} is in both {owner[pair_id]} and {name}")
+    return owner
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.splits", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="manifest.json, scrape folder or .txt of ids")
+    parser.add_argument("--out", type=Path, default=Path("splits.json"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val", type=float, default=0.1, help="fraction of pairs")
+    parser.add_argument("--test", type=float, default=0.1, help="fraction of pairs")
+    args = parser.parse_args(argv)
+    try:
+        if not args.source.exists():
+            raise ValueError(f"{args.source} does not exist")
+        splits = split_pairs(_pair_ids(args.source), args.seed, args.val, args.test)
+    except (ValueError, KeyError, OSError) as error:
+        print(f"error: {error}.", file=sys.stderr)
+        return 2
+    if not any(splits.values()):
+        print(f"error: {args.source} names no complete pair.", file=sys.stderr)
+        return 2
+    write_splits(splits, args.out, args.seed)
+    print(", ".join(f"{name} {len(ids)}" for name, ids in splits.items()) + f" -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

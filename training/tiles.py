@@ -1,0 +1,244 @@
+"""Cut scraped HiRISE pairs into training patches, written as WebDataset tar shards.
+
+    python -m training.tiles MANIFEST_OR_DIR --out DIR [--size 512] [--overlap 64]
+                             [--shard-size 1000] [--splits splits.json]
+
+Reads each pair's DTM (PDS3, the missing value matched as a number) and warps its orthoimage
+onto the DTM grid by georeferencing, strip by strip so memory stays bounded. Patches touching
+missing heights or missing image pixels are dropped; heights become metres relative to the
+patch mean. Only files the scraper's manifest marks complete, with the recorded size on disk,
+are read. With ``--splits`` the shards of each split go to their own folder. See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, osr
+
+from training.labels import missing_constant, read_label, sun_geometry
+from training.scrape import SAFE_NAME, read_manifest, write_json
+from training.shards import Patch, ShardWriter
+from training.splits import load_splits
+
+gdal.UseExceptions()
+log = logging.getLogger("training.tiles")
+ROLES = ("dtm", "ortho", "ortho_label")
+
+
+@dataclass(frozen=True)
+class PairFiles:
+    pair_id: str
+    dtm: Path
+    ortho: Path
+    label: Path
+
+
+def verify(record: dict, folder: Path) -> tuple[PairFiles | None, str]:
+    """The pair's files if the manifest marks them complete and their sizes match on disk."""
+    pair_id = record.get("pair_id", "?")
+    if record.get("status") != "complete":
+        return None, f"{pair_id} is {record.get('status')}: {record.get('reason') or 'files'}"
+    paths = {}
+    for entry in record.get("files", []):
+        path = folder / entry["path"]
+        if not SAFE_NAME.match(entry["path"]) or entry.get("status") != "complete":
+            return None, f"{pair_id}: {entry['path']} is not complete"
+        if not path.is_file() or path.stat().st_size != entry.get("size"):
+            return None, f"{pair_id}: {entry['path']} differs from its recorded size"
+        paths[entry["role"]] = path
+    if set(ROLES) - paths.keys():
+        return None, f"{pair_id}: the manifest lacks {sorted(set(ROLES) - paths.keys())}"
+    return PairFiles(pair_id, *(paths[role] for role in ROLES)), ""
+
+
+def load_pairs(source: Path) -> tuple[list[PairFiles], list[str]]:
+    """Usable pairs of a manifest, a pair.json or a scrape folder, and why others are not."""
+    usable, skipped = [], []
+    for record, folder in read_manifest(source):
+        pair, reason = verify(record, folder)
+        if pair is None:
+            skipped.append(reason)
+        else:
+            usable.append(pair)
+    return usable, skipped
+
+
+def pixel_size_m(wkt: str, step: float) -> float:
+    """A geotransform step in metres, also for a geographic CRS (degrees on the body)."""
+    srs = osr.SpatialReference(wkt=wkt)
+    if srs.IsGeographic():
+        return abs(step) * math.radians(1.0) * srs.GetSemiMajor()
+    return abs(step) * srs.GetLinearUnits()
+
+
+class Dtm:
+    """A DTM opened with GDAL: read by row strips, missing data matched as a value."""
+
+    def __init__(self, path: Path) -> None:
+        self.ds = gdal.Open(str(path))
+        self.band = self.ds.GetRasterBand(1)
+        self.gt = self.ds.GetGeoTransform()
+        self.wkt = self.ds.GetProjection()
+        if not self.wkt or self.gt[2] or self.gt[4]:
+            raise ValueError(f"{path.name} is not a north-up georeferenced grid")
+        self.missing = np.float32(missing_constant(read_label(path)))
+        self.width, self.height = self.ds.RasterXSize, self.ds.RasterYSize
+
+    def strip(self, y0: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Heights in metres and a validity mask for rows ``y0 .. y0 + rows``."""
+        dn = self.band.ReadAsArray(0, y0, self.width, rows).astype(np.float32)
+        valid = np.isfinite(dn) & (dn != self.missing)
+        nodata = self.band.GetNoDataValue()
+        if nodata is not None:
+            valid &= dn != np.float32(nodata)
+        metres = dn * (self.band.GetScale() or 1.0) + (self.band.GetOffset() or 0.0)
+        return np.where(valid, metres, 0.0).astype(np.float32), valid
+
+    def bounds(self, y0: int, rows: int) -> tuple[float, float, float, float]:
+        x0, dx, _, top, _, dy = self.gt
+        return (x0, top + (y0 + rows) * dy, x0 + self.width * dx, top + y0 * dy)
+
+
+def warp_strip(ortho: gdal.Dataset, dtm: Dtm, y0: int, rows: int) -> np.ndarray:
+    """The ortho resampled onto the DTM's grid for rows ``y0 .. y0 + rows`` (0 = no data)."""
+    finer = abs(ortho.GetGeoTransform()[1]) < 0.75 * abs(dtm.gt[1])
+    warped = gdal.Warp("", ortho, format="MEM", dstSRS=dtm.wkt,
+                       outputBounds=dtm.bounds(y0, rows), width=dtm.width, height=rows,
+                       resampleAlg="average" if finer else "bilinear",
+                       srcNodata=0, dstNodata=0, outputType=gdal.GDT_Byte)
+    return warped.GetRasterBand(1).ReadAsArray()
+
+
+def clean_windows(invalid: np.ndarray, size: int, stride: int) -> Iterator[int]:
+    """Column offsets of size x size windows of a strip that touch no invalid pixel."""
+    counts = np.pad(invalid.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    for x0 in range(0, invalid.shape[1] - size + 1, stride):
+        x1 = x0 + size
+        if counts[size, x1] - counts[size, x0] - counts[0, x1] + counts[0, x0] == 0:
+            yield x0
+
+
+def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
+    """Patches of one pair with their provenance, row strip by row strip."""
+    dtm = Dtm(pair.dtm)
+    ortho = gdal.Open(str(pair.ortho))
+    if not ortho.GetProjection():
+        raise ValueError(f"{pair.ortho.name} carries no georeferencing")
+    sun = sun_geometry(read_label(pair.label))
+    base = {"pair_id": pair.pair_id, "source": "hirise", "crs_wkt": dtm.wkt,
+            "pixel_size_m": pixel_size_m(dtm.wkt, dtm.gt[1]), "height_units": "m",
+            "height_reference": "patch_mean", "dtm_product_id": pair.dtm.stem,
+            "ortho_product_id": pair.ortho.stem, **sun}
+    stride = size - overlap
+    for y0 in range(0, dtm.height - size + 1, stride):
+        heights, valid = dtm.strip(y0, size)
+        image = warp_strip(ortho, dtm, y0, size)
+        for x0 in clean_windows(~valid | (image == 0), size, stride):
+            patch_h = heights[:, x0:x0 + size].astype(np.float64)
+            mean = float(patch_h.mean())
+            gt = list(dtm.gt)
+            gt[0], gt[3] = gt[0] + x0 * gt[1], gt[3] + y0 * gt[5]
+            meta = {**base, "window": [x0, y0, size, size], "geotransform": gt,
+                    "height_offset_m": mean}
+            yield Patch(f"{pair.pair_id}_x{x0:06d}_y{y0:06d}", image[:, x0:x0 + size].copy(),
+                        (patch_h - mean).astype(np.float32), meta)
+
+
+class Shards:
+    """One ShardWriter per split, opened on first use so nothing is created for nothing."""
+
+    def __init__(self, out: Path, shard_size: int) -> None:
+        self.out, self.shard_size = out, shard_size
+        self.writers: dict[str, ShardWriter] = {}
+
+    def write(self, split: str, patch: Patch) -> None:
+        if split not in self.writers:
+            folder = self.out / split if split else self.out
+            self.writers[split] = ShardWriter(folder, prefix="hirise", max_count=self.shard_size)
+        self.writers[split].write(patch)
+
+    def close(self) -> list[str]:
+        for writer in self.writers.values():
+            writer.close()
+        return [str(p.relative_to(self.out)) for w in self.writers.values() for p in w.paths]
+
+
+def build(pairs: list[PairFiles], out: Path, size: int = 512, overlap: int = 64,
+          shard_size: int = 1000, splits: dict[str, str] | None = None) -> dict:
+    """Write every pair's patches; return an index of patches per pair and shards."""
+    shards = Shards(out, shard_size)
+    index: dict = {"size": size, "overlap": overlap, "pairs": {}, "skipped": {}}
+    for pair in pairs:
+        split = splits.get(pair.pair_id) if splits is not None else ""
+        if split is None:
+            index["skipped"][pair.pair_id] = "in no split"
+            continue
+        try:
+            count = 0
+            for patch in pair_patches(pair, size, overlap):
+                shards.write(split, patch)
+                count += 1
+            index["pairs"][pair.pair_id] = {"patches": count, "split": split}
+        except (RuntimeError, ValueError, OSError) as error:
+            index["skipped"][pair.pair_id] = str(error)
+            log.warning("skipped %s: %s", pair.pair_id, error)
+    index["shards"] = shards.close()
+    if index["shards"]:
+        write_json(out / "patches.json", index)
+    return index
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.tiles", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="manifest.json, pair.json or scrape folder")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the shards")
+    parser.add_argument("--size", type=int, default=512, help="patch side in DTM pixels")
+    parser.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbours")
+    parser.add_argument("--shard-size", type=int, default=1000, help="patches per shard")
+    parser.add_argument("--splits", type=Path, help="splits.json from training.splits")
+    args = parser.parse_args(argv)
+    problems = [
+        (not args.source.exists(), f"{args.source} does not exist"),
+        (args.size < 8, "--size must be at least 8"),
+        (not 0 <= args.overlap < args.size, "--overlap must be at least 0 and below --size"),
+        (args.shard_size < 1, "--shard-size must be at least 1"),
+        (args.splits is not None and not args.splits.is_file(), f"{args.splits} is no file"),
+    ]
+    for bad, message in problems:
+        if bad:
+            parser.exit(2, f"error: {message}.\n")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        pairs, skipped = load_pairs(args.source)
+        splits = load_splits(args.splits) if args.splits else None
+    except (ValueError, KeyError, OSError) as error:
+        print(f"error: cannot read {args.source}: {error}.", file=sys.stderr)
+        return 2
+    for reason in skipped:
+        log.warning("skipped %s", reason)
+    index = build(pairs, args.out, args.size, args.overlap, args.shard_size, splits)
+    total = sum(p["patches"] for p in index["pairs"].values())
+    print(f"pairs usable {len(pairs)}, skipped {len(skipped) + len(index['skipped'])}; "
+          f"patches {total} in {len(index['shards'])} shards under {args.out}")
+    if not index["shards"]:
+        print("error: no patch could be cut from the given pairs.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

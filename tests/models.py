@@ -4,6 +4,8 @@
 - ``identity``: height = image (what goes in comes out; checks scaling and placement);
 - ``offsets``: height = image + 500 * sin(1000 * mean(image)): every tile gets its own
   large vertical offset, as a monocular model does, so stitching must reconcile them;
+- ``ramp``: height = column index (rises to the right of the model's frame whatever the
+  image), which shows where the engine's rotation puts the model's axes;
 - ``conv``: one 3x3 convolution with seeded random weights (plumbing, speed).
 """
 
@@ -54,6 +56,18 @@ def _graph(kind: str, seed: int) -> tuple[list, list]:
             helper.make_node("Sin", ["m_scaled"], ["s"]),
             helper.make_node("Mul", ["s", "k_out"], ["offset"]),
             helper.make_node("Add", ["image", "offset"], ["height"]),
+        ]
+        return nodes, constants
+    if kind == "ramp":
+        nodes = [
+            helper.make_node("Mul", ["image", "zero"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "one"], ["ones"]),
+            helper.make_node("CumSum", ["ones", "axis"], ["height"]),
+        ]
+        constants = [
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(3, np.int64), "axis"),
         ]
         return nodes, constants
     if kind == "conv":

@@ -159,7 +159,7 @@ class _Run:
         with tempfile.TemporaryFile(dir=Path(output_path).parent, prefix=".marsdtm-") as file:
             self.store = _TileStore(file, self.grid.tiles)
             problem = self._predict_tiles()
-            statistics = self._blend(output_path, problem.solve())
+            statistics = self._blend(output_path, self._offsets(problem))
         return self._report(output_path, statistics)
 
     def _predict_tiles(self) -> OffsetProblem:
@@ -180,6 +180,12 @@ class _Run:
                         self._compare(problem, recent, tile, heights)
                 self.progress(MODEL_SHARE * (number + 1) / len(batches))
         return problem
+
+    def _offsets(self, problem: OffsetProblem) -> np.ndarray:
+        """Per-tile offsets, shifted so that the scene's heights average about zero."""
+        offsets = problem.solve()
+        counts = self.store.valid_counts
+        return offsets - np.average(offsets, weights=counts) if counts.any() else offsets
 
     def _prepare(self, batch: list[Tile]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Model inputs (scaled, nodata filled, rotated) and footprint validity of a batch."""
@@ -297,6 +303,7 @@ class _TileStore:
         sizes = [t.width * t.height * 4 for t in tiles]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.present = np.zeros(len(tiles), bool)
+        self.valid_counts = np.zeros(len(tiles))
 
     def put(self, tile: Tile, heights: np.ndarray | None) -> None:
         if heights is None:
@@ -304,6 +311,7 @@ class _TileStore:
         self.file.seek(int(self.offsets[tile.index]))
         self.file.write(np.ascontiguousarray(heights, np.float32).tobytes())
         self.present[tile.index] = True
+        self.valid_counts[tile.index] = np.count_nonzero(np.isfinite(heights))
 
     def has(self, tile: Tile) -> bool:
         return bool(self.present[tile.index])

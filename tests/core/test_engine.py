@@ -1,0 +1,194 @@
+"""The engine end to end on real GeoTIFFs and real onnxruntime sessions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+from mars_dtm_plugin.core.errors import DtmCancelled
+from mars_dtm_plugin.core.writer import NODATA
+from tests.models import write_test_model
+from tests.rasters import mars_eqc_wkt, plane_fit, ramp, read_raster, write_raster
+
+GT = (1000.0, 2.0, 0.0, 5000.0, 0.0, -2.0)
+
+
+def predict(tmp_path, image, kind="identity", name="dtm.tif", **options):
+    contract = options.pop("contract", {})
+    source = write_raster(tmp_path / "image.tif", image, GT, **options.pop("raster", {}))
+    model = write_test_model(tmp_path / f"{kind}.onnx", kind, **contract)
+    out = tmp_path / name
+    report = predict_dtm(str(source), str(out), PredictOptions(model_path=str(model), **options))
+    heights, ds = read_raster(out)
+    return heights, ds, report
+
+
+def test_tiles_with_large_offsets_stitch_without_steps(tmp_path):
+    # 13 x 5 tiles of 64 px, each shifted by up to 500 gsd by the model.
+    image = ramp(260, 700)
+    heights, _, report = predict(tmp_path, image, "offsets")
+    assert report.tiles >= 50
+    coef, residual = plane_fit(heights)
+    # Heights are pixel size x normalised brightness: 2 m / (max - min) per brightness unit.
+    expected = 2.0 / (image.max() - image.min())
+    assert coef[0] == pytest.approx(expected, rel=1e-4)
+    assert coef[1] == pytest.approx(0.5 * expected, rel=1e-4)
+    assert residual < 1e-3
+    steps = np.abs(np.diff(heights, axis=1))
+    assert steps.max() == pytest.approx(expected, abs=2e-4)  # float32 after +-500 offsets
+
+
+def test_identity_model_gives_scaled_brightness_with_zero_mean(tmp_path):
+    image = ramp(150, 170, a=3.0, b=-1.0) + 50
+    heights, _, _ = predict(tmp_path, image)
+    expected = 2.0 * (image - image.min()) / (image.max() - image.min())
+    assert abs(heights.mean()) < 0.05 * np.ptp(heights)  # about the scene mean
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=2e-4)
+
+
+def test_mars_crs_without_epsg_and_geotransform_survive(tmp_path):
+    heights, ds, _ = predict(tmp_path, ramp(100, 120))
+    assert ds.GetGeoTransform() == GT
+    out_srs, in_srs = osr.SpatialReference(), osr.SpatialReference()
+    out_srs.ImportFromWkt(ds.GetProjection())
+    in_srs.ImportFromWkt(mars_eqc_wkt())
+    assert out_srs.IsSame(in_srs)
+    assert out_srs.GetAuthorityCode(None) is None
+    assert out_srs.GetSemiMajor() == pytest.approx(3396190.0)
+    band = ds.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Float32
+    assert band.GetNoDataValue() == NODATA
+    assert ds.GetMetadata("IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
+    assert band.GetBlockSize() == [256, 256]
+
+
+def test_nodata_value_nan_and_alpha_stay_nodata(tmp_path):
+    image = ramp(200, 260) + 10
+    image[20:60, 30:90] = -5  # nodata value
+    image[150:, 200:] = np.nan
+    heights, _, _ = predict(tmp_path, image, "offsets", raster={"nodata": -5})
+    invalid = np.zeros(image.shape, bool)
+    invalid[20:60, 30:90] = True
+    invalid[150:, 200:] = True
+    assert np.all(heights[invalid] == NODATA)
+    assert np.all(heights[~invalid] != NODATA)
+    _, residual = plane_fit(heights, ~invalid)
+    assert residual < 1e-3
+
+
+def test_rgba_uses_luminance_and_alpha_mask(tmp_path):
+    red, green, blue = ramp(80, 90, 1, 0), ramp(80, 90, 0, 1), np.full((80, 90), 7, np.float32)
+    alpha = np.full((80, 90), 255, np.uint8)
+    alpha[:10] = 0
+    bands = np.stack([red, green, blue, alpha]).astype(np.uint8)
+    colour = [gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand, gdal.GCI_AlphaBand]
+    heights, _, _ = predict(tmp_path, bands, raster={"colour": colour})
+    assert np.all(heights[:10] == NODATA)
+    coef, residual = plane_fit(heights[10:])
+    assert coef[1] / coef[0] == pytest.approx(0.587 / 0.299, rel=1e-3)
+    assert residual < 1e-3
+
+
+@pytest.mark.parametrize("dtype, factor", [("uint16", 256.0), ("float32", 0.01)])
+def test_bit_depth_does_not_change_heights(tmp_path, dtype, factor):
+    image = ramp(90, 100).astype(np.uint8)
+    reference, _, _ = predict(tmp_path, image, name="a.tif")
+    scaled = (image.astype(np.float64) * factor).astype(dtype)
+    heights, _, _ = predict(tmp_path, scaled, name="b.tif")
+    np.testing.assert_allclose(heights, reference, atol=1e-4)
+
+
+def test_raster_smaller_than_a_tile(tmp_path):
+    image = ramp(20, 30) + 1
+    heights, _, report = predict(tmp_path, image)
+    assert heights.shape == (20, 30) and report.tiles == 1
+    _, residual = plane_fit(heights)
+    assert residual < 1e-4
+
+
+@pytest.mark.parametrize("azimuth", [0.0, 90.0, 135.0, 200.0, 333.0])
+def test_rotation_puts_the_sun_where_the_model_expects_it(tmp_path, azimuth):
+    # The ramp model's heights rise to the right of its own frame, i.e. away from its canonical
+    # sun at 270 degrees; back in the scene they must rise away from the scene's sun.
+    heights, _, _ = predict(tmp_path, ramp(300, 330), "ramp", sun_azimuth=azimuth,
+                            contract={"sun_mode": "rotate", "sun_azimuth": 270.0})
+    coef, residual = plane_fit(heights)
+    east, north = coef[0], -coef[1]  # rows run south
+    bearing = math.degrees(math.atan2(east, north)) % 360
+    assert bearing == pytest.approx((azimuth + 180) % 360, abs=0.5)
+    # One pixel size of height per pixel: a 45 degree plane, whatever the rotation.
+    assert math.hypot(east, north) == pytest.approx(2.0, rel=0.02)
+    assert residual < 0.05 * np.ptp(heights)
+
+
+def test_sun_from_label_is_used_when_not_given(tmp_path):
+    (tmp_path / "image.LBL").write_text(
+        'PDS_VERSION_ID = PDS3\nGROUP = VIEWING_PARAMETERS\n  INCIDENCE_ANGLE = 60.0 <DEG>\n'
+        "  SUB_SOLAR_AZIMUTH = 180.0 <DEG>\n  NORTH_AZIMUTH = 270.0 <DEG>\n"
+        "END_GROUP = VIEWING_PARAMETERS\nEND\n")
+    _, _, report = predict(tmp_path, ramp(80, 80), "ramp",
+                           contract={"sun_mode": "rotate", "sun_azimuth": 270.0})
+    assert report.sun_source == "label"
+    assert report.sun_azimuth == pytest.approx(270.0)
+
+
+def test_sun_from_geotiff_metadata(tmp_path):
+    _, _, report = predict(tmp_path, ramp(80, 80), "ramp",
+                           raster={"metadata": {"SUN_AZIMUTH": "123.5", "SUN_ELEVATION": "30"}},
+                           contract={"sun_mode": "rotate", "sun_azimuth": 270.0})
+    assert (report.sun_source, report.sun_azimuth) == ("label", 123.5)
+
+
+def test_cancelling_leaves_no_file(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(300, 300), GT)
+    model = write_test_model(tmp_path / "m.onnx", "offsets")
+    calls = []
+
+    def cancel_on_third_call():
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(DtmCancelled):
+        predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                    PredictOptions(model_path=str(model), batch_size=2),
+                    is_cancelled=cancel_on_third_call)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif", "m.onnx"]
+
+
+def test_existing_output_is_replaced_only_on_success(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT)
+    model = write_test_model(tmp_path / "m.onnx")
+    out = tmp_path / "dtm.tif"
+    out.write_bytes(b"previous result")
+    with pytest.raises(DtmCancelled):
+        predict_dtm(str(source), str(out), PredictOptions(model_path=str(model)),
+                    is_cancelled=lambda: True)
+    assert out.read_bytes() == b"previous result"
+    predict_dtm(str(source), str(out), PredictOptions(model_path=str(model)))
+    assert gdal.Open(str(out)).RasterXSize == 100
+
+
+def test_progress_reaches_one_and_increases(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(300, 300), GT)
+    model = write_test_model(tmp_path / "m.onnx")
+    seen = []
+    predict_dtm(str(source), str(tmp_path / "o.tif"), PredictOptions(model_path=str(model)),
+                progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+
+
+def test_report_names_the_provider(tmp_path):
+    _, _, report = predict(tmp_path, ramp(50, 50), provider="auto")
+    assert report.provider == "CPUExecutionProvider"
+    assert "CUDA" in report.provider_note  # says why the GPU is not used
+    _, _, report = predict(tmp_path, ramp(50, 50), name="cpu.tif", provider="cpu")
+    assert report.provider_note == ""
+
+
+def test_overviews_are_built_for_large_outputs(tmp_path):
+    _, ds, _ = predict(tmp_path, ramp(600, 520))
+    assert ds.GetRasterBand(1).GetOverviewCount() == 1

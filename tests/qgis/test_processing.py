@@ -1,0 +1,170 @@
+"""The algorithm in real QGIS Processing: registration, a real run, bad input, cancel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import processing
+import pytest
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterRasterDestination,
+    QgsVectorLayer,
+)
+
+import mars_dtm_plugin
+from tests.conftest import BUILT
+
+from .conftest import (
+    ALGORITHM_ID,
+    GEOTRANSFORM,
+    MARS_EQC_WKT,
+    expected_identity_heights,
+    read_raster,
+    same_crs,
+    terrain_image,
+)
+
+
+def run(parameters: dict, feedback: QgsProcessingFeedback | None = None) -> dict:
+    return processing.run(ALGORITHM_ID, parameters, feedback=feedback)
+
+
+def test_provider_comes_from_the_assembled_plugin(provider):
+    assert Path(mars_dtm_plugin.__file__).resolve().parent == (BUILT / "mars_dtm_plugin").resolve()
+    assert provider.id() == "marsdtm"
+    assert not provider.icon().isNull()
+    alg = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID)
+    assert alg is not None
+    assert (alg.displayName(), alg.group(), alg.groupId()) == (
+        "Predict DTM from image", "Raster terrain analysis", "rasterterrainanalysis")
+    assert not alg.icon().isNull()
+    assert "metres" in alg.shortHelpString()
+
+
+def test_parameters(provider):
+    alg = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID)
+    names = [p.name() for p in alg.parameterDefinitions()]
+    assert names == ["INPUT", "BAND", "MODEL", "SUN_AZIMUTH", "SUN_ELEVATION", "OVERLAP",
+                     "PROVIDER", "OUTPUT"]
+    band = alg.parameterDefinition("BAND")
+    assert isinstance(band, QgsProcessingParameterBand)
+    assert band.parentLayerParameterName() == "INPUT"
+    assert band.flags() & QgsProcessingParameterDefinition.FlagOptional
+    assert alg.parameterDefinition("MODEL").defaultValue().endswith("mars_dtm_generator.onnx")
+    for name in ("OVERLAP", "PROVIDER"):
+        assert alg.parameterDefinition(name).flags() & QgsProcessingParameterDefinition.FlagAdvanced
+    assert alg.parameterDefinition("PROVIDER").options() == [
+        "Auto (GPU when available)", "CPU", "CUDA (NVIDIA GPU)"]
+    assert "required" in alg.parameterDefinition("SUN_AZIMUTH").help()
+    assert isinstance(alg.parameterDefinition("OUTPUT"), QgsProcessingParameterRasterDestination)
+    assert alg.canExecute() == (True, "")
+
+
+def test_run_gives_a_dtm_on_the_input_grid(provider, identity_model, image_factory, tmp_path):
+    image = image_factory(width=150, height=110)
+    output = tmp_path / "dtm.tif"
+    messages: list[str] = []
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda value: messages.append(f"progress {value}"))
+    feedback.pushInfo = lambda text: messages.append(text)  # keep the log to check it
+
+    result = run({"INPUT": str(image), "MODEL": str(identity_model), "OUTPUT": str(output)},
+                 feedback)
+
+    assert result["OUTPUT"] == str(output)
+    heights, geotransform, wkt, _ = read_raster(output)
+    source, source_gt, source_wkt, _ = read_raster(image)
+    assert heights.shape == source.shape
+    assert geotransform == pytest.approx(source_gt) and geotransform == pytest.approx(GEOTRANSFORM)
+    assert same_crs(wkt, source_wkt) and same_crs(wkt, MARS_EQC_WKT)
+    # Identity model, heights in units of the 2 m pixel: the stretched image, up to a constant.
+    expected = expected_identity_heights(source, 2.0)
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
+    log = "\n".join(messages)
+    assert "CPUExecutionProvider" in log and "Tiles:" in log and str(output) in log
+    assert "Finished in" in log and "progress 100" in log
+
+
+def test_rgb_band_choice(provider, identity_model, tmp_path):
+    from .conftest import write_geotiff
+
+    planes = np.stack([terrain_image(80, 70, seed) for seed in (1, 2, 3)])
+    image = write_geotiff(tmp_path / "rgb.tif", planes)
+    output = tmp_path / "band2.tif"
+    run({"INPUT": str(image), "BAND": 2, "MODEL": str(identity_model), "OUTPUT": str(output)})
+    heights = read_raster(output)[0]
+    expected = expected_identity_heights(planes[1], 2.0)
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
+
+
+def test_sun_azimuth_needed_and_given(provider, tmp_path, image_factory):
+    from tests.models import write_test_model
+
+    model = write_test_model(tmp_path / "rotate.onnx", "identity", sun_mode="rotate")
+    image = image_factory(width=90, height=80)
+    output = tmp_path / "dtm.tif"
+    with pytest.raises(QgsProcessingException, match="sun azimuth"):
+        run({"INPUT": str(image), "MODEL": str(model), "OUTPUT": str(output)})
+    assert not output.exists()
+    run({"INPUT": str(image), "MODEL": str(model), "SUN_AZIMUTH": 270.0,
+         "SUN_ELEVATION": 30.0, "OUTPUT": str(output)})
+    assert read_raster(output)[0].shape == (80, 90)
+
+
+def bad_input_cases(tmp_path: Path, image_factory) -> dict:
+    points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
+    good = image_factory("good.tif", width=70, height=70)
+    broken_model = tmp_path / "broken.onnx"
+    broken_model.write_bytes(b"this is not an onnx model")
+    return {
+        "not a raster": ({"INPUT": points}, "raster"),
+        "missing band": ({"INPUT": str(good), "BAND": 3}, "Band 3 does not exist"),
+        "no CRS": ({"INPUT": str(image_factory("nocrs.tif", wkt=None, geotransform=None))},
+                   "no coordinate reference system"),
+        "all nodata": ({"INPUT": str(image_factory("empty.tif", nodata=-5.0,
+                                                   width=70, height=70))}, None),
+        "unreadable model": ({"INPUT": str(good), "MODEL": str(broken_model)},
+                             "not a valid ONNX model"),
+        "missing model": ({"INPUT": str(good), "MODEL": str(tmp_path / "none.onnx")},
+                          "does not exist"),
+    }
+
+
+@pytest.mark.parametrize("case", ["not a raster", "missing band", "no CRS", "all nodata",
+                                  "unreadable model", "missing model"])
+def test_bad_input_is_one_clear_sentence(provider, identity_model, image_factory, tmp_path,
+                                         case):
+    parameters, match = bad_input_cases(tmp_path, image_factory)[case]
+    if case == "all nodata":
+        # Every pixel equals the nodata value.
+        from .conftest import write_geotiff
+
+        write_geotiff(Path(parameters["INPUT"]), np.full((70, 70), -5.0, np.float32),
+                      nodata=-5.0)
+        match = "all nodata"
+    output = tmp_path / "out" / "dtm.tif"
+    output.parent.mkdir()
+    parameters = {"MODEL": str(identity_model), **parameters, "OUTPUT": str(output)}
+    with pytest.raises(QgsProcessingException, match=match) as error:
+        run(parameters)
+    message = str(error.value).strip()
+    assert message and "Traceback" not in message
+    assert list(output.parent.iterdir()) == []  # nothing half-written, no temporary left
+
+
+def test_cancel_leaves_no_output(provider, identity_model, image_factory, tmp_path):
+    image = image_factory(width=200, height=200)
+    output = tmp_path / "out" / "dtm.tif"
+    output.parent.mkdir()
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda value: value > 0 and feedback.cancel())
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        run({"INPUT": str(image), "MODEL": str(identity_model), "OUTPUT": str(output)},
+            feedback)
+    assert list(output.parent.iterdir()) == []

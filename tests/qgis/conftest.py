@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,13 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 from qgis.core import QgsApplication
+
+from tests.conftest import BUILT
+
+# pytest puts the repository root back at the front of sys.path for every test package, so
+# pin the assembled plugin now, before anything imports the package from the source tree.
+if (BUILT / "mars_dtm_plugin").is_dir() and "mars_dtm_plugin" not in sys.modules:
+    sys.path.insert(0, str(BUILT))
 
 from mars_dtm_plugin.processing.provider import MarsDtmProvider
 from tests.models import write_test_model

@@ -61,7 +61,7 @@ def test_parameters(provider):
         assert alg.parameterDefinition(name).flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert alg.parameterDefinition("PROVIDER").options() == [
         "Auto (GPU when available)", "CPU", "CUDA (NVIDIA GPU)"]
-    assert "required" in alg.parameterDefinition("SUN_AZIMUTH").help()
+    assert "Required" in alg.parameterDefinition("SUN_AZIMUTH").help()
     assert isinstance(alg.parameterDefinition("OUTPUT"), QgsProcessingParameterRasterDestination)
     assert alg.canExecute() == (True, "")
 

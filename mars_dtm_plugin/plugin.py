@@ -1,0 +1,74 @@
+"""The QGIS plugin: Processing provider, toolbar button and Raster menu entry."""
+
+from __future__ import annotations
+
+from qgis.core import QgsApplication, QgsRasterLayer
+from qgis.gui import QgisInterface
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QToolBar
+
+from .processing.icons import icon_path
+from .processing.provider import MarsDtmProvider
+
+ALGORITHM_ID = "marsdtm:predictdtm"
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("MarsDtmPlugin", text)
+
+
+class MarsDtmPlugin:
+    """Registers the provider; in the desktop, adds a button that runs it on the active layer."""
+
+    def __init__(self, iface: QgisInterface) -> None:
+        self.iface = iface
+        self.provider: MarsDtmProvider | None = None
+        self.actions: list[QAction] = []
+        self.toolbar: QToolBar | None = None
+        self.menu = tr("&Mars DTM")
+
+    def initProcessing(self) -> None:  # qgis_process calls this alone, without initGui
+        if self.provider is None:
+            self.provider = MarsDtmProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self) -> None:
+        self.initProcessing()
+        action = QAction(QIcon(icon_path("predict_dtm.svg")), tr("Predict DTM from Image…"),
+                         self.iface.mainWindow())
+        action.setObjectName("mActionMarsDtmPredict")
+        action.setToolTip(tr("Predict a DTM from the active raster layer"))
+        action.triggered.connect(self.run)
+        self.toolbar = self.iface.addToolBar(tr("Mars DTM"))
+        self.toolbar.setObjectName("MarsDtmToolbar")
+        self.toolbar.addAction(action)
+        self.iface.addPluginToRasterMenu(self.menu, action)
+        self.actions.append(action)
+
+    def unload(self) -> None:
+        for action in self.actions:
+            self.iface.removePluginRasterMenu(self.menu, action)
+            if self.toolbar is not None:
+                self.toolbar.removeAction(action)
+            action.deleteLater()
+        self.actions = []
+        if self.toolbar is not None:
+            self.toolbar.deleteLater()
+            self.toolbar = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+
+    def run(self) -> None:
+        """Open the algorithm's dialog on the active layer, or say why it cannot."""
+        layer = self.iface.activeLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            message = (tr("Select a raster layer (an orbital image) in the Layers panel first.")
+                       if layer is None else
+                       tr("'{0}' is not a raster layer; select an image.").format(layer.name()))
+            self.iface.messageBar().pushWarning(tr("Mars DTM"), message)
+            return
+        import processing  # QGIS's Processing plugin, loaded by the time a button is clicked
+
+        processing.execAlgorithmDialog(ALGORITHM_ID, {"INPUT": layer})

@@ -1,0 +1,1 @@
+"""QGIS Processing glue around the engine: provider, algorithm, feedback, styling."""

@@ -1,0 +1,22 @@
+"""Adapter between the engine's plain callbacks and a QgsProcessingFeedback."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingFeedback
+
+
+class FeedbackAdapter:
+    """Progress, cancel and log callbacks for ``predict_dtm`` that report to Processing."""
+
+    def __init__(self, feedback: QgsProcessingFeedback | None) -> None:
+        # Processing may run an algorithm without feedback (e.g. alg.run(params, context, None)).
+        self.feedback = feedback if feedback is not None else QgsProcessingFeedback()
+
+    def progress(self, fraction: float) -> None:
+        self.feedback.setProgress(100.0 * min(max(fraction, 0.0), 1.0))
+
+    def is_cancelled(self) -> bool:
+        return self.feedback.isCanceled()
+
+    def log(self, message: str) -> None:
+        self.feedback.pushInfo(message)

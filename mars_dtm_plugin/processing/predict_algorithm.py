@@ -1,0 +1,247 @@
+"""Processing algorithm ``marsdtm:predictdtm``: a DTM from one image, raster in, raster out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsMapLayer,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.engine import (
+    PredictOptions,
+    RunReport,
+    default_model_path,
+    onnxruntime_missing_message,
+    predict_dtm,
+)
+from ..core.errors import DtmError
+from .feedback import FeedbackAdapter
+from .icons import icon_path
+from .styling import DtmStyler
+
+# PROVIDER enum index -> engine provider name.
+EXECUTION_PROVIDERS = ("auto", "cpu", "cuda")
+OUTPUT_EXTENSIONS = (".tif", ".tiff")
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("PredictDtmAlgorithm", text)
+
+
+class PredictDtmAlgorithm(QgsProcessingAlgorithm):
+    """Predicts a DTM (heights in metres) on the grid of a single orbital image."""
+
+    INPUT = "INPUT"
+    BAND = "BAND"
+    MODEL = "MODEL"
+    SUN_AZIMUTH = "SUN_AZIMUTH"
+    SUN_ELEVATION = "SUN_ELEVATION"
+    OVERLAP = "OVERLAP"
+    PROVIDER = "PROVIDER"
+    OUTPUT = "OUTPUT"
+
+    def createInstance(self) -> PredictDtmAlgorithm:
+        return PredictDtmAlgorithm()
+
+    def name(self) -> str:
+        return "predictdtm"
+
+    def displayName(self) -> str:
+        return tr("Predict DTM from image")
+
+    def group(self) -> str:
+        return tr("Raster terrain analysis")
+
+    def groupId(self) -> str:
+        return "rasterterrainanalysis"
+
+    def tags(self) -> list[str]:
+        return tr("dtm,dem,elevation,height,terrain,mars,hirise,ctx,monocular,onnx").split(",")
+
+    def icon(self) -> QIcon:
+        return QIcon(icon_path("predict_dtm.svg"))
+
+    def svgIconPath(self) -> str:
+        return icon_path("predict_dtm.svg")
+
+    def shortHelpString(self) -> str:
+        return tr(
+            "<p>Predicts a Digital Terrain Model from one orbital image (a HiRISE or CTX "
+            "orthoimage of Mars, or Earth satellite and aerial imagery), without a stereo "
+            "partner.</p>"
+            "<p><b>Output</b>: a Float32 GeoTIFF of heights in metres on exactly the input's "
+            "grid (same CRS, extent and pixel size), with nodata where the input has nodata. "
+            "Heights are <i>relative</i>: the model sees relief, not absolute elevation, so the "
+            "zero level is arbitrary (near the scene's mean). Tie it to a reference DTM (for "
+            "Mars, MOLA or HRSC) before reading absolute elevations. Slopes, hillshade, "
+            "contours, profiles and 3D views can be used as they are.</p>"
+            "<p><b>Trust</b>: the bundled model learned from rendered terrain and measured "
+            "elevation models lit by many suns. It gives a quick first DTM, not a survey: "
+            "expect the shape of hills, craters and valleys to be right and their heights to "
+            "be off by tens of percent; trust it least on flat, featureless, dusty or deeply "
+            "shadowed ground and over very long distances. Use stereo DTMs where they "
+            "exist.</p>"
+            "<p><b>Band</b>: empty means band 1 of a single-band image and the luminance of an "
+            "RGB image.</p>"
+            "<p><b>Sun</b>: shading depends on where the light comes from. The sun direction "
+            "is read from the product's label or metadata when there is one (HiRISE products "
+            "carry it); otherwise enter it, or the run stops and says so if the model needs "
+            "it.</p>"
+            "<p>Needs the onnxruntime Python package (see the plugin's About text).</p>"
+        )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("Input image")))
+        self.addParameter(QgsProcessingParameterBand(
+            self.BAND, tr("Band (empty: band 1, or the luminance of RGB)"),
+            parentLayerParameterName=self.INPUT, optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, tr("Model (ONNX)"), behavior=QgsProcessingParameterFile.File,
+            fileFilter=tr("ONNX models (*.onnx)"), defaultValue=str(default_model_path()),
+            optional=True))
+        self._add_sun_parameters()
+        self._add_advanced_parameters()
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT, tr("Predicted DTM")))
+
+    def _add_sun_parameters(self) -> None:
+        azimuth = QgsProcessingParameterNumber(
+            self.SUN_AZIMUTH, tr("Sun azimuth (degrees clockwise from north)"),
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=360.0)
+        azimuth.setHelp(tr("Leave empty to read it from the product's label or metadata. "
+                           "Required when the image carries none and the model needs the sun "
+                           "direction."))
+        elevation = QgsProcessingParameterNumber(
+            self.SUN_ELEVATION, tr("Sun elevation (degrees above the horizon)"),
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=90.0)
+        elevation.setHelp(tr("Leave empty to read it from the product's label or metadata; "
+                             "needed only together with the azimuth."))
+        for parameter in (azimuth, elevation):
+            self.addParameter(parameter)
+
+    def _add_advanced_parameters(self) -> None:
+        overlap = QgsProcessingParameterNumber(
+            self.OVERLAP, tr("Tile overlap in pixels (empty: the model's default)"),
+            QgsProcessingParameterNumber.Integer, optional=True, minValue=0)
+        overlap.setHelp(tr("More overlap hides tile borders better and takes longer."))
+        provider = QgsProcessingParameterEnum(
+            self.PROVIDER, tr("Run on"),
+            options=[tr("Auto (GPU when available)"), tr("CPU"), tr("CUDA (NVIDIA GPU)")],
+            defaultValue=0)
+        for parameter in (overlap, provider):
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        layer = self._input_layer(parameters, context)
+        if layer is not None and not isinstance(layer, QgsRasterLayer):
+            return False, tr("'{0}' is not a raster layer; choose an image.").format(layer.name())
+        return super().checkParameterValues(parameters, context)
+
+    @staticmethod
+    def _input_layer(parameters: dict[str, Any],
+                     context: QgsProcessingContext) -> QgsMapLayer | None:
+        """The INPUT layer whatever its type (QGIS's own check only says "invalid value")."""
+        value = parameters.get(PredictDtmAlgorithm.INPUT)
+        if isinstance(value, QgsMapLayer):
+            return value
+        if isinstance(value, str) and value:
+            return QgsProcessingUtils.mapLayerFromString(value, context)
+        return None
+
+    def canExecute(self) -> tuple[bool, str]:
+        message = onnxruntime_missing_message()
+        return (False, message) if message else (True, "")
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        missing = onnxruntime_missing_message()
+        if missing:
+            raise QgsProcessingException(missing)
+        input_path = self._input_path(parameters, context)
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if Path(output).suffix.lower() not in OUTPUT_EXTENSIONS:
+            raise QgsProcessingException(
+                tr("The output must be a GeoTIFF (.tif) file, not {0}.").format(output))
+        report = self._run_engine(input_path, output, self._options(parameters, context),
+                                  FeedbackAdapter(feedback))
+        self._log_report(report, feedback)
+        if context.willLoadLayerOnCompletion(output):
+            details = context.layerToLoadOnCompletionDetails(output)
+            details.setPostProcessor(
+                DtmStyler.create(output, report.height_min, report.height_max))
+        return {self.OUTPUT: output}
+
+    def _input_path(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """The file behind INPUT, after the checks QGIS can make better than the engine."""
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(tr(
+                "The input layer '{0}' is not a raster file; save it as a GeoTIFF first."
+            ).format(layer.name()))
+        # The engine reads the file, so the file itself must be georeferenced.
+        if not layer.dataProvider().crs().isValid():
+            raise QgsProcessingException(tr(
+                "The input image '{0}' has no coordinate reference system; georeference it "
+                "or assign one (e.g. with Raster > Projections > Assign Projection) first."
+            ).format(layer.name()))
+        uri = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+        return uri.get("path") or layer.source()
+
+    def _options(self, parameters: dict[str, Any],
+                 context: QgsProcessingContext) -> PredictOptions:
+        model = self.parameterAsFile(parameters, self.MODEL, context)
+        overlap = self._optional_number(parameters, self.OVERLAP, context)
+        return PredictOptions(
+            model_path=model or None,
+            # 0 is what an empty band parameter reads as; the engine's "auto" is None.
+            band=self.parameterAsInt(parameters, self.BAND, context) or None,
+            overlap_px=None if overlap is None else int(overlap),
+            sun_azimuth=self._optional_number(parameters, self.SUN_AZIMUTH, context),
+            sun_elevation=self._optional_number(parameters, self.SUN_ELEVATION, context),
+            provider=EXECUTION_PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)],
+        )
+
+    def _optional_number(self, parameters: dict[str, Any], name: str,
+                         context: QgsProcessingContext) -> float | None:
+        # parameterAsDouble reads an empty optional number as 0, which is a real azimuth.
+        if parameters.get(name) in (None, ""):
+            return None
+        return self.parameterAsDouble(parameters, name, context)
+
+    @staticmethod
+    def _run_engine(input_path: str, output: str, options: PredictOptions,
+                    adapter: FeedbackAdapter) -> RunReport:
+        try:
+            return predict_dtm(input_path, output, options, progress=adapter.progress,
+                               is_cancelled=adapter.is_cancelled, log=adapter.log)
+        except DtmError as exc:  # DtmCancelled included: its message says nothing was written
+            raise QgsProcessingException(str(exc)) from exc
+
+    @staticmethod
+    def _log_report(report: RunReport, feedback: QgsProcessingFeedback) -> None:
+        # The engine has already logged provider, tiles, pixel size, heights and output path.
+        if report.provider_note:
+            feedback.pushWarning(report.provider_note)
+        feedback.pushInfo(tr("Finished in {0:.1f} s").format(report.seconds))

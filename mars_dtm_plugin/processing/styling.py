@@ -1,0 +1,100 @@
+"""Styles a predicted DTM once Processing has loaded it: a colour ramp over its real range."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from qgis.core import (
+    QgsColorRampShader,
+    QgsGradientColorRamp,
+    QgsGradientStop,
+    QgsMapLayer,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsRasterBandStats,
+    QgsRasterDataProvider,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
+)
+from qgis.PyQt.QtGui import QColor
+
+# Low to high: blue, green, yellow, orange, red, the usual reading of a colourised DTM.
+RAMP_COLOURS = ("#2b83ba", "#abdda4", "#ffffbf", "#fdae61", "#d7191c")
+
+
+def dtm_colour_ramp() -> QgsGradientColorRamp:
+    """The ramp used for predicted DTMs (built here so it does not depend on the user's style)."""
+    first, *middle, last = RAMP_COLOURS
+    stops = [
+        QgsGradientStop((i + 1) / (len(middle) + 1), QColor(colour))
+        for i, colour in enumerate(middle)
+    ]
+    return QgsGradientColorRamp(QColor(first), QColor(last), False, stops)
+
+
+def style_as_dtm(layer: QgsRasterLayer, low: float | None = None,
+                 high: float | None = None) -> None:
+    """Singleband pseudocolour over [low, high]; the band's real min/max when not given."""
+    provider = layer.dataProvider()
+    if not _finite(low, high) or high <= low:
+        low, high = _band_range(provider)
+    shader_function = QgsColorRampShader(low, high, dtm_colour_ramp(),
+                                         QgsColorRampShader.Interpolated,
+                                         QgsColorRampShader.Continuous)
+    shader_function.classifyColorRamp()
+    shader = QgsRasterShader(low, high)
+    shader.setRasterShaderFunction(shader_function)
+    renderer = QgsSingleBandPseudoColorRenderer(provider, 1, shader)
+    renderer.setClassificationMin(low)
+    renderer.setClassificationMax(high)
+    layer.setRenderer(renderer)
+    # Heights are continuous: interpolate when zoomed in rather than showing square pixels.
+    provider.setZoomedInResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Bilinear)
+    layer.triggerRepaint()
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _band_range(provider: QgsRasterDataProvider) -> tuple[float, float]:
+    stats = provider.bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
+    low, high = stats.minimumValue, stats.maximumValue
+    if not _finite(low, high) or high <= low:
+        # A flat or empty DTM: any non-empty interval keeps the renderer valid.
+        low = low if _finite(low) else 0.0
+        high = low + 1.0
+    return low, high
+
+
+class DtmStyler(QgsProcessingLayerPostProcessorInterface):
+    """Post-processor that styles one output; kept alive by a class-level reference."""
+
+    # Processing holds only a C++ pointer to the post-processor: without a Python reference the
+    # object is garbage-collected before the layer loads. Keyed by output so that batch rows do
+    # not drop each other's; a few recent ones are kept, never removed while Processing may call.
+    _alive: ClassVar[dict[str, DtmStyler]] = {}
+    _KEEP = 64
+
+    def __init__(self, key: str, low: float | None, high: float | None) -> None:
+        super().__init__()
+        self.key = key
+        self.low = low
+        self.high = high
+
+    @classmethod
+    def create(cls, key: str, low: float | None = None, high: float | None = None) -> DtmStyler:
+        styler = cls(key, low, high)
+        cls._alive.pop(key, None)
+        cls._alive[key] = styler
+        while len(cls._alive) > cls._KEEP:
+            del cls._alive[next(iter(cls._alive))]
+        return styler
+
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> None:
+        if isinstance(layer, QgsRasterLayer) and layer.isValid():
+            style_as_dtm(layer, self.low, self.high)

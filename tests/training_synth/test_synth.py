@@ -69,7 +69,7 @@ def test_slopes_reach_hirise_maxima_but_stay_mostly_gentle():
     ])
     assert np.percentile(slopes, 99.9) > 30.0
     assert np.median(slopes) < 20.0
-    assert slopes.max() < 60.0
+    assert slopes.max() < 60.0  # loose slopes relax; only small cliffs stand steeper
 
 
 def test_heights_scale_with_pixel_size():

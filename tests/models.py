@@ -23,7 +23,7 @@ from mars_dtm_plugin.core.contract import ModelContract
 OPSET = 17
 
 
-def test_contract(**overrides) -> ModelContract:
+def contract_for_tests(**overrides) -> ModelContract:
     base = ModelContract(
         tile_size=64,
         tiles_overlap=25.0,
@@ -94,7 +94,7 @@ def write_test_model(path: str | Path, kind: str = "identity", seed: int = 0,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
-    props = test_contract(**contract).to_metadata() if metadata is None else metadata
+    props = contract_for_tests(**contract).to_metadata() if metadata is None else metadata
     helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     path = Path(path)

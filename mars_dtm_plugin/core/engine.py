@@ -84,6 +84,9 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
         try:
             run = _Run(raster, generator, options, progress, is_cancelled)
             report = run.execute(output_path)
+        except OSError as exc:  # the tile store or the rename: a full disk, mostly
+            raise DtmError(f"Writing near '{output_path}' failed: {exc.strerror} (is the disk "
+                           "full?).") from exc
         finally:
             raster.close()
     report.seconds = time.perf_counter() - started

@@ -51,7 +51,7 @@ def test_identity_model_gives_scaled_brightness_with_zero_mean(tmp_path):
 
 
 def test_mars_crs_without_epsg_and_geotransform_survive(tmp_path):
-    heights, ds, _ = predict(tmp_path, ramp(100, 120))
+    _, ds, _ = predict(tmp_path, ramp(100, 120))
     assert ds.GetGeoTransform() == GT
     out_srs, in_srs = osr.SpatialReference(), osr.SpatialReference()
     out_srs.ImportFromWkt(ds.GetProjection())

@@ -1,0 +1,161 @@
+"""Bad input: one clear sentence, a non-zero exit, and no file that looks like a result."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mars_dtm_plugin.core.contract import REQUIRED_KEYS
+from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+from mars_dtm_plugin.core.errors import DtmError
+from tests.models import contract_for_tests, write_test_model
+from tests.rasters import ramp, write_raster
+
+ROOT = Path(__file__).resolve().parents[2]
+GT = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return write_raster(tmp_path / "scene.tif", ramp(100, 100), GT)
+
+
+@pytest.fixture
+def model(tmp_path):
+    return write_test_model(tmp_path / "model.onnx", "conv")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "mars_dtm_plugin", "predict", *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+def assert_refused(result: subprocess.CompletedProcess, output: Path, words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    assert not output.exists()
+    assert not [p for p in output.parent.iterdir() if "partial" in p.name or "marsdtm" in p.name]
+
+
+def test_no_georeferencing_without_pixel_size(tmp_path, model):
+    source = write_raster(tmp_path / "plain.tif", ramp(50, 50), None, wkt="")
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(source), str(out), "--model", str(model)), out, "georeferencing")
+    assert cli(str(source), str(out), "--model", str(model), "--pixel-size", "0.25",
+               "--quiet").returncode == 0
+    assert out.exists()
+
+
+def test_band_out_of_range(tmp_path, scene, model):
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model), "--band", "3"), out,
+                   "Band 3 does not exist")
+
+
+def test_all_nodata(tmp_path, model):
+    source = write_raster(tmp_path / "empty.tif", np.zeros((60, 60), np.uint8), GT, nodata=0)
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(source), str(out), "--model", str(model)), out, "all nodata")
+
+
+def test_unreadable_and_truncated_input(tmp_path, scene, model):
+    out = tmp_path / "out.tif"
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"not an image at all")
+    assert_refused(cli(str(garbage), str(out), "--model", str(model)), out, "cannot read")
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(scene.read_bytes()[: scene.stat().st_size // 2])
+    assert cli(str(truncated), str(out), "--model", str(model)).returncode != 0
+    assert not out.exists()
+
+
+def test_missing_input_and_model(tmp_path, scene):
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(tmp_path / "nope.tif"), str(out)), out, "does not exist")
+    assert_refused(cli(str(scene), str(out), "--model", str(tmp_path / "nope.onnx")), out,
+                   "does not exist")
+
+
+def test_corrupt_model(tmp_path, scene):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(os.urandom(3000))
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(corrupt)), out, "not a valid ONNX")
+
+
+@pytest.mark.parametrize("key", REQUIRED_KEYS)
+def test_model_lacking_a_contract_key_is_refused_naming_it(tmp_path, scene, key):
+    props = contract_for_tests().to_metadata()
+    del props[key]
+    model = write_test_model(tmp_path / "partial.onnx", metadata=props)
+    with pytest.raises(DtmError, match=f"lacks the required metadata key '{key}'"):
+        predict_dtm(str(scene), str(tmp_path / "o.tif"), PredictOptions(model_path=str(model)))
+
+
+def test_model_breaking_the_contract(tmp_path, scene):
+    model = write_test_model(tmp_path / "bad.onnx", height_units="furlongs")
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model)), out, "'marsdtm:height_units'")
+
+
+def test_output_equal_to_input(scene, model):
+    before = scene.read_bytes()
+    result = cli(str(scene), str(scene), "--model", str(model))
+    assert result.returncode != 0 and "the input path" in result.stderr
+    assert scene.read_bytes() == before
+
+
+def test_output_folder_not_writable_or_missing(tmp_path, scene, model):
+    out = tmp_path / "missing" / "out.tif"
+    assert cli(str(scene), str(out), "--model", str(model)).returncode != 0
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = cli(str(scene), str(locked / "out.tif"), "--model", str(model))
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who may write anywhere")
+        assert result.returncode != 0 and "not writable" in result.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_sun_needed_but_unknown(tmp_path, scene):
+    model = write_test_model(tmp_path / "sun.onnx", sun_mode="rotate")
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model)), out, "sun azimuth")
+
+
+def test_cuda_forced_without_cuda(tmp_path, scene, model):
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model), "--provider", "cuda"), out,
+                   "CUDA was requested")
+
+
+DISK_FULL = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a full disk: writes fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+from mars_dtm_plugin.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_disk_full_mid_run_leaves_nothing(tmp_path, model):
+    noisy = np.random.default_rng(1).integers(0, 255, (1500, 1500)).astype(np.uint8)
+    source = write_raster(tmp_path / "big.tif", noisy, GT)
+    out = tmp_path / "out.tif"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", DISK_FULL, "predict", str(source), str(out),
+                             "--model", str(model)], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "error:" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "model.onnx"]

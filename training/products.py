@@ -158,22 +158,25 @@ class Selection:
 
 def select_products(pair: Pair, names: list[str], scale: str = "C",
                     ) -> tuple[Selection | None, str]:
-    """Choose a pair's DTM and the RED orthoimage of its first observation at ``scale``.
+    """Choose a pair's DTM and a RED orthoimage at ``scale`` with its label.
 
     Returns the selection, or None and the reason why there is none. Among several DTM
-    versions the highest wins; the ortho whose version matches the DTM's is preferred.
+    versions the highest wins. The ortho is the first observation's, else the second's (pair
+    folders also hold orthos of other observations of the site; they are never taken here);
+    one whose version matches the DTM's is preferred.
     """
     products = [p for p in map(parse_product, names) if p is not None]
     dtms = [p for p in products if isinstance(p, Dtm) and dtm_matches_pair(p, pair)]
     if not dtms:
         return None, f"no DTM of pair {pair} listed"
     dtm = max(dtms, key=lambda d: (d.version, d.producer))
-    orthos = [p for p in products if isinstance(p, Ortho) and p.observation == pair.first
-              and p.band == "RED" and p.scale == scale]
+    orthos = [p for p in products if isinstance(p, Ortho) and p.band == "RED"
+              and p.scale == scale and p.observation in pair.observations]
     images = [p for p in orthos if p.extension == "JP2"]
     if not images:
-        return None, f"no RED_{scale} orthoimage of {pair.first} listed"
-    ortho = max(images, key=lambda o: (o.version == dtm.version, o.version))
+        return None, f"no RED_{scale} orthoimage of {pair.first} or {pair.second} listed"
+    ortho = max(images, key=lambda o: (o.observation == pair.first, o.version == dtm.version,
+                                       o.version))
     labels = [p for p in orthos if p.extension == "LBL" and p.product_id == ortho.product_id]
     if not labels:
         return None, f"no label {ortho.product_id}.LBL listed"
@@ -190,6 +193,13 @@ class ManifestRow:
     ortho: Ortho
     dtm: Dtm
 
+    @property
+    def ortho_role(self) -> str:
+        """"first" or "second" observation of the pair, or "extra": another observation of
+        the site orthorectified on the same DTM."""
+        roles = dict(zip(self.pair.observations, ("first", "second")))
+        return roles.get(self.ortho.observation, "extra")
+
 
 def parse_manifest_row(name: str, image_url: str, model_url: str) -> ManifestRow:
     """One row ``name,image,model`` of a list of pair URLs; ValueError when it does not parse."""
@@ -198,6 +208,6 @@ def parse_manifest_row(name: str, image_url: str, model_url: str) -> ManifestRow
     dtm = parse_dtm(url_file_name(model_url))
     if pair is None or ortho is None or dtm is None:
         raise ValueError(f"row {name!r} does not name a pair, an orthoimage and a DTM")
-    if not dtm_matches_pair(dtm, pair) or ortho.observation not in pair.observations:
-        raise ValueError(f"row {name!r} mixes products of different pairs")
+    if not dtm_matches_pair(dtm, pair):
+        raise ValueError(f"row {name!r} names the DTM of another pair")
     return ManifestRow(pair, ortho, dtm)

@@ -46,7 +46,7 @@ class OffsetProblem:
         self.difference.append(float(delta[shared].mean()))
         self.weight.append(float(count))
 
-    def solve(self, tolerance: float = 1e-10) -> np.ndarray:
+    def solve(self, tolerance: float = 1e-20) -> np.ndarray:
         """Offsets to add to each tile; their weighted mean is zero in each connected part."""
         offsets = np.zeros(self.n_tiles)
         if not self.a:
@@ -71,7 +71,7 @@ def conjugate_gradient(matvec, rhs: np.ndarray, tolerance: float) -> np.ndarray:
     r = rhs - matvec(x)
     p = r.copy()
     rr = float(r @ r)
-    stop = tolerance * max(float(rhs @ rhs), 1e-300)
+    stop = tolerance * max(float(rhs @ rhs), 1e-300)  # on the squared residual
     for _ in range(10 * len(rhs) + 100):
         if rr <= stop:
             break

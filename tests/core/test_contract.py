@@ -1,0 +1,61 @@
+"""The model contract: round trip, refusals naming the key, values the engine relies on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mars_dtm_plugin.core.contract import REQUIRED_KEYS, parse_contract
+from mars_dtm_plugin.core.errors import DtmError
+from mars_dtm_plugin.core.model import load_contract
+from tests.models import contract_for_tests, write_test_model
+
+
+def test_round_trip_through_metadata_and_onnx(tmp_path):
+    contract = contract_for_tests(tile_size=128, sun_mode="rotate", sun_azimuth=225.0)
+    assert parse_contract(contract.to_metadata()) == contract
+    model = write_test_model(tmp_path / "m.onnx", tile_size=128, sun_mode="rotate",
+                             sun_azimuth=225.0)
+    assert load_contract(model) == contract
+
+
+def test_shared_keys_keep_deepness_names_and_ours_are_namespaced():
+    props = contract_for_tests().to_metadata()
+    for key in ("model_type", "tile_size", "tiles_overlap", "resolution",
+                "standardization_mean", "standardization_std"):
+        assert key in props
+    assert json.loads(props["model_type"]) == "regression"
+    ours = set(props) - set(REQUIRED_KEYS[:0]) - {
+        "model_type", "tile_size", "tiles_overlap", "resolution", "standardization_mean",
+        "standardization_std"}
+    assert ours and all(key.startswith("marsdtm:") for key in ours)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("tile_size", "8", "at least 16"),
+    ("tiles_overlap", "60", "percentage"),
+    ("model_type", '"segmentation"', "regression"),
+    ("marsdtm:sun_mode", '"guess"', "rotate"),
+    ("marsdtm:input_percentiles", "[99, 1]", "low < high"),
+    ("standardization_std", "[0]", "positive"),
+    ("marsdtm:contract_version", "99", "contract version"),
+])
+def test_invalid_values_are_refused_naming_the_key(key, value, words):
+    props = contract_for_tests().to_metadata()
+    props[key] = value
+    with pytest.raises(DtmError, match=f"'{key}'.*{words}"):
+        parse_contract(props)
+
+
+def test_non_json_value_is_refused():
+    props = contract_for_tests().to_metadata()
+    props["tile_size"] = "sixty-four"
+    with pytest.raises(DtmError, match="'tile_size' that is not JSON"):
+        parse_contract(props)
+
+
+def test_unknown_namespaced_keys_are_kept():
+    props = contract_for_tests().to_metadata()
+    props["marsdtm:training_loss"] = '"l1+slope"'
+    assert parse_contract(props).extra == {"marsdtm:training_loss": "l1+slope"}

@@ -1,0 +1,152 @@
+"""The scraper against a real loopback server in UAHiRISE's layout."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.training.conftest import options
+from tests.training.fakesite import (
+    DTM_ROOT,
+    PAIR_A,
+    PAIR_NO_DTM,
+    SiteServer,
+    dtm_name,
+    pair_dir,
+)
+from training.scrape import USER_AGENT, Refused, local_path, main, scrape
+
+DTM_A = f"{DTM_ROOT}{pair_dir(PAIR_A)}/{dtm_name(PAIR_A)}"
+
+
+def _pair_record(out: Path, pair_id: str) -> dict:
+    pairs = json.loads((out / "manifest.json").read_text())["pairs"]
+    return next(p for p in pairs if p["pair_id"] == pair_id)
+
+
+def test_full_crawl_mirrors_the_chosen_products(server: SiteServer, site: Path,
+                                                tmp_path: Path) -> None:
+    summary = scrape(options(server, tmp_path))
+    assert (summary.found, summary.fetched, summary.skipped, summary.failed) == (4, 3, 0, 1)
+    fetched = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                     if p.is_file() and p.name != "pair.json" and p.name != "manifest.json")
+    assert len(fetched) == 9
+    for rel in fetched:
+        assert (tmp_path / rel).read_bytes() == (site / DTM_ROOT.strip("/") / rel).read_bytes()
+    first = PAIR_A[:15]
+    assert {Path(f).name for f in fetched if PAIR_A in f} == {
+        dtm_name(PAIR_A), f"{first}_RED_C_01_ORTHO.JP2", f"{first}_RED_C_01_ORTHO.LBL"}
+    record = _pair_record(tmp_path, PAIR_A)
+    assert json.loads((tmp_path / record["dir"] / "pair.json").read_text()) == record
+    dtm = record["files"][0]
+    assert (dtm["role"], dtm["status"], dtm["size"]) == (
+        "dtm", "complete", (tmp_path / record["dir"] / dtm["path"]).stat().st_size)
+    assert _pair_record(tmp_path, PAIR_NO_DTM)["reason"] == f"no DTM of pair {PAIR_NO_DTM} listed"
+    assert {r["agent"] for r in server.requests} == {USER_AGENT}
+
+
+def test_rerun_skips_complete_files(server: SiteServer, tmp_path: Path) -> None:
+    scrape(options(server, tmp_path))
+    server.reset()
+    summary = scrape(options(server, tmp_path))
+    assert (summary.fetched, summary.skipped, summary.failed) == (0, 3, 1)
+    assert not [r for r in server.requests if r["method"] == "GET" and not r["path"].endswith("/")]
+
+
+def test_interrupted_download_resumes_on_rerun(server: SiteServer, site: Path,
+                                               tmp_path: Path) -> None:
+    server.cuts[DTM_A] = [5000]
+    summary = scrape(options(server, tmp_path, retries=0))
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    assert summary.failed == 2 and not local.exists()
+    assert local.with_name(local.name + ".part").stat().st_size == 5000
+    assert _pair_record(tmp_path, PAIR_A)["files"][0]["status"] == "partial"
+    server.reset()
+    assert scrape(options(server, tmp_path)).failed == 1
+    assert [r["range"] for r in server.gets(dtm_name(PAIR_A))] == ["bytes=5000-"]
+    assert local.read_bytes() == (site / DTM_A.lstrip("/")).read_bytes()
+    assert not local.with_name(local.name + ".part").exists()
+
+
+def test_dropped_connections_are_retried_from_where_they_broke(
+        server: SiteServer, site: Path, tmp_path: Path) -> None:
+    server.cuts[DTM_A] = [3000, 4000]
+    scrape(options(server, tmp_path))
+    assert _pair_record(tmp_path, PAIR_A)["status"] == "complete"
+    assert [r["range"] for r in server.gets(dtm_name(PAIR_A))] == [
+        None, "bytes=3000-", "bytes=7000-"]
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    assert local.read_bytes() == (site / DTM_A.lstrip("/")).read_bytes()
+
+
+def test_limit_stops_the_crawl(server: SiteServer, tmp_path: Path) -> None:
+    summary = scrape(options(server, tmp_path, limit=2))
+    assert summary.found == 2
+    assert not [r for r in server.requests if "ORB_011300" in r["path"]]
+
+
+def test_hostile_links_are_refused(server: SiteServer, tmp_path: Path) -> None:
+    evil_root = tmp_path / "evil"
+    (evil_root / "x").mkdir(parents=True)
+    (evil_root / "x" / "DTEEC_011384_2185_011661_2185_A09.IMG").write_bytes(b"bad")
+    evil = SiteServer(evil_root).start()
+    hostile = [f"{evil.url}/x/DTEEC_011384_2185_011661_2185_A09.IMG",  # other host, newer
+               "../../../../../../etc/passwd", "/etc/passwd", "%2e%2e/%2e%2e/escape.IMG",
+               "..%2F..%2Fescape.IMG", "odd%20name.IMG", "back%5Cslash.IMG",
+               "file:///etc/passwd", "sub/dir/DTEEC_011384_2185_011661_2185_A08.IMG"]
+    server.extra_links[f"{DTM_ROOT}{pair_dir(PAIR_A)}/"] = hostile
+    server.extra_links[DTM_ROOT + "ESP/"] = [f"{evil.url}/x/", "../../../"]
+    out = tmp_path / "out"
+    try:
+        summary = scrape(options(server, out))
+    finally:
+        evil.stop()
+    assert len(summary.refused) == len(hostile) + 1  # "../../../" is a parent: ignored
+    assert evil.requests == []
+    assert {r["path"].split("/")[1] for r in server.requests} == {"PDS"}
+    assert _pair_record(out, PAIR_A)["files"][0]["path"].endswith("_A01.IMG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil", "out"]
+
+
+@pytest.mark.parametrize("name", ["..", "/etc", "a/b", "", ".hidden", "x\x00y"])
+def test_local_names_that_could_escape_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(Refused):
+        local_path(tmp_path, ["ESP", name])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--base-url", "ftp://x/"], 2, "error: --base-url must be an http(s) URL, got 'ftp://x/'."),
+    (["--limit", "0"], 2, "error: --limit must be at least 1."),
+    (["--workers", "99"], 2, "error: --workers must be between 1 and 16."),
+    (["--base-url", "http://127.0.0.1:{port}/PDS/DTM/", "--retries", "0"], 1,
+     "error: cannot read the listing at http://127.0.0.1:{port}/PDS/DTM/"),
+])
+def test_bad_input_is_one_sentence_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], code: int,
+        message: str) -> None:
+    port = str(_free_port())
+    out = tmp_path / "out"
+    args = [a.replace("{port}", port) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(["--out", str(out), *args]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == code
+    assert err.startswith(message.replace("{port}", port)) and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "file")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: --out {tmp_path / 'file'} is not a folder.\n"

@@ -110,7 +110,8 @@ class Dtm:
 def warp_strip(ortho: gdal.Dataset, dtm: Dtm, y0: int, rows: int) -> np.ndarray:
     """The ortho resampled onto the DTM's grid for rows ``y0 .. y0 + rows`` (0 = no data)."""
     finer = abs(ortho.GetGeoTransform()[1]) < 0.75 * abs(dtm.gt[1])
-    warped = gdal.Warp("", ortho, format="MEM", dstSRS=dtm.wkt,
+    # Full-resolution source: a JPEG 2000's reduced levels are wavelet low-passes, not means.
+    warped = gdal.Warp("", ortho, format="MEM", dstSRS=dtm.wkt, overviewLevel="NONE",
                        outputBounds=dtm.bounds(y0, rows), width=dtm.width, height=rows,
                        resampleAlg="average" if finer else "bilinear",
                        srcNodata=0, dstNodata=0, outputType=gdal.GDT_Byte)

@@ -187,6 +187,9 @@ def pair_dir(pair: str) -> str:
     return f"{phase}/ORB_{low:06d}_{low + 99:06d}/{pair}"
 
 
+DTM_A = f"{DTM_ROOT}{pair_dir(PAIR_A)}/{dtm_name(PAIR_A)}"  # its URL path
+
+
 def build_site(root: Path, terrain: Terrain) -> dict[str, Path]:
     """The product tree under ``root/PDS/DTM``; returns each pair's folder."""
     folders = {}

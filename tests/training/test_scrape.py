@@ -10,6 +10,7 @@ import pytest
 
 from tests.training.conftest import options
 from tests.training.fakesite import (
+    DTM_A,
     DTM_ROOT,
     PAIR_A,
     PAIR_NO_DTM,
@@ -18,8 +19,6 @@ from tests.training.fakesite import (
     pair_dir,
 )
 from training.scrape import USER_AGENT, Refused, local_path, main, scrape
-
-DTM_A = f"{DTM_ROOT}{pair_dir(PAIR_A)}/{dtm_name(PAIR_A)}"
 
 
 def _pair_record(out: Path, pair_id: str) -> dict:

@@ -1,0 +1,130 @@
+"""The patch builder: georeferenced alignment, nodata, relative heights, provenance, safety."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from tests.training.conftest import options
+from tests.training.fakesite import DTM_A, PAIR_A, PAIR_B, SiteServer, Terrain
+from training.scrape import scrape
+from training.shards import read_shards
+from training.splits import write_splits
+from training.tiles import build, load_pairs, main
+
+SIZE, OVERLAP = 16, 4
+
+
+def _patches(source: Path, out: Path, **kwargs: object) -> dict:
+    pairs, _ = load_pairs(source)
+    index = build(pairs, out, SIZE, OVERLAP, **kwargs)
+    return {p.key: p for p in read_shards([out / s for s in index["shards"]])}
+
+
+def _pair_a(patches: dict) -> dict[tuple[int, int], object]:
+    return {tuple(p.meta["window"][:2]): p for p in patches.values()
+            if p.meta["pair_id"] == PAIR_A}
+
+
+def _assert_mesa_aligned(patch: object, terrain: Terrain) -> None:
+    """The mesa's map corner, through the patch's geotransform, is where image and heights
+    both show it."""
+    gt = patch.meta["geotransform"]
+    x, y = terrain.mesa_xy
+    col, row = round((x - gt[0]) / gt[1]), round((y - gt[3]) / gt[5])
+    expected = [(r, c) for r in range(row, row + 3) for c in range(col, col + 3)]
+    assert [tuple(p) for p in np.argwhere(patch.image == 250)] == expected
+    high = patch.height > np.median(patch.height) + terrain.mesa_m / 2
+    assert [tuple(p) for p in np.argwhere(high)] == expected
+
+
+def test_patches_line_up_and_skip_missing_heights(scraped: Path, terrain: Terrain,
+                                                  tmp_path: Path) -> None:
+    patches = _patches(scraped, tmp_path)
+    windows = _pair_a(patches)
+    # x0 = 0 touches the missing collar, (24, 24) the missing hole: both dropped.
+    assert sorted(windows) == sorted({(x, y) for x in (12, 24, 36, 48) for y in (0, 12, 24)}
+                                     - {(24, 24)})
+    assert len(patches) == len(windows) + 2 * 9  # pairs B and C: 40 x 40 px, 3 x 3 windows
+    _assert_mesa_aligned(windows[(36, 12)], terrain)
+    dtm = terrain.heights()
+    for (x0, y0), patch in windows.items():
+        absolute = patch.height + patch.meta["height_offset_m"]
+        np.testing.assert_allclose(absolute, dtm[y0:y0 + SIZE, x0:x0 + SIZE], atol=1e-3)
+        assert abs(float(patch.height.mean())) < 1e-4
+        assert patch.image.dtype == np.uint8 and patch.height.dtype == np.float32
+
+
+def test_provenance_travels_with_every_patch(scraped: Path, terrain: Terrain,
+                                             tmp_path: Path) -> None:
+    patch = _pair_a(_patches(scraped, tmp_path))[(12, 0)]
+    meta = patch.meta
+    assert (meta["pair_id"], meta["source"], meta["window"]) == (PAIR_A, "hirise",
+                                                                 [12, 0, SIZE, SIZE])
+    assert meta["pixel_size_m"] == pytest.approx(1.0)
+    # Label: SUB_SOLAR_AZIMUTH 200, NORTH_AZIMUTH 270, INCIDENCE_ANGLE 40.
+    assert meta["sun_azimuth_deg"] == pytest.approx(290.0)
+    assert meta["sun_elevation_deg"] == pytest.approx(50.0)
+    assert meta["sub_solar_azimuth_deg"] == 200.0 and meta["incidence_angle_deg"] == 40.0
+    dtm = next(scraped.rglob("DTEEC_011384*.IMG"))
+    assert meta["crs_wkt"] == gdal.Open(str(dtm)).GetProjection()
+    assert meta["geotransform"][:4] == [terrain.ulx + 12, 1.0, 0.0, terrain.uly]
+
+
+def test_finer_ortho_is_averaged_onto_the_dtm_grid(server: SiteServer, terrain: Terrain,
+                                                   tmp_path: Path) -> None:
+    scrape(options(server, tmp_path / "scrape", scale="A"))
+    windows = _pair_a(_patches(tmp_path / "scrape", tmp_path / "shards"))
+    assert len(windows) == 11
+    _assert_mesa_aligned(windows[(36, 12)], terrain)
+
+
+def test_truncated_downloads_never_reach_the_builder(server: SiteServer, scraped: Path,
+                                                     tmp_path: Path) -> None:
+    server.cuts[DTM_A] = [4000]
+    scrape(options(server, tmp_path / "cut", retries=0))
+    pairs, skipped = load_pairs(tmp_path / "cut")
+    assert PAIR_A not in {p.pair_id for p in pairs}
+    assert any(r.startswith(f"{PAIR_A} is incomplete") for r in skipped)
+    # A file shortened after a complete download is refused too.
+    copy = shutil.copytree(scraped, tmp_path / "copy")
+    ortho = next(copy.rglob(f"{PAIR_B[:15]}_RED_C_01_ORTHO.JP2"))
+    ortho.write_bytes(ortho.read_bytes()[:-10])
+    pairs, skipped = load_pairs(copy / "manifest.json")
+    assert PAIR_B not in {p.pair_id for p in pairs}
+    assert f"{PAIR_B}: {ortho.name} differs from its recorded size" in skipped
+    patches = _patches(copy, tmp_path / "shards")
+    assert PAIR_B not in {p.meta["pair_id"] for p in patches.values()} and patches
+
+
+def test_splits_put_each_split_in_its_own_folder(scraped: Path, tmp_path: Path) -> None:
+    pairs, _ = load_pairs(scraped)
+    ids = sorted(p.pair_id for p in pairs)
+    write_splits({"train": ids[:2], "val": ids[2:], "test": []}, tmp_path / "s.json", 0)
+    assert main([str(scraped), "--out", str(tmp_path / "p"), "--size", str(SIZE),
+                 "--overlap", str(OVERLAP), "--splits", str(tmp_path / "s.json")]) == 0
+    for split, members in (("train", ids[:2]), ("val", ids[2:])):
+        shards = sorted((tmp_path / "p" / split).glob("*.tar"))
+        assert {p.meta["pair_id"] for p in read_shards(shards)} == set(members)
+    assert not (tmp_path / "p" / "test").exists()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["missing.json"], 2, "error: missing.json does not exist.\n"),
+    (["{scraped}", "--size", "16", "--overlap", "16"], 2,
+     "error: --overlap must be at least 0 and below --size.\n"),
+    (["{scraped}", "--size", "4096"], 1, "error: no patch could be cut from the given pairs.\n"),
+])
+def test_bad_input_is_one_sentence_and_writes_nothing(
+        scraped: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+        code: int, message: str) -> None:
+    args = [a.replace("{scraped}", str(scraped)) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main([*args, "--out", str(tmp_path / "out")]))
+    assert exit_info.value.code == code
+    assert capsys.readouterr().err.endswith(message)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from training.data import (
+    Normalisation,
+    ShardPatches,
+    list_shards,
+    pixel_size_metres,
+    to_canonical,
+)
+from training.synth import cos_incidence
+
+
+def _hill(size: int = 65) -> np.ndarray:
+    y, x = np.mgrid[:size, :size] - size // 2
+    return (20.0 * np.exp(-(x**2 + 2 * y**2) / 200.0) + 0.1 * x).astype(np.float32)
+
+
+@pytest.mark.parametrize("sun", [0.0, 90.0, 180.0, 300.0])
+def test_to_canonical_brings_the_sun_to_the_canonical_azimuth(sun):
+    dem = _hill()
+    image = cos_incidence(dem, 1.0, sun, 35.0)
+    turned_image, turned_dem = to_canonical(image, dem, sun, 270.0)
+    expected = cos_incidence(turned_dem, 1.0, 270.0, 35.0)
+    inner = (slice(4, -4), slice(4, -4))
+    corr = np.corrcoef(turned_image[inner].ravel(), expected[inner].ravel())[0, 1]
+    assert corr > 0.97
+
+
+def test_normalisation_maps_percentiles_to_zero_and_one():
+    image = np.arange(101, dtype=np.uint8).reshape(1, -1)
+    out = Normalisation((0.0, 100.0), mean=0.5, std=0.25).apply(image)
+    assert np.isclose(out.min(), -2.0) and np.isclose(out.max(), 2.0)
+
+
+def test_ranks_read_disjoint_shares_of_the_shards(pool, monkeypatch):
+    keys = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        data = ShardPatches(list_shards(pool), seed=1, augment=False)
+        keys.append({p.key for p in data._patches()})
+    assert not keys[0] & keys[1]
+    assert len(keys[0] | keys[1]) == 24
+
+
+def test_geographic_pixels_are_converted_to_metres():
+    gt = (0.0, 1 / 1200, 0.0, 0.0, 0.0, -1 / 1200)  # 3 arc-seconds
+    assert 92.0 < pixel_size_metres(gt, True, 0.0) < 93.5
+    assert pixel_size_metres((0, 2.0, 0, 0, 0, -2.0), False, 45.0) == 2.0

@@ -1,0 +1,52 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from mars_dtm_plugin.core.contract import parse_contract
+from training.export_onnx import main as export_main
+from training.export_onnx import parity
+from training.train import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def exported(pool, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    cfg = TrainConfig(data=str(pool), out=str(out), patch_size=64, batch_size=4, steps=2,
+                      channels=[4, 8, 16], threads=1, checkpoint_every=1000)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    checkpoint = trainer.save()
+    assert export_main([str(checkpoint), str(out / "g.onnx"), "--version", "9.9"]) == 0
+    return trainer.generator.eval(), out / "g.onnx"
+
+
+def test_exported_model_passes_the_engine_contract(exported):
+    _, path = exported
+    model = onnx.load(str(path))
+    contract = parse_contract({p.key: p.value for p in model.metadata_props})
+    assert contract.version == "9.9"
+    assert contract.sun_mode == "rotate" and contract.height_units == "gsd"
+    assert contract.extra["marsdtm:size_multiple"] == 4
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == ["height"]
+    assert model.opset_import[0].version == 17
+
+
+def test_onnxruntime_matches_pytorch_at_another_shape(exported):
+    model, path = exported
+    assert parity(model, path, shape=(3, 1, 40, 72)) < 1e-4
+    x = np.random.default_rng(1).normal(size=(1, 1, 48, 32)).astype(np.float32)
+    got = ort.InferenceSession(str(path)).run(["height"], {"image": x})[0]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (1, 1, 48, 32)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": 1}, bad)
+    assert export_main([str(bad), str(tmp_path / "x.onnx")]) == 2
+    assert "not a training checkpoint" in capsys.readouterr().err

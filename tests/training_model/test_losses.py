@@ -1,0 +1,49 @@
+import numpy as np
+import torch
+
+from training.losses import (
+    LossWeights,
+    demean,
+    generator_loss,
+    histogram_weights,
+    l1_gradient,
+    l1_height,
+    scale_invariant,
+)
+
+
+def _t(rows):
+    return torch.tensor(rows, dtype=torch.float32)[None, None]
+
+
+def test_l1_ignores_a_constant_offset_and_matches_hand_values():
+    target = _t([[0.0, 2.0], [4.0, 6.0]])
+    assert float(l1_height(target + 100.0, target)) == 0.0
+    pred = _t([[1.0, 1.0], [1.0, 1.0]])  # flat: error = |target - mean| = 3, 1, 1, 3
+    assert np.isclose(float(l1_height(pred, target)), 2.0)
+
+
+def test_gradient_term_by_hand():
+    target = _t([[0.0, 2.0], [4.0, 6.0]])  # dx = 2, 2; dy = 4, 4
+    pred = torch.zeros_like(target)
+    assert np.isclose(float(l1_gradient(pred, target)), 0.5 * (2.0 + 4.0))
+
+
+def test_scale_invariant_forgives_scale_only():
+    target = demean(_t([[0.0, 2.0], [4.0, 7.0]]))
+    assert float(scale_invariant(3.0 * target, target)) < 1e-6
+    assert float(scale_invariant(torch.flip(target, [-1]), target)) > 0.1
+
+
+def test_histogram_weights_favour_rare_heights():
+    target = _t([[0.0, 0.0, 0.0, 9.0]])
+    w = histogram_weights(target, bins=4)
+    assert np.isclose(float(w.mean()), 1.0)
+    assert float(w[..., 3]) > 2.5 * float(w[..., 0])
+
+
+def test_total_is_the_weighted_sum():
+    target = _t([[0.0, 2.0], [4.0, 6.0]])
+    pred = torch.zeros_like(target)
+    terms = generator_loss(pred, target, LossWeights(l1=2.0, gradient=0.5))
+    assert np.isclose(float(terms["total"]), 2.0 * 2.0 + 0.5 * 3.0)

@@ -1,0 +1,303 @@
+"""Training samples: (normalised image, height in pixel units) pairs, three ways.
+
+- ``SyntheticPatches``: procedural Mars terrain rendered on the fly (``training.synth``);
+- ``DemShapePatches``: real measured DEMs, cropped, zoomed, turned and rendered under many suns;
+- ``ShardPatches``: WebDataset tar shards (``training.shards``) streamed by rank and worker,
+  which is how real HiRISE patches and pre-rendered pools reach DDP training.
+
+Every sample is brought to the model contract: sun from ``canonical_azimuth`` (rotating real
+patches when needed), image mapped by its percentiles to 0..1 then standardised, height divided
+by the pixel size and made zero-mean.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import IterableDataset, get_worker_info
+
+from training.shards import Patch, ShardWriter, read_shard
+
+# Rows of a DEM shape kept out of training because the evaluation renders its test set there.
+HOLDOUT_ROWS = {"mars_louth_crater_ice_mound_hirise.tif": 600}
+EARTH_DEG_M = 111_320.0
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """What the engine does to a scene: percentiles -> 0..1, then (x - mean) / std."""
+
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    mean: float = 0.5
+    std: float = 0.25
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(image, self.percentiles)
+        scaled = (image.astype(np.float32) - lo) / max(float(hi - lo), 1e-6)
+        return ((scaled - self.mean) / self.std).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SunRange:
+    canonical_azimuth: float = 270.0
+    azimuth_jitter: float = 10.0
+    elevation: tuple[float, float] = (15.0, 60.0)
+
+    def draw(self, rng: np.random.Generator) -> tuple[float, float]:
+        azimuth = self.canonical_azimuth + rng.uniform(-self.azimuth_jitter, self.azimuth_jitter)
+        return float(azimuth % 360.0), float(rng.uniform(*self.elevation))
+
+
+def to_canonical(image: np.ndarray, height: np.ndarray, sun_azimuth: float,
+                 canonical: float) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a patch so its sun comes from ``canonical``; keep the largest inscribed square.
+
+    Azimuths are clockwise from image up; ``ndimage.rotate`` turns counter-clockwise.
+    """
+    angle = (sun_azimuth - canonical) % 360.0
+    quarter = round(angle / 90.0)
+    if abs(angle - 90.0 * quarter) < 1.0:
+        k = quarter % 4
+        return np.rot90(image, k).copy(), np.rot90(height, k).copy()
+    turned = [ndimage.rotate(a.astype(np.float32), angle, order=1, reshape=False, mode="nearest")
+              for a in (image, height)]
+    side = int(min(image.shape) / (abs(math.cos(math.radians(angle)))
+                                    + abs(math.sin(math.radians(angle)))))
+    r0, c0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    return tuple(a[r0:r0 + side, c0:c0 + side] for a in turned)
+
+
+def to_sample(image: np.ndarray, height_m: np.ndarray, pixel_size_m: float,
+              norm: Normalisation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model input [1, H, W] and target heights in pixel units, zero-mean [1, H, W]."""
+    height = height_m.astype(np.float32) / np.float32(pixel_size_m)
+    height = height - height.mean()
+    return (torch.from_numpy(norm.apply(image))[None],
+            torch.from_numpy(np.ascontiguousarray(height))[None])
+
+
+def _worker_rng(seed: int, epoch: int = 0) -> np.random.Generator:
+    """One independent stream per (seed, epoch, rank, DataLoader worker)."""
+    info = get_worker_info()
+    worker = info.id if info else 0
+    rank = int(os.environ.get("RANK", "0"))
+    return np.random.default_rng([seed, epoch, rank, worker])
+
+
+class SyntheticPatches(IterableDataset):
+    """Endless procedural terrain rendered at the canonical sun (± jitter)."""
+
+    def __init__(self, size: int = 128, seed: int = 0, sun: SunRange | None = None,
+                 norm: Normalisation | None = None, pixel_size_m: float = 1.0) -> None:
+        self.size, self.seed, self.pixel_size_m = size, seed, pixel_size_m
+        self.sun, self.norm = sun or SunRange(), norm or Normalisation()
+
+    def raw(self, rng: np.random.Generator) -> Patch:
+        from training import synth  # the terrain generator; heavy, so imported when used
+
+        dem = synth.synthetic_dem(rng, self.size, pixel_size_m=self.pixel_size_m)
+        azimuth, elevation = self.sun.draw(rng)
+        image = synth.render(dem, self.pixel_size_m, azimuth, elevation, rng)
+        meta = {"source": "synthetic", "pixel_size_m": self.pixel_size_m,
+                "sun_azimuth_deg": azimuth, "sun_elevation_deg": elevation}
+        return Patch("synthetic", image, (dem - dem.mean()).astype(np.float32), meta)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = _worker_rng(self.seed)
+        while True:
+            patch = self.raw(rng)
+            yield to_sample(patch.image, patch.height, self.pixel_size_m, self.norm)
+
+
+@dataclass
+class DemShape:
+    name: str
+    heights: np.ndarray
+    pixel_size_m: float
+
+
+def pixel_size_metres(geotransform: Sequence[float], geographic: bool, lat_deg: float) -> float:
+    """Mean pixel side in metres; geographic pixels (degrees) converted on the Earth."""
+    dx, dy = abs(geotransform[1]), abs(geotransform[5])
+    if geographic:
+        dx, dy = dx * EARTH_DEG_M * math.cos(math.radians(lat_deg)), dy * EARTH_DEG_M
+    return math.sqrt(dx * dy)
+
+
+def load_dem_shapes(folder: str | os.PathLike, holdout: bool = True) -> list[DemShape]:
+    """Read every GeoTIFF in ``folder``; drop the rows reserved for evaluation."""
+    from osgeo import gdal
+
+    shapes = []
+    for path in sorted(Path(folder).glob("*.tif")):
+        ds = gdal.Open(str(path))
+        heights = ds.GetRasterBand(1).ReadAsArray().astype(np.float32)
+        gt = ds.GetGeoTransform()
+        srs = ds.GetSpatialRef()
+        geographic = bool(srs and srs.IsGeographic())
+        lat = gt[3] + gt[5] * ds.RasterYSize / 2
+        if holdout and path.name in HOLDOUT_ROWS:
+            heights = heights[:HOLDOUT_ROWS[path.name]]
+        shapes.append(DemShape(path.stem, heights, pixel_size_metres(gt, geographic, lat)))
+    return shapes
+
+
+class DemShapePatches(IterableDataset):
+    """Real DEM shapes: random crop, zoom, quarter turn or mirror, relief scale, many suns."""
+
+    def __init__(self, shapes: list[DemShape], size: int = 128, seed: int = 0,
+                 sun: SunRange | None = None, norm: Normalisation | None = None,
+                 zoom: tuple[float, float] = (0.5, 2.0),
+                 relief: tuple[float, float] = (0.5, 1.5)) -> None:
+        if not shapes:
+            raise ValueError("no DEM shapes to render")
+        self.shapes, self.size, self.seed = shapes, size, seed
+        self.sun, self.norm = sun or SunRange(), norm or Normalisation()
+        self.zoom, self.relief = zoom, relief
+
+    def raw(self, rng: np.random.Generator) -> Patch:
+        from training import synth
+
+        shape = self.shapes[rng.integers(len(self.shapes))]
+        rows, cols = shape.heights.shape
+        # zoom > 1: each output pixel covers several DEM pixels (coarser); < 1: finer.
+        zoom = float(np.exp(rng.uniform(*np.log(self.zoom))))
+        crop = int(min(round(self.size * zoom), rows, cols))
+        r0, c0 = rng.integers(rows - crop + 1), rng.integers(cols - crop + 1)
+        dem = shape.heights[r0:r0 + crop, c0:c0 + crop]
+        dem = ndimage.zoom(dem, self.size / crop, order=1)[:self.size, :self.size]
+        dem = np.rot90(dem, rng.integers(4))
+        dem = np.ascontiguousarray(dem[:, ::-1] if rng.random() < 0.5 else dem)
+        pixel = shape.pixel_size_m * crop / self.size
+        dem = (dem - dem.mean()) * rng.uniform(*self.relief)
+        azimuth, elevation = self.sun.draw(rng)
+        image = synth.render(dem.astype(np.float32), pixel, azimuth, elevation, rng)
+        meta = {"source": shape.name, "pixel_size_m": pixel,
+                "sun_azimuth_deg": azimuth, "sun_elevation_deg": elevation}
+        return Patch(shape.name, image, dem.astype(np.float32), meta)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = _worker_rng(self.seed)
+        while True:
+            patch = self.raw(rng)
+            yield to_sample(patch.image, patch.height, patch.meta["pixel_size_m"], self.norm)
+
+
+def write_pool(sources: Sequence[tuple[SyntheticPatches | DemShapePatches, int]],
+               out_dir: str | os.PathLike, seed: int, per_shard: int = 500) -> list[Path]:
+    """Render ``count`` raw patches from each source into shards (a fixed, reusable pool)."""
+    rng = np.random.default_rng(seed)
+    with ShardWriter(out_dir, prefix="pool", max_count=per_shard) as writer:
+        index = 0
+        for source, count in sources:
+            for _ in range(count):
+                patch = source.raw(rng)
+                patch.key = f"{index:08d}"
+                writer.write(patch)
+                index += 1
+    return writer.paths
+
+
+class ShardPatches(IterableDataset):
+    """Streams shards: each rank and DataLoader worker reads its own subset of shard files.
+
+    Shards are reshuffled every epoch (``set_epoch``) with a shuffle buffer across them;
+    samples get an up-down mirror (it keeps a sun from the left or right where it is), a random
+    gamma and a small stretch jitter, so a fixed pool is seen differently each epoch.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], seed: int = 0,
+                 norm: Normalisation | None = None, canonical_azimuth: float = 270.0,
+                 shuffle_buffer: int = 256, augment: bool = True, size: int = 128,
+                 azimuth_tolerance: float = 15.0) -> None:
+        self.paths = [str(p) for p in paths]
+        if not self.paths:
+            raise ValueError("no shard files to read")
+        self.seed, self.norm, self.canonical = seed, norm or Normalisation(), canonical_azimuth
+        self.shuffle_buffer, self.augment, self.epoch = shuffle_buffer, augment, 0
+        self.size, self.tolerance = size, azimuth_tolerance
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def my_shards(self) -> list[str]:
+        """This rank's and worker's share of the shard list (DistributedSampler-style)."""
+        order = list(self.paths)
+        random.Random(self.seed * 1000 + self.epoch).shuffle(order)
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        slot, slots = rank * workers + worker, world * workers
+        if len(order) < slots:
+            # Fewer shards than readers: everyone reads all shards, samples split by index.
+            return order
+        return order[slot::slots]
+
+    def _patches(self) -> Iterator[Patch]:
+        shards = self.my_shards()
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        split = len(self.paths) < world * workers
+        for i, patch in enumerate(p for path in shards for p in read_shard(path)):
+            if not split or i % (world * workers) == rank * workers + worker:
+                yield patch
+
+    def _sample(self, patch: Patch, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
+        image, height = patch.image.astype(np.float32), patch.height
+        sun = patch.meta.get("sun_azimuth_deg", self.canonical)
+        # Rendered pools already carry the canonical sun with a deliberate small jitter.
+        if abs((sun - self.canonical + 180.0) % 360.0 - 180.0) > self.tolerance:
+            image, height = to_canonical(image, height, sun, self.canonical)
+        if min(image.shape) < self.size:
+            return None  # too small for a training patch once turned
+        image, height = self._crop(image, height, rng)
+        if self.augment:
+            if rng.random() < 0.5:
+                image, height = image[::-1], height[::-1]
+            lo, hi = float(image.min()), float(image.max())
+            image = ((image - lo) / max(hi - lo, 1e-6)) ** rng.uniform(0.8, 1.25)
+        pixel = patch.meta.get("pixel_size_m", patch.meta.get("pixel_size", 1.0))
+        x, y = to_sample(np.ascontiguousarray(image), np.ascontiguousarray(height), pixel,
+                         self.norm)
+        if self.augment:
+            # The engine stretches by scene percentiles, never exactly the patch's own.
+            x = x * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.2, 0.2))
+        return x, y
+
+    def _crop(self, image: np.ndarray, height: np.ndarray,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = image.shape
+        r0 = rng.integers(rows - self.size + 1) if self.augment else (rows - self.size) // 2
+        c0 = rng.integers(cols - self.size + 1) if self.augment else (cols - self.size) // 2
+        window = (slice(r0, r0 + self.size), slice(c0, c0 + self.size))
+        return image[window], height[window]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = _worker_rng(self.seed, self.epoch)
+        buffer: list[Patch] = []
+        for patch in self._patches():
+            buffer.append(patch)
+            if len(buffer) >= self.shuffle_buffer:
+                sample = self._sample(buffer.pop(rng.integers(len(buffer))), rng)
+                if sample is not None:
+                    yield sample
+        while buffer:
+            sample = self._sample(buffer.pop(rng.integers(len(buffer))), rng)
+            if sample is not None:
+                yield sample
+
+
+def list_shards(folder: str | os.PathLike) -> list[Path]:
+    paths = sorted(Path(folder).glob("*.tar"))
+    if not paths:
+        raise FileNotFoundError(f"no shard files (*.tar) in {folder}")
+    return paths

@@ -1,0 +1,140 @@
+"""Export a training checkpoint to the ONNX file the plugin runs.
+
+``python -m training.export_onnx CHECKPOINT OUT.onnx [--version V] [--training-data TEXT]``
+
+Opset 17, input ``image`` and output ``height`` ([N, 1, H, W], dynamic N, H, W), the full model
+contract in ``metadata_props``, ``onnx.checker``, then an onnxruntime run compared with PyTorch
+at a shape different from the one traced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from mars_dtm_plugin.core.contract import ModelContract, parse_contract
+from training.model import Generator, GeneratorConfig, conv_flops
+
+OPSET = 17
+TILE_SIZE = 256
+EXPORT_SHAPE = (1, 1, TILE_SIZE, TILE_SIZE)
+DEFAULT_TRAINING_DATA = ("synthetic Mars terrain and real DEM shapes (Mars HiRISE, Earth, Moon) "
+                         "rendered under many suns; no real image/DTM pairs")
+
+
+def code_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
+    """The generator (eval mode) and the run's resolved configuration."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"cannot read the checkpoint {checkpoint}: {exc}") from exc
+    if not isinstance(state, dict) or "generator" not in state:
+        raise ValueError(f"{checkpoint} is not a training checkpoint (no generator weights)")
+    gen_cfg = state["generator_config"]
+    model = Generator(GeneratorConfig(tuple(gen_cfg["channels"])))
+    model.load_state_dict(state["generator"])
+    return model.eval(), state["config"]
+
+
+def build_contract(config: dict, model: Generator, version: str,
+                   training_data: str) -> ModelContract:
+    return ModelContract(
+        tile_size=TILE_SIZE,
+        tiles_overlap=25.0,
+        resolution=100.0,
+        standardization_mean=[float(config["norm_mean"])],
+        standardization_std=[float(config["norm_std"])],
+        height_units="gsd",
+        height_reference="tile_mean",
+        sun_mode="rotate",
+        sun_azimuth=float(config["canonical_azimuth"]),
+        input_percentiles=[float(p) for p in config["percentiles"]],
+        version=version,
+        training_data=training_data,
+        code_revision=code_revision(),
+        extra={
+            "marsdtm:size_multiple": model.size_multiple,
+            "marsdtm:gflop_per_tile": round(conv_flops(model, TILE_SIZE, TILE_SIZE) / 1e9, 3),
+            "marsdtm:architecture": {"name": "unet", "channels": list(model.config.channels)},
+            "marsdtm:training_steps": int(config["steps"]),
+            "marsdtm:adversarial": bool(config["gan"]),
+        },
+    )
+
+
+def export(model: Generator, contract: ModelContract, out: str | Path) -> Path:
+    """Trace, add the contract, check; returns the written path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dims = {0: "batch", 2: "height_px", 3: "width_px"}
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(EXPORT_SHAPE),), str(out), dynamo=False,
+                          opset_version=OPSET, input_names=["image"], output_names=["height"],
+                          dynamic_axes={"image": dims, "height": dims}, do_constant_folding=True)
+    proto = onnx.load(str(out))
+    onnx.helper.set_model_props(proto, contract.to_metadata())
+    proto.doc_string = "Mars DTM generator: image -> heights in pixel units, tile-mean relative."
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    parse_contract({p.key: p.value for p in proto.metadata_props}, str(out))
+    return out
+
+
+def parity(model: Generator, path: str | Path, shape: tuple[int, int, int, int] = (2, 1, 160, 224),
+           seed: int = 0) -> float:
+    """Largest |onnxruntime - PyTorch| at ``shape`` (not the traced shape), in pixel units."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(seed).normal(0, 1, shape).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["height"], {"image": x})[0]
+    if got.shape != expected.shape:
+        raise AssertionError(f"onnxruntime gave shape {got.shape}, PyTorch {expected.shape}")
+    return float(np.abs(got - expected).max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export_onnx", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a training checkpoint (last.pt)")
+    parser.add_argument("out", help="ONNX file to write")
+    parser.add_argument("--version", default="0.1.0", help="model version in the contract")
+    parser.add_argument("--training-data", default=DEFAULT_TRAINING_DATA,
+                        help="one line on what the model learned from")
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="largest allowed |ONNX - PyTorch| output difference (pixel units)")
+    args = parser.parse_args(argv)
+    try:
+        model, config = load_generator(args.checkpoint)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = export(model, build_contract(config, model, args.version, args.training_data),
+                  args.out)
+    diff = parity(model, path)
+    size_mb = path.stat().st_size / 1e6
+    print(f"wrote {path} ({size_mb:.2f} MB); onnxruntime vs PyTorch max |diff| = {diff:.2e}")
+    if diff > args.tolerance:
+        print(f"error: ONNX output differs from PyTorch by {diff:.2e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Train the height generator: ``python -m training.train --config FILE [--flag value ...]``.
+
+One process per device; with ``torchrun --nproc-per-node G [--nnodes N ...]`` it trains with
+DDP (NCCL on GPUs, gloo on CPU), each rank streaming its own share of the shards. Every
+checkpoint has the fully resolved configuration beside it (``config.json``); ``--resume``
+continues bit-for-bit on CPU (model, optimisers, random states and data position).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset
+
+from training.data import (
+    DemShapePatches,
+    Normalisation,
+    ShardPatches,
+    SunRange,
+    SyntheticPatches,
+    list_shards,
+    load_dem_shapes,
+)
+from training.losses import LossWeights, discriminator_loss, generator_loss
+from training.model import Generator, GeneratorConfig, PatchDiscriminator
+
+
+@dataclass
+class TrainConfig:
+    """Every option; ``HELP`` documents each one for ``--help``."""
+
+    out: str = "runs/model"
+    data: str = "synthetic"
+    val_data: str = ""
+    patch_size: int = 128
+    batch_size: int = 8
+    steps: int = 2000
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    channels: list[int] = field(default_factory=lambda: list(GeneratorConfig().channels))
+    l1: float = 1.0
+    gradient: float = 1.0
+    scale_invariant: float = 0.0
+    histogram_bins: int = 0
+    gan: bool = False
+    adversarial: float = 0.05
+    d_lr: float = 2e-4
+    d_channels: int = 32
+    seed: int = 0
+    workers: int = 0
+    threads: int = 2
+    amp: bool = True
+    log_every: int = 25
+    val_every: int = 250
+    val_batches: int = 8
+    checkpoint_every: int = 250
+    max_minutes: float = 0.0
+    stop_at: int = 0
+    keep_steps: list[int] = field(default_factory=list)
+    canonical_azimuth: float = 270.0
+    azimuth_jitter: float = 10.0
+    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
+    norm_mean: float = 0.5
+    norm_std: float = 0.25
+    resume: str = ""
+
+
+HELP = {
+    "out": "run folder: checkpoints, config.json, TensorBoard logs",
+    "data": "'synthetic' (procedural, on the fly), 'dem:FOLDER' (real DEM shapes rendered on "
+            "the fly) or a folder of WebDataset shards (*.tar)",
+    "val_data": "validation shards folder (optional)",
+    "patch_size": "side of training patches in pixels (multiple of the model's size multiple)",
+    "batch_size": "patches per step and per process",
+    "steps": "optimiser steps in total",
+    "lr": "generator learning rate (AdamW, cosine decay after 3%% warm-up)",
+    "weight_decay": "AdamW weight decay",
+    "channels": "U-Net channels per level, e.g. 8,16,32,64,96,128",
+    "l1": "weight of L1 on mean-removed heights (pixel units)",
+    "gradient": "weight of L1 on height gradients (slopes)",
+    "scale_invariant": "weight of the scale-aligned L1 term",
+    "histogram_bins": "0 = off; else weight pixels by inverse frequency of |height| bins",
+    "gan": "add the conditional PatchGAN adversarial loss",
+    "adversarial": "weight of the adversarial term (with --gan)",
+    "d_lr": "discriminator learning rate",
+    "d_channels": "discriminator base channels",
+    "seed": "seed of torch, numpy, random and the data-loader workers",
+    "workers": "DataLoader worker processes per rank",
+    "threads": "torch CPU threads per process",
+    "amp": "mixed precision on CUDA (ignored on CPU)",
+    "log_every": "steps between TensorBoard scalars",
+    "val_every": "steps between validations",
+    "val_batches": "batches per validation",
+    "checkpoint_every": "steps between checkpoints",
+    "max_minutes": "stop (with a checkpoint) after this many minutes; 0 = no limit",
+    "stop_at": "stop after this step, keeping the schedule of --steps (for ablations); 0 = off",
+    "keep_steps": "steps whose checkpoint is also kept as step_<N>.pt, e.g. 1000,2000",
+    "canonical_azimuth": "sun azimuth (deg clockwise from up, light FROM) the model expects",
+    "azimuth_jitter": "random +- degrees around it for rendered training images",
+    "percentiles": "input percentiles mapped to 0 and 1",
+    "norm_mean": "standardisation mean after the percentile mapping",
+    "norm_std": "standardisation std after the percentile mapping",
+    "resume": "checkpoint to continue from (its run folder keeps its config)",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Defaults < ``--config`` JSON < command-line flags."""
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="JSON file of options (keys as the flags below)")
+    for f in dataclasses.fields(TrainConfig):
+        kind = {"bool": _bool, "int": int, "float": float, "str": str}.get(str(f.type), _floats)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
+                            default=None, help=HELP[f.name])
+    args = parser.parse_args(argv)
+    values: dict = {}
+    if args.config:
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            parser.error(f"cannot read the config file {args.config}: {exc}")
+        unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            parser.error(f"unknown option(s) in {args.config}: {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    return TrainConfig(**values)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in {"true", "1", "yes"}
+
+
+def _floats(text: str) -> list:
+    return [float(v) if "." in v else int(v) for v in text.split(",")]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Workers draw their data streams from their own seeded generators (training.data);
+    # this covers anything else that reaches for the global ones.
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_dataset(spec: str, cfg: TrainConfig, seed: int, augment: bool = True) -> IterableDataset:
+    sun = SunRange(cfg.canonical_azimuth, cfg.azimuth_jitter)
+    norm = Normalisation(tuple(cfg.percentiles), cfg.norm_mean, cfg.norm_std)
+    if spec == "synthetic":
+        return SyntheticPatches(cfg.patch_size, seed, sun, norm)
+    if spec.startswith("dem:"):
+        return DemShapePatches(load_dem_shapes(spec[4:]), cfg.patch_size, seed, sun, norm)
+    return ShardPatches(list_shards(spec), seed, norm, cfg.canonical_azimuth, augment=augment,
+                        size=cfg.patch_size)
+
+
+class Trainer:
+    """Generator (+ optional discriminator) training on one rank."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.rank, self.world = _init_distributed()
+        self.device = _device(self.rank)
+        torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.generator = Generator(GeneratorConfig(tuple(cfg.channels))).to(self.device)
+        self.weights = LossWeights(cfg.l1, cfg.gradient, cfg.scale_invariant,
+                                   cfg.adversarial if cfg.gan else 0.0, cfg.histogram_bins)
+        self.g_opt = torch.optim.AdamW(self.generator.parameters(), cfg.lr,
+                                       weight_decay=cfg.weight_decay)
+        self.disc = PatchDiscriminator(cfg.d_channels).to(self.device) if cfg.gan else None
+        self.d_opt = (torch.optim.Adam(self.disc.parameters(), cfg.d_lr, betas=(0.5, 0.999))
+                      if self.disc else None)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.g_model = self.generator
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            if ids:  # batch statistics over all GPUs, not per-GPU slices
+                self.generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.generator)
+            self.g_model = torch.nn.parallel.DistributedDataParallel(self.generator, ids)
+            if self.disc:
+                self.disc = torch.nn.parallel.DistributedDataParallel(self.disc, ids)
+        self.step, self.epoch, self.consumed = 0, 0, 0
+        self.dataset = make_dataset(cfg.data, cfg, cfg.seed + self.rank * 7919)
+        self.out = Path(cfg.out)
+        if cfg.resume:
+            self.load(cfg.resume)
+
+    # -- data -----------------------------------------------------------------------------
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless batches; epochs of finite shard sets restart with a new shuffle.
+
+        After a resume, the batches of the current epoch that were already used are drawn
+        again and skipped, so the data stream continues exactly where it stopped.
+        """
+        skip = self.consumed
+        while True:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch)
+            generator = torch.Generator().manual_seed(self.cfg.seed + self.epoch)
+            loader = DataLoader(self.dataset, self.cfg.batch_size, num_workers=self.cfg.workers,
+                                worker_init_fn=_seed_worker, generator=generator,
+                                drop_last=True, persistent_workers=False)
+            produced = 0
+            for batch in loader:
+                produced += 1
+                if skip:
+                    skip -= 1
+                    continue
+                self.consumed += 1
+                yield batch
+            if not produced:
+                raise RuntimeError("the training data produced no full batch")
+            self.epoch, self.consumed = self.epoch + 1, 0
+
+    # -- one step ------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        warm = max(1, int(0.03 * self.cfg.steps))
+        if step < warm:
+            return self.cfg.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, self.cfg.steps - warm)
+        return self.cfg.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0))))
+
+    def train_step(self, image: torch.Tensor, height: torch.Tensor) -> dict[str, float]:
+        image, height = image.to(self.device), height.to(self.device)
+        for group in self.g_opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        logs = {}
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            pred = self.g_model(image)
+        if self.disc:
+            logs["d_loss"] = self._discriminator_step(image, height, pred.detach().float())
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            fake = self.disc(image, pred) if self.disc else None
+            terms = generator_loss(pred.float(), height, self.weights,
+                                   fake.float() if fake is not None else None)
+        self.g_opt.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        self.scaler.unscale_(self.g_opt)
+        torch.nn.utils.clip_grad_norm_(self.generator.parameters(), 5.0)
+        self.scaler.step(self.g_opt)
+        self.scaler.update()
+        self.step += 1
+        logs.update({k: float(v.detach()) for k, v in terms.items()})
+        return logs
+
+    def _discriminator_step(self, image: torch.Tensor, height: torch.Tensor,
+                            fake: torch.Tensor) -> float:
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            loss = discriminator_loss(self.disc(image, height).float(),
+                                      self.disc(image, fake).float())
+        self.d_opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.d_opt)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self, data: IterableDataset) -> dict[str, float]:
+        self.generator.eval()
+        totals: dict[str, float] = {}
+        loader = DataLoader(data, self.cfg.batch_size)
+        n = 0
+        for n, (image, height) in enumerate(loader, 1):
+            pred = self.generator(image.to(self.device))
+            for k, v in generator_loss(pred, height.to(self.device), LossWeights()).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            if n >= self.cfg.val_batches:
+                break
+        self.generator.train()
+        return {k: v / max(n, 1) for k, v in totals.items()}
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "generator_config": dataclasses.asdict(self.generator.config),
+            "generator": self.generator.state_dict(),
+            "g_opt": self.g_opt.state_dict(),
+            "disc": _unwrap(self.disc).state_dict() if self.disc else None,
+            "d_opt": self.d_opt.state_dict() if self.d_opt else None,
+            "scaler": self.scaler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "consumed": self.consumed,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "random": random.getstate()},
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        """Write atomically, with the resolved config beside it (rank 0 only)."""
+        path = self.out / name
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            torch.save(self.state(), path.with_suffix(".tmp"))
+            os.replace(path.with_suffix(".tmp"), path)
+            (self.out / "config.json").write_text(
+                json.dumps(dataclasses.asdict(self.cfg), indent=2) + "\n")
+        return path
+
+    def load(self, path: str) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.generator.load_state_dict(state["generator"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        if self.disc and state["disc"] is not None:
+            _unwrap(self.disc).load_state_dict(state["disc"])
+            self.d_opt.load_state_dict(state["d_opt"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["random"])
+
+    # -- loop ----------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg, started = self.cfg, time.monotonic()
+        writer = _tensorboard(self.out) if self.rank == 0 else None
+        val = make_dataset(cfg.val_data, cfg, 10_000 + cfg.seed, False) if cfg.val_data else None
+        bar = _progress(cfg.steps, self.step, self.rank == 0)
+        logs: dict[str, float] = {}
+        batches = self.batches()
+        last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+        while self.step < last:
+            logs = self.train_step(*next(batches))
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['total']:.3f}", l1=f"{logs['l1']:.3f}")
+            if writer and self.step % cfg.log_every == 0:
+                for k, v in logs.items():
+                    writer.add_scalar(f"train/{k}", v, self.step)
+                writer.add_scalar("train/lr", self.lr_at(self.step), self.step)
+            if val is not None and self.step % cfg.val_every == 0 and self.rank == 0:
+                scores = self.validate(val)
+                for k, v in scores.items():
+                    if writer:
+                        writer.add_scalar(f"val/{k}", v, self.step)
+                bar.write(f"step {self.step}: val " + json.dumps(
+                    {k: round(v, 4) for k, v in scores.items()}))
+            out_of_time = cfg.max_minutes and time.monotonic() - started > 60 * cfg.max_minutes
+            if self.step % cfg.checkpoint_every == 0 or self.step == last or out_of_time:
+                self.save()
+            if self.step in cfg.keep_steps:
+                self.save(f"step_{self.step}.pt")
+            if out_of_time:
+                bar.write(f"stopping at step {self.step}: --max-minutes reached")
+                break
+        bar.close()
+        if writer:
+            writer.close()
+        return logs
+
+
+def _unwrap(module: torch.nn.Module | None) -> torch.nn.Module | None:
+    return getattr(module, "module", module)
+
+
+def _init_distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world
+
+
+def _device(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; training goes on without curves
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _progress(total: int, done: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, disable=not enabled, dynamic_ncols=True,
+                mininterval=5.0, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        trainer = Trainer(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logs = trainer.fit()
+    if trainer.rank == 0:
+        print(json.dumps({"step": trainer.step, **{k: round(v, 5) for k, v in logs.items()}}))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

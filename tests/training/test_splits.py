@@ -1,0 +1,76 @@
+"""Splits by stereo pair: disjoint, deterministic, written as files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from training.splits import load_splits, main, split_pairs
+
+
+def _pair_ids(count: int) -> list[str]:
+    return [f"ESP_{10000 + 2 * i:06d}_1640_ESP_{10001 + 2 * i:06d}_1640" for i in range(count)]
+
+
+def test_no_pair_is_in_two_splits_and_none_is_lost() -> None:
+    ids = _pair_ids(200)
+    splits = split_pairs(ids, seed=3, val=0.1, test=0.15)
+    assert [len(splits[n]) for n in ("train", "val", "test")] == [150, 20, 30]
+    members = [p for ids_ in splits.values() for p in ids_]
+    assert sorted(members) == sorted(ids) and len(set(members)) == len(ids)
+
+
+def test_splits_depend_on_the_seed_only() -> None:
+    ids = _pair_ids(100)
+    shuffled = random.Random(1).sample(ids, len(ids))
+    assert split_pairs(ids, seed=7) == split_pairs(shuffled, seed=7)
+    assert split_pairs(ids, seed=7)["test"] != split_pairs(ids, seed=8)["test"]
+
+
+def test_pairs_sharing_an_observation_stay_together() -> None:
+    shared = ["ESP_020000_1640_ESP_020001_1640", "ESP_020001_1640_ESP_020002_1640",
+              "ESP_020002_1640_PSP_003000_1640"]
+    for seed in range(20):
+        splits = split_pairs(_pair_ids(30) + shared, seed=seed, val=0.2, test=0.2)
+        assert sum(set(shared) <= set(ids) for ids in splits.values()) == 1
+
+
+def test_command_writes_json_and_lists(scraped: Path, tmp_path: Path) -> None:
+    out = tmp_path / "splits" / "splits.json"
+    assert main([str(scraped / "manifest.json"), "--out", str(out), "--seed", "1",
+                 "--val", "0.34", "--test", "0.34"]) == 0
+    data = json.loads(out.read_text())
+    complete = [p["pair_id"] for p in json.loads((scraped / "manifest.json").read_text())
+                ["pairs"] if p["status"] == "complete"]
+    assert sorted(data["train"] + data["val"] + data["test"]) == sorted(complete)
+    assert all(len(data[n]) == 1 for n in ("train", "val", "test"))
+    assert (out.parent / "val.txt").read_text() == data["val"][0] + "\n"
+    assert load_splits(out) == {p: n for n in ("train", "val", "test") for p in data[n]}
+
+
+def test_a_pair_in_two_splits_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"train": _pair_ids(2), "val": _pair_ids(1), "test": []}))
+    with pytest.raises(ValueError, match="in both train and val"):
+        load_splits(path)
+
+
+@pytest.mark.parametrize("lines, args, message", [
+    (None, [], "error: {txt} does not exist.\n"),
+    (["not_a_pair"], [], "error: 'not_a_pair' is not a stereo pair id.\n"),
+    (_pair_ids(3), ["--val", "0.6", "--test", "0.5"],
+     "error: val and test fractions must be non-negative and sum below 1.\n"),
+    ([], [], "error: {txt} names no complete pair.\n"),
+])
+def test_bad_input_is_one_sentence_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture, lines: list[str] | None,
+        args: list[str], message: str) -> None:
+    txt = tmp_path / "pairs.txt"
+    if lines is not None:
+        txt.write_text("".join(f"{line}\n" for line in lines))
+    assert main([str(txt), "--out", str(tmp_path / "out" / "splits.json"), *args]) == 2
+    assert capsys.readouterr().err == message.format(txt=txt)
+    assert not (tmp_path / "out").exists()

@@ -51,38 +51,51 @@ class DtmWriter:
         self.band.SetNoDataValue(NODATA)
         self.band.SetDescription("height (m)")
         self.band.SetUnitType("m")
+        self.overviews = self._allocate_overviews()
+
+    def _allocate_overviews(self) -> list[gdal.Band]:
+        """Empty overview levels, filled as the rows arrive: no second pass over the file."""
+        levels = _overview_levels(self.dataset)
+        if not levels:
+            return []
+        try:
+            gdal.SetThreadLocalConfigOption("COMPRESS_OVERVIEW", "DEFLATE")
+            gdal.SetThreadLocalConfigOption("PREDICTOR_OVERVIEW", "3")
+            self.dataset.BuildOverviews("NONE", levels)
+        finally:
+            gdal.SetThreadLocalConfigOption("COMPRESS_OVERVIEW", None)
+            gdal.SetThreadLocalConfigOption("PREDICTOR_OVERVIEW", None)
+        return [self.band.GetOverview(i) for i in range(self.band.GetOverviewCount())]
 
     def write_rows(self, y0: int, heights: np.ndarray) -> None:
-        """Write full-width rows; NaN becomes nodata."""
-        out = np.where(np.isnan(heights), np.float32(NODATA), heights).astype(np.float32)
+        """Write full-width rows (NaN becomes nodata); ``y0`` a multiple of the block size."""
         try:
-            self.band.WriteArray(out, 0, y0)
+            self.band.WriteArray(_with_nodata(heights), 0, y0)
+            for level, overview in enumerate(self.overviews, start=1):
+                heights = _halve(heights)
+                overview.WriteArray(_with_nodata(heights), 0, y0 >> level)
         except RuntimeError as exc:
             raise DtmError(f"Writing '{self.path.name}' failed (is the disk full?): {exc}") \
                 from exc
 
     def finish(self, statistics: tuple[float, float, float, float]) -> None:
-        """Overviews, statistics, close, then rename into place."""
+        """Statistics, close, then rename into place."""
         try:
             self.band.SetStatistics(*statistics)
-            gdal.SetThreadLocalConfigOption("COMPRESS_OVERVIEW", "DEFLATE")
-            gdal.SetThreadLocalConfigOption("PREDICTOR_OVERVIEW", "3")
-            self.dataset.BuildOverviews("AVERAGE", _overview_levels(self.dataset))
             self.band = None
+            self.overviews = []
             self.dataset.FlushCache()
             self.dataset = None
         except RuntimeError as exc:
             self.abort()
             raise DtmError(f"Writing '{self.path.name}' failed (is the disk full?): {exc}") \
                 from exc
-        finally:
-            gdal.SetThreadLocalConfigOption("COMPRESS_OVERVIEW", None)
-            gdal.SetThreadLocalConfigOption("PREDICTOR_OVERVIEW", None)
         os.replace(self.partial, self.path)
 
     def abort(self) -> None:
         """Drop the partial file: a failed or cancelled run leaves nothing behind."""
         self.band = None
+        self.overviews = []
         self.dataset = None
         for leftover in (self.partial, Path(f"{self.partial}.aux.xml"),
                          Path(f"{self.partial}.ovr")):
@@ -94,3 +107,20 @@ def _overview_levels(dataset: gdal.Dataset) -> list[int]:
     while size / (2 ** (len(levels) + 1)) >= BLOCK:
         levels.append(2 ** (len(levels) + 1))
     return levels
+
+
+def _with_nodata(heights: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(heights), np.float32(NODATA), heights).astype(np.float32)
+
+
+def _halve(heights: np.ndarray) -> np.ndarray:
+    """2 x 2 mean ignoring NaN (GDAL's AVERAGE with nodata); odd edges keep what they have."""
+    rows, cols = heights.shape
+    padded = np.full((rows + rows % 2, cols + cols % 2), np.nan, np.float32)
+    padded[:rows, :cols] = heights
+    quads = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
+    valid = np.isfinite(quads)
+    total = np.where(valid, quads, 0).sum(axis=(1, 3))
+    count = valid.sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -189,6 +190,19 @@ def test_report_names_the_provider(tmp_path):
     assert report.provider_note == ""
 
 
-def test_overviews_are_built_for_large_outputs(tmp_path):
-    _, ds, _ = predict(tmp_path, ramp(600, 520))
-    assert ds.GetRasterBand(1).GetOverviewCount() == 1
+def test_overviews_average_the_full_resolution_heights(tmp_path):
+    image = ramp(600, 530) + 1
+    image[100:103, 51:300] = 0  # nodata rows with odd edges
+    heights, ds, _ = predict(tmp_path, image, raster={"nodata": 0})
+    band = ds.GetRasterBand(1)
+    assert band.GetOverviewCount() == 1
+    overview = band.GetOverview(0).ReadAsArray()
+    assert overview.shape == (300, 265)
+    full = np.where(heights == NODATA, np.nan, heights)
+    quads = full.reshape(300, 2, 265, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nodata quads: NaN expected
+        expected = np.nanmean(quads, axis=(1, 3))
+    np.testing.assert_allclose(np.where(overview == NODATA, np.nan, overview), expected,
+                               atol=1e-5)
+    assert np.all(overview[50, 26:150] == NODATA)  # rows 100 and 101 were all nodata there

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from training.synth_terrain import fractal_surface, patch_mask
+from training.synth_terrain import patch_mask, smooth_field
 
 # JPEG's standard luminance quantisation table (ITU-T T.81, Annex K).
 _JPEG_LUMA = np.array([
@@ -54,6 +54,10 @@ def cast_shadows(dem: np.ndarray, pixel_size_m: float, sun_azimuth_deg: float,
     the sun azimuth in O(N). Terrain beyond the patch casts nothing.
     """
     rows, cols = dem.shape
+    rise = pixel_size_m * math.tan(math.radians(sun_elevation_deg))
+    d_row, d_col = np.gradient(dem)
+    if np.sqrt(d_row**2 + d_col**2).max() < rise:
+        return np.zeros(dem.shape, np.float32)  # no slope steeper than the sun: no shadow
     az = math.radians(sun_azimuth_deg)
     travel = np.array([math.cos(az), -math.sin(az)])  # (row, col) step the light travels
     across = np.array([travel[1], -travel[0]])
@@ -62,7 +66,6 @@ def cast_shadows(dem: np.ndarray, pixel_size_m: float, sun_azimuth_deg: float,
     v, u = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
     src = centre[:, None, None] + u * travel[:, None, None] + v * across[:, None, None]
     rotated = ndimage.map_coordinates(dem.astype(np.float64), src, order=1, mode="nearest")
-    rise = pixel_size_m * math.tan(math.radians(sun_elevation_deg))
     ray = rotated + (u + half) * rise
     outside = ((src[0] < -0.5) | (src[0] > rows - 0.5) | (src[1] < -0.5) | (src[1] > cols - 0.5))
     before = np.maximum.accumulate(np.where(outside, -np.inf, ray), axis=1)
@@ -101,8 +104,11 @@ def albedo_map(rng: np.random.Generator, dem: np.ndarray) -> np.ndarray:
     """
     shape = dem.shape
     albedo = np.ones(shape, np.float32)
-    albedo *= 1.0 + rng.uniform(-0.35, 0.35) * patch_mask(rng, shape, rng.uniform(0.1, 0.6))
-    albedo *= 1.0 + rng.uniform(0.0, 0.08) * fractal_surface(rng, shape, 0.8).clip(-3, 3) / 3
+    if rng.random() < 0.5:  # a second unit: dust-mantled against dust-free, sand on rock
+        unit = patch_mask(rng, shape, rng.uniform(0.1, 0.6), softness=rng.uniform(0.3, 1.5))
+        albedo *= 1.0 + rng.uniform(-0.25, 0.25) * unit
+    mottle = smooth_field(rng, shape, 0.8, decimate=2).clip(-3, 3) / 3
+    albedo *= 1.0 + rng.uniform(0.0, 0.08) * mottle
     relief = dem - ndimage.gaussian_filter(dem, 6.0)
     lows = np.tanh(relief / (relief.std() + 1e-6))
     albedo *= 1.0 + rng.uniform(-0.15, 0.15) * lows  # dark sand in hollows, or bright dust

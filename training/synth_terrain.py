@@ -32,28 +32,41 @@ def rms_slope(z: np.ndarray) -> float:
 
 def fractal_surface(rng: np.random.Generator, shape: Shape, hurst: float,
                     anisotropy: float = 1.0, angle: float = 0.0,
-                    min_wavelength: float = 2.0) -> np.ndarray:
+                    min_wavelength: float = 2.0, oversample: int = 2) -> np.ndarray:
     """Gaussian self-affine surface, zero mean and unit RMS slope.
 
     Its 2-D power spectrum falls as k^-(2+2H), so every 1-D profile across it falls as
     k^-(1+2H): slopes of -2 to -2.8 for H = 0.5-0.9, the range measured on Mars from
-    metre to kilometre baselines. It is drawn on a grid twice as large and cropped, so it is
-    not periodic and carries wavelengths longer than the patch. ``anisotropy`` > 1 stretches
-    it along ``angle`` (radians, from the column axis), for wind- or slope-aligned textures.
+    metre to kilometre baselines. It is drawn on a grid ``oversample`` times larger and
+    cropped, so it is not periodic and carries wavelengths longer than the patch.
+    ``anisotropy`` > 1 stretches it along ``angle`` (radians, from the column axis), for
+    wind- or slope-aligned textures.
     """
-    big = (2 * shape[0], 2 * shape[1])
-    fy = np.fft.fftfreq(big[0])[:, None]
-    fx = np.fft.rfftfreq(big[1])[None, :]
+    big = (oversample * shape[0], oversample * shape[1])
+    fy = np.fft.fftfreq(big[0]).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(big[1]).astype(np.float32)[None, :]
     u = fx * math.cos(angle) + fy * math.sin(angle)
     v = -fx * math.sin(angle) + fy * math.cos(angle)
-    k = np.sqrt((u / anisotropy) ** 2 + v**2)
-    k[0, 0] = np.inf
-    amplitude = k ** -(1.0 + hurst)
-    amplitude[np.hypot(fx, fy) > 1.0 / min_wavelength] = 0.0
-    noise = rng.standard_normal(amplitude.shape) + 1j * rng.standard_normal(amplitude.shape)
-    field = np.fft.irfft2(noise * amplitude, s=big)[: shape[0], : shape[1]]
+    k2 = (u / anisotropy) ** 2 + v**2
+    k2[0, 0] = np.inf
+    amplitude = k2 ** np.float32(-(1.0 + hurst) / 2)
+    amplitude[fx**2 + fy**2 > min_wavelength**-2] = 0.0
+    noise = rng.standard_normal((2, *amplitude.shape), dtype=np.float32)
+    spectrum = (noise[0] + 1j * noise[1]) * amplitude
+    field = np.fft.irfft2(spectrum, s=big)[: shape[0], : shape[1]].astype(np.float32)
     field -= field.mean()
-    return (field / rms_slope(field)).astype(np.float32)
+    return field / np.float32(rms_slope(field))
+
+
+def smooth_field(rng: np.random.Generator, shape: Shape, hurst: float = 0.9,
+                 anisotropy: float = 1.0, angle: float = 0.0, decimate: int = 4) -> np.ndarray:
+    """A long-wavelength fractal (zero mean, unit std) for masks and warps, drawn coarse and
+    interpolated: it has no power at the pixel scale anyway."""
+    small = (max(shape[0] // decimate, 8), max(shape[1] // decimate, 8))
+    coarse = fractal_surface(rng, small, hurst, anisotropy, angle, min_wavelength=2.0)
+    field = ndimage.zoom(coarse, (shape[0] / small[0], shape[1] / small[1]), order=1,
+                         grid_mode=True, mode="nearest")
+    return _standardise(field)
 
 
 def _standardise(z: np.ndarray) -> np.ndarray:
@@ -123,6 +136,27 @@ def stamp_crater(z: np.ndarray, row: float, col: float, diameter: float, depth_r
     window += profile.astype(z.dtype)
 
 
+def stamp_small_craters(z: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                        diameters: np.ndarray, depth_ratios: np.ndarray,
+                        rim_ratios: np.ndarray) -> None:
+    """Add many small craters at once (additive, no cavity blending): one window per crater,
+    summed into ``z`` with a single bincount."""
+    if diameters.size == 0:
+        return
+    half = math.ceil(2.0 * diameters.max()) + 1  # the ejecta reach, 4 radii
+    offsets = np.arange(-half, half + 1)
+    r_idx = np.floor(rows).astype(np.int64)[:, None, None] + offsets[None, :, None]
+    c_idx = np.floor(cols).astype(np.int64)[:, None, None] + offsets[None, None, :]
+    radius = (diameters / 2.0)[:, None, None]
+    r = np.hypot(r_idx - rows[:, None, None], c_idx - cols[:, None, None]) / radius
+    profile = crater_profile(r, (depth_ratios * diameters)[:, None, None],
+                             (rim_ratios * diameters)[:, None, None])
+    r_idx, c_idx = np.broadcast_arrays(r_idx, c_idx)
+    keep = (r_idx >= 0) & (r_idx < z.shape[0]) & (c_idx >= 0) & (c_idx < z.shape[1])
+    flat = r_idx[keep] * z.shape[1] + c_idx[keep]
+    z += np.bincount(flat, profile[keep], minlength=z.size).reshape(z.shape).astype(z.dtype)
+
+
 def add_craters(rng: np.random.Generator, z: np.ndarray, density: float, epochs: int,
                 diffusion: float) -> None:
     """Crater population in ``epochs`` generations, oldest first.
@@ -134,18 +168,21 @@ def add_craters(rng: np.random.Generator, z: np.ndarray, density: float, epochs:
     pad = 0.25
     rows, cols = z.shape
     area = rows * cols * (1 + 2 * pad) ** 2
-    d_max = 1.2 * max(rows, cols)
     for epoch in range(epochs):
         fresh = epoch == epochs - 1
-        for d in crater_diameters(rng, area / epochs, density, 3.0, d_max):
-            ratio = rng.uniform(0.17, 0.22)  # fresh simple craters: d/D about 0.2
-            rim = ratio * rng.uniform(0.18, 0.25)  # rim height about 0.04 D
-            fill = 0.0 if fresh else rng.uniform(0.0, 0.5) * rng.random()
-            stamp_crater(z, rng.uniform(-pad, 1 + pad) * rows, rng.uniform(-pad, 1 + pad) * cols,
-                         d, ratio, rim, fill)
+        d = crater_diameters(rng, area / epochs, density, 3.0, 1.2 * max(rows, cols))
+        ratio = rng.uniform(0.17, 0.22, d.size)  # fresh simple craters: d/D about 0.2
+        rim = ratio * rng.uniform(0.18, 0.25, d.size)  # rim height about 0.04 D
+        fill = np.zeros(d.size) if fresh else rng.uniform(0.0, 0.5, d.size) * rng.random(d.size)
+        at_row = rng.uniform(-pad, 1 + pad, d.size) * rows
+        at_col = rng.uniform(-pad, 1 + pad, d.size) * cols
+        big = d >= 8.0
+        for i in np.flatnonzero(big):
+            stamp_crater(z, at_row[i], at_col[i], d[i], ratio[i], rim[i], fill[i])
+        small = ~big
+        stamp_small_craters(z, at_row[small], at_col[small], d[small], ratio[small], rim[small])
         if not fresh:
-            sigma = diffusion * (epochs - 1 - epoch + 1) / epochs
-            z[:] = ndimage.gaussian_filter(z, sigma, mode="reflect")
+            z[:] = ndimage.gaussian_filter(z, diffusion * (epochs - epoch) / epochs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +201,7 @@ def dune_field(rng: np.random.Generator, shape: Shape, wavelength: float, lee_fr
     angle = rng.uniform(0.0, 2 * math.pi)
     rows, cols = _grid(shape)
     along = cols * math.cos(angle) + rows * math.sin(angle)
-    warp = _standardise(fractal_surface(rng, shape, 0.9)) * rng.uniform(0.1, 0.5)
+    warp = smooth_field(rng, shape) * rng.uniform(0.1, 0.35)
     phase = np.mod(along / wavelength + warp, 1.0)
     height = math.tan(math.radians(lee_slope_deg)) * lee_fraction * wavelength
     stoss = 1.0 - lee_fraction
@@ -174,13 +211,40 @@ def dune_field(rng: np.random.Generator, shape: Shape, wavelength: float, lee_fr
 
 
 def patch_mask(rng: np.random.Generator, shape: Shape, cover: float,
-               bias: np.ndarray | None = None) -> np.ndarray:
-    """Smooth 0-1 mask covering about ``cover`` of the area; ``bias`` favours where it grows."""
-    field = _standardise(fractal_surface(rng, shape, 0.9))
+               bias: np.ndarray | None = None, softness: float = 0.3) -> np.ndarray:
+    """Smooth 0-1 mask covering about ``cover`` of the area; ``bias`` favours where it grows;
+    ``softness`` widens the edges (in standard deviations of the underlying field)."""
+    field = smooth_field(rng, shape)
     if bias is not None:
         field = field + bias
     threshold = np.quantile(field, 1.0 - cover)
-    return _smoothstep((field - threshold) / (field.std() * 0.3 + 1e-6)).astype(np.float32)
+    return _smoothstep((field - threshold) / (field.std() * softness + 1e-6)).astype(np.float32)
+
+
+def eroded_surface(rng: np.random.Generator, shape: Shape, hurst: float, style: str
+                   ) -> np.ndarray:
+    """Base relief, unit RMS slope. ``gaussian`` is the plain self-affine surface; ``ridged``
+    folds it into sharp crests and rounded hollows (bedrock spurs and ravines); ``billowy``
+    into rounded knobs and sharp hollows (mantled, pitted terrain). Real topography is not
+    Gaussian: crests and valleys differ, and these give the model both kinds."""
+    base = fractal_surface(rng, shape, hurst)
+    if style == "gaussian":
+        return base
+    folded = np.abs(np.tanh(_standardise(base)))
+    z = -folded if style == "ridged" else folded
+    z = z + 0.3 * _standardise(base)  # keep part of the long wavelengths
+    return (z / rms_slope(z)).astype(np.float32)
+
+
+def boulders(rng: np.random.Generator, shape: Shape, density: float) -> np.ndarray:
+    """Scattered boulders, 1-3 px high knobs: HiRISE resolves metre-size blocks, and their
+    bright sunlit sides and shadows are a large part of rocky texture."""
+    count = rng.poisson(density * shape[0] * shape[1])
+    points = np.zeros(shape, np.float32)
+    rows = rng.integers(0, shape[0], count)
+    cols = rng.integers(0, shape[1], count)
+    np.add.at(points, (rows, cols), rng.uniform(1.0, 3.0, count).astype(np.float32))
+    return ndimage.gaussian_filter(points, 0.8) * (2 * math.pi * 0.8**2)
 
 
 def ridged(rng: np.random.Generator, shape: Shape) -> np.ndarray:
@@ -227,8 +291,7 @@ def gullies(rng: np.random.Generator, shape: Shape, spacing: float, depth: float
     across = -cols * math.sin(angle) + rows * math.cos(angle)
     span = float(along.max() - along.min()) or 1.0
     downhill = 0.3 + 0.7 * _smoothstep((along - along.min()) / span * 1.5)
-    warp = fractal_surface(rng, shape, 0.9, anisotropy=4.0, angle=angle)
-    warp = _standardise(warp) * spacing * 0.4
+    warp = smooth_field(rng, shape, anisotropy=4.0, angle=angle) * spacing * 0.4
     cut = np.zeros(shape, np.float32)
     for scale, weight in ((1.0, 1.0), (0.4, 0.35)):
         phase = np.mod((across + warp * scale) / (spacing * scale), 1.0)
@@ -247,14 +310,11 @@ def thermal_relax(z: np.ndarray, max_slope_deg: float, iterations: int = 20) -> 
     limit = math.tan(math.radians(max_slope_deg)) * 0.8
     z = z.copy()
     for _ in range(iterations):
-        for axis in (0, 1):
-            diff = np.diff(z, axis=axis)
-            excess = np.sign(diff) * np.maximum(np.abs(diff) - limit, 0.0) * 0.4
-            pad = [(0, 0), (0, 0)]
-            pad[axis] = (0, 1)
-            z += np.pad(excess, pad)  # the lower cell of each pair gains
-            pad[axis] = (1, 0)
-            z -= np.pad(excess, pad)
+        for view in (z, z.T):
+            diff = view[1:] - view[:-1]
+            excess = (diff - np.clip(diff, -limit, limit)) * 0.4
+            view[:-1] += excess  # the lower cell of each pair gains
+            view[1:] -= excess
     return z
 
 
@@ -267,6 +327,7 @@ class Recipe:
     """What goes into one scene. Lengths and heights in pixels, slopes in px/px; 0 = absent."""
 
     hurst: float = 0.7
+    style: str = "gaussian"
     roughness: float = 0.1
     regional_slope: float = 0.0
     mesa_height: float = 0.0
@@ -281,6 +342,7 @@ class Recipe:
     dune_lee_fraction: float = 0.25
     dune_cover: float = 0.5
     fine_roughness: float = 0.03
+    boulder_density: float = 0.0
     max_slope_deg: float = 38.0
 
 
@@ -291,9 +353,10 @@ def random_recipe(rng: np.random.Generator, size: int) -> Recipe:
 
     return Recipe(
         hurst=rng.uniform(0.5, 0.9),
+        style=str(rng.choice(["gaussian", "ridged", "billowy"], p=[0.4, 0.4, 0.2])),
         roughness=math.tan(math.radians(rng.uniform(1.0, 12.0))),
         regional_slope=maybe(0.5, math.tan(math.radians(rng.uniform(2.0, 20.0)))),
-        mesa_height=maybe(0.2, rng.uniform(0.03, 0.12) * size),
+        mesa_height=maybe(0.2, rng.uniform(0.02, 0.08) * size),
         layer_thickness=maybe(0.25, rng.uniform(2.0, 12.0)),
         layer_riser=rng.uniform(0.25, 0.6),
         gully_spacing=maybe(0.25, rng.uniform(8.0, 40.0)),
@@ -301,21 +364,22 @@ def random_recipe(rng: np.random.Generator, size: int) -> Recipe:
         crater_epochs=int(rng.integers(1, 5)),
         diffusion=rng.uniform(0.5, 4.0),
         ridge_slope=maybe(0.15, math.tan(math.radians(rng.uniform(3.0, 15.0)))),
-        dune_wavelength=maybe(0.3, rng.uniform(8.0, 60.0)),
+        dune_wavelength=maybe(0.25, rng.uniform(8.0, 60.0)),
         dune_lee_fraction=rng.uniform(0.15, 0.5),
         dune_cover=rng.uniform(0.2, 1.0),
         fine_roughness=math.tan(math.radians(rng.uniform(0.5, 6.0))),
+        boulder_density=maybe(0.3, 10 ** rng.uniform(-3.5, -2.0)),
         max_slope_deg=rng.uniform(34.0, 45.0),
     )
 
 
 def build_terrain(rng: np.random.Generator, shape: Shape, recipe: Recipe) -> np.ndarray:
     """Heights in pixel units, older landforms first so younger ones sit on top of them."""
-    z = fractal_surface(rng, shape, recipe.hurst) * recipe.roughness
+    z = eroded_surface(rng, shape, recipe.hurst, recipe.style) * recipe.roughness
     if recipe.regional_slope:
         z += tilted_plane(rng, shape, recipe.regional_slope)
     if recipe.mesa_height:
-        z += patch_mask(rng, shape, rng.uniform(0.3, 0.7)) * recipe.mesa_height
+        z += patch_mask(rng, shape, rng.uniform(0.3, 0.7), softness=1.2) * recipe.mesa_height
     if recipe.layer_thickness:
         z = terraces(z, rng, recipe.layer_thickness, recipe.layer_riser)
     if recipe.gully_spacing:
@@ -331,5 +395,8 @@ def build_terrain(rng: np.random.Generator, shape: Shape, recipe: Recipe) -> np.
         lows = -_standardise(ndimage.gaussian_filter(z, 8.0))  # sand gathers in lows
         mask = patch_mask(rng, shape, recipe.dune_cover, bias=lows)
         z += mask * dune_field(rng, shape, recipe.dune_wavelength, recipe.dune_lee_fraction)
-    z += fractal_surface(rng, shape, 0.5, min_wavelength=2.5) * recipe.fine_roughness
+    fine = fractal_surface(rng, shape, 0.5, min_wavelength=2.5, oversample=1)
+    z += fine * recipe.fine_roughness
+    if recipe.boulder_density:
+        z += boulders(rng, shape, recipe.boulder_density)
     return thermal_relax(z, recipe.max_slope_deg)

@@ -80,7 +80,8 @@ def test_heights_scale_with_pixel_size():
 
 def test_fractal_surface_spectrum_follows_the_hurst_exponent():
     z = fractal_surface(np.random.default_rng(0), (256, 256), hurst=0.7)
-    power = np.mean(np.abs(np.fft.rfft(z - z.mean(axis=1, keepdims=True), axis=1)) ** 2, axis=0)
+    rows = (z - z.mean(axis=1, keepdims=True)) * np.hanning(256)  # the field is not periodic
+    power = np.mean(np.abs(np.fft.rfft(rows, axis=1)) ** 2, axis=0)
     k = np.arange(power.size)
     band = (k >= 4) & (k <= 64)
     slope = np.polyfit(np.log(k[band]), np.log(power[band]), 1)[0]
@@ -117,7 +118,8 @@ def test_lambert_matches_gdaldem_hillshade(tmp_path, azimuth):
     reference = shade.GetRasterBand(1).ReadAsArray().astype(float)[2:-2, 2:-2]
     ours = np.maximum(cos_incidence(dem, 2.0, azimuth, 40.0), 0)[2:-2, 2:-2]
     assert np.corrcoef(reference.ravel(), ours.ravel())[0, 1] > 0.95
-    np.testing.assert_allclose(ours * 254 + 1, reference, atol=25)
+    error = np.abs(ours * 254 + 1 - reference)  # gdaldem maps cos i to 1..255
+    assert np.median(error) < 5 and np.percentile(error, 99) < 25  # Horn vs central differences
 
 
 def test_cast_shadow_falls_downsun_of_a_wall_at_low_sun_only():

@@ -1,0 +1,94 @@
+"""Peak memory against raster size: it must stay flat.
+
+    python -m bench.memory [--sizes 2000 20000]
+
+Each size runs the command line in a fresh process on a generated 8-bit GeoTIFF and reads
+that process's peak resident memory. The smallest size is the baseline; the issue asks that a
+20000 x 20000 input stays under 1.5 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+from tests.models import write_test_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = """
+import resource, sys
+from mars_dtm_plugin.cli import main
+code = main(sys.argv[1:])
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def write_scene(path: Path, size: int) -> Path:
+    """A tiled, compressed 8-bit scene written strip by strip (never whole in memory)."""
+    ds = gdal.GetDriverByName("GTiff").Create(
+        str(path), size, size, 1, gdal.GDT_Byte,
+        ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=YES", "NUM_THREADS=ALL_CPUS"])
+    ds.SetGeoTransform((0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    ds.SetProjection('LOCAL_CS["metres",UNIT["metre",1]]')
+    band, rng = ds.GetRasterBand(1), np.random.default_rng(0)
+    x = np.arange(size)
+    for y0 in range(0, size, 1024):
+        y = np.arange(y0, min(size, y0 + 1024))[:, None]
+        strip = 128 + 60 * np.sin(x / 53.0) * np.cos(y / 31.0)
+        strip += rng.normal(0, 8, strip.shape)
+        band.WriteArray(np.clip(strip, 0, 255).astype(np.uint8), 0, y0)
+    ds = None
+    return path
+
+
+def peak_rss_mb(scene: Path, model: Path, output: Path) -> tuple[float, float]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(ROOT)])}
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, "predict", str(scene), str(output), "--model", str(model),
+         "--provider", "cpu", "--quiet"], capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        sys.exit(f"the run failed: {result.stderr.strip()}")
+    kb = int(result.stdout.split("peak_rss_kb")[-1])
+    return kb / 1024, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--tile-size", type=int, default=512)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=ROOT / "build" if (ROOT / "build").is_dir() else None
+                                     ) as tmp:
+        work = Path(tmp)
+        model = write_test_model(work / "conv.onnx", "conv", tile_size=args.tile_size)
+        rows = []
+        for size in sorted(args.sizes):
+            scene = write_scene(work / f"scene_{size}.tif", size)
+            rss, seconds = peak_rss_mb(scene, model, work / f"dtm_{size}.tif")
+            rows.append((size, rss, seconds))
+            scene.unlink()
+            (work / f"dtm_{size}.tif").unlink()
+    base = rows[0][1]
+    print(f"model: 3x3 convolution, tiles of {args.tile_size} px (memory, not speed, is "
+          "measured)")
+    print(f"{'size':>12} {'peak RSS':>10} {'vs smallest':>12} {'time':>8}")
+    for size, rss, seconds in rows:
+        print(f"{size:>5} x {size:<5} {rss:8.0f} MB {rss / base:11.2f}x {seconds:7.1f} s")
+    print("own process peak (driver, not the run):",
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""A PNG preview of a run: the image, the DTM's hillshade and its colour relief, side by side.
+
+    python -m mars_dtm_plugin.core.preview IMAGE DTM OUT.png
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from osgeo import gdal
+
+PREVIEW_SIDE = 768
+# A terrain ramp from low (blue-green) to high (white), in RGB.
+RAMP = np.array([[44, 123, 182], [171, 217, 233], [255, 255, 191], [253, 174, 97],
+                 [215, 25, 28], [255, 255, 255]], np.float32)
+
+
+def _read_small(path: str) -> tuple[np.ndarray, np.ndarray]:
+    ds = gdal.Open(path)
+    band = ds.GetRasterBand(1)
+    scale = max(ds.RasterXSize, ds.RasterYSize) / PREVIEW_SIDE
+    width, height = (max(1, round(n / max(scale, 1))) for n in (ds.RasterXSize, ds.RasterYSize))
+    values = band.ReadAsArray(buf_xsize=width, buf_ysize=height).astype(np.float32)
+    valid = band.GetMaskBand().ReadAsArray(buf_xsize=width, buf_ysize=height) > 0
+    return values, valid
+
+
+def _stretch(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(values[valid], [1, 99]) if valid.any() else (0.0, 1.0)
+    return np.clip((values - low) / max(high - low, 1e-9), 0, 1)
+
+
+def _hillshade(heights: np.ndarray, pixel: float) -> np.ndarray:
+    """Lambert shading under a sun at azimuth 315 and elevation 45 (GIS convention)."""
+    dz_dy, dz_dx = np.gradient(heights, pixel)
+    azimuth, elevation = np.radians(315.0), np.radians(45.0)
+    # Rows run south, so the north component of the gradient is -dz_dy.
+    normal = np.stack([-dz_dx, dz_dy, np.ones_like(heights)])
+    normal /= np.linalg.norm(normal, axis=0)
+    sun = np.array([np.sin(azimuth) * np.cos(elevation), np.cos(azimuth) * np.cos(elevation),
+                    np.sin(elevation)])
+    return np.clip(np.tensordot(sun, normal, axes=1), 0, 1)
+
+
+def _colour(fraction: np.ndarray) -> np.ndarray:
+    position = fraction * (len(RAMP) - 1)
+    index = np.clip(position.astype(int), 0, len(RAMP) - 2)
+    t = (position - index)[..., None]
+    return RAMP[index] * (1 - t) + RAMP[index + 1] * t
+
+
+def make_preview(image_path: str, dtm_path: str, png_path: str) -> None:
+    image, image_valid = _read_small(image_path)
+    heights, valid = _read_small(dtm_path)
+    dtm = gdal.Open(dtm_path)
+    pixel = abs(dtm.GetGeoTransform()[1]) * dtm.RasterXSize / heights.shape[1]
+    filled = np.where(valid, heights, np.median(heights[valid]) if valid.any() else 0)
+    shade = _hillshade(filled, pixel)
+    grey = np.repeat(_stretch(image, image_valid)[..., None] * 255, 3, axis=2)
+    relief = _colour(_stretch(heights, valid)) * (0.35 + 0.65 * shade[..., None])
+    panels = [grey, np.repeat(shade[..., None] * 255, 3, axis=2), relief]
+    for panel, mask in zip(panels, (image_valid, valid, valid)):
+        panel[~mask] = 0
+    gap = np.full((heights.shape[0], 8, 3), 255, np.float32)
+    strip = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    _write_png(np.clip(strip, 0, 255).astype(np.uint8), png_path)
+
+
+def _write_png(rgb: np.ndarray, path: str) -> None:
+    memory = gdal.GetDriverByName("MEM").Create("", rgb.shape[1], rgb.shape[0], 3, gdal.GDT_Byte)
+    for i in range(3):
+        memory.GetRasterBand(i + 1).WriteArray(rgb[..., i])
+    gdal.GetDriverByName("PNG").CreateCopy(path, memory)
+    gdal.Unlink(path + ".aux.xml")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit("usage: python -m mars_dtm_plugin.core.preview IMAGE DTM OUT.png")
+    make_preview(*sys.argv[1:])

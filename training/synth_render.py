@@ -156,7 +156,7 @@ def jpeg_artefacts(image: np.ndarray, quality: int) -> np.ndarray:
 def _camera(radiance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Haze, optics (PSF), detector noise, stretch and gamma, 8-bit quantisation."""
     signal = radiance + rng.uniform(0.0, 0.35) * float(radiance.mean())  # haze path radiance
-    signal = ndimage.gaussian_filter(signal, rng.uniform(0.3, 1.1))
+    signal = ndimage.gaussian_filter(signal, rng.uniform(0.4, 1.3))
     scale = float(np.percentile(signal, 99.5)) or 1.0
     signal = signal / scale
     shot = rng.uniform(0.0, 0.0008)  # noise variance ~ a*S + b: photon and read noise

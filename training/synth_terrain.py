@@ -330,6 +330,7 @@ class Recipe:
     style: str = "gaussian"
     roughness: float = 0.1
     regional_slope: float = 0.0
+    relief_slope: float = 0.0
     mesa_height: float = 0.0
     layer_thickness: float = 0.0
     layer_riser: float = 0.3
@@ -356,6 +357,7 @@ def random_recipe(rng: np.random.Generator, size: int) -> Recipe:
         style=str(rng.choice(["gaussian", "ridged", "billowy"], p=[0.4, 0.4, 0.2])),
         roughness=math.tan(math.radians(rng.uniform(1.0, 12.0))),
         regional_slope=maybe(0.5, math.tan(math.radians(rng.uniform(2.0, 20.0)))),
+        relief_slope=maybe(0.6, math.tan(math.radians(rng.uniform(3.0, 15.0)))),
         mesa_height=maybe(0.2, rng.uniform(0.02, 0.08) * size),
         layer_thickness=maybe(0.25, rng.uniform(2.0, 12.0)),
         layer_riser=rng.uniform(0.25, 0.6),
@@ -367,7 +369,7 @@ def random_recipe(rng: np.random.Generator, size: int) -> Recipe:
         dune_wavelength=maybe(0.25, rng.uniform(8.0, 60.0)),
         dune_lee_fraction=rng.uniform(0.15, 0.5),
         dune_cover=rng.uniform(0.2, 1.0),
-        fine_roughness=math.tan(math.radians(rng.uniform(0.5, 6.0))),
+        fine_roughness=math.tan(math.radians(rng.uniform(0.3, 4.0))),
         boulder_density=maybe(0.3, 10 ** rng.uniform(-3.5, -2.0)),
         max_slope_deg=rng.uniform(34.0, 45.0),
     )
@@ -378,6 +380,9 @@ def build_terrain(rng: np.random.Generator, shape: Shape, recipe: Recipe) -> np.
     z = eroded_surface(rng, shape, recipe.hurst, recipe.style) * recipe.roughness
     if recipe.regional_slope:
         z += tilted_plane(rng, shape, recipe.regional_slope)
+    if recipe.relief_slope:  # hills, hollows and wall curvature wider than the patch
+        hills = smooth_field(rng, shape, 0.9, decimate=8)
+        z += hills * (recipe.relief_slope / rms_slope(hills))
     if recipe.mesa_height:
         z += patch_mask(rng, shape, rng.uniform(0.3, 0.7), softness=1.2) * recipe.mesa_height
     if recipe.layer_thickness:

@@ -33,6 +33,7 @@ from typing import TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from training.products import Pair, is_orbit_dir, parse_pair, select_products
 
@@ -195,6 +196,7 @@ class Scraper:
         self.http = Http(options.workers, options.delay, options.retries, options.backoff,
                          options.timeout)
         self.refused: list[str] = []
+        self.pairs_done: Callable[[int], object] = lambda n: None
 
     def listing(self, url: str) -> list[Link]:
         body = self.http.retrying(lambda: self.http.request(url))
@@ -213,7 +215,10 @@ class Scraper:
 
     def run(self, root: list[Link]) -> tuple[Summary, list[dict]]:
         pairs = self.pair_dirs(root)
-        with ThreadPoolExecutor(self.options.workers) as pool:
+        with ThreadPoolExecutor(self.options.workers) as pool, tqdm(
+                desc="pairs", unit="pair", total=self.options.limit,
+                disable=not self.options.progress) as bar:
+            self.pairs_done = bar.update
             # range first: zip must not list one pair folder beyond the limit
             futures = [pool.submit(self.fetch_pair, *item) for _, item in
                        zip(range(self.options.limit or sys.maxsize), pairs)]
@@ -236,13 +241,16 @@ class Scraper:
                 roles = zip(("dtm", "ortho", "ortho_label"), selection.names)
                 record["files"] = [self.fetch_file(role, listed[name], folder)
                                    for role, name in roles]
-                done = all(f["status"] == "complete" for f in record["files"])
-                record["status"] = "complete" if done else "incomplete"
+                missing = [f"{f['path']} {f['status']} ({f['error']})"
+                           for f in record["files"] if f["status"] != "complete"]
+                record["status"] = "incomplete" if missing else "complete"
+                record["reason"] = "; ".join(missing)
         except Exception as error:
             record.update(status="incomplete", reason=f"{type(error).__name__}: {error}")
         if record["status"] != "complete":
-            log.warning("pair %s: %s", pair, record["reason"] or "some files failed")
+            log.warning("pair %s: %s", pair, record["reason"])
         write_json(folder / "pair.json", record)
+        self.pairs_done(1)
         return record
 
     def fetch_file(self, role: str, link: Link, folder: Path) -> dict:
@@ -401,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        summary = scrape(options)
+        with logging_redirect_tqdm():  # warnings above the progress bars, not through them
+            summary = scrape(options)
     except ScrapeError as error:
         print(f"error: {error}.", file=sys.stderr)
         return 1

@@ -45,27 +45,27 @@ def verify(record: dict, folder: Path) -> tuple[PairFiles | None, str]:
     """The pair's files if the manifest marks them complete and their sizes match on disk."""
     pair_id = record.get("pair_id", "?")
     if record.get("status") != "complete":
-        return None, f"{pair_id} is {record.get('status')}: {record.get('reason') or 'files'}"
+        return None, f"{record.get('status')}: {record.get('reason')}"
     paths = {}
     for entry in record.get("files", []):
         path = folder / entry["path"]
         if not SAFE_NAME.match(entry["path"]) or entry.get("status") != "complete":
-            return None, f"{pair_id}: {entry['path']} is not complete"
+            return None, f"{entry['path']} is not complete"
         if not path.is_file() or path.stat().st_size != entry.get("size"):
-            return None, f"{pair_id}: {entry['path']} differs from its recorded size"
+            return None, f"{entry['path']} differs from its recorded size"
         paths[entry["role"]] = path
     if set(ROLES) - paths.keys():
-        return None, f"{pair_id}: the manifest lacks {sorted(set(ROLES) - paths.keys())}"
+        return None, f"the manifest lacks {sorted(set(ROLES) - paths.keys())}"
     return PairFiles(pair_id, *(paths[role] for role in ROLES)), ""
 
 
-def load_pairs(source: Path) -> tuple[list[PairFiles], list[str]]:
+def load_pairs(source: Path) -> tuple[list[PairFiles], dict[str, str]]:
     """Usable pairs of a manifest, a pair.json or a scrape folder, and why others are not."""
-    usable, skipped = [], []
+    usable, skipped = [], {}
     for record, folder in read_manifest(source):
         pair, reason = verify(record, folder)
         if pair is None:
-            skipped.append(reason)
+            skipped[record.get("pair_id", str(folder))] = reason
         else:
             usable.append(pair)
     return usable, skipped
@@ -173,14 +173,18 @@ class Shards:
 
 
 def build(pairs: list[PairFiles], out: Path, size: int = 512, overlap: int = 64,
-          shard_size: int = 1000, splits: dict[str, str] | None = None) -> dict:
-    """Write every pair's patches; return an index of patches per pair and shards."""
+          shard_size: int = 1000, splits: dict[str, str] | None = None,
+          skipped: dict[str, str] | None = None) -> dict:
+    """Write every pair's patches; return an index of patches per pair, shards and pairs
+    skipped (``skipped`` carries those the manifest already ruled out)."""
     shards = Shards(out, shard_size)
-    index: dict = {"size": size, "overlap": overlap, "pairs": {}, "skipped": {}}
+    index: dict = {"size": size, "overlap": overlap, "pairs": {}, "skipped": dict(skipped or {})}
+    for pair_id, reason in index["skipped"].items():
+        log.warning("skipped %s: %s", pair_id, reason)
     for pair in pairs:
         split = splits.get(pair.pair_id) if splits is not None else ""
         if split is None:
-            index["skipped"][pair.pair_id] = "in no split"
+            index["skipped"][pair.pair_id] = "in no split"  # quietly: by design
             continue
         try:
             count = 0
@@ -229,11 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, OSError) as error:
         print(f"error: cannot read {args.source}: {error}.", file=sys.stderr)
         return 2
-    for reason in skipped:
-        log.warning("skipped %s", reason)
-    index = build(pairs, args.out, args.size, args.overlap, args.shard_size, splits)
+    index = build(pairs, args.out, args.size, args.overlap, args.shard_size, splits, skipped)
     total = sum(p["patches"] for p in index["pairs"].values())
-    print(f"pairs usable {len(pairs)}, skipped {len(skipped) + len(index['skipped'])}; "
+    print(f"pairs usable {len(pairs)}, skipped {len(index['skipped'])}; "
           f"patches {total} in {len(index['shards'])} shards under {args.out}")
     if not index["shards"]:
         print("error: no patch could be cut from the given pairs.", file=sys.stderr)

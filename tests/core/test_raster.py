@@ -1,0 +1,81 @@
+"""Georeferencing, pixel sizes and sun geometry read from real files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mars_dtm_plugin.core.errors import DtmError
+from mars_dtm_plugin.core.raster import InputRaster, sun_from_product
+from tests.conftest import SHARED_DATA
+from tests.rasters import ramp, write_raster
+
+MARS_GEOGRAPHIC = ('GEOGCS["Mars 2000",DATUM["D_Mars_2000",SPHEROID["Mars_2000_IAU_IAG",'
+                   '3396190.0,0.0]],PRIMEM["Reference_Meridian",0.0],'
+                   'UNIT["Degree",0.0174532925199433]]')
+
+
+def test_pixel_size_in_a_geographic_mars_crs(tmp_path):
+    degrees = 1e-4
+    gt = (137.0, degrees, 0.0, 0.5 * 60 * degrees, 0.0, -degrees)  # centred on the equator
+    path = write_raster(tmp_path / "geo.tif", ramp(60, 60), gt, wkt=MARS_GEOGRAPHIC)
+    raster = InputRaster(str(path))
+    expected = 3396190.0 * math.radians(degrees)  # about 5.93 m
+    assert raster.georef.pixel_size_m == pytest.approx(expected, rel=1e-6)
+
+
+def test_pixel_size_at_latitude_shrinks_across(tmp_path):
+    degrees = 1e-4
+    gt = (0.0, degrees, 0.0, 60.0, 0.0, -degrees)
+    path = write_raster(tmp_path / "geo.tif", ramp(2, 2), gt, wkt=MARS_GEOGRAPHIC)
+    metres = 3396190.0 * math.radians(degrees)
+    expected = math.sqrt(metres * metres * math.cos(math.radians(60.0 - degrees)))
+    assert InputRaster(str(path)).georef.pixel_size_m == pytest.approx(expected, rel=1e-6)
+
+
+def test_projected_pixel_size_and_rotated_grid(tmp_path):
+    # A grid turned 90 degrees: image up points east.
+    path = write_raster(tmp_path / "rot.tif", ramp(10, 10), (0.0, 0.0, 0.5, 0.0, 0.5, 0.0))
+    georef = InputRaster(str(path)).georef
+    assert georef.pixel_size_m == pytest.approx(0.5)
+    assert georef.up_bearing_deg == pytest.approx(270.0)
+    north_up = write_raster(tmp_path / "up.tif", ramp(10, 10), (0, 2.0, 0, 0, 0, -2.0))
+    assert InputRaster(str(north_up)).georef.up_bearing_deg == pytest.approx(0.0)
+
+
+def test_missing_crs_is_refused_unless_a_pixel_size_is_given(tmp_path):
+    path = write_raster(tmp_path / "nocrs.tif", ramp(10, 10), (0, 2.0, 0, 0, 0, -2.0), wkt="")
+    with pytest.raises(DtmError, match="no georeferencing"):
+        InputRaster(str(path))
+    assert InputRaster(str(path), pixel_size=0.5).georef.pixel_size_m == 0.5
+
+
+def test_sun_from_an_attached_pds_label(tmp_path):
+    label = ("PDS_VERSION_ID = PDS3\r\nRECORD_TYPE = FIXED_LENGTH\r\n"
+             "GROUP = VIEWING_PARAMETERS\r\n  INCIDENCE_ANGLE = 41.5 <DEG>\r\n"
+             "  SUB_SOLAR_AZIMUTH = 200.0 <DEG>\r\n  NORTH_AZIMUTH = 270.0\r\n"
+             "END_GROUP = VIEWING_PARAMETERS\r\nEND\r\n")
+    path = tmp_path / "product.IMG"
+    path.write_bytes(label.encode() + np.zeros(64, np.float32).tobytes())
+    azimuth, elevation = sun_from_product(str(path))
+    assert azimuth == pytest.approx(290.0)
+    assert elevation == pytest.approx(48.5)
+
+
+def test_no_label_no_sun(tmp_path):
+    path = write_raster(tmp_path / "plain.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0))
+    assert sun_from_product(str(path)) == (None, None)
+
+
+def test_real_gale_hirise_colour_is_read_as_luminance():
+    image = SHARED_DATA / "gale_hirise" / "image_hirise_color_0p63m.tif"
+    if not image.exists():
+        pytest.skip("the shared real data folder is absent")
+    raster = InputRaster(str(image))
+    assert len(raster.bands) == 3 and raster.weights == (0.299, 0.587, 0.114)  # RGB + alpha
+    assert raster.georef.pixel_size_m == pytest.approx(0.636, rel=0.02)
+    assert "3396190" in raster.georef.crs_wkt
+    values, valid = raster.read(-10, -10, 100, 100)
+    assert values.shape == (100, 100) and not valid[:10].any() and valid[10:, 10:].all()

@@ -1,7 +1,11 @@
 """Tests import the plugin as it ships: from build/ when `make build` has assembled it."""
 
+import os
 import sys
 from pathlib import Path
+
+# Headless Qt for QGIS: there is no screen on test machines.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "build"

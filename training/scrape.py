@@ -68,6 +68,16 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (urllib.error.URLError, OSError, http.client.HTTPException))
 
 
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only on the same host (http to https is fine), as links are."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: object, code: int, msg: str,
+                         headers: object, newurl: str) -> urllib.request.Request | None:
+        if urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
+            raise Refused(f"{req.full_url} redirects to another host: {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class Http:
     """urllib with a cap on concurrent requests, a polite delay and retries with backoff."""
 
@@ -77,6 +87,7 @@ class Http:
         self.delay, self.retries, self.backoff, self.timeout = delay, retries, backoff, timeout
         self._lock = threading.Lock()
         self._next_start = 0.0
+        self._opener = urllib.request.build_opener(_SameHostRedirects)
 
     def _wait_turn(self) -> None:
         with self._lock:
@@ -92,7 +103,7 @@ class Http:
                                      headers={"User-Agent": USER_AGENT, **(headers or {})})
         with self.slots:
             self._wait_turn()
-            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+            with self._opener.open(req, timeout=self.timeout) as response:
                 return consume(response)
 
     def retrying(self, func: Callable[[], T]) -> T:

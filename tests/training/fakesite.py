@@ -227,7 +227,7 @@ class SiteServer:
 
     ``cuts[url_path]`` is a list of byte counts: each GET of that path takes the next one and
     drops the connection after sending that many bytes. ``extra_links[url_path]`` adds raw
-    hrefs to a listing.
+    hrefs to a listing; ``redirects[url_path]`` answers with a 302 to that location.
     """
 
     def __init__(self, root: Path) -> None:
@@ -235,6 +235,7 @@ class SiteServer:
         self.requests: list[dict] = []
         self.cuts: dict[str, list[int]] = {}
         self.extra_links: dict[str, list[str]] = {}
+        self.redirects: dict[str, str] = {}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -254,6 +255,7 @@ class SiteServer:
         self.requests.clear()
         self.cuts.clear()
         self.extra_links.clear()
+        self.redirects.clear()
 
     def gets(self, name: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"].endswith(name)]
@@ -290,7 +292,11 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
                                   "range": self.headers.get("Range"),
                                   "agent": self.headers.get("User-Agent")})
             local = (site.root / path.lstrip("/")).resolve()
-            if not local.is_relative_to(site.root.resolve()) or not local.exists():
+            if path in site.redirects:
+                self.send_response(302)
+                self.send_header("Location", site.redirects[path])
+                self.end_headers()
+            elif not local.is_relative_to(site.root.resolve()) or not local.exists():
                 self.send_error(404)
             elif local.is_dir():
                 self._send(200, _listing(path, local, site.extra_links.get(path, [])),

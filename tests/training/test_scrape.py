@@ -98,6 +98,7 @@ def test_hostile_links_are_refused(server: SiteServer, tmp_path: Path) -> None:
                "file:///etc/passwd", "sub/dir/DTEEC_011384_2185_011661_2185_A08.IMG"]
     server.extra_links[f"{DTM_ROOT}{pair_dir(PAIR_A)}/"] = hostile
     server.extra_links[DTM_ROOT + "ESP/"] = [f"{evil.url}/x/", "../../../"]
+    server.redirects[DTM_A] = f"{evil.url}/x/DTEEC_011384_2185_011661_2185_A09.IMG"
     out = tmp_path / "out"
     try:
         summary = scrape(options(server, out))
@@ -106,7 +107,9 @@ def test_hostile_links_are_refused(server: SiteServer, tmp_path: Path) -> None:
     assert len(summary.refused) == len(hostile) + 1  # "../../../" is a parent: ignored
     assert evil.requests == []
     assert {r["path"].split("/")[1] for r in server.requests} == {"PDS"}
-    assert _pair_record(out, PAIR_A)["files"][0]["path"].endswith("_A01.IMG")
+    dtm = _pair_record(out, PAIR_A)["files"][0]
+    assert dtm["path"].endswith("_A01.IMG") and dtm["status"] == "failed"
+    assert "redirects to another host" in dtm["error"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil", "out"]
 
 

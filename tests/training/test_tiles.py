@@ -11,6 +11,7 @@ from osgeo import gdal
 
 from tests.training.conftest import options
 from tests.training.fakesite import DTM_A, PAIR_A, PAIR_B, SiteServer, Terrain
+from training.labels import missing_constant, read_label, sun_geometry
 from training.scrape import scrape
 from training.shards import read_shards
 from training.splits import write_splits
@@ -73,6 +74,18 @@ def test_provenance_travels_with_every_patch(scraped: Path, terrain: Terrain,
     dtm = next(scraped.rglob("DTEEC_011384*.IMG"))
     assert meta["crs_wkt"] == gdal.Open(str(dtm)).GetProjection()
     assert meta["geotransform"][:4] == [terrain.ulx + 12, 1.0, 0.0, terrain.uly]
+
+
+def test_labels_read_as_pds3(scraped: Path) -> None:
+    label = read_label(next(scraped.rglob("DTEEC_011384*.IMG")))  # attached, then float data
+    assert missing_constant(label) == -3.4028226550889045e+38
+    assert label["SOURCE_PRODUCT_ID"] == ["ESP_011384_2185", "ESP_011661_2185"]
+    assert label["RATIONALE_DESC"].endswith("patch builder, written by the test suite")
+    projection = label["IMAGE_MAP_PROJECTION"]
+    assert (projection["A_AXIS_RADIUS"], projection["MAP_SCALE"]) == (3396.19, 1.0)
+    assert label["IMAGE"]["SAMPLE_BIT_MASK"] == 0xFFFFFFFF
+    with pytest.raises(ValueError, match="no numeric NORTH_AZIMUTH"):
+        sun_geometry({"INCIDENCE_ANGLE": 40.0, "SUB_SOLAR_AZIMUTH": 200.0})
 
 
 def test_finer_ortho_is_averaged_onto_the_dtm_grid(server: SiteServer, terrain: Terrain,

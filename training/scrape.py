@@ -292,10 +292,7 @@ class Scraper:
         if dest.exists():
             if dest.stat().st_size == size:
                 return "skipped"
-            if dest.stat().st_size < size:
-                os.replace(dest, part)  # an older, shorter copy: finish it
-            else:
-                dest.unlink()
+            dest.unlink()  # only complete files get this name: the remote one has changed
         folder_ready(dest.parent)
         with tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, leave=False,
                   disable=not self.options.progress) as bar:
@@ -360,7 +357,8 @@ def read_manifest(source: Path) -> list[tuple[dict, Path]]:
         source = top
     data = json.loads(source.read_text())
     if "pairs" in data:
-        return [(record, source.parent / record["dir"]) for record in data["pairs"]]
+        return [(record, local_path(source.parent, record["dir"].split("/")))
+                for record in data["pairs"]]
     return [(data, source.parent)]
 
 

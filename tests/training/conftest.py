@@ -49,5 +49,6 @@ def options(server: SiteServer, out: Path, **changes: object) -> Options:
 def scraped(_running: SiteServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete scrape of the site, shared read-only by the tiles and splits tests."""
     out = tmp_path_factory.mktemp("scraped")
+    _running.reset()  # no fault left over from a scraper test
     scrape(options(_running, out))
     return out

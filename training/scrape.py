@@ -65,7 +65,9 @@ class Refused(ValueError):
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, urllib.error.HTTPError):
         return error.code in TRANSIENT_HTTP
-    return isinstance(error, (urllib.error.URLError, OSError, http.client.HTTPException))
+    # Network trouble only: a local disk error would fail again the same way.
+    return isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError, ShortRead,
+                              http.client.HTTPException))
 
 
 class _SameHostRedirects(urllib.request.HTTPRedirectHandler):

@@ -3,7 +3,7 @@
 One sample is three tar members sharing a key:
 ``<key>.image.npy`` (H x W, uint8 or float32), ``<key>.height.npy`` (H x W float32, metres,
 relative to the patch mean) and ``<key>.json`` (provenance: pair id, window, pixel size, sun).
-See docs/data-format.md.
+See docs/data.md.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class ShardWriter:
         self._finish()
         path = self.directory / f"{self.prefix}-{len(self.paths):06d}.tar"
         self.paths.append(path)
-        self._tar = tarfile.open(path.with_suffix(".tar.part"), "w")
+        # Stays open across write() calls; _finish() closes it.
+        self._tar = tarfile.open(path.with_suffix(".tar.part"), "w")  # noqa: SIM115
         self._count = 0
 
     def _finish(self) -> None:

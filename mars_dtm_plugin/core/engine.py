@@ -254,9 +254,7 @@ class _Run:
     def _blend_strip(self, y0: int, y1: int, offsets: np.ndarray) -> np.ndarray:
         total = np.zeros((y1 - y0, self.raster.width), np.float32)
         weight = np.zeros_like(total)
-        for tile in self.grid.tiles:
-            if tile.y1 <= y0 or tile.y0 >= y1 or not self.store.has(tile):
-                continue
+        for tile in self._tiles_crossing(y0, y1):
             r0, r1 = max(y0, tile.y0) - tile.y0, min(y1, tile.y1) - tile.y0
             heights = self.store.rows(tile, r0, r1) + np.float32(offsets[tile.index])
             ramp_y, ramp_x = self._ramps(tile)
@@ -269,6 +267,14 @@ class _Run:
             weight[rows, tile.x0 : tile.x1] += w
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(weight > 0, total / weight, np.float32(np.nan))
+
+    def _tiles_crossing(self, y0: int, y1: int) -> Iterator[Tile]:
+        """Predicted tiles whose rows meet [y0, y1): whole rows of the grid at a time."""
+        for row in range(self.grid.rows):
+            first = self.grid.at(row, 0)
+            if first.y1 > y0 and first.y0 < y1:
+                row_tiles = self.grid.tiles[row * self.grid.cols : (row + 1) * self.grid.cols]
+                yield from (tile for tile in row_tiles if self.store.has(tile))
 
     def _ramps(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         if tile.index not in self._ramp_cache:

@@ -96,14 +96,18 @@ class SyntheticPatches(IterableDataset):
     """Endless procedural terrain rendered at the canonical sun (± jitter)."""
 
     def __init__(self, size: int = 128, seed: int = 0, sun: SunRange | None = None,
-                 norm: Normalisation | None = None, pixel_size_m: float = 1.0) -> None:
+                 norm: Normalisation | None = None, pixel_size_m: float = 1.0,
+                 relief: tuple[float, float] = (1.0, 1.0)) -> None:
         self.size, self.seed, self.pixel_size_m = size, seed, pixel_size_m
-        self.sun, self.norm = sun or SunRange(), norm or Normalisation()
+        self.sun, self.norm, self.relief = sun or SunRange(), norm or Normalisation(), relief
 
     def raw(self, rng: np.random.Generator) -> Patch:
         from training import synth  # the terrain generator; heavy, so imported when used
 
         dem = synth.synthetic_dem(rng, self.size, pixel_size_m=self.pixel_size_m)
+        # The relief drawn here is the model's prior on slope magnitude (a stretched image
+        # shows relative slope only), so it is kept near real Mars slopes.
+        dem = dem * np.float32(np.exp(rng.uniform(*np.log(self.relief))))
         azimuth, elevation = self.sun.draw(rng)
         image = synth.render(dem, self.pixel_size_m, azimuth, elevation, rng)
         meta = {"source": "synthetic", "pixel_size_m": self.pixel_size_m,

@@ -1,0 +1,107 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from training.evaluate import (
+    average,
+    block_mean,
+    estimate_sun,
+    flat,
+    main,
+    reshading_correlation,
+    sfs_fourier,
+    tile_metrics,
+)
+from training.synth import cos_incidence
+
+
+def _ramp(gain: float) -> np.ndarray:
+    return np.tile(np.arange(4.0) * gain, (4, 1))  # heights rising one column at a time
+
+
+def test_tile_metrics_match_hand_computed_values():
+    m = tile_metrics(_ramp(1.5) + 10.0, _ramp(1.0), pixel_size_m=1.0)
+    # error after mean removal: 0.5 * x - 0.75 = -0.75, -0.25, 0.25, 0.75 per row
+    assert m["rmse_m"] == pytest.approx(math.sqrt(0.3125))
+    assert m["mae_m"] == pytest.approx(0.5)
+    assert m["slope_err_deg"] == pytest.approx(math.degrees(math.atan(1.5)) - 45.0)
+    # depth below the top: 1.5 times the truth everywhere -> fails 1.25, passes 1.25^2
+    assert (m["delta1"], m["delta2"], m["delta3"]) == (0.0, 1.0, 1.0)
+
+
+def test_pixel_size_scales_slopes_not_heights():
+    m = tile_metrics(_ramp(2.0), _ramp(2.0) * 0, pixel_size_m=2.0)
+    assert m["slope_err_deg"] == pytest.approx(45.0)
+    assert m["mae_m"] == pytest.approx(2.0)
+
+
+def test_invalid_pixels_are_left_out():
+    truth, pred = _ramp(1.0), _ramp(1.0)
+    pred[0, 0] = 1e6
+    valid = np.ones_like(truth, bool)
+    valid[0, 0] = False
+    assert tile_metrics(pred, truth, 1.0, valid)["rmse_m"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_flat_baseline_error_is_the_relief_of_the_truth():
+    truth = np.random.default_rng(0).normal(0, 3.0, (32, 32))
+    m = tile_metrics(flat(truth), truth, 1.0)
+    assert m["rmse_m"] == pytest.approx(truth.std())
+    assert m["delta1"] == 0.0  # a flat surface has no depth anywhere
+
+
+def _hills(size: int = 128, amplitude: float = 2.0) -> np.ndarray:
+    y, x = np.mgrid[:size, :size] * (2 * np.pi / 64)
+    return (amplitude * np.sin(x) * np.sin(0.5 * y + 0.3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("azimuth", [270.0, 135.0])
+def test_linear_sfs_recovers_gentle_hills(azimuth):
+    dem = _hills()
+    image = np.clip(cos_incidence(dem, 1.0, azimuth, 35.0), 0, None)
+    heights = sfs_fourier(image, 1.0, azimuth, 35.0)
+    inner = (slice(16, -16), slice(16, -16))
+    r = np.corrcoef(heights[inner].ravel(), dem[inner].ravel())[0, 1]
+    assert r > 0.85
+    assert 0.5 < heights[inner].std() / dem[inner].std() < 2.0
+
+
+def test_reshading_and_sun_estimate_on_a_rendered_dem():
+    dem = _hills()
+    image = np.clip(cos_incidence(dem, 1.0, 200.0, 30.0), 0, None)
+    assert reshading_correlation(image, dem, 1.0, 200.0, 30.0) > 0.99
+    assert reshading_correlation(image, dem, 1.0, 20.0, 30.0) < 0.0
+    azimuth, _, r = estimate_sun(image, dem, 1.0)
+    assert abs(azimuth - 200.0) <= 5.0 and r > 0.99
+
+
+def test_block_mean_and_tile_weighted_average():
+    assert block_mean(np.arange(16.0).reshape(4, 4), 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]
+    rows = [{"tiles": 1, "rmse_m": 1.0}, {"tiles": 3, "rmse_m": 2.0}]
+    assert average(rows) == {"rmse_m": 1.75, "tiles": 4}
+
+
+def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "no.onnx"), "--data", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluation_runs_models_through_the_engine_and_writes_a_report(tmp_path):
+    from tests.conftest import SHARED_DATA
+    from tests.models import write_test_model
+
+    if not (SHARED_DATA / "gale_hirise").is_dir():
+        pytest.skip("the shared Gale HiRISE pair is absent")
+    model = write_test_model(tmp_path / "identity.onnx", "identity")
+    out = tmp_path / "report"
+    assert main(["--model", f"ident={model}", "--data", str(tmp_path / "data"), "--out",
+                 str(out), "--sets", "gale", "--no-speed"]) == 0
+    text = (out / "report.md").read_text()
+    assert "| ident |" in text and "| flat |" in text and "| sfs |" in text
+    assert (out / "gale.png").stat().st_size > 10_000
+    metrics = json.loads((out / "metrics.json").read_text())["sets"]["gale"]
+    # The identity model returns brightness as height: it must not score like the truth.
+    assert metrics["ident"]["rmse_m"] > 0 and metrics["flat"]["delta1"] == 0.0

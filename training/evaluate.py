@@ -1,0 +1,564 @@
+"""Evaluate ONNX generators through the plugin's engine, beside classical baselines.
+
+    python -m training.evaluate --model [NAME=]M.onnx [--model ...] --data DIR [--out DIR]
+
+Each model runs through ``mars_dtm_plugin.core.engine.predict_dtm`` on GeoTIFFs (what is
+measured is what ships). Test sets, written under ``--data`` when missing:
+
+- ``synthetic``: procedural scenes (512 px, 1 m, sun from any azimuth), a seed never used for
+  training;
+- ``louth``: the rows of the real Louth crater HiRISE DTM held out of training, rendered;
+- ``karoo``: the real QuickBird 8 m image, predictions averaged 3 x 3 onto the real 24 m DEM;
+- ``gale``: the real HiRISE colour image (grey = mean of bands 1-3), predictions averaged
+  8 x 8 onto the real 5 m DTM (one tile: a smoke test);
+- ``hirise``: 24 real HiRISE tiles without truth: re-shading consistency only.
+
+Metrics per evaluation tile, with each tile's mean removed from prediction and truth, then
+averaged over tiles: RMSE and MAE (m), mean absolute slope error (degrees), and the share of
+pixels whose depth below the tile's highest point is within a factor 1.25^k of the truth.
+Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+HIRISE_ASSUMED_SUN = (270.0, 40.0)
+BASELINES = ("flat", "sfs")
+
+
+# -- metrics -------------------------------------------------------------------------------
+def slope_deg(height: np.ndarray, pixel_size_m: float) -> np.ndarray:
+    d_row, d_col = np.gradient(height.astype(np.float64), pixel_size_m)
+    return np.degrees(np.arctan(np.hypot(d_row, d_col)))
+
+
+def tile_metrics(pred: np.ndarray, truth: np.ndarray, pixel_size_m: float,
+                 valid: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of one tile; both inputs in metres, means removed here over valid pixels."""
+    valid = np.isfinite(pred) & np.isfinite(truth) & (True if valid is None else valid)
+    p = np.where(valid, pred - pred[valid].mean(), 0.0)
+    t = np.where(valid, truth - truth[valid].mean(), 0.0)
+    error = (p - t)[valid]
+    # Slopes need both neighbours valid in each direction: erode the mask by one pixel.
+    inner = valid.copy()
+    inner[1:-1, 1:-1] &= valid[:-2, 1:-1] & valid[2:, 1:-1] & valid[1:-1, :-2] & valid[1:-1, 2:]
+    inner[[0, -1], :], inner[:, [0, -1]] = False, False
+    slope_error = np.abs(slope_deg(p, pixel_size_m) - slope_deg(t, pixel_size_m))[inner]
+    return {"rmse_m": float(np.sqrt(np.mean(error**2))), "mae_m": float(np.mean(np.abs(error))),
+            "slope_err_deg": float(slope_error.mean()) if slope_error.size else math.nan,
+            **depth_deltas(p, t, valid)}
+
+
+def depth_deltas(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+    """δ < 1.25^k on depth below the tile's highest point (pixels with a true depth > 0)."""
+    d_pred = pred[valid].max() - pred[valid]
+    d_true = truth[valid].max() - truth[valid]
+    keep = d_true > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.maximum(d_pred[keep] / d_true[keep], d_true[keep] / d_pred[keep])
+    ratio = np.where(np.isfinite(ratio), ratio, np.inf)
+    return {f"delta{k}": float(np.mean(ratio < 1.25**k)) if ratio.size else math.nan
+            for k in (1, 2, 3)}
+
+
+def tiles_of(shape: tuple[int, int], size: int) -> list[tuple[slice, slice]]:
+    """Non-overlapping ``size`` windows covering ``shape`` (ragged edges dropped)."""
+    return [(slice(r, r + size), slice(c, c + size))
+            for r in range(0, shape[0] - size + 1, size)
+            for c in range(0, shape[1] - size + 1, size)]
+
+
+def scene_metrics(pred: np.ndarray, truth: np.ndarray, pixel_size_m: float, tile: int,
+                  valid: np.ndarray | None = None, min_valid: float = 0.8) -> list[dict]:
+    valid = np.ones(truth.shape, bool) if valid is None else valid
+    rows = []
+    for window in tiles_of(truth.shape, tile):
+        v = valid[window] & np.isfinite(pred[window]) & np.isfinite(truth[window])
+        if v.mean() >= min_valid:
+            rows.append(tile_metrics(pred[window], truth[window], pixel_size_m, v))
+    return rows
+
+
+# -- baselines -----------------------------------------------------------------------------
+def flat(image: np.ndarray, *_args: float) -> np.ndarray:
+    return np.zeros(image.shape, np.float32)
+
+
+def sfs_fourier(image: np.ndarray, pixel_size_m: float, sun_azimuth: float,
+                sun_elevation: float, valid: np.ndarray | None = None) -> np.ndarray:
+    """Linear shape from shading in the Fourier domain (Pentland 1988), heights in metres.
+
+    Lambert linearised for small slopes: I / mean(I) - 1 = -cot(e) * (slope toward the sun),
+    so the slope along the sun is known and integrates along that direction by division in
+    the Fourier domain; frequencies across the sun carry no information and stay zero
+    (a Wiener-style floor avoids dividing by ~0). Zero padding (flat surroundings) keeps the
+    integration from wrapping around the scene's edges.
+    """
+    image = image.astype(np.float64)
+    valid = np.ones(image.shape, bool) if valid is None else valid
+    level = image[valid].mean()
+    ratio = np.where(valid, image / max(level, 1e-6) - 1.0, 0.0)
+    toward_sun = -ratio * math.tan(math.radians(sun_elevation))
+    rows, cols = image.shape
+    padded = np.zeros((2 * rows, 2 * cols))
+    padded[:rows, :cols] = toward_sun
+    f_row = np.fft.fftfreq(2 * rows)[:, None]
+    f_col = np.fft.fftfreq(2 * cols)[None, :]
+    az = math.radians(sun_azimuth)
+    # d/d(east) = d/dcol, d/d(north) = -d/drow; slope toward the sun in pixel units.
+    g = 2j * math.pi * (f_col * math.sin(az) - f_row * math.cos(az))
+    floor = (2 * math.pi / (4 * max(rows, cols))) ** 2  # ~ a wave four scenes long
+    heights = np.fft.fft2(padded) * np.conj(g) / (np.abs(g) ** 2 + floor)
+    heights[0, 0] = 0.0
+    z = np.real(np.fft.ifft2(heights))[:rows, :cols] * pixel_size_m
+    return (z - z[valid].mean()).astype(np.float32)
+
+
+def reshading_correlation(image: np.ndarray, dem: np.ndarray, pixel_size_m: float,
+                          sun_azimuth: float, sun_elevation: float,
+                          valid: np.ndarray | None = None) -> float:
+    """Pearson correlation of the image with ``dem`` shaded (Lambert) under the given sun."""
+    from training.synth import cos_incidence
+
+    shade = np.clip(cos_incidence(dem, pixel_size_m, sun_azimuth, sun_elevation), 0, None)
+    valid = np.isfinite(dem) & (True if valid is None else valid)
+    valid[[0, -1], :], valid[:, [0, -1]] = False, False
+    a, b = image[valid].astype(np.float64), shade[valid]
+    if a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def estimate_sun(image: np.ndarray, dem: np.ndarray, pixel_size_m: float,
+                 valid: np.ndarray | None = None) -> tuple[float, float, float]:
+    """Sun (azimuth, elevation) whose shading of the true DEM best matches the image.
+
+    Stands in for the product metadata that these real test images lack; returns the
+    correlation reached as well.
+    """
+    best = (0.0, 45.0, -2.0)
+    for az in range(0, 360, 5):
+        for el in (15.0, 25.0, 35.0, 45.0, 55.0, 65.0):
+            r = reshading_correlation(image, dem, pixel_size_m, az, el, valid)
+            if r > best[2]:
+                best = (float(az), el, r)
+    return best
+
+
+# -- scenes --------------------------------------------------------------------------------
+@dataclass
+class Scene:
+    """One test input and how to score predictions on it."""
+
+    name: str
+    image_path: Path
+    image: np.ndarray
+    valid: np.ndarray
+    pixel_size_m: float
+    sun: tuple[float, float]
+    truth: np.ndarray | None = None
+    truth_pixel_m: float = 0.0
+    factor: int = 1
+    """Predictions are averaged ``factor`` x ``factor`` onto the truth grid."""
+    tile: int = 256
+    """Evaluation tile side on the truth grid."""
+    notes: dict = field(default_factory=dict)
+
+
+def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return a
+    r, c = a.shape[0] // factor * factor, a.shape[1] // factor * factor
+    return a[:r, :c].reshape(r // factor, factor, c // factor, factor).mean(axis=(1, 3))
+
+
+def read_band(path: Path, band: int = 1) -> tuple[np.ndarray, float | None, tuple, str]:
+    from osgeo import gdal
+
+    ds = gdal.Open(str(path))
+    b = ds.GetRasterBand(band)
+    return b.ReadAsArray(), b.GetNoDataValue(), ds.GetGeoTransform(), ds.GetProjection()
+
+
+def write_tif(path: Path, array: np.ndarray, gt: tuple, wkt: str, nodata: float | None = None,
+              metadata: dict | None = None) -> Path:
+    from osgeo import gdal
+
+    kind = gdal.GDT_Byte if array.dtype == np.uint8 else gdal.GDT_Float32
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[1], array.shape[0], 1, kind)
+    ds.SetGeoTransform(gt)
+    ds.SetProjection(wkt)
+    if metadata:
+        ds.SetMetadata({k: str(v) for k, v in metadata.items()})
+    if nodata is not None:
+        ds.GetRasterBand(1).SetNoDataValue(nodata)
+    ds.GetRasterBand(1).WriteArray(array)
+    ds = None
+    return path
+
+
+def synthetic_scenes(folder: Path, seed: int, count: int = 12) -> list[Scene]:
+    from training import synth
+
+    out = folder / "synthetic"
+    if not any(out.glob("geotiff/*_image.tif")):
+        synth.write_dataset(out, count, seed=seed, size=512, sun_azimuth_deg=None, geotiff=True)
+    scenes = []
+    for image_path in sorted(out.glob("geotiff/*_image.tif"))[:count]:
+        image, _, gt, _ = read_band(image_path)
+        dem, *_ = read_band(Path(str(image_path).replace("_image.tif", "_dem.tif")))
+        from osgeo import gdal
+        meta = gdal.Open(str(image_path)).GetMetadata()
+        sun = (float(meta["SUN_AZIMUTH"]), float(meta["SUN_ELEVATION"]))
+        scenes.append(Scene(image_path.stem.replace("_image", ""), image_path, image,
+                            np.ones(image.shape, bool), gt[1], sun, dem, gt[1]))
+    return scenes
+
+
+def louth_scenes(folder: Path, seed: int) -> list[Scene]:
+    """Renders of the held-out rows (600-999) of the Louth crater HiRISE DTM."""
+    from training import synth
+    from training.data import HOLDOUT_ROWS
+
+    name = "mars_louth_crater_ice_mound_hirise.tif"
+    source = SHARED / "dem_shapes" / name
+    if not source.exists():
+        return []
+    dem, _, gt, wkt = read_band(source)
+    rng = np.random.default_rng([seed, 600])
+    out = folder / "louth"
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = []
+    for i, c0 in enumerate((0, 308, 616)):
+        crop = dem[HOLDOUT_ROWS[name]:HOLDOUT_ROWS[name] + 384, c0:c0 + 384].astype(np.float32)
+        sun = (float(rng.uniform(0, 360)), float(rng.uniform(20, 50)))
+        image = synth.render(crop, gt[1], sun[0], sun[1], rng)
+        crop_gt = (gt[0] + c0 * gt[1], gt[1], 0.0, gt[3] + 600 * gt[5], 0.0, gt[5])
+        path = write_tif(out / f"louth_{i}.tif", image, crop_gt, wkt)
+        scenes.append(Scene(f"louth_{i}", path, image, np.ones(image.shape, bool), gt[1], sun,
+                            crop, gt[1], tile=128))
+    return scenes
+
+
+def karoo_scenes(_folder: Path, _seed: int) -> list[Scene]:
+    base = SHARED / "karoo_quickbird"
+    if not (base / "image_qb2_pan_8m.tif").exists():
+        return []
+    image, nodata, gt, _ = read_band(base / "image_qb2_pan_8m.tif")
+    dem, *_ = read_band(base / "dem_24m.tif")
+    valid8 = image != (nodata if nodata is not None else 0)
+    valid24 = block_mean(valid8.astype(float), 3) == 1.0
+    image24 = block_mean(image.astype(float), 3)
+    sun = estimate_sun(image24, dem, 24.0, valid24 & np.isfinite(dem))
+    scene = Scene("karoo", base / "image_qb2_pan_8m.tif", image, valid8, gt[1], sun[:2],
+                  dem, 24.0, factor=3, tile=64)
+    scene.notes = {"sun": f"estimated from the 24 m DEM (az {sun[0]:.0f}, el {sun[1]:.0f}, "
+                          f"r = {sun[2]:.2f})", "truth_valid": valid24}
+    return [scene]
+
+
+def gale_scenes(folder: Path, _seed: int) -> list[Scene]:
+    base = SHARED / "gale_hirise"
+    if not (base / "image_hirise_color_0p63m.tif").exists():
+        return []
+    from osgeo import gdal
+
+    ds = gdal.Open(str(base / "image_hirise_color_0p63m.tif"))
+    grey = np.mean([ds.GetRasterBand(i).ReadAsArray() for i in (1, 2, 3)], axis=0)
+    grey = np.round(grey).astype(np.uint8)
+    out = folder / "gale"
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_tif(out / "gale_grey.tif", grey, ds.GetGeoTransform(), ds.GetProjection())
+    dem, _, dem_gt, _ = read_band(base / "dem_5m.tif")
+    sun = estimate_sun(block_mean(grey.astype(float), 8), dem, dem_gt[1])
+    scene = Scene("gale", path, grey, np.ones(grey.shape, bool), ds.GetGeoTransform()[1],
+                  sun[:2], dem, dem_gt[1], factor=8, tile=64)
+    scene.notes = {"sun": f"estimated from the 5 m DTM (az {sun[0]:.0f}, el {sun[1]:.0f}, "
+                          f"r = {sun[2]:.2f})"}
+    return [scene]
+
+
+def hirise_scenes(_folder: Path, _seed: int) -> list[Scene]:
+    scenes = []
+    for path in sorted((SHARED / "hirise_tiles").glob("hirise_tile_*.jpg")):
+        image, *_ = read_band(path)
+        scenes.append(Scene(path.stem, path, image, np.ones(image.shape, bool), 1.0,
+                            HIRISE_ASSUMED_SUN))
+    return scenes
+
+
+TEST_SETS: dict[str, Callable[[Path, int], list[Scene]]] = {
+    "synthetic": synthetic_scenes, "louth": louth_scenes, "karoo": karoo_scenes,
+    "gale": gale_scenes, "hirise": hirise_scenes,
+}
+
+
+# -- report --------------------------------------------------------------------------------
+COLUMNS = {"rmse_m": "RMSE (m)", "mae_m": "MAE (m)", "slope_err_deg": "slope err (°)",
+           "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³", "tiles": "tiles",
+           "reshade_r": "re-shading r", "mean_slope_deg": "mean slope (°)"}
+SET_TITLES = {"synthetic": "Held-out synthetic scenes", "louth": "Louth crater (real HiRISE "
+              "DTM, held-out rows, rendered)", "karoo": "Karoo (real QuickBird 8 m image, "
+              "real 24 m DEM)", "gale": "Gale crater (real HiRISE image, real 5 m DTM; smoke "
+              "test)", "hirise": "Real HiRISE tiles (no truth)"}
+
+
+def hillshade(height: np.ndarray, pixel_size_m: float) -> np.ndarray:
+    """Cartographic hillshade (sun from the north-west, 45° up), for figures."""
+    from training.synth import cos_incidence
+
+    filled = np.where(np.isfinite(height), height, np.nanmean(height))
+    return np.clip(cos_incidence(filled, pixel_size_m, 315.0, 45.0), 0, 1)
+
+
+def _panels(row: dict, model: str) -> list[tuple[str, np.ndarray, str]]:
+    """(title, array, colour map) for one scene, all on the truth grid when there is one."""
+    scene: Scene = row["scene"]
+
+    def grid(a: np.ndarray) -> np.ndarray:
+        return block_mean(np.where(scene.valid, a, np.nan), scene.factor)
+
+    pixel = scene.truth_pixel_m if scene.truth is not None else scene.pixel_size_m
+    panels = [("input", grid(scene.image.astype(float)), "gray")]
+    if scene.truth is not None:
+        panels.append(("truth hillshade", hillshade(scene.truth, pixel), "gray"))
+    panels += [(f"{model} hillshade", hillshade(grid(row[model]), pixel), "gray"),
+               ("SFS hillshade", hillshade(grid(row["sfs"]), pixel), "gray")]
+    heights = [("truth (m)", scene.truth)] if scene.truth is not None else []
+    heights.append((f"{model} (m)", grid(row[model])))
+    for title, h in heights:
+        panels.append((title, h - np.nanmean(h), "terrain"))
+    if scene.truth is not None:
+        pred = grid(row[model])
+        panels.append(("error (m)", (pred - np.nanmean(pred)) - (scene.truth - np.nanmean(
+            scene.truth)), "RdBu_r"))
+    return panels
+
+
+def figures(set_name: str, rows: list[dict], model: str, out: Path) -> Path:
+    """One PNG per test set: a few scenes, each as input / hillshades / heights / error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grids = [_panels(row, model) for row in rows]
+    cols = max(len(g) for g in grids)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.3 * len(rows)),
+                             squeeze=False)
+    for r, panels in enumerate(grids):
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c >= len(panels):
+                continue
+            title, array, cmap = panels[c]
+            limit = np.nanpercentile(np.abs(array), 99) if cmap == "RdBu_r" else None
+            image = ax.imshow(array, cmap=cmap, vmin=-limit if limit else None, vmax=limit)
+            ax.set_title(title if r else f"{rows[r]['scene'].name}: {title}", fontsize=7)
+            if cmap != "gray":
+                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    path = out / f"{set_name}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def table(metrics: dict[str, dict], order: list[str]) -> str:
+    keys = [k for k in COLUMNS if any(k in m for m in metrics.values())]
+    lines = ["| method | " + " | ".join(COLUMNS[k] for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for name in order:
+        if name in metrics:
+            cells = [_fmt(metrics[name].get(k)) for k in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return str(value) if isinstance(value, int) else f"{value:.3g}"
+
+
+def write_report(results: dict, models: list[str], out: Path, command: str) -> Path:
+    order = [*models, *BASELINES]
+    lines = ["# Evaluation report", "",
+             f"Produced by `python -m training.evaluate {command}`.", "",
+             "Heights are compared per evaluation tile after removing each tile's mean; "
+             "metrics are averaged over tiles (RMSE, MAE in metres; slope error in degrees; "
+             "δ on depth below the tile's highest point). `flat` is the mean surface, `sfs` "
+             "linear Fourier-domain shape from shading given the true sun azimuth and "
+             "elevation. Models run through the plugin's engine.", ""]
+    for set_name, metrics in results["sets"].items():
+        lines += [f"## {SET_TITLES[set_name]}", "", results["notes"].get(set_name, ""), "",
+                  table(metrics, order), "", f"![{set_name}]({set_name}.png)", ""]
+    skipped = {k: v for k, v in results["notes"].items() if k not in results["sets"]}
+    for set_name, note in skipped.items():
+        lines += [f"## {SET_TITLES[set_name]}", "", note, ""]
+    if results.get("speed"):
+        sp = results["speed"]
+        lines += ["## Speed", "", f"`{models[0]}` through the engine on CPU, 2 threads: "
+                  f"{sp['megapixels']:.1f} MP in {sp['seconds']:.1f} s = "
+                  f"**{sp['mp_per_s']:.2f} MP/s** (best of two runs).", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# -- running -------------------------------------------------------------------------------
+def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple[np.ndarray, float]:
+    """The engine's DTM for ``scene`` (metres) and its run time in seconds."""
+    from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+
+    out = workdir / f"{scene.name}_dtm.tif"
+    georef = scene.image_path.suffix.lower() == ".tif"
+    options = PredictOptions(model_path=str(model), sun_azimuth=scene.sun[0],
+                             sun_elevation=scene.sun[1], provider="cpu", threads=threads,
+                             pixel_size=None if georef else scene.pixel_size_m)
+    report = predict_dtm(str(scene.image_path), str(out), options)
+    dtm, *_ = read_band(out)
+    return dtm.astype(np.float32), report.seconds
+
+
+def baseline(name: str, scene: Scene) -> np.ndarray:
+    if name == "flat":
+        return flat(scene.image)
+    image = np.where(scene.valid, scene.image, np.median(scene.image[scene.valid]))
+    return sfs_fourier(image, scene.pixel_size_m, *scene.sun, scene.valid)
+
+
+def score(scene: Scene, heights: np.ndarray) -> dict[str, float]:
+    """Metrics on the truth grid, or re-shading consistency where there is no truth."""
+    heights = np.where(scene.valid, heights, np.nan)
+    if scene.truth is None:
+        return {"reshade_r": reshading_correlation(scene.image, heights, scene.pixel_size_m,
+                                                   *scene.sun, scene.valid),
+                "mean_slope_deg": float(np.nanmean(slope_deg(heights, scene.pixel_size_m)))}
+    pred = block_mean(heights, scene.factor)
+    valid = scene.notes.get("truth_valid", np.isfinite(pred))
+    rows = scene_metrics(pred, scene.truth, scene.truth_pixel_m, scene.tile, valid)
+    return {"tiles": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]}} \
+        if rows else {"tiles": 0}
+
+
+def average(rows: list[dict]) -> dict[str, float]:
+    """Mean over scenes, weighting metrics by each scene's number of tiles."""
+    keys = [k for k in rows[0] if k != "tiles"] if rows else []
+    weights = np.array([r.get("tiles", 1) for r in rows], float)
+    out = {k: float(np.nansum([r.get(k, np.nan) * w for r, w in zip(rows, weights)])
+                    / max(weights.sum(), 1)) for k in keys}
+    if "tiles" in rows[0]:
+        out["tiles"] = int(weights.sum())
+    return out
+
+
+def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
+             sets: list[str], speed: bool = True) -> dict:
+    """All metrics: {set: {method: averaged metrics}} plus per-scene details and figures."""
+    results: dict = {"sets": {}, "notes": {}, "speed": {}}
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        for set_name in sets:
+            scenes = TEST_SETS[set_name](data, seed)
+            if not scenes:
+                results["notes"][set_name] = "skipped: its data in shared/data is absent"
+                continue
+            by_method: dict[str, list[dict]] = {}
+            figure_rows = []
+            for scene in scenes:
+                row = {"scene": scene, "input": scene.image}
+                for name in BASELINES:
+                    heights = baseline(name, scene)
+                    by_method.setdefault(name, []).append(score(scene, heights))
+                    row[name] = heights
+                for name, path in models.items():
+                    heights, _ = predict(path, scene, Path(tmp))
+                    by_method.setdefault(name, []).append(score(scene, heights))
+                    row[name] = heights
+                figure_rows.append(row)
+            results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
+            results["notes"][set_name] = _set_note(scenes)
+            figures(set_name, figure_rows[:3], next(iter(models)), out)
+        if speed:
+            results["speed"] = measure_speed(next(iter(models.values())), Path(tmp))
+    return results
+
+
+def _set_note(scenes: list[Scene]) -> str:
+    notes = [s.notes["sun"] for s in scenes if "sun" in s.notes]
+    return f"{len(scenes)} scene(s)" + (f"; sun {notes[0]}" if notes else "")
+
+
+def measure_speed(model: Path, workdir: Path, side: int = 2048) -> dict[str, float]:
+    """Engine throughput on a synthetic ``side`` x ``side`` scene, CPU, 2 threads."""
+    from training import synth
+
+    rng = np.random.default_rng(0)
+    dem = synth.synthetic_dem(rng, side)
+    image = synth.render(dem, 1.0, 270.0, 30.0, rng)
+    path = write_tif(workdir / "speed.tif", image, (0, 1.0, 0, 0, 0, -1.0),
+                     synth.MARS_EQUIRECTANGULAR_WKT)
+    scene = Scene("speed", path, image, np.ones(image.shape, bool), 1.0, (270.0, 30.0))
+    seconds = min(predict(model, scene, workdir)[1] for _ in range(2))
+    return {"megapixels": side * side / 1e6, "seconds": seconds,
+            "mp_per_s": side * side / 1e6 / seconds}
+
+
+def _parse_models(values: list[str]) -> dict[str, Path]:
+    models = {}
+    for value in values:
+        name, _, path = value.rpartition("=")
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"the model file {path} does not exist")
+        models[name or path.stem] = path
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True,
+                        help="ONNX model, optionally NAME=PATH; repeat to compare models")
+    parser.add_argument("--data", required=True,
+                        help="folder for the generated test inputs (made when missing)")
+    parser.add_argument("--out", default="runs/eval", help="report folder")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the generated test sets")
+    parser.add_argument("--sets", default=",".join(TEST_SETS),
+                        help="comma-separated subset of " + ",".join(TEST_SETS))
+    parser.add_argument("--no-speed", action="store_true",
+                        help="skip the throughput measurement (a 2048 x 2048 scene)")
+    args = parser.parse_args(argv)
+    sets = args.sets.split(",")
+    try:
+        models = _parse_models(args.model)
+        if unknown := [s for s in sets if s not in TEST_SETS]:
+            raise ValueError(f"unknown test set(s) {', '.join(unknown)}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
+                       not args.no_speed)
+    (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = write_report(results, list(models), Path(args.out), " ".join(sys.argv[1:]))
+    print(f"wrote {path} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Rebuild the bundled model from scratch: data, training, export, evaluation (``make model``).
+
+    python -m training.make_model [--recipe training/configs/bundled.json]
+        [--stages data,train,export,evaluate] [--work DIR]
+
+Every stage is seeded from the recipe, so a rerun on the same machine and thread count gives
+the same pool, weights and numbers. The main run is trained without the adversarial term;
+the ablation trains the same recipe with it, stopped at ``ablation.stop_at`` steps, and is
+compared with the main run's checkpoint at the same step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from training.data import DemShapePatches, SunRange, SyntheticPatches, load_dem_shapes, write_pool
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RECIPE = Path(__file__).parent / "configs" / "bundled.json"
+BUNDLED = ROOT / "mars_dtm_plugin" / "models" / "mars_dtm_generator.onnx"
+DEM_SHAPES = ROOT.parent / "shared" / "data" / "dem_shapes"
+STAGES = ("data", "train", "export", "evaluate")
+
+
+def load_recipe(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the recipe {path}: {exc}") from exc
+
+
+def stage_data(recipe: dict, work: Path) -> None:
+    """Render the fixed training and validation pools into shards."""
+    pool, seed = recipe["pool"], recipe["seed"]
+    sun = SunRange(recipe["train"].get("canonical_azimuth", 270.0),
+                   recipe["train"].get("azimuth_jitter", 10.0))
+    size, relief = pool["size"], tuple(pool["synthetic_relief"])
+    sources = [(SyntheticPatches(size, sun=sun, relief=relief), pool["synthetic"])]
+    if DEM_SHAPES.is_dir():
+        shapes = load_dem_shapes(DEM_SHAPES)  # evaluation rows are held out inside
+        sources.append((DemShapePatches(shapes, size, sun=sun), pool["dem_shapes"]))
+    else:
+        print(f"note: {DEM_SHAPES.name} not found; training on synthetic terrain only")
+    for name, scale, offset in (("train", 1, 0), ("val", 0, 1)):
+        out = work / "pool" / name
+        if out.is_dir() and any(out.glob("*.tar")):
+            print(f"pool {name}: kept {out}")
+            continue
+        counts = [(s, c if scale else pool["val_each"]) for s, c in sources]
+        started = time.monotonic()
+        paths = write_pool(counts, out, seed=seed * 100 + offset)
+        print(f"pool {name}: {len(paths)} shards in {time.monotonic() - started:.0f} s")
+
+
+def _train_args(recipe: dict, work: Path, name: str, extra: dict) -> list[str]:
+    options = {**recipe["train"], "seed": recipe["seed"], "out": str(work / name),
+               "data": str(work / "pool" / "train"), "val_data": str(work / "pool" / "val"),
+               **extra}
+    config = work / f"{name}.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(options, indent=2) + "\n")
+    last = work / name / "last.pt"
+    return ["--config", str(config)] + (["--resume", str(last)] if last.exists() else [])
+
+
+def stage_train(recipe: dict, work: Path) -> None:
+    """Main run (no GAN), then the GAN ablation on the same recipe, stopped early."""
+    from training.train import main as train
+
+    stop = recipe["ablation"]["stop_at"]
+    runs = [("main", {"gan": False, "keep_steps": [stop]}),
+            ("gan", {"gan": True, "stop_at": stop, **recipe["ablation"].get("train", {})})]
+    for name, extra in runs:
+        if train(_train_args(recipe, work, name, extra)) != 0:
+            raise RuntimeError(f"training run {name} failed")
+
+
+def stage_export(recipe: dict, work: Path) -> None:
+    from training.export_onnx import main as export
+
+    stop = recipe["ablation"]["stop_at"]
+    jobs = [(work / "main" / "last.pt", work / "onnx" / "main.onnx"),
+            (work / "main" / f"step_{stop}.pt", work / "onnx" / f"nogan_{stop}.onnx"),
+            (work / "gan" / "last.pt", work / "onnx" / f"gan_{stop}.onnx")]
+    for checkpoint, out in jobs:
+        if export([str(checkpoint), str(out), "--version", recipe["version"]]) != 0:
+            raise RuntimeError(f"export of {checkpoint} failed")
+    BUNDLED.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work / "onnx" / "main.onnx", BUNDLED)
+    print(f"bundled model: {BUNDLED.relative_to(ROOT)}")
+
+
+def stage_evaluate(recipe: dict, work: Path) -> None:
+    from training.evaluate import main as evaluate
+
+    stop = recipe["ablation"]["stop_at"]
+    models = [f"main={work / 'onnx' / 'main.onnx'}",
+              f"nogan_{stop}={work / 'onnx' / f'nogan_{stop}.onnx'}",
+              f"gan_{stop}={work / 'onnx' / f'gan_{stop}.onnx'}"]
+    args = [arg for m in models for arg in ("--model", m)]
+    args += ["--data", str(work / "eval_data"), "--out", str(work / "eval"),
+             "--seed", str(recipe["seed"] + 7)]
+    if evaluate(args) != 0:
+        raise RuntimeError("evaluation failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.make_model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe JSON")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="comma-separated subset of " + ",".join(STAGES))
+    parser.add_argument("--work", help="work folder (default: the recipe's)")
+    args = parser.parse_args(argv)
+    stages = args.stages.split(",")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    try:
+        recipe = load_recipe(args.recipe)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    work = Path(args.work or recipe["work"])
+    functions = {"data": stage_data, "train": stage_train, "export": stage_export,
+                 "evaluate": stage_evaluate}
+    for stage in stages:
+        started = time.monotonic()
+        print(f"== {stage}", flush=True)
+        functions[stage](recipe, work)
+        print(f"== {stage} done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

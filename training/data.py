@@ -257,7 +257,9 @@ class ShardPatches(IterableDataset):
 
     def _sample(self, patch: Patch, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
         image, height = patch.image.astype(np.float32), patch.height
-        sun = patch.meta.get("sun_azimuth_deg", self.canonical)
+        sun = patch.meta.get("sun_azimuth_deg")
+        if sun is None:
+            return None  # a patch without its sun cannot be put in the canonical frame
         # Rendered pools already carry the canonical sun with a deliberate small jitter.
         if abs((sun - self.canonical + 180.0) % 360.0 - 180.0) > self.tolerance:
             image, height = to_canonical(image, height, sun, self.canonical)

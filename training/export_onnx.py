@@ -47,14 +47,14 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
     gen_cfg = state["generator_config"]
     model = Generator(GeneratorConfig(tuple(gen_cfg["channels"])))
     model.load_state_dict(state["generator"])
-    return model.eval(), state["config"]
+    return model.eval(), {**state["config"], "trained_steps": int(state["step"])}
 
 
-def build_contract(config: dict, model: Generator, version: str,
-                   training_data: str) -> ModelContract:
+def build_contract(config: dict, model: Generator, version: str, training_data: str,
+                   tiles_overlap: float = 25.0) -> ModelContract:
     return ModelContract(
         tile_size=TILE_SIZE,
-        tiles_overlap=25.0,
+        tiles_overlap=tiles_overlap,
         resolution=100.0,
         standardization_mean=[float(config["norm_mean"])],
         standardization_std=[float(config["norm_std"])],
@@ -70,7 +70,7 @@ def build_contract(config: dict, model: Generator, version: str,
             "marsdtm:size_multiple": model.size_multiple,
             "marsdtm:gflop_per_tile": round(conv_flops(model, TILE_SIZE, TILE_SIZE) / 1e9, 3),
             "marsdtm:architecture": {"name": "unet", "channels": list(model.config.channels)},
-            "marsdtm:training_steps": int(config["steps"]),
+            "marsdtm:training_steps": int(config.get("trained_steps", config["steps"])),
             "marsdtm:adversarial": bool(config["gan"]),
         },
     )
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="0.1.0", help="model version in the contract")
     parser.add_argument("--training-data", default=DEFAULT_TRAINING_DATA,
                         help="one line on what the model learned from")
+    parser.add_argument("--tiles-overlap", type=float, default=25.0,
+                        help="default overlap of the engine's tiles, percent of the tile")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest allowed |ONNX - PyTorch| output difference (pixel units)")
     args = parser.parse_args(argv)
@@ -125,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = export(model, build_contract(config, model, args.version, args.training_data),
-                  args.out)
+    contract = build_contract(config, model, args.version, args.training_data,
+                              args.tiles_overlap)
+    path = export(model, contract, args.out)
     diff = parity(model, path)
     size_mb = path.stat().st_size / 1e6
     print(f"wrote {path} ({size_mb:.2f} MB); onnxruntime vs PyTorch max |diff| = {diff:.2e}")

@@ -29,6 +29,7 @@ def test_exported_model_passes_the_engine_contract(exported):
     assert contract.version == "9.9"
     assert contract.sun_mode == "rotate" and contract.height_units == "gsd"
     assert contract.extra["marsdtm:size_multiple"] == 4
+    assert contract.extra["marsdtm:training_steps"] == 2
     assert [i.name for i in model.graph.input] == ["image"]
     assert [o.name for o in model.graph.output] == ["height"]
     assert model.opset_import[0].version == 17

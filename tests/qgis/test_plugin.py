@@ -1,0 +1,161 @@
+"""The plugin in a (stub) QGIS desktop: start-up, toolbar button, menu, dialog, unload."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsBrowserGuiModel, QgsProcessingAlgorithmDialogBase
+from qgis.PyQt.QtCore import QEvent, QTimer
+from qgis.PyQt.QtWidgets import QApplication, QToolBar
+
+import mars_dtm_plugin
+from tests.conftest import BUILT
+
+from .conftest import read_raster
+
+
+@pytest.fixture(scope="module")
+def browser_model(qgis_iface):
+    """The Processing dialog asks iface for the browser model, which the stub iface lacks."""
+    model = QgsBrowserGuiModel()
+    qgis_iface.browserModel = lambda: model
+    yield model
+    del qgis_iface.browserModel
+
+
+@pytest.fixture
+def plugin(qgis_iface, qgis_processing, qgis_new_project, browser_model):
+    """The plugin as QGIS starts it: classFactory, then initGui; unloaded afterwards."""
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("marsdtm") is not None:  # left by the Processing tests
+        registry.removeProvider("marsdtm")
+    plugin = mars_dtm_plugin.classFactory(qgis_iface)
+    plugin.initGui()
+    yield plugin
+    plugin.unload()
+
+
+def plugin_toolbars(qgis_iface) -> list[QToolBar]:
+    return [bar for bar in qgis_iface.mainWindow().findChildren(QToolBar)
+            if bar.objectName() == "MarsDtmToolbar"]
+
+
+def test_class_factory_imports_no_qgis():
+    # The package is also the engine's command line: importing it must not need QGIS.
+    code = "import sys, mars_dtm_plugin; print(any(m.startswith('qgis') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=BUILT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_init_gui_adds_button_menu_and_provider(plugin, qgis_iface):
+    assert QgsApplication.processingRegistry().providerById("marsdtm") is plugin.provider
+    (toolbar,) = plugin_toolbars(qgis_iface)
+    (action,) = plugin.actions
+    assert toolbar.actions() == [action]
+    assert not action.icon().isNull()
+    qgis_iface.addPluginToRasterMenu.assert_called_once_with(plugin.menu, action)
+
+
+def test_unload_removes_everything(qgis_iface, qgis_processing):
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("marsdtm") is not None:
+        registry.removeProvider("marsdtm")
+    plugin = mars_dtm_plugin.classFactory(qgis_iface)
+    plugin.initGui()
+    (action,) = plugin.actions
+    plugin.unload()
+    QApplication.sendPostedEvents(None, QEvent.DeferredDelete)  # run the deleteLater()s
+
+    assert registry.providerById("marsdtm") is None
+    assert registry.algorithmById("marsdtm:predictdtm") is None
+    assert plugin_toolbars(qgis_iface) == []
+    assert plugin.actions == []
+    qgis_iface.removePluginRasterMenu.assert_called_with(plugin.menu, action)
+
+
+def algorithm_dialog() -> QgsProcessingAlgorithmDialogBase | None:
+    dialogs = [widget for widget in QApplication.topLevelWidgets()
+               if isinstance(widget, QgsProcessingAlgorithmDialogBase) and widget.isVisible()]
+    return dialogs[0] if dialogs else None
+
+
+def warnings_of(qgis_iface) -> list[str]:
+    return qgis_iface.messageBar().get_messages(Qgis.Warning)
+
+
+def test_button_without_active_layer_warns(plugin, qgis_iface):
+    qgis_iface._active_layer_id = None
+    plugin.actions[0].trigger()
+    assert any("Select a raster layer" in text for text in warnings_of(qgis_iface))
+
+
+def test_button_on_vector_layer_warns(plugin, qgis_iface):
+    points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
+    QgsProject.instance().addMapLayer(points)
+    qgis_iface.setActiveLayer(points)
+    plugin.actions[0].trigger()
+    assert any("'points' is not a raster layer" in text for text in warnings_of(qgis_iface))
+
+
+def test_button_opens_prefilled_dialog_that_runs(plugin, qgis_iface, identity_model,
+                                                 image_factory, tmp_path):
+    """Toolbar button -> algorithm dialog on the active layer -> run in a task -> styled DTM."""
+    layer = QgsRasterLayer(str(image_factory(width=100, height=90)), "scene")
+    QgsProject.instance().addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    output = tmp_path / "dialog_dtm.tif"
+    seen: dict = {}
+
+    def fill_and_run() -> None:
+        dialog = algorithm_dialog()
+        if dialog is None:  # not shown yet
+            QTimer.singleShot(50, fill_and_run)
+            return
+        try:
+            seen["title"] = dialog.windowTitle()
+            seen["input"] = dialog.createProcessingParameters()["INPUT"]
+            dialog.setParameters({"INPUT": layer, "MODEL": str(identity_model),
+                                  "OUTPUT": str(output)})
+            dialog.algorithmFinished.connect(lambda ok, _: finished(dialog, ok))
+            dialog.runAlgorithm()  # runs in a task; results are loaded, then algorithmFinished
+        except Exception as exc:  # an exception escaping a Qt slot would abort the process
+            seen["error"] = exc
+            dialog.reject()
+
+    def finished(dialog: QgsProcessingAlgorithmDialogBase, ok: bool) -> None:
+        seen["ok"] = ok
+        dialog.close()  # as the user does (Processing's "keep dialog open" may be set)
+
+    def give_up() -> None:
+        dialog = algorithm_dialog()
+        if dialog is not None:
+            seen["timed out"] = True
+            dialog.reject()
+
+    QTimer.singleShot(0, fill_and_run)
+    QTimer.singleShot(60_000, give_up)
+    plugin.actions[0].trigger()
+
+    assert "error" not in seen and "timed out" not in seen, seen
+    assert seen["ok"]
+    assert seen["title"].startswith("Predict DTM from image")
+    assert seen["input"] == layer.id()
+    assert read_raster(output)[0].shape == (90, 100)
+    (dtm,) = [lyr for lyr in QgsProject.instance().mapLayers().values()
+              if lyr.source() == str(output)]
+    renderer = dtm.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+    heights = read_raster(output)[0]
+    assert renderer.classificationMin() == pytest.approx(heights.min(), abs=1e-4)
+    assert renderer.classificationMax() == pytest.approx(heights.max(), abs=1e-4)

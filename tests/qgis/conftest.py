@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 from qgis.core import QgsApplication
+from qgis.gui import QgsBrowserGuiModel
 
 from tests.conftest import BUILT
 
@@ -83,16 +84,31 @@ def expected_identity_heights(image: np.ndarray, pixel_size: float) -> np.ndarra
     return (stretched * pixel_size).astype(np.float64)
 
 
-@pytest.fixture(scope="session")
+# Python references to the providers registered here: without one, the registry keeps a C++
+# object whose Python overrides (loadAlgorithms) are gone.
+_REGISTERED: list[MarsDtmProvider] = []
+
+
+@pytest.fixture
 def provider(qgis_processing) -> MarsDtmProvider:
-    """The plugin's provider, registered once as QGIS's initProcessing() would."""
+    """The plugin's provider, registered as QGIS's initProcessing() does (again if a plugin
+    test has unloaded it)."""
     registry = QgsApplication.processingRegistry()
     existing = registry.providerById("marsdtm")
     if existing is not None:
         return existing
     provider = MarsDtmProvider()
     assert registry.addProvider(provider)
+    _REGISTERED.append(provider)
     return provider
+
+
+@pytest.fixture(scope="session")
+def browser_model(qgis_iface) -> QgsBrowserGuiModel:
+    """Processing dialogs ask iface for QGIS's browser model, which the stub iface lacks."""
+    model = QgsBrowserGuiModel()
+    qgis_iface.browserModel = lambda: model
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
     QgsVectorLayer,
 )
-from qgis.gui import QgsBrowserGuiModel, QgsProcessingAlgorithmDialogBase
+from qgis.gui import QgsProcessingAlgorithmDialogBase
 from qgis.PyQt.QtCore import QEvent, QTimer
 from qgis.PyQt.QtWidgets import QApplication, QToolBar
 
@@ -22,15 +22,6 @@ import mars_dtm_plugin
 from tests.conftest import BUILT
 
 from .conftest import read_raster
-
-
-@pytest.fixture(scope="module")
-def browser_model(qgis_iface):
-    """The Processing dialog asks iface for the browser model, which the stub iface lacks."""
-    model = QgsBrowserGuiModel()
-    qgis_iface.browserModel = lambda: model
-    yield model
-    del qgis_iface.browserModel
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ from .errors import DtmError
 
 NODATA = -99999.0
 BLOCK = 256
+# Level 1: float heights with sensor noise compress no better at higher levels, only slower.
 CREATION_OPTIONS = [
     "TILED=YES", f"BLOCKXSIZE={BLOCK}", f"BLOCKYSIZE={BLOCK}", "COMPRESS=DEFLATE",
-    "PREDICTOR=3", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS",
+    "PREDICTOR=3", "ZLEVEL=1", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS",
 ]
 
 

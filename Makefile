@@ -22,10 +22,16 @@ build:
 	cp -r metadata.txt LICENSE icons resources.qrc $(BUILD)/
 	find $(BUILD) -name __pycache__ -prune -exec rm -rf {} +
 
+# The installable plugin zip: exactly $(BUILD) (package, metadata, icons, licence, bundled
+# model), nothing from training/ or tests/. ALLOW_NO_MODEL=1 zips without the model (tests).
 zip: build
-	mkdir -p dist
+	@test -f $(BUILD)/models/mars_dtm_generator.onnx || [ "$(ALLOW_NO_MODEL)" = 1 ] || \
+		{ echo "missing $(PLUGIN)/models/mars_dtm_generator.onnx: run make model" >&2; exit 1; }
+	mkdir -p $(dir $(ZIP))
 	rm -f $(ZIP)
-	cd build && $(CURDIR)/$(PY) -m zipfile -c $(CURDIR)/$(ZIP) $(PLUGIN)
+	cd $(dir $(BUILD)) && $(CURDIR)/$(PY) -m zipfile -c $(abspath $(ZIP)) $(PLUGIN)
+	@! $(PY) -m zipfile -l $(ZIP) | grep -E '/(training|tests|__pycache__)/' || \
+		{ echo "$(ZIP) holds files that must not ship" >&2; rm -f $(ZIP); exit 1; }
 	@echo "built $(ZIP)"
 
 lint: venv

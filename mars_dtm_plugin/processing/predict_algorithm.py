@@ -244,4 +244,4 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         # The engine has already logged provider, tiles, pixel size, heights and output path.
         if report.provider_note:
             feedback.pushWarning(report.provider_note)
-        feedback.pushInfo(tr("Finished in {0:.1f} s").format(report.seconds))
+        feedback.pushInfo(tr("Finished in {0:.2f} s").format(report.seconds))

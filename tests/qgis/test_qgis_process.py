@@ -114,3 +114,15 @@ def test_qgis_process_reports_bad_input(qgis_env, identity_model, tmp_path):
     assert done.returncode != 0
     assert "Band 4 does not exist" in done.stdout + done.stderr
     assert not output.exists()
+
+
+def test_qgis_process_without_onnxruntime_explains(qgis_env, identity_model, tmp_path):
+    # QGIS's own Python has no onnxruntime here: the real absence of the package.
+    env = {key: value for key, value in qgis_env.items() if key != "PYTHONPATH"}
+    assert "marsdtm:predictdtm" in qgis_process(env, "list").stdout
+    image = write_geotiff(tmp_path / "scene.tif", terrain_image(70, 70))
+    done = qgis_process(env, "run", "marsdtm:predictdtm", "--", f"INPUT={image}",
+                        f"MODEL={identity_model}", f"OUTPUT={tmp_path / 'dtm.tif'}")
+    assert done.returncode != 0
+    assert "pip install onnxruntime" in done.stdout + done.stderr
+    assert not (tmp_path / "dtm.tif").exists()

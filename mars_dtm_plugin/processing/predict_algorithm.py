@@ -95,10 +95,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             "contours, profiles and 3D views can be used as they are.</p>"
             "<p><b>Trust</b>: the bundled model learned from rendered terrain and measured "
             "elevation models lit by many suns. It gives a quick first DTM, not a survey: "
-            "expect the shape of hills, craters and valleys to be right and their heights to "
-            "be off by tens of percent; trust it least on flat, featureless, dusty or deeply "
-            "shadowed ground and over very long distances. Use stereo DTMs where they "
-            "exist.</p>"
+            "expect the shapes of hills, craters and valleys to be more reliable than their "
+            "exact heights, and check heights against a reference before relying on them. "
+            "Trust it least on flat, featureless, dusty or deeply shadowed ground and over "
+            "long distances. Use stereo DTMs where they exist.</p>"
             "<p><b>Band</b>: empty means band 1 of a single-band image and the luminance of an "
             "RGB image.</p>"
             "<p><b>Sun</b>: shading depends on where the light comes from. The sun direction "
@@ -132,8 +132,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         elevation = QgsProcessingParameterNumber(
             self.SUN_ELEVATION, tr("Sun elevation (degrees above the horizon)"),
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=90.0)
-        elevation.setHelp(tr("Leave empty to read it from the product's label or metadata; "
-                             "needed only together with the azimuth."))
+        elevation.setHelp(tr("Leave empty to read it from the product's label or metadata. "
+                             "Only models that take the sun's elevation use it; the azimuth "
+                             "matters more."))
         for parameter in (azimuth, elevation):
             self.addParameter(parameter)
 

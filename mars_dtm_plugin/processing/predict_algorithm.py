@@ -123,19 +123,19 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             self.OUTPUT, tr("Predicted DTM")))
 
     def _add_sun_parameters(self) -> None:
-        azimuth = QgsProcessingParameterNumber(
-            self.SUN_AZIMUTH, tr("Sun azimuth (degrees clockwise from north)"),
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=360.0)
-        azimuth.setHelp(tr("Leave empty to read it from the product's label or metadata. "
-                           "Required when the image carries none and the model needs the sun "
-                           "direction."))
-        elevation = QgsProcessingParameterNumber(
-            self.SUN_ELEVATION, tr("Sun elevation (degrees above the horizon)"),
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=90.0)
-        elevation.setHelp(tr("Leave empty to read it from the product's label or metadata. "
-                             "Only models that take the sun's elevation use it; the azimuth "
-                             "matters more."))
-        for parameter in (azimuth, elevation):
+        angles = (
+            (self.SUN_AZIMUTH, tr("Sun azimuth (degrees clockwise from north)"), 360.0,
+             tr("Leave empty to read it from the product's label or metadata. Required when "
+                "the image carries none and the model needs the sun direction.")),
+            (self.SUN_ELEVATION, tr("Sun elevation (degrees above the horizon)"), 90.0,
+             tr("Leave empty to read it from the product's label or metadata. Only models "
+                "that take the sun's elevation use it; the azimuth matters more.")),
+        )
+        for name, description, maximum, help_text in angles:
+            parameter = QgsProcessingParameterNumber(
+                name, description, QgsProcessingParameterNumber.Double, optional=True,
+                minValue=0.0, maxValue=maximum)
+            parameter.setHelp(help_text)
             self.addParameter(parameter)
 
     def _add_advanced_parameters(self) -> None:

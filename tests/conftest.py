@@ -1,5 +1,6 @@
 """Tests import the plugin as it ships: from build/ when `make build` has assembled it."""
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -9,8 +10,13 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "build"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
 if (BUILT / "mars_dtm_plugin").is_dir():
     sys.path.insert(0, str(BUILT))
-sys.path.insert(1 if (BUILT / "mars_dtm_plugin").is_dir() else 0, str(ROOT))
-
-SHARED_DATA = ROOT.parent / "shared" / "data"
+    # Import now: pytest later puts the repository root first on sys.path, which would
+    # otherwise shadow the built plugin with the source tree.
+    importlib.import_module("mars_dtm_plugin")
+    assert Path(sys.modules["mars_dtm_plugin"].__file__).is_relative_to(BUILT)
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))

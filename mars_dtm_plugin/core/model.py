@@ -14,10 +14,12 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 INSTALL_HELP = (
     "The Python package onnxruntime is not installed in the Python that runs this program. "
-    "Install it there: on Windows, in the OSGeo4W Shell, run 'python -m pip install "
-    "onnxruntime'; on macOS, run '/Applications/QGIS.app/Contents/MacOS/bin/python3 -m pip "
-    "install onnxruntime'; on Linux, run 'python3 -m pip install --user onnxruntime' (or "
-    "onnxruntime-gpu for an NVIDIA GPU). Then restart QGIS."
+    "Install it there, without upgrading numpy, then restart QGIS: on Windows, in the OSGeo4W "
+    "Shell, run 'python -m pip install onnxruntime'; on macOS, run '/Applications/"
+    "QGIS-LTR.app/Contents/MacOS/bin/python3 -m pip install --user onnxruntime' (QGIS.app for "
+    "the latest release); on Linux, run 'python3 -m pip install --user onnxruntime' (on "
+    "Debian 12 or Ubuntu 23.04 and newer add --break-system-packages). For an NVIDIA GPU, "
+    "install onnxruntime-gpu instead."
 )
 
 

@@ -2,7 +2,7 @@
 
 The generator maps one normalised grey image [N, 1, H, W] to heights in units of the pixel
 size [N, 1, H, W]; H and W must be multiples of ``Generator.size_multiple``. It is kept small
-(under 2 GFLOP per 256 x 256 tile) so that the plugin runs at more than a megapixel per second
+(1.8 GFLOP per 256 x 256 tile) so that the plugin runs at more than a megapixel per second
 on a laptop CPU.
 """
 

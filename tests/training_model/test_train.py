@@ -16,16 +16,22 @@ def _config(pool, out, **kw) -> TrainConfig:
 
 @pytest.mark.slow
 def test_a_tiny_training_run_lowers_the_loss(pool, tmp_path):
-    cfg = _config(pool, tmp_path, steps=120, lr=5e-3, val_data=str(pool), val_batches=6)
+    cfg = _config(pool, tmp_path, steps=60, lr=5e-3)
+    trainer = Trainer(cfg)
+    image, height = next(trainer.batches())  # a few patches, seen again and again
+    losses = [trainer.train_step(image, height)["total"] for _ in range(60)]
+    assert sum(losses[-5:]) / 5 < 0.8 * losses[0], losses
+    trainer.save()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["steps"] == 60 and saved["channels"] == [4, 8, 16]
+
+
+def test_validation_scores_a_fixed_set(pool, tmp_path):
+    cfg = _config(pool, tmp_path, val_batches=2)
     trainer = Trainer(cfg)
     fixed = make_dataset(str(pool), cfg, seed=0, augment=False)
-    before = trainer.validate(fixed)
-    trainer.fit()
-    after = trainer.validate(fixed)
-    assert after["total"] < 0.95 * before["total"], (before, after)
-    assert after["gradient"] < 0.95 * before["gradient"], (before, after)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["steps"] == 120 and saved["channels"] == [4, 8, 16]
+    first, again = trainer.validate(fixed), trainer.validate(fixed)
+    assert first == again and first["l1"] > 0
 
 
 @pytest.mark.parametrize("gan", [False, True])

@@ -34,7 +34,7 @@ def load_recipe(path: str | Path) -> dict:
         raise ValueError(f"cannot read the recipe {path}: {exc}") from exc
 
 
-def stage_data(recipe: dict, work: Path) -> None:
+def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
     """Render the fixed training and validation pools into shards."""
     pool, seed = recipe["pool"], recipe["seed"]
     sun = SunRange(recipe["train"].get("canonical_azimuth", 270.0),
@@ -68,7 +68,7 @@ def _train_args(recipe: dict, work: Path, name: str, extra: dict) -> list[str]:
     return ["--config", str(config)] + (["--resume", str(last)] if last.exists() else [])
 
 
-def stage_train(recipe: dict, work: Path) -> None:
+def stage_train(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
     """Main run (no GAN), then the GAN ablation on the same recipe, stopped early."""
     from training.train import main as train
 
@@ -80,7 +80,7 @@ def stage_train(recipe: dict, work: Path) -> None:
             raise RuntimeError(f"training run {name} failed")
 
 
-def stage_export(recipe: dict, work: Path) -> None:
+def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
     from training.export_onnx import main as export
 
     stop = recipe["ablation"]["stop_at"]
@@ -90,12 +90,12 @@ def stage_export(recipe: dict, work: Path) -> None:
     for checkpoint, out in jobs:
         if export([str(checkpoint), str(out), "--version", recipe["version"]]) != 0:
             raise RuntimeError(f"export of {checkpoint} failed")
-    BUNDLED.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(work / "onnx" / "main.onnx", BUNDLED)
-    print(f"bundled model: {BUNDLED.relative_to(ROOT)}")
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work / "onnx" / "main.onnx", bundle)
+    print(f"bundled model: {bundle}")
 
 
-def stage_evaluate(recipe: dict, work: Path) -> None:
+def stage_evaluate(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
     from training.evaluate import main as evaluate
 
     stop = recipe["ablation"]["stop_at"]
@@ -105,6 +105,11 @@ def stage_evaluate(recipe: dict, work: Path) -> None:
     args = [arg for m in models for arg in ("--model", m)]
     args += ["--data", str(work / "eval_data"), "--out", str(work / "eval"),
              "--seed", str(recipe["seed"] + 7)]
+    options = recipe.get("evaluate", {})
+    if "sets" in options:
+        args += ["--sets", ",".join(options["sets"])]
+    if not options.get("speed", True):
+        args.append("--no-speed")
     if evaluate(args) != 0:
         raise RuntimeError("evaluation failed")
 
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES),
                         help="comma-separated subset of " + ",".join(STAGES))
     parser.add_argument("--work", help="work folder (default: the recipe's)")
+    parser.add_argument("--bundle", default=str(BUNDLED),
+                        help="where the export stage copies the main model (the plugin's default)")
     args = parser.parse_args(argv)
     stages = args.stages.split(",")
     unknown = [s for s in stages if s not in STAGES]
@@ -123,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     try:
         recipe = load_recipe(args.recipe)
+        missing = [k for k in ("work", "version", "seed", "pool", "train", "ablation")
+                   if k not in recipe]
+        if missing:
+            raise ValueError(f"the recipe {args.recipe} lacks {', '.join(missing)}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in stages:
         started = time.monotonic()
         print(f"== {stage}", flush=True)
-        functions[stage](recipe, work)
+        functions[stage](recipe, work, Path(args.bundle))
         print(f"== {stage} done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     return 0
 

@@ -1,0 +1,41 @@
+"""The model the plugin ships: its contract, its size budget, and a run through the engine."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from mars_dtm_plugin.core.contract import parse_contract
+from training import synth
+from training.evaluate import read_band, write_tif
+
+BUNDLED = Path(__file__).resolve().parents[2] / "mars_dtm_plugin" / "models" / \
+    "mars_dtm_generator.onnx"
+
+pytestmark = pytest.mark.skipif(not BUNDLED.exists(), reason="no bundled model yet")
+
+
+def test_bundled_model_fits_the_budget_and_the_contract():
+    assert BUNDLED.stat().st_size <= 30e6
+    model = onnx.load(str(BUNDLED))
+    contract = parse_contract({p.key: p.value for p in model.metadata_props}, BUNDLED.name)
+    assert contract.sun_mode == "rotate" and contract.height_units == "gsd"
+    assert contract.tile_size % contract.extra["marsdtm:size_multiple"] == 0
+
+
+def test_bundled_model_runs_through_the_engine(tmp_path):
+    from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+
+    rng = np.random.default_rng(5)
+    dem = synth.synthetic_dem(rng, 320)[:300, :280]
+    image = synth.render(dem, 2.0, 120.0, 30.0, rng)
+    source = write_tif(tmp_path / "scene.tif", image, (0, 2.0, 0, 0, 0, -2.0),
+                       synth.MARS_EQUIRECTANGULAR_WKT)
+    options = PredictOptions(model_path=str(BUNDLED), sun_azimuth=120.0, provider="cpu",
+                             threads=2)
+    predict_dtm(str(source), str(tmp_path / "dtm.tif"), options)
+    heights, *_ = read_band(tmp_path / "dtm.tif")
+    assert heights.shape == (300, 280) and np.isfinite(heights).all()
+    # Heights in metres with relief, not in pixels and not flat.
+    assert 0.05 < heights.std() < 200.0

@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +74,18 @@ def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
     code = main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "no shard files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_two_processes(pool, tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "-m", "training.train", "--data", str(pool), "--out", str(tmp_path),
+               "--patch-size", "64", "--batch-size", "2", "--steps", "3", "--channels",
+               "4,8,16", "--threads", "1", "--gan", "true", "--checkpoint-every", "3"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["step"] == 3 and state["disc"] is not None

@@ -203,6 +203,8 @@ class Trainer:
                 self.disc = torch.nn.parallel.DistributedDataParallel(self.disc, ids)
         self.step, self.epoch, self.consumed = 0, 0, 0
         self.dataset = make_dataset(cfg.data, cfg, cfg.seed + self.rank * 7919)
+        self.val = (make_dataset(cfg.val_data, cfg, 10_000 + cfg.seed, False)
+                    if cfg.val_data else None)
         self.out = Path(cfg.out)
         if cfg.resume:
             self.load(cfg.resume)
@@ -333,7 +335,7 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         cfg, started = self.cfg, time.monotonic()
         writer = _tensorboard(self.out) if self.rank == 0 else None
-        val = make_dataset(cfg.val_data, cfg, 10_000 + cfg.seed, False) if cfg.val_data else None
+        val = self.val
         bar = _progress(cfg.steps, self.step, self.rank == 0)
         logs: dict[str, float] = {}
         batches = self.batches()
@@ -405,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         trainer = Trainer(cfg)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logs = trainer.fit()

@@ -89,3 +89,10 @@ def test_ddp_on_cpu_with_two_processes(pool, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     state = torch.load(tmp_path / "last.pt", weights_only=False)
     assert state["step"] == 3 and state["disc"] is not None
+
+
+def test_missing_validation_folder_is_one_clear_error(pool, tmp_path, capsys):
+    code = main(["--data", str(pool), "--val-data", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "o"), "--patch-size", "64"])
+    assert code == 2
+    assert "no shard files" in capsys.readouterr().err

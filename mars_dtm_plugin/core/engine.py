@@ -166,23 +166,47 @@ class _Run:
         return self._report(output_path, statistics)
 
     def _predict_tiles(self) -> OffsetProblem:
+        """Three stages in step: read batch n+1, run the model on n, file the heights of n-1."""
         problem = OffsetProblem(len(self.grid.tiles))
         recent: dict[int, np.ndarray] = {}
         batches = list(_chunks(self.grid.tiles, max(1, self.options.batch_size)))
-        with ThreadPoolExecutor(1) as reader:
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as filer:
             pending = reader.submit(self._prepare, batches[0])
+            filed = []
             for number, batch in enumerate(batches):
                 if self.is_cancelled():
                     raise DtmCancelled
                 inputs, valids = pending.result()
-                if number + 1 < len(batches):  # read the next batch while the model runs
+                if number + 1 < len(batches):
                     pending = reader.submit(self._prepare, batches[number + 1])
-                for tile, heights in zip(batch, self._infer(batch, inputs, valids)):
-                    self.store.put(tile, heights)
-                    if heights is not None:
-                        self._compare(problem, recent, tile, heights)
+                todo = [i for i, valid in enumerate(valids) if valid.any()]
+                predictions = self.generator.run(inputs[todo]) if todo else []
+                filed.append(filer.submit(self._file, batch, dict(zip(todo, predictions)),
+                                          valids, problem, recent))
+                if len(filed) > 2:  # bounded memory; also surfaces the filer's errors
+                    filed.pop(0).result()
                 self.progress(MODEL_SHARE * (number + 1) / len(batches))
+            for future in filed:
+                future.result()
         return problem
+
+    def _file(self, batch: list[Tile], predictions: dict[int, np.ndarray],
+              valids: list[np.ndarray], problem: OffsetProblem,
+              recent: dict[int, np.ndarray]) -> None:
+        """Heights in metres on each footprint, zero mean, NaN on nodata, into the store."""
+        for i, tile in enumerate(batch):
+            if i not in predictions:
+                continue  # no valid pixel: nothing to predict
+            heights = self.rotation.from_model(predictions[i], tile) * np.float32(
+                self.height_scale)
+            count = int(np.count_nonzero(valids[i]))
+            if count == heights.size:
+                heights -= heights.mean()
+            else:
+                heights[~valids[i]] = np.nan
+                heights -= np.float32(np.nanmean(heights))
+            self.store.put(tile, heights, count)
+            self._compare(problem, recent, tile, heights)
 
     def _offsets(self, problem: OffsetProblem) -> np.ndarray:
         """Per-tile offsets, shifted so that the scene's heights average about zero."""
@@ -204,20 +228,6 @@ class _Run:
             valids.append(valid[top : top + tile.height, left : left + tile.width])
         return np.stack(inputs), valids
 
-    def _infer(self, batch: list[Tile], inputs: np.ndarray,
-               valids: list[np.ndarray]) -> list[np.ndarray | None]:
-        """Heights in metres on each footprint, zero mean over valid pixels, NaN elsewhere."""
-        todo = [i for i, valid in enumerate(valids) if valid.any()]
-        results: list[np.ndarray | None] = [None] * len(batch)
-        if not todo:
-            return results
-        for i, prediction in zip(todo, self.generator.run(inputs[todo])):
-            heights = self.rotation.from_model(prediction, batch[i]) * np.float32(
-                self.height_scale)
-            heights[~valids[i]] = np.nan
-            results[i] = heights - np.float32(np.nanmean(heights))
-        return results
-
     def _compare(self, problem: OffsetProblem, recent: dict[int, np.ndarray], tile: Tile,
                  heights: np.ndarray) -> None:
         """Measure disagreement with the neighbours already predicted (row-major order)."""
@@ -230,19 +240,24 @@ class _Run:
 
     # -- pass 2: blending ---------------------------------------------------------------------
     def _blend(self, output_path: str, offsets: np.ndarray) -> tuple[float, float, float, float]:
+        """Blend strip by strip; a writer thread compresses one strip while the next blends."""
         georef = self.raster.georef
         writer = DtmWriter(output_path, self.raster.width, self.raster.height,
                            georef.geotransform, georef.crs_wkt)
         statistics = _Statistics()
         try:
-            strips = range(0, self.raster.height, BLOCK)
-            for number, y0 in enumerate(strips):
-                if self.is_cancelled():
-                    raise DtmCancelled
-                strip = self._blend_strip(y0, min(y0 + BLOCK, self.raster.height), offsets)
-                writer.write_rows(y0, strip)
-                statistics.add(strip)
-                self.progress(MODEL_SHARE + (1 - MODEL_SHARE) * (number + 1) / len(strips))
+            with ThreadPoolExecutor(1) as writing:
+                written = None
+                strips = range(0, self.raster.height, BLOCK)
+                for number, y0 in enumerate(strips):
+                    if self.is_cancelled():
+                        raise DtmCancelled
+                    strip = self._blend_strip(y0, min(y0 + BLOCK, self.raster.height), offsets)
+                    if written is not None:
+                        written.result()
+                    written = writing.submit(self._write_strip, writer, y0, strip, statistics)
+                    self.progress(MODEL_SHARE + (1 - MODEL_SHARE) * (number + 1) / len(strips))
+                written.result()
             if statistics.count == 0:
                 raise DtmError("No pixel of the input could be predicted.")
             writer.finish(statistics.summary())
@@ -250,6 +265,12 @@ class _Run:
             writer.abort()
             raise
         return statistics.summary()
+
+    @staticmethod
+    def _write_strip(writer: DtmWriter, y0: int, strip: np.ndarray,
+                     statistics: _Statistics) -> None:
+        writer.write_rows(y0, strip)
+        statistics.add(strip)
 
     def _blend_strip(self, y0: int, y1: int, offsets: np.ndarray) -> np.ndarray:
         total = np.zeros((y1 - y0, self.raster.width), np.float32)
@@ -259,9 +280,10 @@ class _Run:
             heights = self.store.rows(tile, r0, r1) + np.float32(offsets[tile.index])
             ramp_y, ramp_x = self._ramps(tile)
             w = np.outer(ramp_y[r0:r1], ramp_x)
-            valid = np.isfinite(heights)
-            w[~valid] = 0
-            heights[~valid] = 0
+            if not self.store.complete(tile):
+                valid = np.isfinite(heights)
+                w[~valid] = 0
+                heights[~valid] = 0
             rows = slice(tile.y0 + r0 - y0, tile.y0 + r1 - y0)
             total[rows, tile.x0 : tile.x1] += heights * w
             weight[rows, tile.x0 : tile.x1] += w
@@ -314,16 +336,18 @@ class _TileStore:
         self.present = np.zeros(len(tiles), bool)
         self.valid_counts = np.zeros(len(tiles))
 
-    def put(self, tile: Tile, heights: np.ndarray | None) -> None:
-        if heights is None:
-            return
+    def put(self, tile: Tile, heights: np.ndarray, valid_count: int) -> None:
         self.file.seek(int(self.offsets[tile.index]))
         self.file.write(np.ascontiguousarray(heights, np.float32).tobytes())
         self.present[tile.index] = True
-        self.valid_counts[tile.index] = np.count_nonzero(np.isfinite(heights))
+        self.valid_counts[tile.index] = valid_count
 
     def has(self, tile: Tile) -> bool:
         return bool(self.present[tile.index])
+
+    def complete(self, tile: Tile) -> bool:
+        """True when every pixel of the tile has a height (no nodata)."""
+        return self.valid_counts[tile.index] == tile.width * tile.height
 
     def rows(self, tile: Tile, r0: int, r1: int) -> np.ndarray:
         self.file.seek(int(self.offsets[tile.index]) + r0 * tile.width * 4)
@@ -339,12 +363,14 @@ class _Statistics:
         self.low, self.high = math.inf, -math.inf
 
     def add(self, values: np.ndarray) -> None:
-        valid = values[np.isfinite(values)].astype(np.float64)
+        finite = np.isfinite(values)
+        valid = values if finite.all() else values[finite]
         if valid.size:
             self.count += valid.size
-            self.total += valid.sum()
-            self.squares += (valid**2).sum()
-            self.low, self.high = min(self.low, valid.min()), max(self.high, valid.max())
+            self.total += float(valid.sum(dtype=np.float64))
+            self.squares += float(np.dot(valid.ravel(), valid.ravel()))
+            self.low = min(self.low, float(valid.min()))
+            self.high = max(self.high, float(valid.max()))
 
     def summary(self) -> tuple[float, float, float, float]:
         if not self.count:

@@ -38,12 +38,13 @@ class OffsetProblem:
         db = pb[y0 - tb.y0 : y1 - tb.y0, x0 - tb.x0 : x1 - tb.x0]
         delta = da - db
         shared = np.isfinite(delta)
-        count = int(shared.sum())
+        count = int(np.count_nonzero(shared))
         if count < MIN_SHARED_PIXELS:
             return
         self.a.append(ta.index)
         self.b.append(tb.index)
-        self.difference.append(float(delta[shared].mean()))
+        self.difference.append(float(delta.mean() if count == delta.size
+                                     else delta[shared].mean()))
         self.weight.append(float(count))
 
     def solve(self, tolerance: float = 1e-20) -> np.ndarray:

@@ -117,11 +117,14 @@ def _with_nodata(heights: np.ndarray) -> np.ndarray:
 def _halve(heights: np.ndarray) -> np.ndarray:
     """2 x 2 mean ignoring NaN (GDAL's AVERAGE with nodata); odd edges keep what they have."""
     rows, cols = heights.shape
-    padded = np.full((rows + rows % 2, cols + cols % 2), np.nan, np.float32)
-    padded[:rows, :cols] = heights
-    quads = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
-    valid = np.isfinite(quads)
-    total = np.where(valid, quads, 0).sum(axis=(1, 3))
-    count = valid.sum(axis=(1, 3))
+    if rows % 2 or cols % 2:
+        padded = np.full((rows + rows % 2, cols + cols % 2), np.nan, np.float32)
+        padded[:rows, :cols] = heights
+        heights = padded
+    valid = np.isfinite(heights)
+    values = np.where(valid, heights, np.float32(0))
+    weight = valid.astype(np.float32)
+    total = values[0::2, 0::2] + values[1::2, 0::2] + values[0::2, 1::2] + values[1::2, 1::2]
+    count = weight[0::2, 0::2] + weight[1::2, 0::2] + weight[0::2, 1::2] + weight[1::2, 1::2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan).astype(np.float32)
+        return np.where(count > 0, total / count, np.float32(np.nan))

@@ -109,7 +109,7 @@ class _Run:
         self.rotation = Rotation(self._rotation_degrees(), self.contract.tile_size)
         self.grid = tile_grid(raster.width, raster.height, self.rotation.footprint,
                               self._overlap())
-        self._ramp_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
         self.scale, self.fill = self._intensity_mapping()
         self.height_scale = (raster.georef.pixel_size_m
                              if self.contract.height_units == "gsd" else 1.0)
@@ -269,8 +269,8 @@ class _Run:
     @staticmethod
     def _write_strip(writer: DtmWriter, y0: int, strip: np.ndarray,
                      statistics: _Statistics) -> None:
-        writer.write_rows(y0, strip)
         statistics.add(strip)
+        writer.write_rows(y0, strip)  # turns NaN into nodata in place
 
     def _blend_strip(self, y0: int, y1: int, offsets: np.ndarray) -> np.ndarray:
         total = np.zeros((y1 - y0, self.raster.width), np.float32)
@@ -278,9 +278,9 @@ class _Run:
         for tile in self._tiles_crossing(y0, y1):
             r0, r1 = max(y0, tile.y0) - tile.y0, min(y1, tile.y1) - tile.y0
             heights = self.store.rows(tile, r0, r1) + np.float32(offsets[tile.index])
-            ramp_y, ramp_x = self._ramps(tile)
-            w = np.outer(ramp_y[r0:r1], ramp_x)
+            w = self._weights(tile)[r0:r1]
             if not self.store.complete(tile):
+                w = w.copy()
                 valid = np.isfinite(heights)
                 w[~valid] = 0
                 heights[~valid] = 0
@@ -298,10 +298,13 @@ class _Run:
                 row_tiles = self.grid.tiles[row * self.grid.cols : (row + 1) * self.grid.cols]
                 yield from (tile for tile in row_tiles if self.store.has(tile))
 
-    def _ramps(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        if tile.index not in self._ramp_cache:
-            self._ramp_cache[tile.index] = blend_ramps(tile, self.grid.neighbours(tile))
-        return self._ramp_cache[tile.index]
+    def _weights(self, tile: Tile) -> np.ndarray:
+        """Blending weights of a tile; tiles with the same ramps (most of them) share one."""
+        ramp_y, ramp_x = blend_ramps(tile, self.grid.neighbours(tile))
+        key = (ramp_y.tobytes(), ramp_x.tobytes())
+        if key not in self._weight_cache:
+            self._weight_cache[key] = np.outer(ramp_y, ramp_x)
+        return self._weight_cache[key]
 
     def _report(self, output_path: str, statistics: tuple[float, float, float, float]
                 ) -> RunReport:

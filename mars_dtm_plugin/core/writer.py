@@ -62,19 +62,25 @@ class DtmWriter:
         try:
             gdal.SetThreadLocalConfigOption("COMPRESS_OVERVIEW", "DEFLATE")
             gdal.SetThreadLocalConfigOption("PREDICTOR_OVERVIEW", "3")
+            gdal.SetThreadLocalConfigOption("ZLEVEL_OVERVIEW", "1")
             self.dataset.BuildOverviews("NONE", levels)
         finally:
-            gdal.SetThreadLocalConfigOption("COMPRESS_OVERVIEW", None)
-            gdal.SetThreadLocalConfigOption("PREDICTOR_OVERVIEW", None)
+            for option in ("COMPRESS_OVERVIEW", "PREDICTOR_OVERVIEW", "ZLEVEL_OVERVIEW"):
+                gdal.SetThreadLocalConfigOption(option, None)
         return [self.band.GetOverview(i) for i in range(self.band.GetOverviewCount())]
 
     def write_rows(self, y0: int, heights: np.ndarray) -> None:
-        """Write full-width rows (NaN becomes nodata); ``y0`` a multiple of the block size."""
+        """Write full-width rows; ``y0`` a multiple of the block size.
+
+        NaN becomes nodata, in place: ``heights`` is the caller's no more.
+        """
         try:
-            self.band.WriteArray(_with_nodata(heights), 0, y0)
-            for level, overview in enumerate(self.overviews, start=1):
-                heights = _halve(heights)
-                overview.WriteArray(_with_nodata(heights), 0, y0 >> level)
+            levels = [heights]
+            for _ in self.overviews:
+                levels.append(_halve(levels[-1]))
+            for level, (band, rows) in enumerate(zip([self.band, *self.overviews], levels)):
+                rows[np.isnan(rows)] = NODATA
+                band.WriteArray(rows, 0, y0 >> level)
         except RuntimeError as exc:
             raise DtmError(f"Writing '{self.path.name}' failed (is the disk full?): {exc}") \
                 from exc
@@ -108,10 +114,6 @@ def _overview_levels(dataset: gdal.Dataset) -> list[int]:
     while size / (2 ** (len(levels) + 1)) >= BLOCK:
         levels.append(2 ** (len(levels) + 1))
     return levels
-
-
-def _with_nodata(heights: np.ndarray) -> np.ndarray:
-    return np.where(np.isnan(heights), np.float32(NODATA), heights).astype(np.float32)
 
 
 def _halve(heights: np.ndarray) -> np.ndarray:

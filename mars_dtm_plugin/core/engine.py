@@ -66,6 +66,8 @@ class RunReport:
     height_min: float
     height_max: float
     messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each stage of the run."""
 
 
 def predict_dtm(input_path: str, output_path: str, options: PredictOptions | None = None,
@@ -159,11 +161,19 @@ class _Run:
 
     # -- pass 1: the model --------------------------------------------------------------------
     def execute(self, output_path: str) -> RunReport:
+        clock = [time.perf_counter()]
         with tempfile.TemporaryFile(dir=Path(output_path).parent, prefix=".marsdtm-") as file:
             self.store = _TileStore(file, self.grid.tiles)
             problem = self._predict_tiles()
-            statistics = self._blend(output_path, self._offsets(problem))
-        return self._report(output_path, statistics)
+            clock.append(time.perf_counter())
+            offsets = self._offsets(problem)
+            clock.append(time.perf_counter())
+            statistics = self._blend(output_path, offsets)
+            clock.append(time.perf_counter())
+        report = self._report(output_path, statistics)
+        report.timings = dict(zip(("model pass", "offsets", "blend and write"),
+                                  np.diff(clock).tolist()))
+        return report
 
     def _predict_tiles(self) -> OffsetProblem:
         """Three stages in step: read batch n+1, run the model on n, file the heights of n-1."""

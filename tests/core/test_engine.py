@@ -182,6 +182,13 @@ def test_progress_reaches_one_and_increases(tmp_path):
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
 
 
+def test_report_times_each_stage(tmp_path):
+    _, _, report = predict(tmp_path, ramp(300, 300))
+    assert list(report.timings) == ["model pass", "offsets", "blend and write"]
+    assert all(seconds >= 0 for seconds in report.timings.values())
+    assert sum(report.timings.values()) <= report.seconds
+
+
 def test_report_names_the_provider(tmp_path):
     _, _, report = predict(tmp_path, ramp(50, 50), provider="auto")
     assert report.provider == "CPUExecutionProvider"

@@ -72,11 +72,14 @@ class InputRaster:
         valid = np.ones((bh, bw), bool)
         for band, weight in zip(self.bands, self.weights):
             data = band.ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
-            data = data.astype(np.float32, copy=False)
-            mask = band.GetMaskBand().ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
-            valid &= (mask > 0) & np.isfinite(data)
-            values += np.float32(weight) * data
-        values[~valid] = 0
+            if band.GetMaskFlags() != gdal.GMF_ALL_VALID:
+                mask = band.GetMaskBand().ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
+                valid &= mask > 0
+            if data.dtype.kind == "f":
+                valid &= np.isfinite(data)
+            values += data if weight == 1.0 else np.float32(weight) * data
+        if not valid.all():
+            values[~valid] = 0
         return values, valid
 
     def sample(self) -> np.ndarray:

@@ -32,15 +32,14 @@ def _stretch(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def _hillshade(heights: np.ndarray, pixel: float) -> np.ndarray:
-    """Lambert shading under a sun at azimuth 315 and elevation 45 (GIS convention)."""
-    dz_dy, dz_dx = np.gradient(heights, pixel)
-    azimuth, elevation = np.radians(315.0), np.radians(45.0)
-    # Rows run south, so the north component of the gradient is -dz_dy.
-    normal = np.stack([-dz_dx, dz_dy, np.ones_like(heights)])
-    normal /= np.linalg.norm(normal, axis=0)
-    sun = np.array([np.sin(azimuth) * np.cos(elevation), np.cos(azimuth) * np.cos(elevation),
-                    np.sin(elevation)])
-    return np.clip(np.tensordot(sun, normal, axes=1), 0, 1)
+    """GDAL's hillshade (sun at azimuth 315, elevation 45), scaled to 0..1."""
+    memory = gdal.GetDriverByName("MEM").Create("", heights.shape[1], heights.shape[0], 1,
+                                                gdal.GDT_Float32)
+    memory.SetGeoTransform((0.0, pixel, 0.0, 0.0, 0.0, -pixel))
+    memory.GetRasterBand(1).WriteArray(heights)
+    shaded = gdal.DEMProcessing("", memory, "hillshade", format="MEM", azimuth=315,
+                                altitude=45, computeEdges=True)
+    return shaded.GetRasterBand(1).ReadAsArray().astype(np.float32) / 255
 
 
 def _colour(fraction: np.ndarray) -> np.ndarray:

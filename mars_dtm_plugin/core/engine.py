@@ -7,6 +7,7 @@ the output. Memory stays flat in the raster's size.
 
 from __future__ import annotations
 
+import errno
 import math
 import tempfile
 import time
@@ -86,9 +87,13 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
         try:
             run = _Run(raster, generator, options, progress, is_cancelled)
             report = run.execute(output_path)
-        except OSError as exc:  # the tile store or the rename: a full disk, mostly
-            raise DtmError(f"Writing near '{output_path}' failed: {exc.strerror} (is the disk "
-                           "full?).") from exc
+        except OSError as exc:  # the tile store or the rename
+            full = exc.errno in (errno.ENOSPC, errno.EFBIG)
+            raise DtmError(f"Writing near '{output_path}' failed: {exc.strerror}"
+                           + (" (is the disk full?)." if full else ".")) from exc
+        except RuntimeError as exc:  # GDAL, with exceptions on: a corrupt or truncated file
+            raise DtmError(f"GDAL failed on '{Path(input_path).name}': "
+                           f"{str(exc).strip().splitlines()[0]}") from exc
         finally:
             raster.close()
     report.seconds = time.perf_counter() - started
@@ -120,6 +125,8 @@ class _Run:
     def _sun(self) -> tuple[float | None, str]:
         azimuth = self.options.sun_azimuth
         if azimuth is not None:
+            if not math.isfinite(azimuth):
+                raise DtmError(f"The sun azimuth must be a number of degrees, not {azimuth}.")
             return azimuth % 360, "user"
         if self.contract.sun_mode == "none":
             return None, "not needed"
@@ -132,7 +139,7 @@ class _Run:
     def _rotation_degrees(self) -> float:
         if self.contract.sun_mode != "rotate" or self.sun_azimuth is None:
             return 0.0
-        in_image = self.sun_azimuth - self.raster.georef.up_bearing_deg
+        in_image = self.sun_azimuth + self.raster.georef.north_deg
         return (self.contract.sun_azimuth - in_image) % 360
 
     def _overlap(self) -> int:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 from osgeo import gdal
@@ -71,7 +72,7 @@ def _write_png(rgb: np.ndarray, path: str) -> None:
     for i in range(3):
         memory.GetRasterBand(i + 1).WriteArray(rgb[..., i])
     gdal.GetDriverByName("PNG").CreateCopy(path, memory)
-    gdal.Unlink(path + ".aux.xml")
+    Path(path + ".aux.xml").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,16 +21,29 @@ LUMINANCE = (0.299, 0.587, 0.114)
 SAMPLE_SIDE = 1024  # scene percentiles from at most a million pixels: plenty, and fast
 
 
+_exceptions_lock = threading.Lock()
+_exceptions_users = [0, False]  # runs inside the block; the setting found by the first
+
+
 @contextmanager
 def gdal_exceptions() -> Iterator[None]:
-    """Raise GDAL errors as exceptions inside the block, restoring the caller's setting."""
-    previous = gdal.GetUseExceptions()
-    gdal.UseExceptions()
+    """Raise GDAL errors as exceptions inside the block, restoring the caller's setting.
+
+    GDAL 3.6's flag is process-wide: concurrent runs (QGIS batches) share one count so that
+    the first run out does not switch exceptions off under the others.
+    """
+    with _exceptions_lock:
+        if _exceptions_users[0] == 0:
+            _exceptions_users[1] = bool(gdal.GetUseExceptions())
+            gdal.UseExceptions()
+        _exceptions_users[0] += 1
     try:
         yield
     finally:
-        if not previous:
-            gdal.DontUseExceptions()
+        with _exceptions_lock:
+            _exceptions_users[0] -= 1
+            if _exceptions_users[0] == 0 and not _exceptions_users[1]:
+                gdal.DontUseExceptions()
 
 
 @dataclass(frozen=True)
@@ -37,8 +51,8 @@ class Georeferencing:
     geotransform: tuple[float, ...] | None
     crs_wkt: str
     pixel_size_m: float
-    up_bearing_deg: float
-    """Bearing of the image's 'up' direction, degrees clockwise from north (0 for north-up)."""
+    north_deg: float
+    """Direction of true north at the scene centre, degrees clockwise from image up."""
 
 
 class InputRaster:
@@ -144,14 +158,15 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None) -> Georefer
         if not pixel_size > 0:
             raise DtmError(f"The pixel size must be positive, not {pixel_size}.")
         return Georeferencing(geotransform if wkt else None, wkt if geotransform else "",
-                              float(pixel_size), _up_bearing(geotransform))
+                              float(pixel_size), 0.0)
     if geotransform is None or not wkt:
         raise DtmError("The input has no georeferencing (geotransform and CRS); give its "
                        "pixel size in metres to use it anyway.")
     srs = osr.SpatialReference()
     srs.ImportFromWkt(wkt)
     size = _pixel_size_metres(geotransform, srs, dataset.RasterYSize)
-    return Georeferencing(tuple(geotransform), wkt, size, _up_bearing(geotransform))
+    north = _north_in_image(geotransform, srs, dataset.RasterXSize, dataset.RasterYSize)
+    return Georeferencing(tuple(geotransform), wkt, size, north)
 
 
 def _pixel_size_metres(gt: tuple[float, ...], srs: osr.SpatialReference, rows: int) -> float:
@@ -168,11 +183,31 @@ def _pixel_size_metres(gt: tuple[float, ...], srs: osr.SpatialReference, rows: i
     return math.sqrt(size_x * size_y)
 
 
-def _up_bearing(gt: tuple[float, ...] | None) -> float:
-    if gt is None:
-        return 0.0
-    # One row up moves by (-gt[2], -gt[5]) in map x (east) and y (north).
-    return math.degrees(math.atan2(-gt[2], -gt[5])) % 360
+def _north_in_image(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
+                    rows: int) -> float:
+    """Where true north points at the scene centre, clockwise from image up.
+
+    Not only the geotransform's rotation: in a polar stereographic CRS grid north and true
+    north part by up to 180 degrees.
+    """
+    geographic = srs.CloneGeogCS() if srs.IsGeographic() or srs.IsProjected() else None
+    inverse = gdal.InvGeoTransform(gt)
+    if geographic is None or inverse is None:  # a local CRS: grid north is all there is
+        # One row up moves by (-gt[2], -gt[5]) in map x and y; north is the other way round.
+        return -math.degrees(math.atan2(-gt[2], -gt[5])) % 360
+    for ref in (srs, geographic):
+        ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_geo = osr.CoordinateTransformation(srs, geographic)
+    to_map = osr.CoordinateTransformation(geographic, srs)
+    centre = gdal.ApplyGeoTransform(gt, cols / 2, rows / 2)
+    lon, lat, _ = to_geo.TransformPoint(*centre)
+    step = -1e-4 if lat > 89.9 else 1e-4  # at the pole, step south and turn round
+    x, y, _ = to_map.TransformPoint(lon, lat + step)
+    col, row = gdal.ApplyGeoTransform(inverse, x, y)
+    d_col, d_row = (col - cols / 2), (row - rows / 2)
+    if step < 0:
+        d_col, d_row = -d_col, -d_row
+    return math.degrees(math.atan2(d_col, -d_row)) % 360
 
 
 # PDS3 keywords of HiRISE labels; azimuths are clockwise from the image's right edge.
@@ -185,8 +220,7 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None
     if dataset is not None:
         meta = {k.upper(): v for k, v in (dataset.GetMetadata() or {}).items()}
         if "SUN_AZIMUTH" in meta:
-            elevation = meta.get("SUN_ELEVATION")
-            return float(meta["SUN_AZIMUTH"]), float(elevation) if elevation else None
+            return _number(meta, "SUN_AZIMUTH"), _number(meta, "SUN_ELEVATION")
     label = _read_label(path)
     values = {}
     for key in ("SUB_SOLAR_AZIMUTH", "NORTH_AZIMUTH", "INCIDENCE_ANGLE"):
@@ -198,6 +232,18 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None
     azimuth = (values["SUB_SOLAR_AZIMUTH"] - values.get("NORTH_AZIMUTH", 270.0)) % 360
     incidence = values.get("INCIDENCE_ANGLE")
     return azimuth, None if incidence is None else 90.0 - incidence
+
+
+def _number(meta: dict[str, str], key: str) -> float | None:
+    if key not in meta:
+        return None
+    try:
+        value = float(meta[key])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DtmError(f"The input's metadata item {key} is not a number: '{meta[key]}'.")
+    return value
 
 
 def _read_label(path: str) -> str:

@@ -37,22 +37,27 @@ class DtmWriter:
                  geotransform: tuple[float, ...] | None, crs_wkt: str) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}.tif")
+        self.dataset, self.band, self.overviews = None, None, []
         try:
             driver = gdal.GetDriverByName("GTiff")
             self.dataset = driver.Create(str(self.partial), width, height, 1, gdal.GDT_Float32,
                                          CREATION_OPTIONS)
+            if geotransform is not None:
+                self.dataset.SetGeoTransform(geotransform)
+            if crs_wkt:
+                # WKT, not an authority code: Mars CRSs usually have none.
+                self.dataset.SetProjection(crs_wkt)
+            self.band = self.dataset.GetRasterBand(1)
+            self.band.SetNoDataValue(NODATA)
+            self.band.SetDescription("height (m)")
+            self.band.SetUnitType("m")
+            self.overviews = self._allocate_overviews()
         except RuntimeError as exc:
+            self.abort()
             raise DtmError(f"Cannot create the output '{self.path}': {exc}") from exc
-        if geotransform is not None:
-            self.dataset.SetGeoTransform(geotransform)
-        if crs_wkt:
-            # WKT, not an authority code: Mars CRSs usually have none.
-            self.dataset.SetProjection(crs_wkt)
-        self.band = self.dataset.GetRasterBand(1)
-        self.band.SetNoDataValue(NODATA)
-        self.band.SetDescription("height (m)")
-        self.band.SetUnitType("m")
-        self.overviews = self._allocate_overviews()
+        except BaseException:
+            self.abort()
+            raise
 
     def _allocate_overviews(self) -> list[gdal.Band]:
         """Empty overview levels, filled as the rows arrive: no second pass over the file."""
@@ -98,6 +103,8 @@ class DtmWriter:
             raise DtmError(f"Writing '{self.path.name}' failed (is the disk full?): {exc}") \
                 from exc
         os.replace(self.partial, self.path)
+        # Statistics GDAL or QGIS cached beside an earlier output would describe the old file.
+        Path(f"{self.path}.aux.xml").unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Drop the partial file: a failed or cancelled run leaves nothing behind."""

@@ -75,8 +75,7 @@ def test_unreadable_and_truncated_input(tmp_path, scene, model):
     assert_refused(cli(str(garbage), str(out), "--model", str(model)), out, "cannot read")
     truncated = tmp_path / "truncated.tif"
     truncated.write_bytes(scene.read_bytes()[: scene.stat().st_size // 2])
-    assert cli(str(truncated), str(out), "--model", str(model)).returncode != 0
-    assert not out.exists()
+    assert_refused(cli(str(truncated), str(out), "--model", str(model)), out, "GDAL")
 
 
 def test_missing_input_and_model(tmp_path, scene):
@@ -136,6 +135,20 @@ def test_sun_needed_but_unknown(tmp_path, scene):
     model = write_test_model(tmp_path / "sun.onnx", sun_mode="rotate")
     out = tmp_path / "out.tif"
     assert_refused(cli(str(scene), str(out), "--model", str(model)), out, "sun azimuth")
+
+
+def test_non_numeric_sun_azimuth(tmp_path, scene, model):
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model), "--sun-azimuth", "nan"),
+                   out, "sun azimuth must be a number")
+
+
+def test_output_that_is_a_folder(tmp_path, scene, model):
+    folder = tmp_path / "dtm.tif"
+    folder.mkdir()
+    result = cli(str(scene), str(folder), "--model", str(model))
+    assert result.returncode == 1 and "disk full" not in result.stderr
+    assert folder.is_dir() and not any(folder.iterdir())
 
 
 def test_cuda_forced_without_cuda(tmp_path, scene, model):

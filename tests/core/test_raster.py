@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from osgeo import osr
 
 from mars_dtm_plugin.core.errors import DtmError
 from mars_dtm_plugin.core.raster import InputRaster, sun_from_product
@@ -36,13 +37,34 @@ def test_pixel_size_at_latitude_shrinks_across(tmp_path):
 
 
 def test_projected_pixel_size_and_rotated_grid(tmp_path):
-    # A grid turned 90 degrees: image up points east.
+    # A grid turned 90 degrees: image up points west, so north is to the right.
     path = write_raster(tmp_path / "rot.tif", ramp(10, 10), (0.0, 0.0, 0.5, 0.0, 0.5, 0.0))
     georef = InputRaster(str(path)).georef
     assert georef.pixel_size_m == pytest.approx(0.5)
-    assert georef.up_bearing_deg == pytest.approx(270.0)
+    assert georef.north_deg == pytest.approx(90.0)
     north_up = write_raster(tmp_path / "up.tif", ramp(10, 10), (0, 2.0, 0, 0, 0, -2.0))
-    assert InputRaster(str(north_up)).georef.up_bearing_deg == pytest.approx(0.0)
+    assert InputRaster(str(north_up)).georef.north_deg == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("lon, expected", [(0.0, 0.0), (90.0, 270.0), (180.0, 180.0),
+                                           (-90.0, 90.0)])
+def test_true_north_in_a_polar_stereographic_grid(tmp_path, lon, expected):
+    # North polar stereographic on the Mars sphere: north points at the pole, not up.
+    srs = osr.SpatialReference()
+    srs.ImportFromProj4("+proj=stere +lat_0=90 +lon_0=0 +k=1 +R=3396190 +units=m")
+    r = 200_000.0
+    cx, cy = r * math.sin(math.radians(lon)), -r * math.cos(math.radians(lon))
+    gt = (cx - 50.0, 1.0, 0.0, cy + 50.0, 0.0, -1.0)
+    path = write_raster(tmp_path / "polar.tif", ramp(100, 100), gt, wkt=srs.ExportToWkt())
+    assert InputRaster(str(path)).georef.north_deg == pytest.approx(expected, abs=0.1)
+
+
+def test_bad_sun_metadata_is_one_sentence(tmp_path):
+    path = write_raster(tmp_path / "m.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0),
+                        metadata={"SUN_AZIMUTH": "west"})
+    raster = InputRaster(str(path))
+    with pytest.raises(DtmError, match="SUN_AZIMUTH is not a number"):
+        sun_from_product(str(path), raster.dataset)
 
 
 def test_missing_crs_is_refused_unless_a_pixel_size_is_given(tmp_path):

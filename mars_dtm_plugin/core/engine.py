@@ -67,6 +67,8 @@ class RunReport:
     height_min: float
     height_max: float
     messages: list[str] = field(default_factory=list)
+    sun_elevation: float | None = None
+    """Given or read from the product; reported, not used by current models."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent in each stage of the run."""
 
@@ -135,6 +137,11 @@ class _Run:
             raise DtmError("This model needs the sun azimuth and the input's label or metadata "
                            "does not give it; enter it (degrees clockwise from north).")
         return azimuth, "label"
+
+    def _sun_elevation(self) -> float | None:
+        if self.options.sun_elevation is not None:
+            return self.options.sun_elevation
+        return sun_from_product(self.raster.path, self.raster.dataset)[1]
 
     def _rotation_degrees(self) -> float:
         if self.contract.sun_mode != "rotate" or self.sun_azimuth is None:
@@ -330,7 +337,8 @@ class _Run:
             output_path=output_path, provider=generator.provider,
             provider_note=generator.provider_note, tiles=len(self.grid.tiles), seconds=0.0,
             pixel_size_m=georef.pixel_size_m, sun_azimuth=self.sun_azimuth,
-            sun_source=self.sun_source, height_min=statistics[0], height_max=statistics[1])
+            sun_source=self.sun_source, height_min=statistics[0], height_max=statistics[1],
+            sun_elevation=self._sun_elevation())
         report.messages = [
             f"Execution provider: {generator.provider}",
             *([generator.provider_note] if generator.provider_note else []),
@@ -340,6 +348,8 @@ class _Run:
             f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
             + ("not used" if self.sun_azimuth is None
                else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"),
+            *([f"Sun elevation: {report.sun_elevation:.1f} degrees"]
+              if report.sun_elevation is not None else []),
             f"Heights: {statistics[0]:.2f} to {statistics[1]:.2f} m",
             f"Output: {output_path}",
         ]

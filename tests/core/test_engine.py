@@ -135,6 +135,7 @@ def test_sun_from_label_is_used_when_not_given(tmp_path):
                            contract={"sun_mode": "rotate", "sun_azimuth": 270.0})
     assert report.sun_source == "label"
     assert report.sun_azimuth == pytest.approx(270.0)
+    assert report.sun_elevation == pytest.approx(30.0)
 
 
 def test_sun_from_geotiff_metadata(tmp_path):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,7 @@ class _Run:
         self.grid = tile_grid(raster.width, raster.height, self.rotation.footprint,
                               self._overlap())
         self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
+        self._weights_of: dict[int, np.ndarray] = {}
         self.scale, self.fill = self._intensity_mapping()
         self.height_scale = (raster.georef.pixel_size_m
                              if self.contract.height_units == "gsd" else 1.0)
@@ -132,16 +134,21 @@ class _Run:
             return azimuth % 360, "user"
         if self.contract.sun_mode == "none":
             return None, "not needed"
-        azimuth, _ = sun_from_product(self.raster.path, self.raster.dataset)
+        azimuth, _ = self._product_sun
         if azimuth is None:
             raise DtmError("This model needs the sun azimuth and the input's label or metadata "
                            "does not give it; enter it (degrees clockwise from north).")
         return azimuth, "label"
 
+    @cached_property
+    def _product_sun(self) -> tuple[float | None, float | None]:
+        """Sun azimuth and elevation from the product's metadata or label, read once."""
+        return sun_from_product(self.raster.path, self.raster.dataset)
+
     def _sun_elevation(self) -> float | None:
         if self.options.sun_elevation is not None:
             return self.options.sun_elevation
-        return sun_from_product(self.raster.path, self.raster.dataset)[1]
+        return self._product_sun[1]
 
     def _rotation_degrees(self) -> float:
         if self.contract.sun_mode != "rotate" or self.sun_azimuth is None:
@@ -324,11 +331,13 @@ class _Run:
 
     def _weights(self, tile: Tile) -> np.ndarray:
         """Blending weights of a tile; tiles with the same ramps (most of them) share one."""
-        ramp_y, ramp_x = blend_ramps(tile, self.grid.neighbours(tile))
-        key = (ramp_y.tobytes(), ramp_x.tobytes())
-        if key not in self._weight_cache:
-            self._weight_cache[key] = np.outer(ramp_y, ramp_x)
-        return self._weight_cache[key]
+        if tile.index not in self._weights_of:
+            ramp_y, ramp_x = blend_ramps(tile, self.grid.neighbours(tile))
+            key = (ramp_y.tobytes(), ramp_x.tobytes())
+            if key not in self._weight_cache:
+                self._weight_cache[key] = np.outer(ramp_y, ramp_x)
+            self._weights_of[tile.index] = self._weight_cache[key]
+        return self._weights_of[tile.index]
 
     def _report(self, output_path: str, statistics: tuple[float, float, float, float]
                 ) -> RunReport:
@@ -363,17 +372,15 @@ class _TileStore:
         self.file = file
         sizes = [t.width * t.height * 4 for t in tiles]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self.present = np.zeros(len(tiles), bool)
-        self.valid_counts = np.zeros(len(tiles))
+        self.valid_counts = np.zeros(len(tiles))  # 0: never predicted (all nodata)
 
     def put(self, tile: Tile, heights: np.ndarray, valid_count: int) -> None:
         self.file.seek(int(self.offsets[tile.index]))
         self.file.write(np.ascontiguousarray(heights, np.float32).tobytes())
-        self.present[tile.index] = True
         self.valid_counts[tile.index] = valid_count
 
     def has(self, tile: Tile) -> bool:
-        return bool(self.present[tile.index])
+        return bool(self.valid_counts[tile.index])
 
     def complete(self, tile: Tile) -> bool:
         """True when every pixel of the tile has a height (no nodata)."""

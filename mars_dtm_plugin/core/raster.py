@@ -102,21 +102,20 @@ class InputRaster:
         buf = (self.width, self.height) if scale <= 1 else (
             max(1, round(self.width / scale)), max(1, round(self.height / scale)))
         values, valid = self._read_inside(0, 0, self.width, self.height, buf)
-        if not valid.any() and scale > 1:
-            values, valid = self._scan_valid()
-        if not valid.any():
+        found = values[valid]
+        if not found.size and scale > 1:
+            found = self._scan_valid()
+        if not found.size:
             raise DtmError(f"'{Path(self.path).name}' has no valid pixels: it is all nodata.")
-        return values[valid]
+        return found
 
-    def _scan_valid(self) -> tuple[np.ndarray, np.ndarray]:
+    def _scan_valid(self) -> np.ndarray:
         """Full-resolution scan for scenes whose valid pixels the decimated read missed."""
-        found_values, found_valid = [], []
-        rows = 256
+        found, rows = [], 256
         for y0 in range(0, self.height, rows):
             values, valid = self._read_inside(0, y0, self.width, min(rows, self.height - y0))
-            found_values.append(values[valid][::64])
-            found_valid.append(np.ones(found_values[-1].size, bool))
-        return np.concatenate(found_values), np.concatenate(found_valid)
+            found.append(values[valid][::64])
+        return np.concatenate(found)
 
     def close(self) -> None:
         self.bands = []

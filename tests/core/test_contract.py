@@ -26,10 +26,10 @@ def test_shared_keys_keep_deepness_names_and_ours_are_namespaced():
                 "standardization_mean", "standardization_std"):
         assert key in props
     assert json.loads(props["model_type"]) == "regression"
-    ours = set(props) - set(REQUIRED_KEYS[:0]) - {
-        "model_type", "tile_size", "tiles_overlap", "resolution", "standardization_mean",
-        "standardization_std"}
+    ours = set(props) - {"model_type", "tile_size", "tiles_overlap", "resolution",
+                         "standardization_mean", "standardization_std"}
     assert ours and all(key.startswith("marsdtm:") for key in ours)
+    assert set(props) == set(REQUIRED_KEYS)
 
 
 @pytest.mark.parametrize("key, value, words", [

@@ -33,15 +33,25 @@ EARTH_DEG_M = 111_320.0
 
 @dataclass(frozen=True)
 class Normalisation:
-    """What the engine does to a scene: percentiles -> 0..1, then (x - mean) / std."""
+    """What the engine does to a scene, then (x - mean) / std.
+
+    ``percentile``: percentiles -> 0..1. ``mean_ratio``: (I / mean(I) - 1) * tan(elevation),
+    the linearised Lambertian slope toward the sun (see the model contract).
+    """
 
     percentiles: tuple[float, float] = (1.0, 99.0)
     mean: float = 0.5
     std: float = 0.25
+    scaling: str = "percentile"
 
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        lo, hi = np.percentile(image, self.percentiles)
-        scaled = (image.astype(np.float32) - lo) / max(float(hi - lo), 1e-6)
+    def apply(self, image: np.ndarray, sun_elevation: float = 45.0) -> np.ndarray:
+        image = image.astype(np.float32)
+        if self.scaling == "mean_ratio":
+            level = max(float(image.mean()), 1e-6)
+            scaled = (image / level - 1.0) * math.tan(math.radians(sun_elevation))
+        else:
+            lo, hi = np.percentile(image, self.percentiles)
+            scaled = (image - lo) / max(float(hi - lo), 1e-6)
         return ((scaled - self.mean) / self.std).astype(np.float32)
 
 
@@ -75,12 +85,14 @@ def to_canonical(image: np.ndarray, height: np.ndarray, sun_azimuth: float,
     return tuple(a[r0:r0 + side, c0:c0 + side] for a in turned)
 
 
-def to_sample(image: np.ndarray, height_m: np.ndarray, pixel_size_m: float,
+def to_sample(image: np.ndarray, height_m: np.ndarray, meta: dict,
               norm: Normalisation) -> tuple[torch.Tensor, torch.Tensor]:
     """Model input [1, H, W] and target heights in pixel units, zero-mean [1, H, W]."""
-    height = height_m.astype(np.float32) / np.float32(pixel_size_m)
+    pixel = meta.get("pixel_size_m", meta.get("pixel_size", 1.0))
+    height = height_m.astype(np.float32) / np.float32(pixel)
     height = height - height.mean()
-    return (torch.from_numpy(norm.apply(image))[None],
+    elevation = meta.get("sun_elevation_deg", 45.0)
+    return (torch.from_numpy(norm.apply(image, elevation))[None],
             torch.from_numpy(np.ascontiguousarray(height))[None])
 
 
@@ -118,7 +130,7 @@ class SyntheticPatches(IterableDataset):
         rng = _worker_rng(self.seed)
         while True:
             patch = self.raw(rng)
-            yield to_sample(patch.image, patch.height, self.pixel_size_m, self.norm)
+            yield to_sample(patch.image, patch.height, patch.meta, self.norm)
 
 
 @dataclass
@@ -192,7 +204,7 @@ class DemShapePatches(IterableDataset):
         rng = _worker_rng(self.seed)
         while True:
             patch = self.raw(rng)
-            yield to_sample(patch.image, patch.height, patch.meta["pixel_size_m"], self.norm)
+            yield to_sample(patch.image, patch.height, patch.meta, self.norm)
 
 
 def write_pool(sources: Sequence[tuple[SyntheticPatches | DemShapePatches, int]],
@@ -269,15 +281,24 @@ class ShardPatches(IterableDataset):
         if self.augment:
             if rng.random() < 0.5:
                 image, height = image[::-1], height[::-1]
-            lo, hi = float(image.min()), float(image.max())
-            image = ((image - lo) / max(hi - lo, 1e-6)) ** rng.uniform(0.8, 1.25)
-        pixel = patch.meta.get("pixel_size_m", patch.meta.get("pixel_size", 1.0))
-        x, y = to_sample(np.ascontiguousarray(image), np.ascontiguousarray(height), pixel,
+            image = self._restretch(image, rng)
+        x, y = to_sample(np.ascontiguousarray(image), np.ascontiguousarray(height), patch.meta,
                          self.norm)
         if self.augment:
-            # The engine stretches by scene percentiles, never exactly the patch's own.
-            x = x * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.2, 0.2))
+            # The engine maps by scene statistics, never exactly the patch's own.
+            shift = 0.2 if self.norm.scaling == "percentile" else 0.05
+            x = x * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-shift, shift))
         return x, y
+
+    def _restretch(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A random gamma; percentile models also see a min-max stretch, ratio models only
+        a small dark offset (stretching to zero would inflate their contrast)."""
+        if self.norm.scaling == "percentile":
+            lo, hi = float(image.min()), float(image.max())
+            return ((image - lo) / max(hi - lo, 1e-6)) ** rng.uniform(0.8, 1.25)
+        hi = max(float(image.max()), 1e-6)
+        offset = rng.uniform(-0.1, 0.1) * float(image.mean()) / hi
+        return np.clip(image / hi + offset, 0.0, None) ** rng.uniform(0.8, 1.25)
 
     def _crop(self, image: np.ndarray, height: np.ndarray,
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

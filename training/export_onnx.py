@@ -45,7 +45,8 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
     if not isinstance(state, dict) or "generator" not in state:
         raise ValueError(f"{checkpoint} is not a training checkpoint (no generator weights)")
     gen_cfg = state["generator_config"]
-    model = Generator(GeneratorConfig(tuple(gen_cfg["channels"])))
+    model = Generator(GeneratorConfig(tuple(gen_cfg["channels"]),
+                                      bool(gen_cfg.get("shading_prior", False))))
     model.load_state_dict(state["generator"])
     return model.eval(), {**state["config"], "trained_steps": int(state["step"])}
 
@@ -63,13 +64,15 @@ def build_contract(config: dict, model: Generator, version: str, training_data: 
         sun_mode="rotate",
         sun_azimuth=float(config["canonical_azimuth"]),
         input_percentiles=[float(p) for p in config["percentiles"]],
+        input_scaling=config.get("input_scaling", "percentile"),
         version=version,
         training_data=training_data,
         code_revision=code_revision(),
         extra={
             "marsdtm:size_multiple": model.size_multiple,
             "marsdtm:gflop_per_tile": round(conv_flops(model, TILE_SIZE, TILE_SIZE) / 1e9, 3),
-            "marsdtm:architecture": {"name": "unet", "channels": list(model.config.channels)},
+            "marsdtm:architecture": {"name": "unet", "channels": list(model.config.channels),
+                                     "shading_prior": model.config.shading_prior},
             "marsdtm:training_steps": int(config.get("trained_steps", config["steps"])),
             "marsdtm:adversarial": bool(config["gan"]),
         },

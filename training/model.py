@@ -14,6 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# Brings integrated shading near the image's range; fixed, so any tile size sees the same.
+PRIOR_INPUT_SCALE = 1 / 16
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -21,6 +24,20 @@ class GeneratorConfig:
 
     channels: tuple[int, ...] = (8, 16, 32, 64, 96, 128)
     """Feature channels per level; one stride-2 downsampling between levels."""
+    shading_prior: bool = False
+    """Also give the network the image integrated along the sun (see ``shading_integral``)."""
+
+
+def shading_integral(image: torch.Tensor) -> torch.Tensor:
+    """Each row's running sum from the sun's side, minus the row's mean.
+
+    With ``mean_ratio`` input and the sun from the image's left (azimuth 270), an input pixel
+    is the linearised slope toward the sun, so its running sum along a row is linear shape
+    from shading's height profile in pixel units: the long, smooth relief a U-Net's receptive
+    field cannot integrate by itself. Across the sun it knows nothing; the network does the rest.
+    """
+    profile = torch.cumsum(image, dim=-1)
+    return profile - profile.mean(dim=-1, keepdim=True)
 
 
 def _conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -40,7 +57,8 @@ class Generator(nn.Module):
         self.config = config or GeneratorConfig()
         ch = list(self.config.channels)
         self.size_multiple = 2 ** (len(ch) - 1)
-        self.stem = nn.Sequential(_conv_block(1, ch[0]), _conv_block(ch[0], ch[0]))
+        inputs = 2 if self.config.shading_prior else 1
+        self.stem = nn.Sequential(_conv_block(inputs, ch[0]), _conv_block(ch[0], ch[0]))
         self.down = nn.ModuleList(
             nn.Sequential(_conv_block(ch[i], ch[i + 1], stride=2),
                           _conv_block(ch[i + 1], ch[i + 1]))
@@ -51,8 +69,13 @@ class Generator(nn.Module):
             for i in reversed(range(len(ch) - 1))
         )
         self.head = nn.Conv2d(ch[0], 1, 1)
+        # How much of the integrated shading goes straight to the output (learned).
+        self.prior_gain = nn.Parameter(torch.zeros(())) if self.config.shading_prior else None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        prior = shading_integral(image) if self.config.shading_prior else None
+        if prior is not None:
+            image = torch.cat([image, prior * PRIOR_INPUT_SCALE], dim=1)
         skips = [self.stem(image)]
         for block in self.down:
             skips.append(block(skips[-1]))
@@ -61,7 +84,8 @@ class Generator(nn.Module):
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        height = self.head(x)
+        return height if prior is None else height + self.prior_gain * prior
 
 
 class PatchDiscriminator(nn.Module):

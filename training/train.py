@@ -50,6 +50,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     channels: list[int] = field(default_factory=lambda: list(GeneratorConfig().channels))
+    shading_prior: bool = False
     l1: float = 1.0
     gradient: float = 1.0
     scale_invariant: float = 0.0
@@ -71,6 +72,7 @@ class TrainConfig:
     keep_steps: list[int] = field(default_factory=list)
     canonical_azimuth: float = 270.0
     azimuth_jitter: float = 10.0
+    input_scaling: str = "percentile"
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
     norm_mean: float = 0.5
     norm_std: float = 0.25
@@ -88,6 +90,7 @@ HELP = {
     "lr": "generator learning rate (AdamW, cosine decay after 3%% warm-up)",
     "weight_decay": "AdamW weight decay",
     "channels": "U-Net channels per level, e.g. 8,16,32,64,96,128",
+    "shading_prior": "also feed the image integrated along the sun (use with mean_ratio)",
     "l1": "weight of L1 on mean-removed heights (pixel units)",
     "gradient": "weight of L1 on height gradients (slopes)",
     "scale_invariant": "weight of the scale-aligned L1 term",
@@ -109,9 +112,11 @@ HELP = {
     "keep_steps": "steps whose checkpoint is also kept as step_<N>.pt, e.g. 1000,2000",
     "canonical_azimuth": "sun azimuth (deg clockwise from up, light FROM) the model expects",
     "azimuth_jitter": "random +- degrees around it for rendered training images",
-    "percentiles": "input percentiles mapped to 0 and 1",
-    "norm_mean": "standardisation mean after the percentile mapping",
-    "norm_std": "standardisation std after the percentile mapping",
+    "input_scaling": "'percentile' (stretch by scene percentiles) or 'mean_ratio' "
+                     "((I / mean - 1) * tan(sun elevation): keeps the image's contrast)",
+    "percentiles": "input percentiles mapped to 0 and 1 (percentile scaling)",
+    "norm_mean": "standardisation mean after the scaling",
+    "norm_std": "standardisation std after the scaling",
     "resume": "checkpoint to continue from (its run folder keeps its config)",
 }
 
@@ -165,7 +170,7 @@ def _seed_worker(worker_id: int) -> None:
 
 def make_dataset(spec: str, cfg: TrainConfig, seed: int, augment: bool = True) -> IterableDataset:
     sun = SunRange(cfg.canonical_azimuth, cfg.azimuth_jitter)
-    norm = Normalisation(tuple(cfg.percentiles), cfg.norm_mean, cfg.norm_std)
+    norm = Normalisation(tuple(cfg.percentiles), cfg.norm_mean, cfg.norm_std, cfg.input_scaling)
     if spec == "synthetic":
         return SyntheticPatches(cfg.patch_size, seed, sun, norm)
     if spec.startswith("dem:"):
@@ -183,7 +188,8 @@ class Trainer:
         self.device = _device(self.rank)
         torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        self.generator = Generator(GeneratorConfig(tuple(cfg.channels))).to(self.device)
+        config = GeneratorConfig(tuple(cfg.channels), cfg.shading_prior)
+        self.generator = Generator(config).to(self.device)
         self.weights = LossWeights(cfg.l1, cfg.gradient, cfg.scale_invariant,
                                    cfg.adversarial if cfg.gan else 0.0, cfg.histogram_bins)
         self.g_opt = torch.optim.AdamW(self.generator.parameters(), cfg.lr,

@@ -17,6 +17,8 @@ NAMESPACE = "marsdtm:"
 
 HEIGHT_UNITS = ("gsd", "metres")
 SUN_MODES = ("rotate", "none")
+INPUT_SCALINGS = ("percentile", "mean_ratio")
+OPTIONAL_DEFAULTS = {"input_scaling": "percentile"}  # keys added after contract version 1
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,15 @@ class ModelContract:
     sun_azimuth: float
     """Canonical sun azimuth in degrees clockwise from image up (only with ``rotate``)."""
     input_percentiles: list[float]
-    """Scene percentiles mapped to 0 and 1 before standardisation."""
+    """Scene percentiles mapped to 0 and 1 before standardisation (``percentile`` scaling)."""
     version: str
     training_data: str
     code_revision: str
     model_type: str = "regression"
+    input_scaling: str = "percentile"
+    """``percentile``: scene percentiles to 0..1. ``mean_ratio``: (I / scene mean - 1) times
+    tan(sun elevation), the linearised Lambertian slope toward the sun, which keeps the
+    image's contrast, and so the size of its slopes, that a percentile stretch removes."""
     contract_version: int = CONTRACT_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -75,7 +81,8 @@ def _key_of(name: str) -> str:
 
 
 REQUIRED_KEYS = tuple(
-    _key_of(name) for name in ModelContract.__dataclass_fields__ if name != "extra"
+    _key_of(name) for name in ModelContract.__dataclass_fields__
+    if name != "extra" and name not in OPTIONAL_DEFAULTS
 )
 
 
@@ -86,6 +93,9 @@ def parse_contract(props: Mapping[str, str], source: str = "the model") -> Model
         if name == "extra":
             continue
         key = _key_of(name)
+        if key not in props and name in OPTIONAL_DEFAULTS:
+            values[name] = OPTIONAL_DEFAULTS[name]
+            continue
         if key not in props:
             raise DtmError(f"{source} lacks the required metadata key '{key}'.")
         try:
@@ -129,6 +139,8 @@ def _check(c: ModelContract, source: str) -> None:
         fail("height_reference", "expected \"tile_mean\"")
     if c.sun_mode not in SUN_MODES:
         fail("sun_mode", f"expected one of {', '.join(SUN_MODES)}")
+    if c.input_scaling not in INPUT_SCALINGS:
+        fail("input_scaling", f"expected one of {', '.join(INPUT_SCALINGS)}")
     lo_hi = c.input_percentiles
     if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
         fail("input_percentiles", "expected [low, high] percentiles with low < high")

@@ -34,6 +34,7 @@ __all__ = [
 
 Progress = Callable[[float], None]
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
+DEFAULT_SUN_ELEVATION = 45.0  # for `mean_ratio` models when neither user nor label gives it
 
 
 @dataclass
@@ -69,7 +70,7 @@ class RunReport:
     height_max: float
     messages: list[str] = field(default_factory=list)
     sun_elevation: float | None = None
-    """Given or read from the product; reported, not used by current models."""
+    """Given or read from the product; models with ``mean_ratio`` scaling use it."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent in each stage of the run."""
 
@@ -167,11 +168,14 @@ class _Run:
         return overlap
 
     def _intensity_mapping(self) -> tuple[tuple[float, float], float]:
-        """One mapping of brightness for the whole scene, from its percentiles."""
+        """One affine mapping of brightness for the whole scene (never per tile)."""
         sample = self.raster.sample()
-        low, high = np.percentile(sample, self.contract.input_percentiles)
-        if not high > low:
-            high = low + 1.0  # a flat image: any scale gives the same, flat, answer
+        if self.contract.input_scaling == "mean_ratio":
+            low, high = self._mean_ratio_range(sample)
+        else:
+            low, high = np.percentile(sample, self.contract.input_percentiles)
+            if not high > low:
+                high = low + 1.0  # a flat image: any scale gives the same, flat, answer
         mean = self.contract.standardization_mean[0]
         std = self.contract.standardization_std[0]
         # x -> ((x - low) / (high - low) - mean) / std, as one multiply-add per pixel.
@@ -179,6 +183,25 @@ class _Run:
         offset = -(low / (high - low) + mean) / std
         fill = float(np.median(sample)) * gain + offset
         return (gain, offset), fill
+
+    def _mean_ratio_range(self, sample: np.ndarray) -> tuple[float, float]:
+        """The brightness pair that maps to 0 and 1 for (I / mean - 1) * tan(elevation)."""
+        level = float(sample.mean())
+        if not level > 0:
+            raise DtmError("This model needs image values that grow with brightness from zero "
+                           "(a positive mean); this band's mean is not positive.")
+        tan_e = math.tan(math.radians(self.sun_elevation_used))
+        return level, level * (1.0 + 1.0 / tan_e)
+
+    @cached_property
+    def sun_elevation_used(self) -> float:
+        elevation = self._sun_elevation()
+        if elevation is None:
+            return DEFAULT_SUN_ELEVATION
+        if not 0 < elevation < 90:
+            raise DtmError(f"The sun elevation must be between 0 and 90 degrees, not "
+                           f"{elevation}.")
+        return elevation
 
     # -- pass 1: the model --------------------------------------------------------------------
     def execute(self, output_path: str) -> RunReport:
@@ -359,6 +382,10 @@ class _Run:
                else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"),
             *([f"Sun elevation: {report.sun_elevation:.1f} degrees"]
               if report.sun_elevation is not None else []),
+            *([f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees assumed; give it "
+               "for heights at the right scale"]
+              if report.sun_elevation is None and self.contract.input_scaling == "mean_ratio"
+              else []),
             f"Heights: {statistics[0]:.2f} to {statistics[1]:.2f} m",
             f"Output: {output_path}",
         ]

@@ -29,7 +29,14 @@ def test_shared_keys_keep_deepness_names_and_ours_are_namespaced():
     ours = set(props) - {"model_type", "tile_size", "tiles_overlap", "resolution",
                          "standardization_mean", "standardization_std"}
     assert ours and all(key.startswith("marsdtm:") for key in ours)
-    assert set(props) == set(REQUIRED_KEYS)
+    assert set(props) == set(REQUIRED_KEYS) | {"marsdtm:input_scaling"}
+
+
+def test_models_from_before_input_scaling_read_as_percentile():
+    props = contract_for_tests(input_scaling="mean_ratio").to_metadata()
+    assert parse_contract(props).input_scaling == "mean_ratio"
+    del props["marsdtm:input_scaling"]
+    assert parse_contract(props).input_scaling == "percentile"
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -40,6 +47,7 @@ def test_shared_keys_keep_deepness_names_and_ours_are_namespaced():
     ("marsdtm:input_percentiles", "[99, 1]", "low < high"),
     ("standardization_std", "[0]", "positive"),
     ("marsdtm:contract_version", "99", "contract version"),
+    ("marsdtm:input_scaling", '"log"', "percentile, mean_ratio"),
 ])
 def test_invalid_values_are_refused_naming_the_key(key, value, words):
     props = contract_for_tests().to_metadata()

@@ -10,7 +10,7 @@ import pytest
 from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.engine import MODEL_SHARE, PredictOptions, predict_dtm
-from mars_dtm_plugin.core.errors import DtmCancelled
+from mars_dtm_plugin.core.errors import DtmCancelled, DtmError
 from mars_dtm_plugin.core.writer import NODATA
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, plane_fit, ramp, read_raster, write_raster
@@ -49,6 +49,32 @@ def test_identity_model_gives_scaled_brightness_with_zero_mean(tmp_path):
     expected = 2.0 * (image - image.min()) / (image.max() - image.min())
     assert abs(heights.mean()) < 0.05 * np.ptp(heights)  # about the scene mean
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=2e-4)
+
+
+@pytest.mark.parametrize("elevation", [30.0, 60.0])
+def test_mean_ratio_scaling_gives_linearised_slopes_toward_the_sun(tmp_path, elevation):
+    # Identity model: height = (I / mean(I) - 1) * tan(elevation) in pixel units, x 2 m.
+    image = ramp(96, 100, a=1.0, b=0.5) + 20
+    heights, _, report = predict(tmp_path, image, sun_elevation=elevation,
+                                 contract={"input_scaling": "mean_ratio"})
+    expected = 2.0 * (image / image.mean() - 1) * math.tan(math.radians(elevation))
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-4)
+    assert report.sun_elevation == elevation
+
+
+def test_mean_ratio_scaling_assumes_45_degrees_and_says_so(tmp_path):
+    image = ramp(64, 64) + 20
+    heights, _, report = predict(tmp_path, image, contract={"input_scaling": "mean_ratio"})
+    expected = 2.0 * (image / image.mean() - 1)
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-4)
+    assert any("45 degrees assumed" in line for line in report.messages)
+
+
+def test_mean_ratio_scaling_refuses_a_band_without_positive_mean(tmp_path):
+    image = ramp(64, 64).astype(np.float32) - 1000
+    with pytest.raises(DtmError, match="positive mean"):
+        predict(tmp_path, image, contract={"input_scaling": "mean_ratio"})
+    assert not (tmp_path / "dtm.tif").exists()
 
 
 def test_mars_crs_without_epsg_and_geotransform_survive(tmp_path):

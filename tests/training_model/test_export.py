@@ -14,7 +14,9 @@ from training.train import TrainConfig, Trainer
 def exported(pool, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     cfg = TrainConfig(data=str(pool), out=str(out), patch_size=64, batch_size=4, steps=2,
-                      channels=[4, 8, 16], threads=1, checkpoint_every=1000)
+                      channels=[4, 8, 16], threads=1, checkpoint_every=1000,
+                      input_scaling="mean_ratio", norm_mean=0.0, norm_std=0.3,
+                      shading_prior=True)
     trainer = Trainer(cfg)
     trainer.fit()
     checkpoint = trainer.save()
@@ -30,6 +32,9 @@ def test_exported_model_passes_the_engine_contract(exported):
     assert contract.sun_mode == "rotate" and contract.height_units == "gsd"
     assert contract.extra["marsdtm:size_multiple"] == 4
     assert contract.extra["marsdtm:training_steps"] == 2
+    assert contract.input_scaling == "mean_ratio"
+    assert contract.standardization_std == [0.3]
+    assert contract.extra["marsdtm:architecture"]["shading_prior"] is True
     assert [i.name for i in model.graph.input] == ["image"]
     assert [o.name for o in model.graph.output] == ["height"]
     assert model.opset_import[0].version == 17

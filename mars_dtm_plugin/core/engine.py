@@ -21,7 +21,7 @@ import numpy as np
 
 from .contract import ModelContract
 from .errors import DtmCancelled, DtmError
-from .model import Generator, default_model_path, onnxruntime_missing_message
+from .model import Generator, default_model_path, onnxruntime_missing_message, shared_generator
 from .raster import InputRaster, gdal_exceptions, sun_from_product
 from .stitch import OffsetProblem, blend_ramps
 from .tiling import Rotation, Tile, tile_grid
@@ -85,8 +85,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     input_path, output_path = str(input_path), str(output_path)
     with gdal_exceptions():
         check_output_path(input_path, output_path)
-        generator = Generator(options.model_path or default_model_path(), options.provider,
-                              options.threads)
+        generator = shared_generator(options.model_path or default_model_path(),
+                                     options.provider, options.threads)
         raster = InputRaster(input_path, options.band, options.pixel_size)
         try:
             run = _Run(raster, generator, options, progress, is_cancelled)
@@ -121,7 +121,7 @@ class _Run:
         self.grid = tile_grid(raster.width, raster.height, self.rotation.footprint,
                               self._overlap())
         self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
-        self._weights_of: dict[int, np.ndarray] = {}
+        self._weights_of: dict[tuple[int, bool], np.ndarray] = {}
         self.scale, self.fill = self._intensity_mapping()
         self.height_scale = (raster.georef.pixel_size_m
                              if self.contract.height_units == "gsd" else 1.0)
@@ -327,9 +327,14 @@ class _Run:
         writer.write_rows(y0, strip)  # turns NaN into nodata in place
 
     def _blend_strip(self, y0: int, y1: int, offsets: np.ndarray) -> np.ndarray:
+        tiles = list(self._tiles_crossing(y0, y1))
+        rows_crossed = {tile.row for tile in tiles}
+        if (len(tiles) == len(rows_crossed) * self.grid.cols
+                and all(self.store.complete(tile) for tile in tiles)):
+            return self._blend_full_strip(y0, y1, tiles, offsets)
         total = np.zeros((y1 - y0, self.raster.width), np.float32)
         weight = np.zeros_like(total)
-        for tile in self._tiles_crossing(y0, y1):
+        for tile in tiles:
             r0, r1 = max(y0, tile.y0) - tile.y0, min(y1, tile.y1) - tile.y0
             heights = self.store.rows(tile, r0, r1) + np.float32(offsets[tile.index])
             w = self._weights(tile)[r0:r1]
@@ -344,6 +349,18 @@ class _Run:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(weight > 0, total / weight, np.float32(np.nan))
 
+    def _blend_full_strip(self, y0: int, y1: int, tiles: list[Tile],
+                          offsets: np.ndarray) -> np.ndarray:
+        """The common case, every tile there and whole: weights that already sum to one."""
+        total = np.zeros((y1 - y0, self.raster.width), np.float32)
+        for tile in tiles:
+            r0, r1 = max(y0, tile.y0) - tile.y0, min(y1, tile.y1) - tile.y0
+            heights = self.store.rows(tile, r0, r1)
+            heights += np.float32(offsets[tile.index])
+            heights *= self._weights(tile, normalised=True)[r0:r1]
+            total[tile.y0 + r0 - y0 : tile.y0 + r1 - y0, tile.x0 : tile.x1] += heights
+        return total
+
     def _tiles_crossing(self, y0: int, y1: int) -> Iterator[Tile]:
         """Predicted tiles whose rows meet [y0, y1): whole rows of the grid at a time."""
         for row in range(self.grid.rows):
@@ -352,15 +369,39 @@ class _Run:
                 row_tiles = self.grid.tiles[row * self.grid.cols : (row + 1) * self.grid.cols]
                 yield from (tile for tile in row_tiles if self.store.has(tile))
 
-    def _weights(self, tile: Tile) -> np.ndarray:
-        """Blending weights of a tile; tiles with the same ramps (most of them) share one."""
-        if tile.index not in self._weights_of:
-            ramp_y, ramp_x = blend_ramps(tile, self.grid.neighbours(tile))
+    def _weights(self, tile: Tile, normalised: bool = False) -> np.ndarray:
+        """Blending weights of a tile; tiles with the same ramps (most of them) share one.
+
+        ``normalised``: divided by the sum over the whole grid, which is separable because
+        every tile's weight is an outer product of a row ramp and a column ramp.
+        """
+        if (tile.index, normalised) not in self._weights_of:
+            ramp_y, ramp_x = self._ramps(tile)
+            if normalised:
+                sum_y, sum_x = self._ramp_sums
+                ramp_y = ramp_y / sum_y[tile.y0 : tile.y1]
+                ramp_x = ramp_x / sum_x[tile.x0 : tile.x1]
             key = (ramp_y.tobytes(), ramp_x.tobytes())
             if key not in self._weight_cache:
                 self._weight_cache[key] = np.outer(ramp_y, ramp_x)
-            self._weights_of[tile.index] = self._weight_cache[key]
-        return self._weights_of[tile.index]
+            self._weights_of[tile.index, normalised] = self._weight_cache[key]
+        return self._weights_of[tile.index, normalised]
+
+    def _ramps(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        return blend_ramps(tile, self.grid.neighbours(tile))
+
+    @cached_property
+    def _ramp_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row ramps summed down the grid, column ramps across it (the weights' sum)."""
+        sum_y = np.zeros(self.raster.height, np.float32)
+        sum_x = np.zeros(self.raster.width, np.float32)
+        for row in range(self.grid.rows):
+            tile = self.grid.at(row, 0)
+            sum_y[tile.y0 : tile.y1] += self._ramps(tile)[0]
+        for col in range(self.grid.cols):
+            tile = self.grid.at(0, col)
+            sum_x[tile.x0 : tile.x1] += self._ramps(tile)[1]
+        return sum_y, sum_x
 
     def _report(self, output_path: str, statistics: tuple[float, float, float, float]
                 ) -> RunReport:
@@ -415,8 +456,9 @@ class _TileStore:
 
     def rows(self, tile: Tile, r0: int, r1: int) -> np.ndarray:
         self.file.seek(int(self.offsets[tile.index]) + r0 * tile.width * 4)
-        data = self.file.read((r1 - r0) * tile.width * 4)
-        return np.frombuffer(data, np.float32).reshape(r1 - r0, tile.width).copy()
+        heights = np.empty((r1 - r0, tile.width), np.float32)
+        self.file.readinto(memoryview(heights).cast("B"))
+        return heights
 
 
 class _Statistics:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,36 @@ def default_model_path() -> Path:
 def load_contract(path: str | os.PathLike) -> ModelContract:
     """The contract of a model file, without building an inference session."""
     return Generator(path, provider="cpu").contract
+
+
+_SESSIONS: OrderedDict[tuple, Generator] = OrderedDict()
+_SESSIONS_LOCK = threading.Lock()
+KEPT_SESSIONS = 2
+
+
+def shared_generator(path: str | os.PathLike, provider: str = "auto",
+                     threads: int | None = None) -> Generator:
+    """A generator reused across runs (a batch of scenes loads its model once).
+
+    Keyed by the file's identity and modification time, so a replaced model file is reloaded;
+    onnxruntime sessions may run from several threads at once.
+    """
+    path = Path(path)
+    try:
+        stat = path.resolve().stat()
+    except OSError:
+        return Generator(path, provider, threads)  # it explains what is wrong with the path
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, provider, threads)
+    with _SESSIONS_LOCK:
+        if key in _SESSIONS:
+            _SESSIONS.move_to_end(key)
+            return _SESSIONS[key]
+    generator = Generator(path, provider, threads)
+    with _SESSIONS_LOCK:
+        _SESSIONS[key] = generator
+        while len(_SESSIONS) > KEPT_SESSIONS:
+            _SESSIONS.popitem(last=False)
+    return generator
 
 
 class Generator:

@@ -128,8 +128,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
              tr("Leave empty to read it from the product's label or metadata. Required when "
                 "the image carries none and the model needs the sun direction.")),
             (self.SUN_ELEVATION, tr("Sun elevation (degrees above the horizon)"), 90.0,
-             tr("Leave empty to read it from the product's label or metadata. Only models "
-                "that take the sun's elevation use it; the azimuth matters more.")),
+             tr("Leave empty to read it from the product's label or metadata. Models that "
+                "read contrast as slope (the bundled one) use it: a low sun shows gentle slopes "
+                "with strong contrast. Unknown: 45 degrees is assumed and logged.")),
         )
         for name, description, maximum, help_text in angles:
             parameter = QgsProcessingParameterNumber(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -265,3 +266,19 @@ def test_overviews_average_the_full_resolution_heights(tmp_path):
     np.testing.assert_allclose(np.where(overview == NODATA, np.nan, overview), expected,
                                atol=1e-5)
     assert np.all(overview[50, 26:150] == NODATA)  # rows 100 and 101 were all nodata there
+
+
+def test_runs_share_a_loaded_model_until_its_file_changes(tmp_path):
+    from mars_dtm_plugin.core.model import shared_generator
+
+    model = write_test_model(tmp_path / "m.onnx", "identity")
+    first = shared_generator(model, "cpu")
+    assert shared_generator(model, "cpu") is first
+    assert shared_generator(model, "cpu", threads=1) is not first  # other session options
+    write_test_model(model, "ramp")  # replaced in place: a new session, the new graph
+    stamp = model.stat().st_mtime_ns  # a later time even where file times are coarse
+    os.utime(model, ns=(stamp, stamp + 10**9))
+    renewed = shared_generator(model, "cpu")
+    assert renewed is not first
+    x = np.ones((1, 64, 64), np.float32)
+    assert renewed.run(x)[0, 0, -1] == 64.0  # the ramp model's last column

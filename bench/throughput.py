@@ -3,7 +3,9 @@
     python -m bench.throughput [--size 2048] [--model M.onnx]
 
 The ratio (bare time / pipeline time) is what counts: both are measured in the same run, so
-the machine's speed and noise cancel. The issue asks for at least 0.85.
+the machine's speed and noise cancel. The target is at least 0.85. Runs after the first reuse
+the loaded model, as a batch of scenes does; the first run, which also loads it, is reported
+on its own line.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def main() -> None:
           f"{contract.tile_size} px; batch {args.batch}; best of {args.repeats}")
     print(f"bare onnxruntime: {best_bare:7.2f} s  {megapixels / best_bare:6.2f} MP/s")
     print(f"full pipeline:    {best_pipeline:7.2f} s  {megapixels / best_pipeline:6.2f} MP/s")
+    print(f"first pipeline run, loading the model too: {pipeline[0]:.2f} s "
+          f"({megapixels / pipeline[0]:.2f} MP/s)")
     print(f"pipeline / bare throughput: {best_bare / best_pipeline:.3f} (target >= 0.85)")
     print("stages of the best pipeline run: "
           + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items()))

@@ -122,6 +122,8 @@ class _Run:
                               self._overlap())
         self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
         self._weights_of: dict[tuple[int, bool], np.ndarray] = {}
+        self._row_ramps: dict[int, np.ndarray] = {}
+        self._col_ramps: dict[int, np.ndarray] = {}
         self.scale, self.fill = self._intensity_mapping()
         self.height_scale = (raster.georef.pixel_size_m
                              if self.contract.height_units == "gsd" else 1.0)
@@ -230,10 +232,9 @@ class _Run:
             for number, batch in enumerate(batches):
                 if self.is_cancelled():
                     raise DtmCancelled
-                inputs, valids = pending.result()
+                inputs, valids, todo = pending.result()
                 if number + 1 < len(batches):
                     pending = reader.submit(self._prepare, batches[number + 1])
-                todo = [i for i, valid in enumerate(valids) if valid.any()]
                 predictions = self.generator.run(inputs[todo]) if todo else []
                 filed.append(filer.submit(self._file, batch, dict(zip(todo, predictions)),
                                           valids, problem, recent))
@@ -268,8 +269,9 @@ class _Run:
         counts = self.store.valid_counts
         return offsets - np.average(offsets, weights=counts) if counts.any() else offsets
 
-    def _prepare(self, batch: list[Tile]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Model inputs (scaled, nodata filled, rotated) and footprint validity of a batch."""
+    def _prepare(self, batch: list[Tile]) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+        """Model inputs (scaled, nodata filled, rotated), footprint validity of a batch, and
+        which of its tiles have a valid pixel (found here, off the model's thread)."""
         gain, offset = self.scale
         inputs, valids = [], []
         for tile in batch:
@@ -280,7 +282,8 @@ class _Run:
             inputs.append(self.rotation.to_model(scaled, tile))
             top, left = tile.y0 - y0, tile.x0 - x0
             valids.append(valid[top : top + tile.height, left : left + tile.width])
-        return np.stack(inputs), valids
+        todo = [i for i, valid in enumerate(valids) if valid.any()]
+        return np.stack(inputs), valids, todo
 
     def _compare(self, problem: OffsetProblem, recent: dict[int, np.ndarray], tile: Tile,
                  heights: np.ndarray) -> None:
@@ -388,7 +391,13 @@ class _Run:
         return self._weights_of[tile.index, normalised]
 
     def _ramps(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        return blend_ramps(tile, self.grid.neighbours(tile))
+        # A tile's row ramp depends only on its grid row, its column ramp on its grid column.
+        row = self._row_ramps.get(tile.row)
+        col = self._col_ramps.get(tile.col)
+        if row is None or col is None:
+            row, col = blend_ramps(tile, self.grid.neighbours(tile))
+            self._row_ramps[tile.row], self._col_ramps[tile.col] = row, col
+        return row, col
 
     @cached_property
     def _ramp_sums(self) -> tuple[np.ndarray, np.ndarray]:

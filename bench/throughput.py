@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+from mars_dtm_plugin.core.engine import BATCH_PIXELS, PredictOptions, predict_dtm
 from mars_dtm_plugin.core.model import Generator
 from mars_dtm_plugin.core.tiling import tile_grid
 from tests.rasters import write_raster
@@ -37,7 +37,7 @@ def bare_seconds(model: Path, tiles: int, batch: int, threads: int | None) -> fl
     generator = Generator(model, "cpu", threads)
     size = generator.contract.tile_size
     data = np.random.default_rng(1).normal(size=(batch, size, size)).astype(np.float32)
-    generator.run(data)  # warm-up, as the pipeline's first batch also pays it
+    generator.run(data)  # outside the clock: a warm session, as in later pipeline runs
     started = time.perf_counter()
     for start in range(0, tiles, batch):
         generator.run(data[: min(batch, tiles - start)])
@@ -48,7 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="scene side in pixels")
     parser.add_argument("--model", type=Path, help="ONNX model (default: bundled or stand-in)")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="tiles per model call (default: the engine's)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -57,13 +58,14 @@ def main() -> None:
         model, label = (args.model, str(args.model)) if args.model else benchmark_model(work)
         source = scene(work / "scene.tif", args.size)
         contract = Generator(model, "cpu").contract
+        batch = args.batch or max(1, BATCH_PIXELS // contract.tile_size**2)
         overlap = round(contract.tile_size * contract.tiles_overlap / 100)
         tiles = len(tile_grid(args.size, args.size, contract.tile_size, overlap).tiles)
         options = PredictOptions(model_path=str(model), provider="cpu", sun_azimuth=270.0,
-                                 batch_size=args.batch, threads=args.threads)
+                                 batch_size=batch, threads=args.threads)
         pipeline, bare, stages = [], [], {}
         for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit both
-            bare.append(bare_seconds(model, tiles, args.batch, args.threads))
+            bare.append(bare_seconds(model, tiles, batch, args.threads))
             started = time.perf_counter()
             report = predict_dtm(str(source), str(work / "dtm.tif"), options)
             pipeline.append(time.perf_counter() - started)
@@ -72,7 +74,7 @@ def main() -> None:
     megapixels = args.size**2 / 1e6
     best_pipeline, best_bare = min(pipeline), min(bare)
     print(f"model: {label}; scene {args.size} x {args.size}; {tiles} tiles of "
-          f"{contract.tile_size} px; batch {args.batch}; best of {args.repeats}")
+          f"{contract.tile_size} px; batch {batch}; best of {args.repeats}")
     print(f"bare onnxruntime: {best_bare:7.2f} s  {megapixels / best_bare:6.2f} MP/s")
     print(f"full pipeline:    {best_pipeline:7.2f} s  {megapixels / best_pipeline:6.2f} MP/s")
     print(f"first pipeline run, loading the model too: {pipeline[0]:.2f} s "

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="onnxruntime execution provider (default: auto)")
     predict.add_argument("--pixel-size", type=float, metavar="M",
                          help="pixel size in metres, for images without georeferencing")
-    predict.add_argument("--batch-size", type=int, default=4, help="tiles per model call")
+    predict.add_argument("--batch-size", type=int, default=None,
+                         help="tiles per model call (default: about 0.26 megapixels)")
     predict.add_argument("--quiet", action="store_true", help="print errors only")
     return parser
 

@@ -1,6 +1,6 @@
 """Rebuild the bundled model from scratch: data, training, export, evaluation (``make model``).
 
-    python -m training.make_model [--recipe training/configs/bundled.json]
+    python -m training.make_model [--recipe training/configs/quick.json]
         [--stages data,train,export,evaluate] [--work DIR]
 
 Every stage is seeded from the recipe, so a rerun on the same machine and thread count gives
@@ -21,7 +21,7 @@ from pathlib import Path
 from training.data import DemShapePatches, SunRange, SyntheticPatches, load_dem_shapes, write_pool
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RECIPE = Path(__file__).parent / "configs" / "bundled.json"
+DEFAULT_RECIPE = Path(__file__).parent / "configs" / "quick.json"
 BUNDLED = ROOT / "mars_dtm_plugin" / "models" / "mars_dtm_generator.onnx"
 DEM_SHAPES = ROOT.parent / "shared" / "data" / "dem_shapes"
 STAGES = ("data", "train", "export", "evaluate")

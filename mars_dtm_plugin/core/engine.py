@@ -34,6 +34,7 @@ __all__ = [
 
 Progress = Callable[[float], None]
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
+BATCH_PIXELS = 4 * 256 * 256  # per model call: few calls, and a working set the cache holds
 DEFAULT_SUN_ELEVATION = 45.0  # for `mean_ratio` models when neither user nor label gives it
 
 
@@ -52,7 +53,8 @@ class PredictOptions:
     """auto, cpu or cuda."""
     pixel_size: float | None = None
     """Metres per pixel, for rasters without georeferencing."""
-    batch_size: int = 4
+    batch_size: int | None = None
+    """Tiles per model call; None: about a quarter of a megapixel (4 tiles of 256 px)."""
     threads: int | None = None
 
 
@@ -225,7 +227,7 @@ class _Run:
         """Three stages in step: read batch n+1, run the model on n, file the heights of n-1."""
         problem = OffsetProblem(len(self.grid.tiles))
         recent: dict[int, np.ndarray] = {}
-        batches = list(_chunks(self.grid.tiles, max(1, self.options.batch_size)))
+        batches = list(_chunks(self.grid.tiles, self._batch_size()))
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as filer:
             pending = reader.submit(self._prepare, batches[0])
             filed = []
@@ -244,6 +246,11 @@ class _Run:
             for future in filed:
                 future.result()
         return problem
+
+    def _batch_size(self) -> int:
+        if self.options.batch_size is not None:
+            return max(1, self.options.batch_size)
+        return max(1, BATCH_PIXELS // self.contract.tile_size**2)
 
     def _file(self, batch: list[Tile], predictions: dict[int, np.ndarray],
               valids: list[np.ndarray], problem: OffsetProblem,

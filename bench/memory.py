@@ -68,11 +68,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--model", type=Path,
+                        help="ONNX model to run (default: a 3x3 convolution, fast)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=ROOT / "build" if (ROOT / "build").is_dir() else None
                                      ) as tmp:
         work = Path(tmp)
-        model = write_test_model(work / "conv.onnx", "conv", tile_size=args.tile_size)
+        model = args.model or write_test_model(work / "conv.onnx", "conv",
+                                               tile_size=args.tile_size)
         rows = []
         for size in sorted(args.sizes):
             scene = write_scene(work / f"scene_{size}.tif", size)
@@ -81,7 +84,8 @@ def main() -> None:
             scene.unlink()
             (work / f"dtm_{size}.tif").unlink()
     base = rows[0][1]
-    print(f"model: 3x3 convolution, tiles of {args.tile_size} px (memory, not speed, is "
+    print(f"model: {args.model}" if args.model else
+          f"model: 3x3 convolution, tiles of {args.tile_size} px (memory, not speed, is "
           "measured)")
     print(f"{'size':>12} {'peak RSS':>10} {'vs smallest':>12} {'time':>8}")
     for size, rss, seconds in rows:

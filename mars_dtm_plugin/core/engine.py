@@ -194,11 +194,11 @@ class _Run:
         if not level > 0:
             raise DtmError("This model needs image values that grow with brightness from zero "
                            "(a positive mean); this band's mean is not positive.")
-        tan_e = math.tan(math.radians(self.sun_elevation_used))
+        tan_e = math.tan(math.radians(self._sun_elevation_used))
         return level, level * (1.0 + 1.0 / tan_e)
 
     @cached_property
-    def sun_elevation_used(self) -> float:
+    def _sun_elevation_used(self) -> float:
         elevation = self._sun_elevation()
         if elevation is None:
             return DEFAULT_SUN_ELEVATION

@@ -71,10 +71,13 @@ def test_mean_ratio_scaling_assumes_45_degrees_and_says_so(tmp_path):
     assert any("45 degrees assumed" in line for line in report.messages)
 
 
-def test_mean_ratio_scaling_refuses_a_band_without_positive_mean(tmp_path):
+def test_mean_ratio_scaling_refuses_a_band_without_positive_mean_or_a_bad_elevation(tmp_path):
     image = ramp(64, 64).astype(np.float32) - 1000
     with pytest.raises(DtmError, match="positive mean"):
         predict(tmp_path, image, contract={"input_scaling": "mean_ratio"})
+    with pytest.raises(DtmError, match="between 0 and 90"):
+        predict(tmp_path, image + 2000, sun_elevation=95.0,
+                contract={"input_scaling": "mean_ratio"})
     assert not (tmp_path / "dtm.tif").exists()
 
 

@@ -56,7 +56,8 @@ def peak_rss_mb(scene: Path, model: Path, output: Path) -> tuple[float, float]:
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", CHILD, "predict", str(scene), str(output), "--model", str(model),
-         "--provider", "cpu", "--quiet"], capture_output=True, text=True, env=env, check=False)
+         "--provider", "cpu", "--sun-azimuth", "270", "--sun-elevation", "30", "--quiet"],
+        capture_output=True, text=True, env=env, check=False)
     seconds = time.perf_counter() - started
     if result.returncode:
         sys.exit(f"the run failed: {result.stderr.strip()}")

@@ -297,10 +297,13 @@ class _Run:
         """Measure disagreement with the neighbours already predicted (row-major order)."""
         for other in self.grid.neighbours(tile):
             if other.index < tile.index and other.index in recent:
-                problem.add_overlap(other, recent[other.index], tile, heights)
+                whole = self.store.complete(other) and self.store.complete(tile)
+                problem.add_overlap(other, recent[other.index], tile, heights, whole)
+        # Tiles arrive in row-major order, so the oldest entry is first: drop those more than
+        # a row behind, which have no neighbours left to meet.
+        while recent and self.grid.tiles[next(iter(recent))].row < tile.row - 1:
+            del recent[next(iter(recent))]
         recent[tile.index] = heights
-        for stale in [i for i in recent if self.grid.tiles[i].row < tile.row - 1]:
-            del recent[stale]
 
     # -- pass 2: blending ---------------------------------------------------------------------
     def _blend(self, output_path: str, offsets: np.ndarray) -> tuple[float, float, float, float]:
@@ -460,7 +463,7 @@ class _TileStore:
 
     def put(self, tile: Tile, heights: np.ndarray, valid_count: int) -> None:
         self.file.seek(int(self.offsets[tile.index]))
-        self.file.write(np.ascontiguousarray(heights, np.float32).tobytes())
+        self.file.write(memoryview(np.ascontiguousarray(heights, np.float32)).cast("B"))
         self.valid_counts[tile.index] = valid_count
 
     def has(self, tile: Tile) -> bool:

@@ -48,6 +48,23 @@ def test_offsets_recover_known_shifts_on_a_grid():
     np.testing.assert_allclose(recovered, truth - truth.mean(), atol=1e-6)
 
 
+def test_overlap_of_whole_tiles_measures_the_same_as_the_masked_path():
+    a, b = Tile(0, 0, 0, 0, 0, 32, 32), Tile(1, 0, 1, 24, 0, 32, 32)
+    rng = np.random.default_rng(3)
+    pa, pb = rng.normal(5.0, 1.0, (32, 32)), rng.normal(-2.0, 1.0, (32, 32))
+    masked, whole = OffsetProblem(2), OffsetProblem(2)
+    masked.add_overlap(a, pa, b, pb)
+    whole.add_overlap(a, pa, b, pb, whole=True)
+    expected = (pa[:, 24:] - pb[:, :8]).mean()
+    assert masked.difference[0] == pytest.approx(expected, rel=1e-6)
+    assert whole.difference[0] == pytest.approx(expected, rel=1e-6)
+    assert masked.weight == whole.weight == [256.0]
+    pb[0, 0] = np.nan  # a nodata pixel in the overlap is left out, and counted out
+    masked.add_overlap(a, pa, b, pb)
+    assert masked.weight[1] == 255.0
+    assert masked.difference[1] == pytest.approx(np.nanmean(pa[:, 24:] - pb[:, :8]), rel=1e-6)
+
+
 def test_disconnected_tiles_keep_zero_offset():
     problem = OffsetProblem(3)
     a, b = Tile(0, 0, 0, 0, 0, 10, 10), Tile(1, 0, 1, 5, 0, 10, 10)

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--pixel-size", type=float, metavar="M",
                          help="pixel size in metres, for images without georeferencing")
     predict.add_argument("--batch-size", type=int, default=None,
-                         help="tiles per model call (default: about 0.26 megapixels)")
+                         help="tiles per model call (default: about half a megapixel)")
     predict.add_argument("--quiet", action="store_true", help="print errors only")
     return parser
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import DtmError
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: adds marsdtm:input_scaling
 NAMESPACE = "marsdtm:"
 
 HEIGHT_UNITS = ("gsd", "metres")

@@ -203,8 +203,9 @@ class _Run:
         if elevation is None:
             return DEFAULT_SUN_ELEVATION
         if not 0 < elevation < 90:
-            raise DtmError(f"The sun elevation must be between 0 and 90 degrees, not "
-                           f"{elevation}.")
+            source = "given" if self.options.sun_elevation is not None else "from the label"
+            raise DtmError(f"The sun elevation ({source}) must be between 0 and 90 degrees, "
+                           f"not {elevation}.")
         return elevation
 
     # -- pass 1: the model --------------------------------------------------------------------
@@ -341,9 +342,11 @@ class _Run:
 
     def _blend_strip(self, y0: int, y1: int, offsets: np.ndarray) -> np.ndarray:
         tiles = list(self._tiles_crossing(y0, y1))
-        rows_crossed = {tile.row for tile in tiles}
-        if (len(tiles) == len(rows_crossed) * self.grid.cols
+        rows_meeting = sum(1 for row in range(self.grid.rows)
+                           if self.grid.at(row, 0).y0 < y1 and self.grid.at(row, 0).y1 > y0)
+        if (tiles and len(tiles) == rows_meeting * self.grid.cols
                 and all(self.store.complete(tile) for tile in tiles)):
+            # Every tile over these rows is there and whole: no pixel is left uncovered.
             return self._blend_full_strip(y0, y1, tiles, offsets)
         total = np.zeros((y1 - y0, self.raster.width), np.float32)
         weight = np.zeros_like(total)

@@ -62,15 +62,18 @@ def shared_generator(path: str | os.PathLike, provider: str = "auto",
                      threads: int | None = None) -> Generator:
     """A generator reused across runs (a batch of scenes loads its model once).
 
-    Keyed by the file's identity and modification time, so a replaced model file is reloaded;
-    onnxruntime sessions may run from several threads at once.
+    Keyed by the file's identity and times, so a replaced model file is reloaded; onnxruntime
+    sessions may run from several threads at once (two threads missing together both load it,
+    which costs time, not correctness).
     """
     path = Path(path)
     try:
         stat = path.resolve().stat()
     except OSError:
         return Generator(path, provider, threads)  # it explains what is wrong with the path
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, provider, threads)
+    # Inode and change time too: a same-size file replaced within one mtime tick is new.
+    key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size,
+           provider, threads)
     with _SESSIONS_LOCK:
         if key in _SESSIONS:
             _SESSIONS.move_to_end(key)

@@ -111,6 +111,16 @@ def test_nodata_value_nan_and_alpha_stay_nodata(tmp_path):
     assert residual < 1e-3
 
 
+def test_a_nodata_band_wider_than_a_strip_stays_nodata(tmp_path):
+    # Rows 300-999 are nodata: whole output strips of 256 rows meet no predicted tile.
+    image = ramp(1200, 64).astype(np.float32) + 10
+    image[300:1000] = -1
+    heights, ds, _ = predict(tmp_path, image, raster={"nodata": -1})
+    assert ds.GetRasterBand(1).GetNoDataValue() == NODATA
+    assert (heights[300:1000] == NODATA).all()
+    assert (heights[:300] != NODATA).all() and (heights[1000:] != NODATA).all()
+
+
 def test_rgba_uses_luminance_and_alpha_mask(tmp_path):
     red, green, blue = ramp(80, 90, 1, 0), ramp(80, 90, 0, 1), np.full((80, 90), 7, np.float32)
     alpha = np.full((80, 90), 255, np.uint8)

@@ -218,7 +218,7 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None
     """Sun azimuth (clockwise from north) and elevation from metadata or a PDS label."""
     if dataset is not None:
         meta = {k.upper(): v for k, v in (dataset.GetMetadata() or {}).items()}
-        if "SUN_AZIMUTH" in meta:
+        if "SUN_AZIMUTH" in meta or "SUN_ELEVATION" in meta:
             return _number(meta, "SUN_AZIMUTH"), _number(meta, "SUN_ELEVATION")
     label = _read_label(path)
     values = {}
@@ -226,11 +226,11 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None
         match = re.search(r"^\s*" + key + _LABEL_NUMBER, label, re.MULTILINE)
         if match:
             values[key] = float(match.group(1))
-    if "SUB_SOLAR_AZIMUTH" not in values:
-        return None, None
-    azimuth = (values["SUB_SOLAR_AZIMUTH"] - values.get("NORTH_AZIMUTH", 270.0)) % 360
     incidence = values.get("INCIDENCE_ANGLE")
-    return azimuth, None if incidence is None else 90.0 - incidence
+    elevation = None if incidence is None else 90.0 - incidence
+    if "SUB_SOLAR_AZIMUTH" not in values:
+        return None, elevation
+    return (values["SUB_SOLAR_AZIMUTH"] - values.get("NORTH_AZIMUTH", 270.0)) % 360, elevation
 
 
 def _number(meta: dict[str, str], key: str) -> float | None:

@@ -86,6 +86,16 @@ def test_sun_from_an_attached_pds_label(tmp_path):
     assert elevation == pytest.approx(48.5)
 
 
+def test_elevation_alone_is_read_from_label_or_metadata(tmp_path):
+    (tmp_path / "product.LBL").write_text(
+        "PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = 60.0 <DEG>\nEND\n")
+    assert sun_from_product(str(tmp_path / "product.IMG")) == (None, pytest.approx(30.0))
+    path = write_raster(tmp_path / "tagged.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0),
+                        metadata={"SUN_ELEVATION": "25"})
+    raster = InputRaster(str(path))
+    assert sun_from_product(str(path), raster.dataset) == (None, 25.0)
+
+
 def test_no_label_no_sun(tmp_path):
     path = write_raster(tmp_path / "plain.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0))
     assert sun_from_product(str(path)) == (None, None)

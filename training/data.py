@@ -44,10 +44,13 @@ class Normalisation:
     std: float = 0.25
     scaling: str = "percentile"
 
-    def apply(self, image: np.ndarray, sun_elevation: float = 45.0) -> np.ndarray:
+    def apply(self, image: np.ndarray, sun_elevation: float = 45.0,
+              level_scale: float = 1.0) -> np.ndarray:
+        """``level_scale``: the mean_ratio level relative to the patch's own mean (the engine
+        uses the scene's mean, which a patch's need not match)."""
         image = image.astype(np.float32)
         if self.scaling == "mean_ratio":
-            level = max(float(image.mean()), 1e-6)
+            level = max(float(image.mean()) * level_scale, 1e-6)
             scaled = (image / level - 1.0) * math.tan(math.radians(sun_elevation))
         else:
             lo, hi = np.percentile(image, self.percentiles)
@@ -86,13 +89,13 @@ def to_canonical(image: np.ndarray, height: np.ndarray, sun_azimuth: float,
 
 
 def to_sample(image: np.ndarray, height_m: np.ndarray, meta: dict,
-              norm: Normalisation) -> tuple[torch.Tensor, torch.Tensor]:
+              norm: Normalisation, level_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Model input [1, H, W] and target heights in pixel units, zero-mean [1, H, W]."""
     pixel = meta.get("pixel_size_m", meta.get("pixel_size", 1.0))
     height = height_m.astype(np.float32) / np.float32(pixel)
     height = height - height.mean()
     elevation = meta.get("sun_elevation_deg", 45.0)
-    return (torch.from_numpy(norm.apply(image, elevation))[None],
+    return (torch.from_numpy(norm.apply(image, elevation, level_scale))[None],
             torch.from_numpy(np.ascontiguousarray(height))[None])
 
 
@@ -233,13 +236,13 @@ class ShardPatches(IterableDataset):
     def __init__(self, paths: Sequence[str | os.PathLike], seed: int = 0,
                  norm: Normalisation | None = None, canonical_azimuth: float = 270.0,
                  shuffle_buffer: int = 256, augment: bool = True, size: int = 128,
-                 azimuth_tolerance: float = 15.0) -> None:
+                 azimuth_tolerance: float = 15.0, mean_jitter: float = 0.0) -> None:
         self.paths = [str(p) for p in paths]
         if not self.paths:
             raise ValueError("no shard files to read")
         self.seed, self.norm, self.canonical = seed, norm or Normalisation(), canonical_azimuth
         self.shuffle_buffer, self.augment, self.epoch = shuffle_buffer, augment, 0
-        self.size, self.tolerance = size, azimuth_tolerance
+        self.size, self.tolerance, self.mean_jitter = size, azimuth_tolerance, mean_jitter
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -282,8 +285,9 @@ class ShardPatches(IterableDataset):
             if rng.random() < 0.5:
                 image, height = image[::-1], height[::-1]
             image = self._restretch(image, rng)
+        jitter = self.mean_jitter if self.augment else 0.0
         x, y = to_sample(np.ascontiguousarray(image), np.ascontiguousarray(height), patch.meta,
-                         self.norm)
+                         self.norm, float(rng.uniform(1 - jitter, 1 + jitter)) if jitter else 1.0)
         if self.augment:
             # The engine maps by scene statistics, never exactly the patch's own.
             shift = 0.2 if self.norm.scaling == "percentile" else 0.05

@@ -37,6 +37,9 @@ def test_mean_ratio_normalisation_is_the_linearised_slope_toward_the_sun():
     image = np.array([[50.0, 100.0, 150.0]])
     out = Normalisation(mean=0.0, std=0.5, scaling="mean_ratio").apply(image, 60.0)
     np.testing.assert_allclose(out, np.array([[-0.5, 0.0, 0.5]]) * np.sqrt(3) / 0.5, rtol=1e-6)
+    # A level twice the patch's mean (a patch darker than its scene): ratios halve, minus one.
+    darker = Normalisation(mean=0.0, std=0.5, scaling="mean_ratio").apply(image, 60.0, 2.0)
+    np.testing.assert_allclose(darker, (image / 200.0 - 1) * np.sqrt(3) / 0.5, rtol=1e-6)
 
 
 def test_ranks_read_disjoint_shares_of_the_shards(pool, monkeypatch):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mars_dtm_plugin.core.engine import BATCH_PIXELS, PredictOptions, predict_dtm
+from mars_dtm_plugin.core.engine import PredictOptions, default_batch_size, predict_dtm
 from mars_dtm_plugin.core.model import Generator
 from mars_dtm_plugin.core.tiling import tile_grid
 from tests.rasters import write_raster
@@ -58,7 +58,7 @@ def main() -> None:
         model, label = (args.model, str(args.model)) if args.model else benchmark_model(work)
         source = scene(work / "scene.tif", args.size)
         contract = Generator(model, "cpu").contract
-        batch = args.batch or max(1, BATCH_PIXELS // contract.tile_size**2)
+        batch = args.batch or default_batch_size(contract.tile_size)
         overlap = round(contract.tile_size * contract.tiles_overlap / 100)
         tiles = len(tile_grid(args.size, args.size, contract.tile_size, overlap).tiles)
         options = PredictOptions(model_path=str(model), provider="cpu", sun_azimuth=270.0,

@@ -109,6 +109,11 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     return report
 
 
+def default_batch_size(tile_size: int) -> int:
+    """Tiles per model call when the caller does not say: about ``BATCH_PIXELS`` pixels."""
+    return max(1, BATCH_PIXELS // tile_size**2)
+
+
 class _Run:
     """State of one prediction: scene mapping, tile grid, tile store, offsets."""
 
@@ -251,7 +256,7 @@ class _Run:
     def _batch_size(self) -> int:
         if self.options.batch_size is not None:
             return max(1, self.options.batch_size)
-        return max(1, BATCH_PIXELS // self.contract.tile_size**2)
+        return default_batch_size(self.contract.tile_size)
 
     def _file(self, batch: list[Tile], predictions: dict[int, np.ndarray],
               valids: list[np.ndarray], problem: OffsetProblem,
@@ -341,10 +346,9 @@ class _Run:
         writer.write_rows(y0, strip)  # turns NaN into nodata in place
 
     def _blend_strip(self, y0: int, y1: int, offsets: np.ndarray) -> np.ndarray:
-        tiles = list(self._tiles_crossing(y0, y1))
-        rows_meeting = sum(1 for row in range(self.grid.rows)
-                           if self.grid.at(row, 0).y0 < y1 and self.grid.at(row, 0).y1 > y0)
-        if (tiles and len(tiles) == rows_meeting * self.grid.cols
+        rows = self._rows_meeting(y0, y1)
+        tiles = list(self._tiles_of(rows))
+        if (tiles and len(tiles) == len(rows) * self.grid.cols
                 and all(self.store.complete(tile) for tile in tiles)):
             # Every tile over these rows is there and whole: no pixel is left uncovered.
             return self._blend_full_strip(y0, y1, tiles, offsets)
@@ -377,13 +381,16 @@ class _Run:
             total[tile.y0 + r0 - y0 : tile.y0 + r1 - y0, tile.x0 : tile.x1] += heights
         return total
 
-    def _tiles_crossing(self, y0: int, y1: int) -> Iterator[Tile]:
-        """Predicted tiles whose rows meet [y0, y1): whole rows of the grid at a time."""
-        for row in range(self.grid.rows):
-            first = self.grid.at(row, 0)
-            if first.y1 > y0 and first.y0 < y1:
-                row_tiles = self.grid.tiles[row * self.grid.cols : (row + 1) * self.grid.cols]
-                yield from (tile for tile in row_tiles if self.store.has(tile))
+    def _rows_meeting(self, y0: int, y1: int) -> list[int]:
+        """Rows of the tile grid whose tiles meet output rows [y0, y1)."""
+        return [row for row in range(self.grid.rows)
+                if self.grid.at(row, 0).y0 < y1 and self.grid.at(row, 0).y1 > y0]
+
+    def _tiles_of(self, rows: list[int]) -> Iterator[Tile]:
+        """The predicted tiles of whole rows of the grid."""
+        for row in rows:
+            row_tiles = self.grid.tiles[row * self.grid.cols : (row + 1) * self.grid.cols]
+            yield from (tile for tile in row_tiles if self.store.has(tile))
 
     def _weights(self, tile: Tile, normalised: bool = False) -> np.ndarray:
         """Blending weights of a tile; tiles with the same ramps (most of them) share one.

@@ -23,8 +23,8 @@ from training.model import Generator, GeneratorConfig, conv_flops
 
 OPSET = 17
 # Tiles disagree most at their edges (least context); wide overlaps blend those away. 37.5 %
-# (48 of 128 px) hides most tile-scale seams in hillshades and keeps the engine above 1 MP/s
-# on two CPU cores (docs/model-card.md).
+# (96 px of a 256 px tile) hides most tile-scale seams in hillshades and keeps the engine
+# above 1 MP/s on two CPU cores (docs/model-card.md).
 DEFAULT_OVERLAP = 37.5
 EXPORT_SHAPE = (1, 1, 256, 256)  # traced here; height and width stay dynamic
 DEFAULT_TRAINING_DATA = ("synthetic Mars terrain and real DEM shapes (Mars HiRISE, Earth, Moon) "

@@ -169,6 +169,7 @@ class Scene:
     valid: np.ndarray
     pixel_size_m: float
     sun: tuple[float, float]
+    """Azimuth clockwise from image up (the frame renders and baselines use), elevation."""
     truth: np.ndarray | None = None
     truth_pixel_m: float = 0.0
     factor: int = 1
@@ -425,10 +426,14 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
 def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple[np.ndarray, float]:
     """The engine's DTM for ``scene`` (metres) and its run time in seconds."""
     from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+    from mars_dtm_plugin.core.raster import InputRaster
 
     out = workdir / f"{scene.name}_dtm.tif"
     georef = scene.image_path.suffix.lower() == ".tif"
-    options = PredictOptions(model_path=str(model), sun_azimuth=scene.sun[0],
+    # The engine takes the azimuth from true north, which in a polar stereographic scene
+    # (Louth crater, 70 N) lies some 100 degrees from image up.
+    north = InputRaster(str(scene.image_path)).georef.north_deg if georef else 0.0
+    options = PredictOptions(model_path=str(model), sun_azimuth=(scene.sun[0] - north) % 360,
                              sun_elevation=scene.sun[1], provider="cpu", threads=threads,
                              pixel_size=None if georef else scene.pixel_size_m)
     report = predict_dtm(str(scene.image_path), str(out), options)

@@ -39,3 +39,23 @@ def test_bundled_model_runs_through_the_engine(tmp_path):
     assert heights.shape == (300, 280) and np.isfinite(heights).all()
     # Heights in metres with relief, not in pixels and not flat.
     assert 0.05 < heights.std() < 200.0
+
+
+def test_the_engine_gets_the_sun_from_true_north_in_a_polar_scene(tmp_path):
+    """Renders and baselines use the image's frame; the engine wants azimuths from north."""
+    from osgeo import osr
+
+    from training.evaluate import Scene, predict
+
+    y, x = np.mgrid[-128:128, -128:128].astype(np.float32)
+    truth = 30.0 * np.exp(-(x**2 + (y + 40) ** 2) / (2 * 45.0**2))  # a hill, off centre
+    sun = (120.0, 30.0)  # from the lower right of the image
+    image = synth.render(truth, 1.0, *sun, np.random.default_rng(0))
+    srs = osr.SpatialReference()
+    srs.ImportFromProj4("+proj=stere +lat_0=90 +lon_0=0 +R=3396190 +units=m")
+    # At 104 E, 70 N, true north points some 100 degrees from image up.
+    path = write_tif(tmp_path / "polar.tif", image, (1143260.0, 1.0, 0.0, 280000.0, 0.0, -1.0),
+                     srs.ExportToWkt())
+    scene = Scene("polar", path, image, np.ones(image.shape, bool), 1.0, sun, truth, 1.0)
+    pred, _ = predict(BUNDLED, scene, tmp_path)
+    assert np.corrcoef(pred.ravel(), truth.ravel())[0, 1] > 0.6

@@ -275,6 +275,7 @@ class ShardPatches(IterableDataset):
         sun = patch.meta.get("sun_azimuth_deg")
         if sun is None:
             return None  # a patch without its sun cannot be put in the canonical frame
+        sun = (sun + patch.meta.get("north_deg", 0.0)) % 360.0  # from north to the grid
         # Rendered pools already carry the canonical sun with a deliberate small jitter.
         if abs((sun - self.canonical + 180.0) % 360.0 - 180.0) > self.tolerance:
             image, height = to_canonical(image, height, sun, self.canonical)

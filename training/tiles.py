@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, osr
 
+from mars_dtm_plugin.core.raster import north_in_image
 from training.labels import missing_constant, read_label, sun_geometry
 from training.scrape import SAFE_NAME, read_manifest, write_json
 from training.shards import Patch, ShardWriter
@@ -138,6 +139,7 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
             "pixel_size_m": pixel_size_m(dtm.wkt, dtm.gt[1]), "height_units": "m",
             "height_reference": "patch_mean", "dtm_product_id": pair.dtm.stem,
             "ortho_product_id": pair.ortho.stem, **sun}
+    srs = osr.SpatialReference(wkt=dtm.wkt)
     stride = size - overlap
     for y0 in range(0, dtm.height - size + 1, stride):
         heights, valid = dtm.strip(y0, size)
@@ -147,8 +149,10 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
             mean = float(patch_h.mean())
             gt = list(dtm.gt)
             gt[0], gt[3] = gt[0] + x0 * gt[1], gt[3] + y0 * gt[5]
+            # Grid north and true north part in polar stereographic DTMs: say where north
+            # lies in this patch, as the engine does for a scene, so the sun can be turned.
             meta = {**base, "window": [x0, y0, size, size], "geotransform": gt,
-                    "height_offset_m": mean}
+                    "height_offset_m": mean, "north_deg": north_in_image(gt, srs, size, size)}
             yield Patch(f"{pair.pair_id}_x{x0:06d}_y{y0:06d}", image[:, x0:x0 + size].copy(),
                         (patch_h - mean).astype(np.float32), meta)
 

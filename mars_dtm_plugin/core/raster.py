@@ -164,7 +164,7 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None) -> Georefer
     srs = osr.SpatialReference()
     srs.ImportFromWkt(wkt)
     size = _pixel_size_metres(geotransform, srs, dataset.RasterYSize)
-    north = _north_in_image(geotransform, srs, dataset.RasterXSize, dataset.RasterYSize)
+    north = north_in_image(geotransform, srs, dataset.RasterXSize, dataset.RasterYSize)
     return Georeferencing(tuple(geotransform), wkt, size, north)
 
 
@@ -182,7 +182,7 @@ def _pixel_size_metres(gt: tuple[float, ...], srs: osr.SpatialReference, rows: i
     return math.sqrt(size_x * size_y)
 
 
-def _north_in_image(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
+def north_in_image(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
                     rows: int) -> float:
     """Where true north points at the scene centre, clockwise from image up.
 

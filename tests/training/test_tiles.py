@@ -69,6 +69,7 @@ def test_provenance_travels_with_every_patch(scraped: Path, terrain: Terrain,
     assert meta["pixel_size_m"] == pytest.approx(1.0)
     # Label: SUB_SOLAR_AZIMUTH 200, NORTH_AZIMUTH 270, INCIDENCE_ANGLE 40.
     assert meta["sun_azimuth_deg"] == pytest.approx(290.0)
+    assert abs((meta["north_deg"] + 180.0) % 360.0 - 180.0) < 1e-3  # a north-up grid
     assert meta["sun_elevation_deg"] == pytest.approx(50.0)
     assert meta["sub_solar_azimuth_deg"] == 200.0 and meta["incidence_angle_deg"] == 40.0
     dtm = next(scraped.rglob("DTEEC_011384*.IMG"))

@@ -57,3 +57,22 @@ def test_geographic_pixels_are_converted_to_metres():
     gt = (0.0, 1 / 1200, 0.0, 0.0, 0.0, -1 / 1200)  # 3 arc-seconds
     assert 92.0 < pixel_size_metres(gt, True, 0.0) < 93.5
     assert pixel_size_metres((0, 2.0, 0, 0, 0, -2.0), False, 45.0) == 2.0
+
+
+def test_shard_patches_turn_the_sun_from_north_into_the_grid(pool):
+    """A polar stereographic patch says where north lies; its sun is turned from there."""
+    import dataclasses
+
+    data = ShardPatches(list_shards(pool), seed=1, augment=False, size=32)
+    patch = next(iter(data._patches()))
+
+    def sample(sun: float, north: float | None):
+        meta = {**patch.meta, "sun_azimuth_deg": sun}
+        if north is not None:
+            meta["north_deg"] = north
+        image, _ = data._sample(dataclasses.replace(patch, meta=meta), np.random.default_rng(0))
+        return image.numpy()
+
+    canonical = sample(270.0, None)
+    np.testing.assert_array_equal(sample(200.0, 70.0), canonical)  # 200 + 70 = 270 on the grid
+    assert not np.array_equal(sample(200.0, None), canonical)

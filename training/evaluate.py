@@ -396,7 +396,7 @@ def _fmt(value: float | None) -> str:
 
 
 def write_report(results: dict, models: list[str], out: Path, command: str) -> Path:
-    order = [*models, *BASELINES]
+    order = [*models, *results.get("controls", []), *BASELINES]
     lines = ["# Evaluation report", "",
              f"Produced by `python -m training.evaluate {command}`.", "",
              "Heights are compared per evaluation tile after removing each tile's mean; "
@@ -474,9 +474,15 @@ def average(rows: list[dict]) -> dict[str, float]:
 
 
 def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
-             sets: list[str], speed: bool = True) -> dict:
-    """All metrics: {set: {method: averaged metrics}} plus per-scene details and figures."""
-    results: dict = {"sets": {}, "notes": {}, "speed": {}}
+             sets: list[str], speed: bool = True, roughness_px: float = 0.0) -> dict:
+    """All metrics: {set: {method: averaged metrics}} plus per-scene details and figures.
+
+    ``roughness_px`` > 0 adds a control row: the first model's heights plus white noise of
+    that many pixel sizes (seeded), to show which metrics reward mere roughness.
+    """
+    first = next(iter(models))
+    control = f"{first}+noise{roughness_px:g}px" if roughness_px > 0 else None
+    results: dict = {"sets": {}, "notes": {}, "speed": {}, "controls": [control] if control else []}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         for set_name in sets:
@@ -486,7 +492,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 continue
             by_method: dict[str, list[dict]] = {}
             figure_rows = []
-            for scene in scenes:
+            for index, scene in enumerate(scenes):
                 row = {"scene": scene, "input": scene.image}
                 for name in BASELINES:
                     heights = baseline(name, scene)
@@ -496,10 +502,14 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                     heights, _ = predict(path, scene, Path(tmp))
                     by_method.setdefault(name, []).append(score(scene, heights))
                     row[name] = heights
+                if control:
+                    rng = np.random.default_rng([seed, index])
+                    noise = rng.normal(0.0, roughness_px * scene.pixel_size_m, row[first].shape)
+                    by_method.setdefault(control, []).append(score(scene, row[first] + noise))
                 figure_rows.append(row)
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
             results["notes"][set_name] = _set_note(scenes)
-            figures(set_name, figure_rows[:3], next(iter(models)), out)
+            figures(set_name, figure_rows[:3], first, out)
         if speed:
             results["speed"] = measure_speed(next(iter(models.values())), Path(tmp))
     return results
@@ -566,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of " + ",".join(TEST_SETS))
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the throughput measurement (a 2048 x 2048 scene)")
+    parser.add_argument("--roughness-control", type=float, default=0.0, metavar="PX",
+                        help="also score the first model plus white noise of PX pixel sizes")
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     try:
@@ -577,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
-                       not args.no_speed)
+                       not args.no_speed, args.roughness_control)
     (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     command = " ".join(sys.argv[1:] if argv is None else argv)
     path = write_report(results, list(models), Path(args.out), command)

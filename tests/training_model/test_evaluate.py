@@ -98,10 +98,14 @@ def test_evaluation_runs_models_through_the_engine_and_writes_a_report(tmp_path)
     model = write_test_model(tmp_path / "identity.onnx", "identity")
     out = tmp_path / "report"
     assert main(["--model", f"ident={model}", "--data", str(tmp_path / "data"), "--out",
-                 str(out), "--sets", "gale", "--no-speed"]) == 0
+                 str(out), "--sets", "gale", "--no-speed", "--roughness-control", "4"]) == 0
     text = (out / "report.md").read_text()
     assert "| ident |" in text and "| flat |" in text and "| sfs |" in text
+    assert "| ident+noise4px |" in text
     assert (out / "gale.png").stat().st_size > 10_000
     metrics = json.loads((out / "metrics.json").read_text())["sets"]["gale"]
     # The identity model returns brightness as height: it must not score like the truth.
     assert metrics["ident"]["rmse_m"] > 0 and metrics["flat"]["delta1"] == 0.0
+    # Noise of 4 pixels (2.5 m at 0.63 m), averaged 8 x 8 onto the 5 m grid: 0.3 m more error.
+    noisy, clean = metrics["ident+noise4px"]["rmse_m"], metrics["ident"]["rmse_m"]
+    assert math.sqrt(clean**2 + 0.31**2) - 0.02 < noisy < math.sqrt(clean**2 + 0.31**2) + 0.02

@@ -14,8 +14,9 @@ measured is what ships). Test sets, written under ``--data`` when missing:
 - ``hirise``: 24 real HiRISE tiles without truth: re-shading consistency only.
 
 Metrics per evaluation tile, with each tile's mean removed from prediction and truth, then
-averaged over tiles: RMSE and MAE (m), mean absolute slope error (degrees), and the share of
-pixels whose depth below the tile's highest point is within a factor 1.25^k of the truth.
+averaged over tiles: RMSE and MAE (m), mean absolute slope error (degrees), the share of
+pixels whose depth below the tile's highest point is within a factor 1.25^k of the truth, and
+the relief ratio (standard deviation of the prediction over the truth's: 1 is the right relief).
 Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland).
 """
 
@@ -57,9 +58,11 @@ def tile_metrics(pred: np.ndarray, truth: np.ndarray, pixel_size_m: float,
     inner[1:-1, 1:-1] &= valid[:-2, 1:-1] & valid[2:, 1:-1] & valid[1:-1, :-2] & valid[1:-1, 2:]
     inner[[0, -1], :], inner[:, [0, -1]] = False, False
     slope_error = np.abs(slope_deg(p, pixel_size_m) - slope_deg(t, pixel_size_m))[inner]
+    relief = t[valid].std()
     return {"rmse_m": float(np.sqrt(np.mean(error**2))), "mae_m": float(np.mean(np.abs(error))),
             "slope_err_deg": float(slope_error.mean()) if slope_error.size else math.nan,
-            **depth_deltas(p, t, valid)}
+            **depth_deltas(p, t, valid),
+            "relief_ratio": float(p[valid].std() / relief) if relief > 0 else math.nan}
 
 
 def depth_deltas(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> dict[str, float]:
@@ -309,7 +312,8 @@ TEST_SETS: dict[str, Callable[[Path, int], list[Scene]]] = {
 
 # -- report --------------------------------------------------------------------------------
 COLUMNS = {"rmse_m": "RMSE (m)", "mae_m": "MAE (m)", "slope_err_deg": "slope err (°)",
-           "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³", "tiles": "tiles",
+           "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³",
+           "relief_ratio": "relief ratio", "tiles": "tiles",
            "reshade_r": "re-shading r", "mean_slope_deg": "mean slope (°)"}
 SET_TITLES = {"synthetic": "Held-out synthetic scenes", "louth": "Louth crater (real HiRISE "
               "DTM, held-out rows, rendered)", "karoo": "Karoo (real QuickBird 8 m image, "
@@ -401,7 +405,8 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
              f"Produced by `python -m training.evaluate {command}`.", "",
              "Heights are compared per evaluation tile after removing each tile's mean; "
              "metrics are averaged over tiles (RMSE, MAE in metres; slope error in degrees; "
-             "δ on depth below the tile's highest point). `flat` is the mean surface, `sfs` "
+             "δ on depth below the tile's highest point; relief ratio: standard deviation "
+             "of the prediction over the truth's). `flat` is the mean surface, `sfs` "
              "linear Fourier-domain shape from shading given the true sun azimuth and "
              "elevation. Models run through the plugin's engine.", ""]
     for set_name, metrics in results["sets"].items():

@@ -29,6 +29,7 @@ def test_tile_metrics_match_hand_computed_values():
     assert m["slope_err_deg"] == pytest.approx(math.degrees(math.atan(1.5)) - 45.0)
     # depth below the top: 1.5 times the truth everywhere -> fails 1.25, passes 1.25^2
     assert (m["delta1"], m["delta2"], m["delta3"]) == (0.0, 1.0, 1.0)
+    assert m["relief_ratio"] == pytest.approx(1.5)
 
 
 def test_pixel_size_scales_slopes_not_heights():

@@ -110,6 +110,8 @@ def stage_evaluate(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
         args += ["--sets", ",".join(options["sets"])]
     if not options.get("speed", True):
         args.append("--no-speed")
+    if options.get("roughness_control"):
+        args += ["--roughness-control", str(options["roughness_control"])]
     if evaluate(args) != 0:
         raise RuntimeError("evaluation failed")
 

@@ -77,6 +77,7 @@ class TrainConfig:
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
     norm_mean: float = 0.5
     norm_std: float = 0.25
+    init_from: str = ""
     resume: str = ""
 
 
@@ -120,6 +121,8 @@ HELP = {
     "percentiles": "input percentiles mapped to 0 and 1 (percentile scaling)",
     "norm_mean": "standardisation mean after the scaling",
     "norm_std": "standardisation std after the scaling",
+    "init_from": "checkpoint whose generator weights start this run (fine-tuning); the "
+                 "optimiser, schedule and data stream start afresh",
     "resume": "checkpoint to continue from (its run folder keeps its config)",
 }
 
@@ -217,6 +220,9 @@ class Trainer:
         self.out = Path(cfg.out)
         if cfg.resume:
             self.load(cfg.resume)
+        elif cfg.init_from:
+            state = torch.load(cfg.init_from, map_location=self.device, weights_only=False)
+            self.generator.load_state_dict(state["generator"])
 
     # -- data -----------------------------------------------------------------------------
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -53,6 +53,18 @@ def test_resume_continues_bit_for_bit(pool, tmp_path, gan):
         assert all(torch.equal(da[k], db[k]) for k in da)
 
 
+def test_fine_tuning_starts_from_the_weights_with_a_fresh_schedule(pool, tmp_path):
+    first = Trainer(_config(pool, tmp_path / "a", steps=3))
+    first.fit()
+    tuned = Trainer(_config(pool, tmp_path / "b", steps=100, gan=True,
+                            init_from=str(tmp_path / "a" / "last.pt")))
+    assert tuned.step == 0 and tuned.lr_at(0) < tuned.cfg.lr  # warm-up again
+    a, b = first.generator.state_dict(), tuned.generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = tuned.train_step(*next(tuned.batches()))  # a fresh discriminator joins in
+    assert logs["adversarial"] > 0 and logs["d_loss"] > 0
+
+
 def test_flags_override_the_config_file(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"steps": 7, "lr": 0.5}))

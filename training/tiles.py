@@ -89,7 +89,7 @@ class Dtm:
         self.gt = self.ds.GetGeoTransform()
         self.wkt = self.ds.GetProjection()
         if not self.wkt or self.gt[2] or self.gt[4]:
-            raise ValueError(f"{path.name} is not a north-up georeferenced grid")
+            raise ValueError(f"{path.name} is not a georeferenced grid without rotation terms")
         self.missing = np.float32(missing_constant(read_label(path)))
         self.width, self.height = self.ds.RasterXSize, self.ds.RasterYSize
 

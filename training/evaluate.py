@@ -516,7 +516,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
             results["notes"][set_name] = _set_note(scenes)
             figures(set_name, figure_rows[:3], first, out)
         if speed:
-            results["speed"] = measure_speed(next(iter(models.values())), Path(tmp))
+            results["speed"] = measure_speed(models[first], Path(tmp))
     return results
 
 

@@ -16,7 +16,8 @@ measured is what ships). Test sets, written under ``--data`` when missing:
 Metrics per evaluation tile, with each tile's mean removed from prediction and truth, then
 averaged over tiles: RMSE and MAE (m), mean absolute slope error (degrees), the share of
 pixels whose depth below the tile's highest point is within a factor 1.25^k of the truth, and
-the relief ratio (standard deviation of the prediction over the truth's: 1 is the right relief).
+the relief ratio (standard deviation of the prediction over the truth's: 1 is the right relief)
+and the detail ratio (the same for what a 4-pixel Gaussian smooths away: 1 is the right roughness).
 Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland).
 """
 
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 HIRISE_ASSUMED_SUN = (270.0, 40.0)
 BASELINES = ("flat", "sfs")
+DETAIL_SIGMA_PX = 4.0
+"""The detail ratio compares what a Gaussian of this many truth pixels smooths away."""
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -58,11 +61,23 @@ def tile_metrics(pred: np.ndarray, truth: np.ndarray, pixel_size_m: float,
     inner[1:-1, 1:-1] &= valid[:-2, 1:-1] & valid[2:, 1:-1] & valid[1:-1, :-2] & valid[1:-1, 2:]
     inner[[0, -1], :], inner[:, [0, -1]] = False, False
     slope_error = np.abs(slope_deg(p, pixel_size_m) - slope_deg(t, pixel_size_m))[inner]
-    relief = t[valid].std()
     return {"rmse_m": float(np.sqrt(np.mean(error**2))), "mae_m": float(np.mean(np.abs(error))),
             "slope_err_deg": float(slope_error.mean()) if slope_error.size else math.nan,
             **depth_deltas(p, t, valid),
-            "relief_ratio": float(p[valid].std() / relief) if relief > 0 else math.nan}
+            "relief_ratio": _std_ratio(p, t, valid),
+            "detail_ratio": _std_ratio(p - _smooth(p), t - _smooth(t), valid)}
+
+
+def _smooth(height: np.ndarray) -> np.ndarray:
+    """What remains of a tile after a Gaussian of ``DETAIL_SIGMA_PX`` pixels: its broad shape."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(height, DETAIL_SIGMA_PX, mode="reflect")
+
+
+def _std_ratio(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:
+    spread = truth[valid].std()
+    return float(pred[valid].std() / spread) if spread > 0 else math.nan
 
 
 def depth_deltas(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> dict[str, float]:
@@ -313,7 +328,7 @@ TEST_SETS: dict[str, Callable[[Path, int], list[Scene]]] = {
 # -- report --------------------------------------------------------------------------------
 COLUMNS = {"rmse_m": "RMSE (m)", "mae_m": "MAE (m)", "slope_err_deg": "slope err (°)",
            "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³",
-           "relief_ratio": "relief ratio", "tiles": "tiles",
+           "relief_ratio": "relief ratio", "detail_ratio": "detail ratio", "tiles": "tiles",
            "reshade_r": "re-shading r", "mean_slope_deg": "mean slope (°)"}
 SET_TITLES = {"synthetic": "Held-out synthetic scenes", "louth": "Louth crater (real HiRISE "
               "DTM, held-out rows, rendered)", "karoo": "Karoo (real QuickBird 8 m image, "

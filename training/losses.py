@@ -21,6 +21,8 @@ class LossWeights:
     adversarial: float = 0.0
     histogram_bins: int = 0
     """0: plain mean; otherwise weight pixels by inverse frequency of their |height| bin."""
+    distribution: float = 0.0
+    """Weight of the distance between each tile's predicted and true height distributions."""
 
 
 def demean(height: torch.Tensor) -> torch.Tensor:
@@ -71,6 +73,17 @@ def scale_invariant(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (scale.detach() * p - t).abs().mean()
 
 
+def height_distribution(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Wasserstein-1 distance between each tile's predicted and true height distributions.
+
+    Sorting ignores where each height lies, so this term only asks for the right relief and
+    skew (how far peaks rise and pits sink); L1 alone shrinks towards the mean wherever the
+    image leaves the height uncertain.
+    """
+    p, t = demean(pred).flatten(1), demean(target).flatten(1)
+    return (p.sort(dim=1).values - t.sort(dim=1).values).abs().mean()
+
+
 def generator_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights,
                    fake_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Weighted terms and their total (``"total"``); ``fake_logits`` from the discriminator."""
@@ -78,6 +91,8 @@ def generator_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights,
     terms = {"l1": l1_height(pred, target, weights), "gradient": l1_gradient(pred, target)}
     if w.scale_invariant:
         terms["scale_invariant"] = scale_invariant(pred, target)
+    if w.distribution:
+        terms["distribution"] = height_distribution(pred, target)
     if fake_logits is not None and w.adversarial:
         # Least-squares GAN: the generator wants its pairs judged real (1).
         terms["adversarial"] = F.mse_loss(fake_logits, torch.ones_like(fake_logits))

@@ -55,6 +55,7 @@ class TrainConfig:
     gradient: float = 1.0
     scale_invariant: float = 0.0
     histogram_bins: int = 0
+    distribution: float = 0.0
     gan: bool = False
     adversarial: float = 0.05
     d_lr: float = 2e-4
@@ -97,6 +98,8 @@ HELP = {
     "gradient": "weight of L1 on height gradients (slopes)",
     "scale_invariant": "weight of the scale-aligned L1 term",
     "histogram_bins": "0 = off; else weight pixels by inverse frequency of |height| bins",
+    "distribution": "weight of the distance between each tile's height distributions "
+                    "(right relief and skew)",
     "gan": "add the conditional PatchGAN adversarial loss",
     "adversarial": "weight of the adversarial term (with --gan)",
     "d_lr": "discriminator learning rate",
@@ -197,7 +200,8 @@ class Trainer:
         config = GeneratorConfig(tuple(cfg.channels), cfg.shading_prior)
         self.generator = Generator(config).to(self.device)
         self.weights = LossWeights(cfg.l1, cfg.gradient, cfg.scale_invariant,
-                                   cfg.adversarial if cfg.gan else 0.0, cfg.histogram_bins)
+                                   cfg.adversarial if cfg.gan else 0.0, cfg.histogram_bins,
+                                   cfg.distribution)
         self.g_opt = torch.optim.AdamW(self.generator.parameters(), cfg.lr,
                                        weight_decay=cfg.weight_decay)
         self.disc = PatchDiscriminator(cfg.d_channels).to(self.device) if cfg.gan else None

@@ -58,6 +58,17 @@ def _hills(size: int = 128, amplitude: float = 2.0) -> np.ndarray:
     return (amplitude * np.sin(x) * np.sin(0.5 * y + 0.3)).astype(np.float32)
 
 
+def test_detail_ratio_measures_roughness_apart_from_the_broad_shape():
+    y, x = np.mgrid[:128, :128] * (2 * np.pi / 256)
+    hills = 6.0 * np.cos(x) * np.cos(y)  # half a wave across the tile: level at its edges
+    grain = np.random.default_rng(1).normal(0, 1.0, hills.shape)
+    smooth = tile_metrics(hills, hills + grain, 1.0)
+    rough = tile_metrics(hills + 3 * grain, hills + grain, 1.0)
+    assert smooth["relief_ratio"] > 0.8  # most of the relief is in the hills
+    assert smooth["detail_ratio"] < 0.15  # the hills barely change within 4 pixels
+    assert rough["detail_ratio"] == pytest.approx(3.0, rel=0.05)
+
+
 @pytest.mark.parametrize("azimuth", [270.0, 135.0])
 def test_linear_sfs_recovers_gentle_hills(azimuth):
     dem = _hills()

@@ -5,6 +5,7 @@ from training.losses import (
     LossWeights,
     demean,
     generator_loss,
+    height_distribution,
     histogram_weights,
     l1_gradient,
     l1_height,
@@ -33,6 +34,14 @@ def test_scale_invariant_forgives_scale_only():
     target = demean(_t([[0.0, 2.0], [4.0, 7.0]]))
     assert float(scale_invariant(3.0 * target, target)) < 1e-6
     assert float(scale_invariant(torch.flip(target, [-1]), target)) > 0.1
+
+
+def test_height_distribution_ignores_where_heights_lie_not_their_spread():
+    target = _t([[0.0, 2.0], [4.0, 10.0]])  # mean 4: sorted -4, -2, 0, 6
+    shuffled = _t([[10.0, 0.0], [2.0, 4.0]]) + 50.0
+    assert float(height_distribution(shuffled, target)) == 0.0
+    # Half the relief: sorted -2, -1, 0, 3 -> mean |difference| = (2 + 1 + 0 + 3) / 4.
+    assert np.isclose(float(height_distribution(0.5 * target, target)), 1.5)
 
 
 def test_histogram_weights_favour_rare_heights():

@@ -51,7 +51,8 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
     model = Generator(GeneratorConfig(tuple(gen_cfg["channels"]),
                                       bool(gen_cfg.get("shading_prior", False))))
     model.load_state_dict(state["generator"])
-    return model.eval(), {**state["config"], "trained_steps": int(state["step"])}
+    steps = state["step"] + state.get("prior_steps", 0)  # a fine-tune counts its start's too
+    return model.eval(), {**state["config"], "trained_steps": int(steps)}
 
 
 def build_contract(config: dict, model: Generator, version: str, training_data: str,

@@ -6,7 +6,9 @@
 Every stage is seeded from the recipe, so a rerun on the same machine and thread count gives
 the same pool, weights and numbers. The main run is trained without the adversarial term;
 the ablation trains the same recipe with it, stopped at ``ablation.stop_at`` steps, and is
-compared with the main run's checkpoint at the same step.
+compared with the main run's checkpoint at the same step. A recipe with a ``finetune``
+section (options over ``train``) continues the main run's weights with them, and that run is
+the one bundled.
 """
 
 from __future__ import annotations
@@ -69,40 +71,45 @@ def _train_args(recipe: dict, work: Path, name: str, extra: dict) -> list[str]:
 
 
 def stage_train(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
-    """Main run (no GAN), then the GAN ablation on the same recipe, stopped early."""
+    """Main run (no GAN), its fine-tune if any, then the GAN ablation, stopped early."""
     from training.train import main as train
 
     stop = recipe["ablation"]["stop_at"]
-    runs = [("main", {"gan": False, "keep_steps": [stop]}),
-            ("gan", {"gan": True, "stop_at": stop, **recipe["ablation"].get("train", {})})]
+    runs = [("main", {"gan": False, "keep_steps": [stop]})]
+    if "finetune" in recipe:
+        runs.append(("finetune", {**recipe["finetune"],
+                                  "init_from": str(work / "main" / "last.pt")}))
+    runs.append(("gan", {"gan": True, "stop_at": stop, **recipe["ablation"].get("train", {})}))
     for name, extra in runs:
         if train(_train_args(recipe, work, name, extra)) != 0:
             raise RuntimeError(f"training run {name} failed")
 
 
+def _exported(recipe: dict) -> dict[str, str]:
+    """ONNX name -> checkpoint within the work folder; the first is the one bundled."""
+    stop = recipe["ablation"]["stop_at"]
+    shipped = {"finetune": "finetune/last.pt"} if "finetune" in recipe else {}
+    return {**shipped, "main": "main/last.pt", f"nogan_{stop}": f"main/step_{stop}.pt",
+            f"gan_{stop}": "gan/last.pt"}
+
+
 def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
     from training.export_onnx import main as export
 
-    stop = recipe["ablation"]["stop_at"]
-    jobs = [(work / "main" / "last.pt", work / "onnx" / "main.onnx"),
-            (work / "main" / f"step_{stop}.pt", work / "onnx" / f"nogan_{stop}.onnx"),
-            (work / "gan" / "last.pt", work / "onnx" / f"gan_{stop}.onnx")]
-    for checkpoint, out in jobs:
-        if export([str(checkpoint), str(out), "--version", recipe["version"]]) != 0:
+    for name, checkpoint in _exported(recipe).items():
+        if export([str(work / checkpoint), str(work / "onnx" / f"{name}.onnx"),
+                   "--version", recipe["version"]]) != 0:
             raise RuntimeError(f"export of {checkpoint} failed")
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(work / "onnx" / "main.onnx", bundle)
+    shutil.copyfile(work / "onnx" / f"{next(iter(_exported(recipe)))}.onnx", bundle)
     print(f"bundled model: {bundle}")
 
 
 def stage_evaluate(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
     from training.evaluate import main as evaluate
 
-    stop = recipe["ablation"]["stop_at"]
-    models = [f"main={work / 'onnx' / 'main.onnx'}",
-              f"nogan_{stop}={work / 'onnx' / f'nogan_{stop}.onnx'}",
-              f"gan_{stop}={work / 'onnx' / f'gan_{stop}.onnx'}"]
-    args = [arg for m in models for arg in ("--model", m)]
+    args = [arg for name in _exported(recipe)
+            for arg in ("--model", f"{name}={work / 'onnx' / f'{name}.onnx'}")]
     args += ["--data", str(work / "eval_data"), "--out", str(work / "eval"),
              "--seed", str(recipe["seed"] + 7)]
     options = recipe.get("evaluate", {})

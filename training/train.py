@@ -218,6 +218,7 @@ class Trainer:
             if self.disc:
                 self.disc = torch.nn.parallel.DistributedDataParallel(self.disc, ids)
         self.step, self.epoch, self.consumed = 0, 0, 0
+        self.prior_steps = 0  # steps behind the weights this run started from (fine-tuning)
         self.dataset = make_dataset(cfg.data, cfg, cfg.seed + self.rank * 7919)
         self.val = (make_dataset(cfg.val_data, cfg, 10_000 + cfg.seed, False)
                     if cfg.val_data else None)
@@ -227,6 +228,7 @@ class Trainer:
         elif cfg.init_from:
             state = torch.load(cfg.init_from, map_location=self.device, weights_only=False)
             self.generator.load_state_dict(state["generator"])
+            self.prior_steps = state["step"] + state.get("prior_steps", 0)
 
     # -- data -----------------------------------------------------------------------------
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -322,6 +324,7 @@ class Trainer:
             "d_opt": self.d_opt.state_dict() if self.d_opt else None,
             "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "consumed": self.consumed,
+            "prior_steps": self.prior_steps,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                     "random": random.getstate()},
         }
@@ -346,6 +349,7 @@ class Trainer:
             self.d_opt.load_state_dict(state["d_opt"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
+        self.prior_steps = state.get("prior_steps", 0)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["random"])

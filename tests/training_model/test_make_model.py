@@ -20,6 +20,7 @@ def test_the_recipe_runs_end_to_end(tmp_path):
         "train": {"patch_size": 64, "batch_size": 4, "steps": 4, "channels": [4, 8, 16],
                   "threads": 1, "val_every": 2, "checkpoint_every": 2},
         "ablation": {"stop_at": 2},
+        "finetune": {"steps": 2, "lr": 0.001, "distribution": 1.0},
         "evaluate": {"sets": ["gale"], "speed": False},
     }
     path = tmp_path / "recipe.json"
@@ -28,9 +29,11 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     assert main(["--recipe", str(path), "--bundle", str(bundle)]) == 0
     model = onnx.load(str(bundle))
     contract = parse_contract({p.key: p.value for p in model.metadata_props})
-    assert contract.version == "0.0.1" and contract.extra["marsdtm:training_steps"] == 4
+    # The fine-tune of the main run is what ships; its steps add to the main run's.
+    assert contract.version == "0.0.1" and contract.extra["marsdtm:training_steps"] == 4 + 2
+    assert bundle.read_bytes() == (tmp_path / "work" / "onnx" / "finetune.onnx").read_bytes()
     report = (tmp_path / "work" / "eval" / "report.md").read_text()
-    for row in ("| main |", "| nogan_2 |", "| gan_2 |", "| flat |", "| sfs |"):
+    for row in ("| finetune |", "| main |", "| nogan_2 |", "| gan_2 |", "| flat |", "| sfs |"):
         assert row in report
     # Deterministic: the same recipe again gives the same pool and the same weights.
     again = tmp_path / "again"

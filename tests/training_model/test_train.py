@@ -59,6 +59,7 @@ def test_fine_tuning_starts_from_the_weights_with_a_fresh_schedule(pool, tmp_pat
     tuned = Trainer(_config(pool, tmp_path / "b", steps=100, gan=True,
                             init_from=str(tmp_path / "a" / "last.pt")))
     assert tuned.step == 0 and tuned.lr_at(0) < tuned.cfg.lr  # warm-up again
+    assert tuned.prior_steps == 3 and tuned.state()["prior_steps"] == 3  # exports count them
     a, b = first.generator.state_dict(), tuned.generator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     logs = tuned.train_step(*next(tuned.batches()))  # a fresh discriminator joins in

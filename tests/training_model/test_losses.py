@@ -10,7 +10,6 @@ from training.losses import (
     l1_gradient,
     l1_height,
     scale_invariant,
-    windows,
 )
 
 
@@ -43,24 +42,6 @@ def test_height_distribution_ignores_where_heights_lie_not_their_spread():
     assert float(height_distribution(shuffled, target)) == 0.0
     # Half the relief: sorted -2, -1, 0, 3 -> mean |difference| = (2 + 1 + 0 + 3) / 4.
     assert np.isclose(float(height_distribution(0.5 * target, target)), 1.5)
-
-
-def test_windows_cut_each_tile_into_squares_row_by_row():
-    tile = torch.arange(64.0).view(1, 1, 8, 8)
-    cut = windows(tile, 4)
-    assert cut.shape == (4, 1, 4, 4)
-    assert torch.equal(cut[1, 0], tile[0, 0, :4, 4:]) and torch.equal(cut[2, 0], tile[0, 0, 4:, :4])
-
-
-def test_windowed_distribution_sees_relief_that_the_whole_tile_hides():
-    # Stripes against two flat halves: the same heights in the tile, not in any 2 x 2 window.
-    target = _t([[0.0, 2.0, 0.0, 2.0]] * 4)
-    pred = _t([[0.0, 0.0, 0.0, 0.0]] * 2 + [[2.0, 2.0, 2.0, 2.0]] * 2)
-    weights = LossWeights(l1=0.0, gradient=0.0, distribution=1.0)
-    whole = generator_loss(pred, target, weights)["distribution"]
-    split = generator_loss(pred, target, LossWeights(0.0, 0.0, distribution=1.0,
-                                                     distribution_window=2))["distribution"]
-    assert float(whole) == 0.0 and float(split) == 1.0
 
 
 def test_histogram_weights_favour_rare_heights():

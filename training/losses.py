@@ -23,8 +23,6 @@ class LossWeights:
     """0: plain mean; otherwise weight pixels by inverse frequency of their |height| bin."""
     distribution: float = 0.0
     """Weight of the distance between each tile's predicted and true height distributions."""
-    distribution_window: int = 0
-    """Side of the square windows the distributions are compared in; 0: the whole tile."""
 
 
 def demean(height: torch.Tensor) -> torch.Tensor:
@@ -75,12 +73,6 @@ def scale_invariant(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (scale.detach() * p - t).abs().mean()
 
 
-def windows(height: torch.Tensor, side: int) -> torch.Tensor:
-    """Non-overlapping ``side`` x ``side`` windows as tiles [N * windows, 1, side, side]."""
-    cut = height[..., : height.shape[-2] // side * side, : height.shape[-1] // side * side]
-    return cut.unfold(-2, side, side).unfold(-2, side, side).reshape(-1, 1, side, side)
-
-
 def height_distribution(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Wasserstein-1 distance between each tile's predicted and true height distributions.
 
@@ -100,9 +92,7 @@ def generator_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights,
     if w.scale_invariant:
         terms["scale_invariant"] = scale_invariant(pred, target)
     if w.distribution:
-        side = w.distribution_window
-        terms["distribution"] = (height_distribution(windows(pred, side), windows(target, side))
-                                 if side else height_distribution(pred, target))
+        terms["distribution"] = height_distribution(pred, target)
     if fake_logits is not None and w.adversarial:
         # Least-squares GAN: the generator wants its pairs judged real (1).
         terms["adversarial"] = F.mse_loss(fake_logits, torch.ones_like(fake_logits))

@@ -56,7 +56,6 @@ class TrainConfig:
     scale_invariant: float = 0.0
     histogram_bins: int = 0
     distribution: float = 0.0
-    distribution_window: int = 0
     gan: bool = False
     adversarial: float = 0.05
     d_lr: float = 2e-4
@@ -101,7 +100,6 @@ HELP = {
     "histogram_bins": "0 = off; else weight pixels by inverse frequency of |height| bins",
     "distribution": "weight of the distance between each tile's height distributions "
                     "(right relief and skew)",
-    "distribution_window": "compare the distributions in windows of this side (0: whole tile)",
     "gan": "add the conditional PatchGAN adversarial loss",
     "adversarial": "weight of the adversarial term (with --gan)",
     "d_lr": "discriminator learning rate",
@@ -203,7 +201,7 @@ class Trainer:
         self.generator = Generator(config).to(self.device)
         self.weights = LossWeights(cfg.l1, cfg.gradient, cfg.scale_invariant,
                                    cfg.adversarial if cfg.gan else 0.0, cfg.histogram_bins,
-                                   cfg.distribution, cfg.distribution_window)
+                                   cfg.distribution)
         self.g_opt = torch.optim.AdamW(self.generator.parameters(), cfg.lr,
                                        weight_decay=cfg.weight_decay)
         self.disc = PatchDiscriminator(cfg.d_channels).to(self.device) if cfg.gan else None

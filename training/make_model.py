@@ -96,12 +96,14 @@ def _exported(recipe: dict) -> dict[str, str]:
 def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
     from training.export_onnx import main as export
 
-    for name, checkpoint in _exported(recipe).items():
+    exported = _exported(recipe)
+    for name, checkpoint in exported.items():
         if export([str(work / checkpoint), str(work / "onnx" / f"{name}.onnx"),
                    "--version", recipe["version"]]) != 0:
             raise RuntimeError(f"export of {checkpoint} failed")
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(work / "onnx" / f"{next(iter(_exported(recipe)))}.onnx", bundle)
+    shipped = next(iter(exported))
+    shutil.copyfile(work / "onnx" / f"{shipped}.onnx", bundle)
     print(f"bundled model: {bundle}")
 
 

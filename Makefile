@@ -6,7 +6,7 @@ ZIP := dist/$(PLUGIN)-$(VERSION).zip
 PY := .venv/bin/python
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: venv venv-train build zip test lint demo model bench clean
+.PHONY: venv venv-train build zip test lint demo model bench bench-training clean
 
 venv:
 	scripts/bootstrap.sh dev
@@ -55,6 +55,10 @@ model: venv-train
 bench: venv build
 	PYTHONPATH=build $(PY) -m bench.throughput
 	PYTHONPATH=build $(PY) -m bench.memory
+
+# Training steps per second on the CPU (and a GPU, if there is one).
+bench-training: venv-train
+	$(PY) -m bench.training
 
 clean:
 	rm -rf build dist out .pytest_cache

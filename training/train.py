@@ -350,7 +350,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
         self.prior_steps = state.get("prior_steps", 0)
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())  # loaded onto the GPU with the rest
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["random"])
 

@@ -96,7 +96,7 @@ def test_ddp_on_cpu_with_two_processes(pool, tmp_path):
                "-m", "training.train", "--data", str(pool), "--out", str(tmp_path),
                "--patch-size", "64", "--batch-size", "2", "--steps", "3", "--channels",
                "4,8,16", "--threads", "1", "--gan", "true", "--checkpoint-every", "3"]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": ""}  # gloo, on CPU
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

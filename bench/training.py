@@ -1,0 +1,121 @@
+"""Training speed: optimiser steps per second on each device, against the CPU in the same run.
+
+    python -m bench.training [--recipe training/configs/quick.json] [--batch-size 16]
+
+Each variant runs in its own process (an empty CUDA_VISIBLE_DEVICES hides any GPU from the
+CPU baseline) and times ``Trainer.train_step`` on one fixed batch of rendered patches after
+warm-up steps, with the recipe's network, patch size and losses: data loading is left out.
+The rate at which one process renders training patches is printed beside it, to size the
+DataLoader workers that keep a device busy (steps/s x batch / patches/s per worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = {  # name: (hide the GPU, mixed precision)
+    "cpu": (True, False),
+    "cuda fp32": (False, False),
+    "cuda amp": (False, True),
+}
+
+
+def steps_per_second(options: dict, warmup: int, steps: int) -> float:
+    import torch
+
+    from training.train import TrainConfig, Trainer
+
+    trainer = Trainer(TrainConfig(**options))
+    image, height = next(trainer.batches())
+    for _ in range(warmup):
+        trainer.train_step(image, height)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(image, height)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - started)
+
+
+def render_rate(size: int, count: int = 8) -> float:
+    """Training patches rendered per second by one process (synthetic terrain)."""
+    import numpy as np
+
+    from training.data import SyntheticPatches
+
+    source, rng = SyntheticPatches(size), np.random.default_rng(0)
+    started = time.perf_counter()
+    for _ in range(count):
+        source.raw(rng)
+    return count / (time.perf_counter() - started)
+
+
+def child(variant: str, options: dict, warmup: int, steps: int) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    hide_gpu, amp = VARIANTS[variant]
+    if hide_gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    code = ("import json, sys; from bench.training import steps_per_second; "
+            "a = json.loads(sys.argv[1]); "
+            "print(json.dumps(steps_per_second(a['options'], a['warmup'], a['steps'])))")
+    payload = json.dumps({"options": {**options, "amp": amp}, "warmup": warmup, "steps": steps})
+    result = subprocess.run([sys.executable, "-c", code, payload], env=env, text=True,
+                            capture_output=True)
+    if result.returncode:
+        return {"error": result.stderr.strip().splitlines()[-1]}
+    return {"steps_per_s": float(result.stdout.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=Path("training/configs/quick.json"))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (CPU: a quarter)")
+    parser.add_argument("--gan", action="store_true", help="with the PatchGAN discriminator")
+    args = parser.parse_args()
+
+    import torch
+
+    from training.data import SyntheticPatches, write_pool
+
+    train = json.loads(args.recipe.read_text())["train"]
+    keys = ("patch_size", "lr", "l1", "gradient", "input_scaling", "norm_mean", "norm_std",
+            "shading_prior", "canonical_azimuth", "azimuth_jitter")
+    size = train["patch_size"]
+    print(f"rendering: {render_rate(size):.1f} patches of {size} px per second per process")
+    variants = list(VARIANTS) if torch.cuda.is_available() else ["cpu"]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pool([(SyntheticPatches(size), args.batch_size)], tmp, seed=0)
+        options = {**{k: train[k] for k in keys}, "data": tmp, "out": str(Path(tmp) / "run"),
+                   "batch_size": args.batch_size, "threads": os.cpu_count() or 1,
+                   "gan": args.gan, "checkpoint_every": 10**9, "val_every": 10**9}
+        rows = {}
+        for name in variants:
+            steps = max(2, args.steps // 4) if name == "cpu" else args.steps
+            rows[name] = child(name, options, args.warmup, steps)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    print(f"\n{size} px patches, batch {args.batch_size}, GAN {args.gan}; {device}, "
+          f"{os.cpu_count()} CPU threads\n")
+    print("| variant | steps/s | patches/s | vs cpu |\n|---|---|---|---|")
+    base = rows["cpu"].get("steps_per_s")
+    for name, row in rows.items():
+        if "error" in row:
+            print(f"| {name} | failed: {row['error']} | | |")
+            continue
+        rate = row["steps_per_s"]
+        ratio = f"{rate / base:.1f}x" if base else "-"
+        print(f"| {name} | {rate:.2f} | {rate * args.batch_size:.0f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

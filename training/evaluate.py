@@ -17,7 +17,9 @@ Metrics per evaluation tile, with each tile's mean removed from prediction and t
 averaged over tiles: RMSE and MAE (m), mean absolute slope error (degrees), the share of
 pixels whose depth below the tile's highest point is within a factor 1.25^k of the truth, and
 the relief ratio (standard deviation of the prediction over the truth's: 1 is the right relief)
-and the detail ratio (the same for what a 4-pixel Gaussian smooths away: 1 is the right roughness).
+and the detail ratio (the same for what a 4-pixel Gaussian smooths away: 1 is the right roughness);
+and the RMSE split in two: the error's best-fit plane over the tile (tilt) and the rest
+(detrended). The flat row's two values are the truth's tilt and its relief beyond the tilt.
 Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland).
 """
 
@@ -61,11 +63,29 @@ def tile_metrics(pred: np.ndarray, truth: np.ndarray, pixel_size_m: float,
     inner[1:-1, 1:-1] &= valid[:-2, 1:-1] & valid[2:, 1:-1] & valid[1:-1, :-2] & valid[1:-1, 2:]
     inner[[0, -1], :], inner[:, [0, -1]] = False, False
     slope_error = np.abs(slope_deg(p, pixel_size_m) - slope_deg(t, pixel_size_m))[inner]
-    return {"rmse_m": float(np.sqrt(np.mean(error**2))), "mae_m": float(np.mean(np.abs(error))),
+    # The error split into the tile's best-fit plane (its overall tilt) and what is left:
+    # the two are orthogonal, so rmse² = tilt_rmse² + detrended_rmse².
+    tilt_error = _plane(p - t, valid)
+    return {"rmse_m": _rms(error), "mae_m": float(np.mean(np.abs(error))),
             "slope_err_deg": float(slope_error.mean()) if slope_error.size else math.nan,
             **depth_deltas(p, t, valid),
             "relief_ratio": _std_ratio(p, t, valid),
-            "detail_ratio": _std_ratio(p - _smooth(p), t - _smooth(t), valid)}
+            "detail_ratio": _std_ratio(p - _smooth(p), t - _smooth(t), valid),
+            "tilt_rmse_m": _rms(tilt_error[valid]),
+            "detrended_rmse_m": _rms(error - tilt_error[valid])}
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(values**2)))
+
+
+def _plane(height: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The least-squares plane a + b·column + c·row through the valid pixels."""
+    rows, cols = np.nonzero(valid)
+    design = np.column_stack([np.ones(rows.size), cols, rows]).astype(np.float64)
+    coefficients, *_ = np.linalg.lstsq(design, height[valid], rcond=None)
+    rr, cc = np.indices(height.shape)
+    return coefficients[0] + coefficients[1] * cc + coefficients[2] * rr
 
 
 def _smooth(height: np.ndarray) -> np.ndarray:
@@ -328,7 +348,9 @@ TEST_SETS: dict[str, Callable[[Path, int], list[Scene]]] = {
 # -- report --------------------------------------------------------------------------------
 COLUMNS = {"rmse_m": "RMSE (m)", "mae_m": "MAE (m)", "slope_err_deg": "slope err (°)",
            "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³",
-           "relief_ratio": "relief ratio", "detail_ratio": "detail ratio", "tiles": "tiles",
+           "relief_ratio": "relief ratio", "detail_ratio": "detail ratio",
+           "tilt_rmse_m": "tilt RMSE (m)", "detrended_rmse_m": "detrended RMSE (m)",
+           "tiles": "tiles",
            "reshade_r": "re-shading r", "mean_slope_deg": "mean slope (°)"}
 SET_TITLES = {"synthetic": "Held-out synthetic scenes", "louth": "Louth crater (real HiRISE "
               "DTM, held-out rows, rendered)", "karoo": "Karoo (real QuickBird 8 m image, "
@@ -421,7 +443,9 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
              "Heights are compared per evaluation tile after removing each tile's mean; "
              "metrics are averaged over tiles (RMSE, MAE in metres; slope error in degrees; "
              "δ on depth below the tile's highest point; relief ratio: standard deviation "
-             "of the prediction over the truth's). `flat` is the mean surface, `sfs` "
+             "of the prediction over the truth's; tilt and detrended RMSE: the error's "
+             "best-fit plane over the tile and the rest, so that RMSE² is the sum of their "
+             "squares). `flat` is the mean surface, `sfs` "
              "linear Fourier-domain shape from shading given the true sun azimuth and "
              "elevation. Models run through the plugin's engine.", ""]
     for set_name, metrics in results["sets"].items():

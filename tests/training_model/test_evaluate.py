@@ -32,6 +32,21 @@ def test_tile_metrics_match_hand_computed_values():
     assert m["relief_ratio"] == pytest.approx(1.5)
 
 
+def test_rmse_splits_into_the_tilt_and_the_rest():
+    y, x = np.mgrid[:64, :64].astype(float)
+    bumps = np.cos(x * 2 * np.pi / 16) * np.cos(y * 2 * np.pi / 16)  # no tilt over the tile
+    truth = 0.5 * x - 0.25 * y + bumps
+    tilt_only = tile_metrics(0.5 * x - 0.25 * y, truth, 1.0)  # misses the bumps only
+    assert tilt_only["tilt_rmse_m"] == pytest.approx(0.0, abs=1e-9)
+    assert tilt_only["detrended_rmse_m"] == pytest.approx(bumps.std())
+    no_tilt = tile_metrics(bumps, truth, 1.0)  # misses the tilt only
+    assert no_tilt["detrended_rmse_m"] == pytest.approx(0.0, abs=1e-9)
+    assert no_tilt["tilt_rmse_m"] == pytest.approx((0.5 * x - 0.25 * y).std())
+    noisy = tile_metrics(np.random.default_rng(2).normal(size=x.shape), truth, 1.0)
+    assert noisy["rmse_m"] ** 2 == pytest.approx(
+        noisy["tilt_rmse_m"] ** 2 + noisy["detrended_rmse_m"] ** 2)
+
+
 def test_pixel_size_scales_slopes_not_heights():
     m = tile_metrics(_ramp(2.0), _ramp(2.0) * 0, pixel_size_m=2.0)
     assert m["slope_err_deg"] == pytest.approx(45.0)

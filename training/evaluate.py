@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 HIRISE_ASSUMED_SUN = (270.0, 40.0)
 BASELINES = ("flat", "sfs")
+TILT_SUFFIX = "+true scene tilt"
 DETAIL_SIGMA_PX = 4.0
 """The detail ratio compares what a Gaussian of this many truth pixels smooths away."""
 
@@ -79,13 +80,19 @@ def _rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(values**2)))
 
 
-def _plane(height: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """The least-squares plane a + b·column + c·row through the valid pixels."""
+def plane_fit(height: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Coefficients (a, b, c) of the least-squares plane a + b·column + c·row through the valid
+    pixels."""
     rows, cols = np.nonzero(valid)
     design = np.column_stack([np.ones(rows.size), cols, rows]).astype(np.float64)
     coefficients, *_ = np.linalg.lstsq(design, height[valid], rcond=None)
-    rr, cc = np.indices(height.shape)
-    return coefficients[0] + coefficients[1] * cc + coefficients[2] * rr
+    return coefficients
+
+
+def _plane(height: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    a, b, c = plane_fit(height, valid)
+    rows, cols = np.indices(height.shape)
+    return a + b * cols + c * rows
 
 
 def _smooth(height: np.ndarray) -> np.ndarray:
@@ -506,6 +513,22 @@ def score(scene: Scene, heights: np.ndarray) -> dict[str, float]:
         if rows else {"tiles": 0}
 
 
+def with_true_scene_tilt(heights: np.ndarray, scene: Scene) -> np.ndarray:
+    """``heights`` with their best-fit plane over the whole scene swapped for the truth's.
+
+    A control, not a method: a tilt shared by the whole scene changes every pixel's brightness
+    alike, so no method sees it once the image is scaled by its own mean; this row shows what
+    each method gets right apart from it.
+    """
+    truth_valid = np.isfinite(scene.truth) & scene.notes.get("truth_valid", True)
+    pred = block_mean(np.where(scene.valid, heights, np.nan), scene.factor)
+    fitted = truth_valid & np.isfinite(pred)
+    a, b, c = plane_fit(scene.truth, fitted) - plane_fit(pred, fitted)
+    # Image pixel (row, col) lies at ((row, col) - (factor - 1) / 2) / factor on the truth grid.
+    rows, cols = (np.indices(heights.shape) - (scene.factor - 1) / 2) / scene.factor
+    return heights + a + b * cols + c * rows
+
+
 def average(rows: list[dict]) -> dict[str, float]:
     """Mean over scenes, weighting metrics by each scene's number of tiles."""
     keys = [k for k in rows[0] if k != "tiles"] if rows else []
@@ -518,15 +541,20 @@ def average(rows: list[dict]) -> dict[str, float]:
 
 
 def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
-             sets: list[str], speed: bool = True, roughness_px: float = 0.0) -> dict:
+             sets: list[str], speed: bool = True, roughness_px: float = 0.0,
+             tilt_control: bool = False) -> dict:
     """All metrics: {set: {method: averaged metrics}} plus per-scene details and figures.
 
     ``roughness_px`` > 0 adds a control row: the first model's heights plus white noise of
     that many pixel sizes (seeded), to show which metrics reward mere roughness.
+    ``tilt_control`` adds rows for the first model and both baselines with the true scene
+    tilt (``with_true_scene_tilt``) on the sets with truth.
     """
     first = next(iter(models))
     control = f"{first}+noise{roughness_px:g}px" if roughness_px > 0 else None
-    results: dict = {"sets": {}, "notes": {}, "speed": {}, "controls": [control] if control else []}
+    tilted = [first, *BASELINES] if tilt_control else []
+    controls = ([control] if control else []) + [f"{name}{TILT_SUFFIX}" for name in tilted]
+    results: dict = {"sets": {}, "notes": {}, "speed": {}, "controls": controls}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         for set_name in sets:
@@ -550,6 +578,9 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                     rng = np.random.default_rng([seed, index])
                     noise = rng.normal(0.0, roughness_px * scene.pixel_size_m, row[first].shape)
                     by_method.setdefault(control, []).append(score(scene, row[first] + noise))
+                for name in tilted if scene.truth is not None else []:
+                    swapped = with_true_scene_tilt(row[name], scene)
+                    by_method.setdefault(f"{name}{TILT_SUFFIX}", []).append(score(scene, swapped))
                 figure_rows.append(row)
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
             results["notes"][set_name] = _set_note(scenes)
@@ -622,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the throughput measurement (a 2048 x 2048 scene)")
     parser.add_argument("--roughness-control", type=float, default=0.0, metavar="PX",
                         help="also score the first model plus white noise of PX pixel sizes")
+    parser.add_argument("--tilt-control", action="store_true",
+                        help="also score the first model and the baselines with each scene's "
+                             "tilt taken from the truth (what no method can see)")
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     try:
@@ -633,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
-                       not args.no_speed, args.roughness_control)
+                       not args.no_speed, args.roughness_control, args.tilt_control)
     (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     command = " ".join(sys.argv[1:] if argv is None else argv)
     path = write_report(results, list(models), Path(args.out), command)

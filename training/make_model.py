@@ -121,6 +121,8 @@ def stage_evaluate(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
         args.append("--no-speed")
     if options.get("roughness_control"):
         args += ["--roughness-control", str(options["roughness_control"])]
+    if options.get("tilt_control"):
+        args.append("--tilt-control")
     if evaluate(args) != 0:
         raise RuntimeError("evaluation failed")
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from training.evaluate import (
+    Scene,
     average,
     block_mean,
     estimate_sun,
@@ -13,6 +14,7 @@ from training.evaluate import (
     reshading_correlation,
     sfs_fourier,
     tile_metrics,
+    with_true_scene_tilt,
 )
 from training.synth import cos_incidence
 
@@ -45,6 +47,20 @@ def test_rmse_splits_into_the_tilt_and_the_rest():
     noisy = tile_metrics(np.random.default_rng(2).normal(size=x.shape), truth, 1.0)
     assert noisy["rmse_m"] ** 2 == pytest.approx(
         noisy["tilt_rmse_m"] ** 2 + noisy["detrended_rmse_m"] ** 2)
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_the_tilt_control_takes_the_whole_scene_tilt_from_the_truth(tmp_path, factor):
+    y, x = np.mgrid[:24, :36].astype(float)
+    bumps = np.sin(x / 3.0) * np.cos(y / 4.0)
+    truth = 5.0 + 0.4 * x - 0.7 * y + bumps  # on the truth grid
+    own_tilt = 0.1 * np.indices((24 * factor, 36 * factor))[1] - 3.0
+    heights = np.kron(bumps, np.ones((factor, factor))) + own_tilt  # on the image grid
+    scene = Scene("s", tmp_path / "s.tif", heights, np.ones(heights.shape, bool), 1.0,
+                  (270.0, 30.0), truth=truth, truth_pixel_m=float(factor), factor=factor)
+    swapped = block_mean(with_true_scene_tilt(heights, scene), factor)
+    np.testing.assert_allclose(swapped, truth, atol=1e-9)  # own tilt out, the truth's in
+    assert np.abs(block_mean(heights, factor) - truth).max() > 10  # before: far off
 
 
 def test_pixel_size_scales_slopes_not_heights():

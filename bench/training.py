@@ -12,6 +12,7 @@ DataLoader workers that keep a device busy (steps/s x batch / patches/s per work
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -71,7 +72,8 @@ def child(variant: str, options: dict, warmup: int, steps: int) -> dict:
     result = subprocess.run([sys.executable, "-c", code, payload], env=env, text=True,
                             capture_output=True)
     if result.returncode:
-        return {"error": result.stderr.strip().splitlines()[-1]}
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        return {"error": lines[-1]}
     return {"steps_per_s": float(result.stdout.strip().splitlines()[-1])}
 
 
@@ -87,18 +89,19 @@ def main() -> None:
     import torch
 
     from training.data import SyntheticPatches, write_pool
+    from training.train import TrainConfig
 
-    train = json.loads(args.recipe.read_text())["train"]
-    keys = ("patch_size", "lr", "l1", "gradient", "input_scaling", "norm_mean", "norm_std",
-            "shading_prior", "canonical_azimuth", "azimuth_jitter")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train = {k: v for k, v in json.loads(args.recipe.read_text())["train"].items()
+             if k in fields}
     size = train["patch_size"]
     print(f"rendering: {render_rate(size):.1f} patches of {size} px per second per process")
     variants = list(VARIANTS) if torch.cuda.is_available() else ["cpu"]
     with tempfile.TemporaryDirectory() as tmp:
         write_pool([(SyntheticPatches(size), args.batch_size)], tmp, seed=0)
-        options = {**{k: train[k] for k in keys}, "data": tmp, "out": str(Path(tmp) / "run"),
+        options = {**train, "data": tmp, "out": str(Path(tmp) / "run"), "workers": 0,
                    "batch_size": args.batch_size, "threads": os.cpu_count() or 1,
-                   "gan": args.gan, "checkpoint_every": 10**9, "val_every": 10**9}
+                   "gan": args.gan}
         rows = {}
         for name in variants:
             steps = max(2, args.steps // 4) if name == "cpu" else args.steps

@@ -19,7 +19,8 @@ pixels whose depth below the tile's highest point is within a factor 1.25^k of t
 the relief ratio (standard deviation of the prediction over the truth's: 1 is the right relief)
 and the detail ratio (the same for what a 4-pixel Gaussian smooths away: 1 is the right roughness);
 and the RMSE split in two: the error's best-fit plane over the tile (tilt) and the rest
-(detrended). The flat row's two values are the truth's tilt and its relief beyond the tilt.
+(detrended), whose squares add up in each tile. The flat row's two values are the truth's tilt
+and its relief beyond the tilt.
 Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland).
 """
 
@@ -451,8 +452,8 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
              "metrics are averaged over tiles (RMSE, MAE in metres; slope error in degrees; "
              "δ on depth below the tile's highest point; relief ratio: standard deviation "
              "of the prediction over the truth's; tilt and detrended RMSE: the error's "
-             "best-fit plane over the tile and the rest, so that RMSE² is the sum of their "
-             "squares). `flat` is the mean surface, `sfs` "
+             "best-fit plane over the tile and the rest; in each tile RMSE² is the sum of "
+             "their squares). `flat` is the mean surface, `sfs` "
              "linear Fourier-domain shape from shading given the true sun azimuth and "
              "elevation. Models run through the plugin's engine.", ""]
     for set_name, metrics in results["sets"].items():
@@ -517,8 +518,8 @@ def with_true_scene_tilt(heights: np.ndarray, scene: Scene) -> np.ndarray:
     """``heights`` with their best-fit plane over the whole scene swapped for the truth's.
 
     A control, not a method: a tilt shared by the whole scene changes every pixel's brightness
-    alike, so no method sees it once the image is scaled by its own mean; this row shows what
-    each method gets right apart from it.
+    alike, so in an image scaled by its own mean it looks, to first order, like a brighter or
+    darker surface; this row shows what each method gets right apart from it.
     """
     truth_valid = np.isfinite(scene.truth) & scene.notes.get("truth_valid", True)
     pred = block_mean(np.where(scene.valid, heights, np.nan), scene.factor)

@@ -21,7 +21,7 @@ def test_the_recipe_runs_end_to_end(tmp_path):
                   "threads": 1, "val_every": 2, "checkpoint_every": 2},
         "ablation": {"stop_at": 2},
         "finetune": {"steps": 2, "lr": 0.001, "distribution": 1.0},
-        "evaluate": {"sets": ["gale"], "speed": False},
+        "evaluate": {"sets": ["gale"], "speed": False, "tilt_control": True},
     }
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(recipe))
@@ -33,8 +33,12 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     assert contract.version == "0.0.1" and contract.extra["marsdtm:training_steps"] == 4 + 2
     assert bundle.read_bytes() == (tmp_path / "work" / "onnx" / "finetune.onnx").read_bytes()
     report = (tmp_path / "work" / "eval" / "report.md").read_text()
-    for row in ("| finetune |", "| main |", "| nogan_2 |", "| gan_2 |", "| flat |", "| sfs |"):
+    for row in ("| finetune |", "| main |", "| nogan_2 |", "| gan_2 |", "| flat |", "| sfs |",
+                "| finetune+true scene tilt |", "| sfs+true scene tilt |"):
         assert row in report
+    # Gale is one evaluation tile: given the scene's tilt, no tilt error is left.
+    gale = json.loads((tmp_path / "work" / "eval" / "metrics.json").read_text())["sets"]["gale"]
+    assert gale["sfs+true scene tilt"]["tilt_rmse_m"] < 1e-3 < gale["sfs"]["tilt_rmse_m"]
     # Deterministic: the same recipe again gives the same pool and the same weights.
     again = tmp_path / "again"
     assert main(["--recipe", str(path), "--work", str(again), "--stages", "data,train"]) == 0

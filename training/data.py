@@ -236,13 +236,15 @@ class ShardPatches(IterableDataset):
     def __init__(self, paths: Sequence[str | os.PathLike], seed: int = 0,
                  norm: Normalisation | None = None, canonical_azimuth: float = 270.0,
                  shuffle_buffer: int = 256, augment: bool = True, size: int = 128,
-                 azimuth_tolerance: float = 15.0, mean_jitter: float = 0.0) -> None:
+                 azimuth_tolerance: float = 15.0, mean_jitter: float = 0.0,
+                 scene_mean: bool = False) -> None:
         self.paths = [str(p) for p in paths]
         if not self.paths:
             raise ValueError("no shard files to read")
         self.seed, self.norm, self.canonical = seed, norm or Normalisation(), canonical_azimuth
         self.shuffle_buffer, self.augment, self.epoch = shuffle_buffer, augment, 0
         self.size, self.tolerance, self.mean_jitter = size, azimuth_tolerance, mean_jitter
+        self.scene_mean = scene_mean
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -281,14 +283,20 @@ class ShardPatches(IterableDataset):
             image, height = to_canonical(image, height, sun, self.canonical)
         if min(image.shape) < self.size:
             return None  # too small for a training patch once turned
+        whole_mean = float(image.mean())
         image, height = self._crop(image, height, rng)
+        # mean_ratio: the engine divides each tile by its scene's mean, not the tile's own;
+        # a crop of a larger pool patch can be scaled the same way (before the stretch below).
+        level = whole_mean / max(float(image.mean()), 1e-6) if self.scene_mean else 1.0
         if self.augment:
             if rng.random() < 0.5:
                 image, height = image[::-1], height[::-1]
             image = self._restretch(image, rng)
         jitter = self.mean_jitter if self.augment else 0.0
+        if jitter:
+            level *= float(rng.uniform(1 - jitter, 1 + jitter))
         x, y = to_sample(np.ascontiguousarray(image), np.ascontiguousarray(height), patch.meta,
-                         self.norm, float(rng.uniform(1 - jitter, 1 + jitter)) if jitter else 1.0)
+                         self.norm, level)
         if self.augment:
             # The engine maps by scene statistics, never exactly the patch's own.
             shift = 0.2 if self.norm.scaling == "percentile" else 0.05

@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score the first model plus white noise of PX pixel sizes")
     parser.add_argument("--tilt-control", action="store_true",
                         help="also score the first model and the baselines with each scene's "
-                             "tilt taken from the truth (what no method can see)")
+                             "tilt taken from the truth (which a mean-scaled image does not show)")
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     try:

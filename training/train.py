@@ -75,6 +75,7 @@ class TrainConfig:
     azimuth_jitter: float = 10.0
     input_scaling: str = "percentile"
     mean_jitter: float = 0.0
+    scene_mean: bool = False
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
     norm_mean: float = 0.5
     norm_std: float = 0.25
@@ -121,6 +122,8 @@ HELP = {
                      "((I / mean - 1) * tan(sun elevation): keeps the image's contrast)",
     "mean_jitter": "mean_ratio: scale each patch's mean by a random factor in 1 +- this, as "
                    "the scene mean the engine uses differs from a patch's own",
+    "scene_mean": "mean_ratio: scale each training crop by the mean of the whole pool patch it "
+                  "is cut from, as the engine scales each tile by its scene's mean",
     "percentiles": "input percentiles mapped to 0 and 1 (percentile scaling)",
     "norm_mean": "standardisation mean after the scaling",
     "norm_std": "standardisation std after the scaling",
@@ -185,7 +188,8 @@ def make_dataset(spec: str, cfg: TrainConfig, seed: int, augment: bool = True) -
     if spec.startswith("dem:"):
         return DemShapePatches(load_dem_shapes(spec[4:]), cfg.patch_size, seed, sun, norm)
     return ShardPatches(list_shards(spec), seed, norm, cfg.canonical_azimuth, augment=augment,
-                        size=cfg.patch_size, mean_jitter=cfg.mean_jitter)
+                        size=cfg.patch_size, mean_jitter=cfg.mean_jitter,
+                        scene_mean=cfg.scene_mean)
 
 
 class Trainer:

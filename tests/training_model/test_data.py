@@ -8,6 +8,7 @@ from training.data import (
     pixel_size_metres,
     to_canonical,
 )
+from training.shards import Patch
 from training.synth import cos_incidence
 
 
@@ -40,6 +41,21 @@ def test_mean_ratio_normalisation_is_the_linearised_slope_toward_the_sun():
     # A level twice the patch's mean (a patch darker than its scene): ratios halve, minus one.
     darker = Normalisation(mean=0.0, std=0.5, scaling="mean_ratio").apply(image, 60.0, 2.0)
     np.testing.assert_allclose(darker, (image / 200.0 - 1) * np.sqrt(3) / 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scene_mean", [False, True])
+def test_a_crop_can_be_scaled_by_the_mean_of_its_whole_patch(pool, scene_mean):
+    image = np.full((128, 128), 100.0, np.float32)
+    image[32:96, 32:96] = 150.0  # the centre crop is brighter than the patch around it
+    meta = {"sun_azimuth_deg": 270.0, "sun_elevation_deg": 45.0, "pixel_size_m": 1.0}
+    patch = Patch("p", image, np.zeros_like(image), meta)
+    norm = Normalisation(mean=0.0, std=0.5, scaling="mean_ratio")
+    data = ShardPatches(list_shards(pool), norm=norm, augment=False, size=64,
+                        scene_mean=scene_mean)
+    x, _ = data._sample(patch, np.random.default_rng(0))
+    whole = (150.0 * 64**2 + 100.0 * (128**2 - 64**2)) / 128**2  # 112.5
+    expected = (150.0 / whole - 1.0) / 0.5 if scene_mean else 0.0  # tan(45°) = 1
+    np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
 
 
 def test_ranks_read_disjoint_shares_of_the_shards(pool, monkeypatch):

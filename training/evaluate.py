@@ -43,6 +43,7 @@ SHARED = ROOT.parent / "shared" / "data"
 HIRISE_ASSUMED_SUN = (270.0, 40.0)
 BASELINES = ("flat", "sfs")
 TILT_SUFFIX = "+true scene tilt"
+DETILTED_TRUTH = "truth-scene tilt"
 DETAIL_SIGMA_PX = 4.0
 """The detail ratio compares what a Gaussian of this many truth pixels smooths away."""
 
@@ -456,6 +457,11 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
              "their squares). `flat` is the mean surface, `sfs` "
              "linear Fourier-domain shape from shading given the true sun azimuth and "
              "elevation. Models run through the plugin's engine.", ""]
+    if DETILTED_TRUTH in order:
+        lines += [f"`{DETILTED_TRUTH}` is the truth less its best-fit plane over the whole "
+                  "scene: what a method right about everything but that tilt would score. "
+                  f"`{TILT_SUFFIX}` rows swap a method's own plane over the scene for the "
+                  "truth's.", ""]
     for set_name, metrics in results["sets"].items():
         lines += [f"## {SET_TITLES[set_name]}", "", results["notes"].get(set_name, ""), "",
                   table(metrics, order), "", f"![{set_name}]({set_name}.png)", ""]
@@ -507,11 +513,21 @@ def score(scene: Scene, heights: np.ndarray) -> dict[str, float]:
         return {"reshade_r": reshading_correlation(scene.image, heights, scene.pixel_size_m,
                                                    *scene.sun, scene.valid),
                 "mean_slope_deg": float(np.nanmean(slope_deg(heights, scene.pixel_size_m)))}
-    pred = block_mean(heights, scene.factor)
+    return score_on_truth_grid(scene, block_mean(heights, scene.factor))
+
+
+def score_on_truth_grid(scene: Scene, pred: np.ndarray) -> dict[str, float]:
     valid = scene.notes.get("truth_valid", np.isfinite(pred))
     rows = scene_metrics(pred, scene.truth, scene.truth_pixel_m, scene.tile, valid)
     return {"tiles": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]}} \
         if rows else {"tiles": 0}
+
+
+def truth_without_scene_tilt(scene: Scene) -> np.ndarray:
+    """The truth less its best-fit plane over the whole scene: what a method that is right
+    about everything but the scene's tilt, which the image does not show, would return."""
+    valid = np.isfinite(scene.truth) & scene.notes.get("truth_valid", True)
+    return scene.truth - _plane(scene.truth, valid)
 
 
 def with_true_scene_tilt(heights: np.ndarray, scene: Scene) -> np.ndarray:
@@ -549,12 +565,14 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
     ``roughness_px`` > 0 adds a control row: the first model's heights plus white noise of
     that many pixel sizes (seeded), to show which metrics reward mere roughness.
     ``tilt_control`` adds rows for the first model and both baselines with the true scene
-    tilt (``with_true_scene_tilt``) on the sets with truth.
+    tilt (``with_true_scene_tilt``) on the sets with truth, and one for the truth without its
+    scene tilt (``truth_without_scene_tilt``): what being right but for that tilt scores.
     """
     first = next(iter(models))
     control = f"{first}+noise{roughness_px:g}px" if roughness_px > 0 else None
     tilted = [first, *BASELINES] if tilt_control else []
-    controls = ([control] if control else []) + [f"{name}{TILT_SUFFIX}" for name in tilted]
+    controls = ([control] if control else []) + [f"{name}{TILT_SUFFIX}" for name in tilted] \
+        + ([DETILTED_TRUTH] if tilt_control else [])
     results: dict = {"sets": {}, "notes": {}, "speed": {}, "controls": controls}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
@@ -582,6 +600,9 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 for name in tilted if scene.truth is not None else []:
                     swapped = with_true_scene_tilt(row[name], scene)
                     by_method.setdefault(f"{name}{TILT_SUFFIX}", []).append(score(scene, swapped))
+                if tilt_control and scene.truth is not None:
+                    by_method.setdefault(DETILTED_TRUTH, []).append(
+                        score_on_truth_grid(scene, truth_without_scene_tilt(scene)))
                 figure_rows.append(row)
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
             results["notes"][set_name] = _set_note(scenes)
@@ -656,7 +677,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score the first model plus white noise of PX pixel sizes")
     parser.add_argument("--tilt-control", action="store_true",
                         help="also score the first model and the baselines with each scene's "
-                             "tilt taken from the truth (which a mean-scaled image does not show)")
+                             "tilt taken from the truth (which a mean-scaled image does not show), "
+                             "and the truth without that tilt")
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     try:

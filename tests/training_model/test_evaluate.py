@@ -14,6 +14,7 @@ from training.evaluate import (
     reshading_correlation,
     sfs_fourier,
     tile_metrics,
+    truth_without_scene_tilt,
     with_true_scene_tilt,
 )
 from training.synth import cos_incidence
@@ -61,6 +62,15 @@ def test_the_tilt_control_takes_the_whole_scene_tilt_from_the_truth(tmp_path, fa
     swapped = block_mean(with_true_scene_tilt(heights, scene), factor)
     np.testing.assert_allclose(swapped, truth, atol=1e-9)  # own tilt out, the truth's in
     assert np.abs(block_mean(heights, factor) - truth).max() > 10  # before: far off
+
+
+def test_the_truth_without_its_scene_tilt_keeps_all_but_the_plane(tmp_path):
+    y, x = np.mgrid[:32, :32].astype(float)
+    bumps = np.cos(x * 2 * np.pi / 16) * np.cos(y * 2 * np.pi / 16)  # no plane over the scene
+    truth = 5.0 + 0.4 * x - 0.7 * y + bumps
+    scene = Scene("s", tmp_path / "s.tif", truth, np.ones(truth.shape, bool), 1.0,
+                  (270.0, 30.0), truth=truth, truth_pixel_m=1.0)
+    np.testing.assert_allclose(truth_without_scene_tilt(scene), bumps, atol=1e-9)
 
 
 def test_pixel_size_scales_slopes_not_heights():

@@ -34,11 +34,14 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     assert bundle.read_bytes() == (tmp_path / "work" / "onnx" / "finetune.onnx").read_bytes()
     report = (tmp_path / "work" / "eval" / "report.md").read_text()
     for row in ("| finetune |", "| main |", "| nogan_2 |", "| gan_2 |", "| flat |", "| sfs |",
-                "| finetune+true scene tilt |", "| sfs+true scene tilt |"):
+                "| finetune+true scene tilt |", "| sfs+true scene tilt |",
+                "| truth-scene tilt |"):
         assert row in report
     # Gale is one evaluation tile: given the scene's tilt, no tilt error is left.
     gale = json.loads((tmp_path / "work" / "eval" / "metrics.json").read_text())["sets"]["gale"]
     assert gale["sfs+true scene tilt"]["tilt_rmse_m"] < 1e-3 < gale["sfs"]["tilt_rmse_m"]
+    # and the truth without that tilt is the truth less the tile's plane: it has no detail error.
+    assert gale["truth-scene tilt"]["detrended_rmse_m"] < 1e-3 < gale["truth-scene tilt"]["rmse_m"]
     # Deterministic: the same recipe again gives the same pool and the same weights.
     again = tmp_path / "again"
     assert main(["--recipe", str(path), "--work", str(again), "--stages", "data,train"]) == 0

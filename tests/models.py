@@ -6,6 +6,7 @@
   large vertical offset, as a monocular model does, so stitching must reconcile them;
 - ``ramp``: height = column index (rises to the right of the model's frame whatever the
   image), which shows where the engine's rotation puts the model's axes;
+- ``one_tile``: identity that fails on anything but one 64 px tile (a model error at run time);
 - ``conv``: one 3x3 convolution with seeded random weights (plumbing, speed).
 """
 
@@ -70,6 +71,9 @@ def _graph(kind: str, seed: int) -> tuple[list, list]:
             numpy_helper.from_array(np.array(3, np.int64), "axis"),
         ]
         return nodes, constants
+    if kind == "one_tile":  # identity through a reshape that takes exactly one 64 px tile
+        shape = numpy_helper.from_array(np.array([1, 1, 64, 64], np.int64), "one_tile_shape")
+        return [helper.make_node("Reshape", ["image", "one_tile_shape"], ["height"])], [shape]
     if kind == "conv":
         rng = np.random.default_rng(seed)
         weight = rng.normal(0, 0.3, (1, 1, 3, 3)).astype(np.float32)
@@ -81,10 +85,12 @@ def _graph(kind: str, seed: int) -> tuple[list, list]:
 
 
 def write_test_model(path: str | Path, kind: str = "identity", seed: int = 0,
-                     metadata: dict[str, str] | None = None, **contract) -> Path:
-    """Write a contract-carrying ONNX model; ``metadata`` replaces the contract's props."""
+                     metadata: dict[str, str] | None = None, dims: list | None = None,
+                     **contract) -> Path:
+    """Write a contract-carrying ONNX model; ``metadata`` replaces the contract's props;
+    ``dims``: the input and output shape (default: all dynamic but the channel)."""
     nodes, initializers = _graph(kind, seed)
-    dims = ["batch", 1, "height_px", "width_px"]
+    dims = dims or ["batch", 1, "height_px", "width_px"]
     graph = helper.make_graph(
         nodes,
         f"test_{kind}",

@@ -7,6 +7,7 @@ the rest live under the ``marsdtm:`` namespace. See docs/model-contract.md.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -115,32 +116,45 @@ def parse_contract(props: Mapping[str, str], source: str = "the model") -> Model
     return contract
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _numbers(value: object, count: int) -> bool:
+    return isinstance(value, list) and len(value) == count and all(map(_is_number, value))
+
+
 def _check(c: ModelContract, source: str) -> None:
     def fail(key: str, why: str) -> None:
         raise DtmError(f"{source} has an invalid metadata key '{_key_of(key)}': {why}.")
 
     if c.model_type != "regression":
         fail("model_type", "expected \"regression\"")
+    if not isinstance(c.contract_version, int) or isinstance(c.contract_version, bool):
+        fail("contract_version", "expected an integer")
     if c.contract_version > CONTRACT_VERSION:
         fail("contract_version", f"this plugin reads contract version {CONTRACT_VERSION}")
-    if not isinstance(c.tile_size, int) or c.tile_size < 16:
+    if not isinstance(c.tile_size, int) or isinstance(c.tile_size, bool) or c.tile_size < 16:
         fail("tile_size", "expected an integer of at least 16")
-    if not 0 <= c.tiles_overlap < 50:
+    if not (_is_number(c.tiles_overlap) and 0 <= c.tiles_overlap < 50):
         fail("tiles_overlap", "expected a percentage from 0 to below 50")
-    if not c.resolution > 0:
+    if not (_is_number(c.resolution) and c.resolution > 0):
         fail("resolution", "expected a positive number of cm per pixel")
-    if len(c.standardization_mean) != 1 or len(c.standardization_std) != 1:
-        fail("standardization_mean", "expected one value per input channel (one channel)")
-    if not c.standardization_std[0] > 0:
-        fail("standardization_std", "expected a positive number")
+    if not _numbers(c.standardization_mean, 1):
+        fail("standardization_mean", "expected a list of one number (one input channel)")
+    if not (_numbers(c.standardization_std, 1) and c.standardization_std[0] > 0):
+        fail("standardization_std", "expected a list of one positive number")
     if c.height_units not in HEIGHT_UNITS:
         fail("height_units", f"expected one of {', '.join(HEIGHT_UNITS)}")
     if c.height_reference != "tile_mean":
         fail("height_reference", "expected \"tile_mean\"")
     if c.sun_mode not in SUN_MODES:
         fail("sun_mode", f"expected one of {', '.join(SUN_MODES)}")
+    if not _is_number(c.sun_azimuth):
+        fail("sun_azimuth", "expected a number of degrees")
     if c.input_scaling not in INPUT_SCALINGS:
         fail("input_scaling", f"expected one of {', '.join(INPUT_SCALINGS)}")
     lo_hi = c.input_percentiles
-    if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
+    if not (_numbers(lo_hi, 2) and 0 <= lo_hi[0] < lo_hi[1] <= 100):
         fail("input_percentiles", "expected [low, high] percentiles with low < high")

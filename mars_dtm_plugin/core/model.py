@@ -97,7 +97,7 @@ class Generator:
             raise DtmError(f"The model file '{self.path}' does not exist.")
         providers, self.provider_note = _choose_providers(ort, provider)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: errors reach the user as DtmError
         if threads:
             options.intra_op_num_threads = threads
         try:
@@ -121,19 +121,35 @@ class Generator:
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
             raise DtmError(f"The model '{self.path.name}' must have one input and one output "
                            "of shape [batch, 1, height, width].")
-        batch = inputs[0].shape[0]
+        batch, _, *side = inputs[0].shape
+        tile = self.contract.tile_size
+        if any(isinstance(n, int) and n != tile for n in side):
+            raise DtmError(f"The model '{self.path.name}' takes {side[0]} x {side[1]} px input, "
+                           f"but its metadata says tile_size {tile}.")
         return inputs[0].name, batch if isinstance(batch, int) else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Heights for a [N, H, W] batch of standardised tiles, as [N, H, W]."""
         x = batch[:, None].astype(np.float32, copy=False)
-        if self.max_batch is None or len(x) <= self.max_batch:
+        if self.max_batch is None:
             return self._run(x)
-        parts = [self._run(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        parts = [self._run_fixed(x[i : i + self.max_batch])
+                 for i in range(0, len(x), self.max_batch)]
         return np.concatenate(parts)
 
+    def _run_fixed(self, x: np.ndarray) -> np.ndarray:
+        """A model with a fixed batch size gets that many tiles: a short batch is padded."""
+        short = self.max_batch - len(x)
+        if short:
+            x = np.concatenate([x, np.zeros((short, *x.shape[1:]), np.float32)])
+        return self._run(x)[: len(x) - short]
+
     def _run(self, x: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input_name: x})
+        try:
+            (out,) = self.session.run(None, {self.input_name: x})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise DtmError(f"The model '{self.path.name}' failed on a batch of shape "
+                           f"{x.shape}: {str(exc).splitlines()[0]}") from exc
         if out.shape[0] != x.shape[0] or out.shape[-2:] != x.shape[-2:]:
             raise DtmError(f"The model '{self.path.name}' returned shape {out.shape} for input "
                            f"{x.shape}; it must return one height per pixel.")

@@ -92,6 +92,7 @@ class DtmWriter:
 
     def finish(self, statistics: tuple[float, float, float, float]) -> None:
         """Statistics, close, then rename into place."""
+        gdal.ErrorReset()
         try:
             self.band.SetStatistics(*statistics)
             self.band = None
@@ -99,12 +100,18 @@ class DtmWriter:
             self.dataset.FlushCache()
             self.dataset = None
         except RuntimeError as exc:
-            self.abort()
-            raise DtmError(f"Writing '{self.path.name}' failed (is the disk full?): {exc}") \
-                from exc
+            self._fail(str(exc))
+        # GDAL reports what fails while closing a file (the last blocks, the directory) but
+        # cannot raise it from there: a file closed that way is not renamed into place.
+        if gdal.GetLastErrorType() >= gdal.CE_Failure:
+            self._fail(gdal.GetLastErrorMsg())
         os.replace(self.partial, self.path)
         # Statistics GDAL or QGIS cached beside an earlier output would describe the old file.
         Path(f"{self.path}.aux.xml").unlink(missing_ok=True)
+
+    def _fail(self, why: str) -> None:
+        self.abort()
+        raise DtmError(f"Writing '{self.path.name}' failed (is the disk full?): {why}")
 
     def abort(self) -> None:
         """Drop the partial file: a failed or cancelled run leaves nothing behind."""
@@ -117,8 +124,10 @@ class DtmWriter:
 
 
 def _overview_levels(dataset: gdal.Dataset) -> list[int]:
+    """Factors 2, 4, ... while a level keeps a block's width, and at most ``BLOCK``: rows
+    arrive ``BLOCK`` at a time, which fill whole rows of coarser levels up to that factor."""
     levels, size = [], max(dataset.RasterXSize, dataset.RasterYSize)
-    while size / (2 ** (len(levels) + 1)) >= BLOCK:
+    while size / (2 ** (len(levels) + 1)) >= BLOCK and 2 ** (len(levels) + 1) <= BLOCK:
         levels.append(2 ** (len(levels) + 1))
     return levels
 

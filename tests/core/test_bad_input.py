@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from osgeo import gdal
 
 from mars_dtm_plugin.core.contract import REQUIRED_KEYS
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
@@ -177,3 +178,73 @@ def test_disk_full_mid_run_leaves_nothing(tmp_path, model):
     assert result.returncode == 1, result.stderr
     assert "error:" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "model.onnx"]
+
+
+CLOSE_UNDER_LIMIT = """
+import resource, signal, sys
+import numpy as np
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[2])
+if limit:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from osgeo import gdal
+gdal.UseExceptions()
+from mars_dtm_plugin.core.errors import DtmError
+from mars_dtm_plugin.core.writer import DtmWriter
+writer = DtmWriter(sys.argv[1], 600, 600, (0, 1, 0, 0, 0, -1), "")
+rows = np.random.default_rng(0).normal(size=(600, 600)).astype(np.float32)
+try:
+    for y0 in range(0, 600, 256):
+        writer.write_rows(y0, rows[y0 : y0 + 256].copy())
+    writer.finish((0.0, 1.0, 0.0, 1.0))
+except DtmError as exc:
+    print(exc)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("short_by", [64, 5000])
+def test_disk_full_while_closing_the_output_leaves_nothing(tmp_path, short_by):
+    """GDAL writes the last blocks and the directory on closing and cannot raise there."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def write(path: Path, limit: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", CLOSE_UNDER_LIMIT, str(path), str(limit)],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    assert write(tmp_path / "full.tif", 0).returncode == 0
+    size = (tmp_path / "full.tif").stat().st_size
+    folder = tmp_path / "short"
+    folder.mkdir()
+    result = write(folder / "out.tif", size - short_by)
+    assert result.returncode == 1 and "is the disk full?" in result.stdout, result.stderr
+    assert list(folder.iterdir()) == []
+
+
+def _fixed_model(path: Path, dims: list) -> Path:
+    return write_test_model(path, "identity", dims=dims)
+
+
+def test_a_model_with_a_fixed_batch_gets_full_batches(tmp_path):
+    image = np.random.default_rng(3).integers(1, 255, (64, 150)).astype(np.uint8)
+    source = write_raster(tmp_path / "scene.tif", image, GT)  # 3 tiles: a short last batch
+    heights = {}
+    for name, dims in (("dynamic", ["n", 1, "h", "w"]), ("fixed", [2, 1, "h", "w"])):
+        model = _fixed_model(tmp_path / f"{name}.onnx", dims)
+        out = tmp_path / f"{name}.tif"
+        predict_dtm(str(source), str(out), PredictOptions(model_path=str(model)))
+        heights[name] = gdal.Open(str(out)).ReadAsArray()
+    np.testing.assert_array_equal(heights["fixed"], heights["dynamic"])
+
+
+def test_a_model_whose_input_size_contradicts_its_tile_size(tmp_path, scene):
+    model = _fixed_model(tmp_path / "m.onnx", ["n", 1, 32, 32])  # the contract says 64
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model)), out,
+                   "takes 32 x 32 px input, but its metadata says tile_size 64")
+
+
+def test_a_model_failing_while_it_runs(tmp_path, scene):
+    model = write_test_model(tmp_path / "m.onnx", "one_tile")  # refuses a batch of two
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model)), out, "failed on a batch")

@@ -48,6 +48,14 @@ def test_models_from_before_input_scaling_read_as_percentile():
     ("standardization_std", "[0]", "positive"),
     ("marsdtm:contract_version", "99", "contract version"),
     ("marsdtm:input_scaling", '"log"', "percentile, mean_ratio"),
+    # Values of the wrong JSON type are refused as clearly as wrong values.
+    ("tiles_overlap", '"25"', "percentage"),
+    ("resolution", "null", "positive number"),
+    ("standardization_mean", "0.0", "list of one number"),
+    ("marsdtm:contract_version", '"2"', "integer"),
+    ("marsdtm:sun_azimuth", '"270"', "number of degrees"),
+    ("marsdtm:sun_azimuth", "NaN", "number of degrees"),
+    ("tile_size", "true", "at least 16"),
 ])
 def test_invalid_values_are_refused_naming_the_key(key, value, words):
     props = contract_for_tests().to_metadata()

@@ -12,7 +12,7 @@ from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.engine import MODEL_SHARE, PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import DtmCancelled, DtmError
-from mars_dtm_plugin.core.writer import NODATA
+from mars_dtm_plugin.core.writer import BLOCK, NODATA, DtmWriter
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, plane_fit, ramp, read_raster, write_raster
 
@@ -279,6 +279,24 @@ def test_overviews_average_the_full_resolution_heights(tmp_path):
     np.testing.assert_allclose(np.where(overview == NODATA, np.nan, overview), expected,
                                atol=1e-5)
     assert np.all(overview[50, 26:150] == NODATA)  # rows 100 and 101 were all nodata there
+
+
+def test_overviews_of_a_very_tall_raster_hold_whole_rows(tmp_path):
+    rows, cols = 140_000, 8  # so tall that a factor above the block size would split rows
+    writer = DtmWriter(str(tmp_path / "tall.tif"), cols, rows, GT, "")
+    for y0 in range(0, rows, BLOCK):
+        strip = np.arange(y0, min(y0 + BLOCK, rows), dtype=np.float32)  # each row's index
+        writer.write_rows(y0, np.repeat(strip[:, None], cols, axis=1))
+    writer.finish((0.0, rows - 1.0, rows / 2, 1.0))
+    dataset = gdal.Open(str(tmp_path / "tall.tif"))
+    band = dataset.GetRasterBand(1)
+    for i in range(band.GetOverviewCount()):
+        factor = 2 ** (i + 1)
+        whole = rows // factor  # the last row may average a ragged remainder
+        expected = np.arange(whole) * factor + (factor - 1) / 2
+        values = band.GetOverview(i).ReadAsArray()[:whole, 0]
+        np.testing.assert_allclose(values, expected, rtol=1e-6)
+    assert 2 ** band.GetOverviewCount() == BLOCK
 
 
 def test_runs_share_a_loaded_model_until_its_file_changes(tmp_path):

@@ -91,6 +91,7 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
                                      options.provider, options.threads)
         raster = InputRaster(input_path, options.band, options.pixel_size)
         try:
+            check_output_path(input_path, output_path, raster.dataset.GetFileList() or [])
             run = _Run(raster, generator, options, progress, is_cancelled)
             report = run.execute(output_path)
         except OSError as exc:  # the tile store or the rename
@@ -163,6 +164,10 @@ class _Run:
     def _rotation_degrees(self) -> float:
         if self.contract.sun_mode != "rotate" or self.sun_azimuth is None:
             return 0.0
+        if not math.isfinite(self.raster.georef.north_deg):
+            raise DtmError("Where north points cannot be found from the input's CRS (the "
+                           "scene's centre lies outside the area it is defined for); check "
+                           "the input's georeferencing.")
         in_image = self.sun_azimuth + self.raster.georef.north_deg
         return (self.contract.sun_azimuth - in_image) % 360
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+from .errors import DtmError
+from .raster import InputRaster
+
 PREVIEW_SIDE = 768
 # A terrain ramp from low (blue-green) to high (white), in RGB.
 RAMP = np.array([[44, 123, 182], [171, 217, 233], [255, 255, 191], [253, 174, 97],
@@ -43,6 +46,14 @@ def _hillshade(heights: np.ndarray, pixel: float) -> np.ndarray:
     return shaded.GetRasterBand(1).ReadAsArray().astype(np.float32) / 255
 
 
+def _pixel_metres(path: str) -> float:
+    """The DTM's pixel size in metres (heights are metres), also in a lon/lat CRS."""
+    try:
+        return InputRaster(path).georef.pixel_size_m
+    except DtmError:  # no CRS: take the geotransform's units for metres
+        return abs(gdal.Open(path).GetGeoTransform()[1])
+
+
 def _colour(fraction: np.ndarray) -> np.ndarray:
     position = fraction * (len(RAMP) - 1)
     index = np.clip(position.astype(int), 0, len(RAMP) - 2)
@@ -53,8 +64,7 @@ def _colour(fraction: np.ndarray) -> np.ndarray:
 def make_preview(image_path: str, dtm_path: str, png_path: str) -> None:
     image, image_valid = _read_small(image_path)
     heights, valid = _read_small(dtm_path)
-    dtm = gdal.Open(dtm_path)
-    pixel = abs(dtm.GetGeoTransform()[1]) * dtm.RasterXSize / heights.shape[1]
+    pixel = _pixel_metres(dtm_path) * gdal.Open(dtm_path).RasterXSize / heights.shape[1]
     filled = np.where(valid, heights, np.median(heights[valid]) if valid.any() else 0)
     shade = _hillshade(filled, pixel)
     grey = np.repeat(_stretch(image, image_valid)[..., None] * 255, 3, axis=2)

@@ -123,12 +123,17 @@ class InputRaster:
 
 
 def _open(path: str) -> gdal.Dataset:
-    if not os.path.exists(path) and not path.startswith("/vsi"):
-        raise DtmError(f"The input '{path}' does not exist.")
+    """``path`` is a file or anything else GDAL opens (``/vsizip/...``, ``NETCDF:"f.nc":v``)."""
     try:
         dataset = gdal.OpenEx(path, gdal.OF_RASTER)
     except RuntimeError as exc:
-        raise DtmError(f"GDAL cannot read '{Path(path).name}' as a raster: {exc}") from exc
+        dataset, error = None, exc
+    else:
+        error = None
+    if dataset is None and not os.path.exists(path):
+        raise DtmError(f"The input '{path}' does not exist.")
+    if error is not None:
+        raise DtmError(f"GDAL cannot read '{Path(path).name}' as a raster: {error}") from error
     if dataset is None or dataset.RasterCount == 0:
         raise DtmError(f"GDAL cannot read '{Path(path).name}' as a raster.")
     return dataset
@@ -153,16 +158,20 @@ def _select_bands(dataset: gdal.Dataset, band: int | None) -> tuple[list, tuple[
 def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None) -> Georeferencing:
     geotransform = dataset.GetGeoTransform(can_return_null=True)
     wkt = dataset.GetProjection() or ""
+    srs = osr.SpatialReference()
+    if wkt:
+        srs.ImportFromWkt(wkt)
     if pixel_size is not None:
         if not pixel_size > 0:
             raise DtmError(f"The pixel size must be positive, not {pixel_size}.")
-        return Georeferencing(geotransform if wkt else None, wkt if geotransform else "",
-                              float(pixel_size), 0.0)
+        # A world file without a CRS still places the output, and still says where up is.
+        if geotransform is None:
+            return Georeferencing(None, "", float(pixel_size), 0.0)
+        north = north_in_image(geotransform, srs, dataset.RasterXSize, dataset.RasterYSize)
+        return Georeferencing(tuple(geotransform), wkt, float(pixel_size), north)
     if geotransform is None or not wkt:
         raise DtmError("The input has no georeferencing (geotransform and CRS); give its "
                        "pixel size in metres to use it anyway.")
-    srs = osr.SpatialReference()
-    srs.ImportFromWkt(wkt)
     size = _pixel_size_metres(geotransform, srs, dataset.RasterYSize)
     north = north_in_image(geotransform, srs, dataset.RasterXSize, dataset.RasterYSize)
     return Georeferencing(tuple(geotransform), wkt, size, north)
@@ -187,7 +196,8 @@ def north_in_image(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
     """Where true north points at the scene centre, clockwise from image up.
 
     Not only the geotransform's rotation: in a polar stereographic CRS grid north and true
-    north part by up to 180 degrees.
+    north part by up to 180 degrees. NaN where the CRS cannot say (the scene's centre lies
+    outside the area where its projection is defined).
     """
     geographic = srs.CloneGeogCS() if srs.IsGeographic() or srs.IsProjected() else None
     inverse = gdal.InvGeoTransform(gt)
@@ -199,9 +209,12 @@ def north_in_image(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
     to_geo = osr.CoordinateTransformation(srs, geographic)
     to_map = osr.CoordinateTransformation(geographic, srs)
     centre = gdal.ApplyGeoTransform(gt, cols / 2, rows / 2)
-    lon, lat, _ = to_geo.TransformPoint(*centre)
-    step = -1e-4 if lat > 89.9 else 1e-4  # at the pole, step south and turn round
-    x, y, _ = to_map.TransformPoint(lon, lat + step)
+    try:
+        lon, lat, _ = to_geo.TransformPoint(*centre)
+        step = -1e-4 if lat > 89.9 else 1e-4  # at the pole, step south and turn round
+        x, y, _ = to_map.TransformPoint(lon, lat + step)
+    except RuntimeError:
+        return math.nan
     col, row = gdal.ApplyGeoTransform(inverse, x, y)
     d_col, d_row = (col - cols / 2), (row - rows / 2)
     if step < 0:

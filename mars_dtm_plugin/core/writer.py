@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,27 @@ CREATION_OPTIONS = [
 ]
 
 
-def check_output_path(input_path: str, output_path: str) -> None:
-    """Refuse an output that would overwrite the input or cannot be written."""
+def check_output_path(input_path: str, output_path: str, input_files: Iterable[str] = ()) -> None:
+    """Refuse an output that would overwrite the input (or a file it is read from, such as a
+    VRT's source or a PDS label's image: ``input_files``) or cannot be written."""
     out = Path(output_path)
-    if out.resolve() == Path(input_path).resolve():
+    if _same_file(out, Path(input_path)):
         raise DtmError("The output path is the input path; choose another file name.")
+    for used in input_files:
+        if _same_file(out, Path(used)):
+            raise DtmError(f"The output path is '{used}', which the input is read from; "
+                           "choose another file name.")
     if not out.parent.is_dir():
         raise DtmError(f"The output folder '{out.parent}' does not exist.")
     if not os.access(out.parent, os.W_OK):
         raise DtmError(f"The output folder '{out.parent}' is not writable.")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # also through links and case-insensitive names
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
 
 
 class DtmWriter:

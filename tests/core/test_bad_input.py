@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal
+from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.contract import REQUIRED_KEYS
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
@@ -115,6 +115,20 @@ def test_output_equal_to_input(scene, model):
     assert scene.read_bytes() == before
 
 
+def test_output_that_the_input_is_read_from(tmp_path, scene, model):
+    vrt = tmp_path / "scene.vrt"
+    gdal.Translate(str(vrt), str(scene), format="VRT")  # reads scene.tif
+    before = scene.read_bytes()
+    result = cli(str(vrt), str(scene), "--model", str(model))
+    assert result.returncode != 0 and "which the input is read from" in result.stderr
+    assert scene.read_bytes() == before
+    link = tmp_path / "link.tif"
+    link.symlink_to(scene)  # the same file under another name
+    result = cli(str(link), str(scene), "--model", str(model))
+    assert result.returncode != 0 and "the input path" in result.stderr
+    assert scene.read_bytes() == before
+
+
 def test_output_folder_not_writable_or_missing(tmp_path, scene, model):
     out = tmp_path / "missing" / "out.tif"
     assert_refused(cli(str(scene), str(out), "--model", str(model)), out, "does not exist")
@@ -142,6 +156,18 @@ def test_non_numeric_sun_azimuth(tmp_path, scene, model):
     out = tmp_path / "out.tif"
     assert_refused(cli(str(scene), str(out), "--model", str(model), "--sun-azimuth", "nan"),
                    out, "sun azimuth must be a number")
+
+
+def test_north_unknown_for_a_model_that_rotates(tmp_path):
+    ortho = "+proj=ortho +lat_0=0 +lon_0=0 +R=3396190 +units=m"
+    wkt = osr.SpatialReference()
+    wkt.ImportFromProj4(ortho)
+    source = write_raster(tmp_path / "o.tif", ramp(100, 100), (1e7, 1.0, 0, 1e7, 0, -1.0),
+                          wkt.ExportToWkt())  # the scene's centre is off the globe
+    model = write_test_model(tmp_path / "rotate.onnx", sun_mode="rotate")
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(source), str(out), "--model", str(model), "--sun-azimuth", "100"),
+                   out, "Where north points cannot be found")
 
 
 def test_output_that_is_a_folder(tmp_path, scene, model):

@@ -37,6 +37,9 @@ def test_geotiff_vrt_and_jpeg2000_agree(tmp_path, model):
     for source in (vrt, jp2):
         heights, _ = run(source, tmp_path, f"{source.suffix[1:]}_dtm.tif", model)
         np.testing.assert_allclose(heights, reference, atol=1e-3)
+    # A GDAL connection string (as for NetCDF or HDF subdatasets) is an input like a file.
+    heights, _ = run(f"GTIFF_DIR:1:{tif}", tmp_path, "dir_dtm.tif", model)
+    np.testing.assert_allclose(heights, reference, atol=1e-3)
 
 
 def test_jpeg2000_with_hirise_label_gives_the_sun(tmp_path):

@@ -8,17 +8,33 @@ from osgeo import gdal
 from mars_dtm_plugin.core.preview import make_preview
 from tests.rasters import ramp, write_raster
 
+MARS_LON_LAT = ('GEOGCS["Mars 2000",DATUM["D_Mars_2000",SPHEROID["Mars_2000_IAU_IAG",'
+                '3396190.0,0.0]],PRIMEM["Reference_Meridian",0.0],'
+                'UNIT["Degree",0.0174532925199433]]')
 
-def test_preview_has_three_panels_and_lights_north_west_slopes(tmp_path):
-    image = write_raster(tmp_path / "image.tif", ramp(60, 80).astype(np.uint8),
-                         (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+
+def _preview(tmp_path, geotransform, wkt=None) -> np.ndarray:
+    tmp_path.mkdir(exist_ok=True)
+    image = write_raster(tmp_path / "image.tif", ramp(60, 80).astype(np.uint8), geotransform,
+                         wkt)
     heights = np.zeros((60, 80), np.float32)
     heights[:, :40] = np.arange(40, dtype=np.float32)  # rises to the east: faces west
     heights[:, 40:] = 80 - np.arange(40, 80, dtype=np.float32)  # falls to the east
-    dtm = write_raster(tmp_path / "dtm.tif", heights, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    dtm = write_raster(tmp_path / "dtm.tif", heights, geotransform, wkt)
     png = tmp_path / "preview.png"
     make_preview(str(image), str(dtm), str(png))
     preview = gdal.Open(str(png))
     assert (preview.RasterCount, preview.RasterYSize, preview.RasterXSize) == (3, 60, 3 * 80 + 16)
-    shade = preview.GetRasterBand(1).ReadAsArray()[:, 88 : 88 + 80].astype(int)
+    return preview.GetRasterBand(1).ReadAsArray()[:, 88 : 88 + 80].astype(int)
+
+
+def test_preview_has_three_panels_and_lights_north_west_slopes(tmp_path):
+    shade = _preview(tmp_path, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
     assert shade[30, 10:30].mean() > shade[30, 50:70].mean() + 50  # west-facing is lit
+
+
+def test_preview_shades_a_lon_lat_dtm_by_its_size_in_metres(tmp_path):
+    metres = _preview(tmp_path / "m", (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    degree = 1.0 / (3396190.0 * np.pi / 180)  # one metre on the Mars sphere at the equator
+    lon_lat = _preview(tmp_path / "d", (0.0, degree, 0.0, 0.0, 0.0, -degree), MARS_LON_LAT)
+    np.testing.assert_allclose(lon_lat, metres, atol=2)

@@ -71,7 +71,18 @@ def test_missing_crs_is_refused_unless_a_pixel_size_is_given(tmp_path):
     path = write_raster(tmp_path / "nocrs.tif", ramp(10, 10), (0, 2.0, 0, 0, 0, -2.0), wkt="")
     with pytest.raises(DtmError, match="no georeferencing"):
         InputRaster(str(path))
-    assert InputRaster(str(path), pixel_size=0.5).georef.pixel_size_m == 0.5
+    georef = InputRaster(str(path), pixel_size=0.5).georef
+    assert georef.pixel_size_m == 0.5
+    # A world file without a CRS still places the output on the input's grid.
+    assert georef.geotransform == (0, 2.0, 0, 0, 0, -2.0) and georef.crs_wkt == ""
+
+
+def test_north_is_nan_where_the_crs_cannot_say(tmp_path):
+    ortho = osr.SpatialReference()
+    ortho.ImportFromProj4("+proj=ortho +lat_0=0 +lon_0=0 +R=3396190 +units=m")
+    off_the_globe = (1e7, 1.0, 0, 1e7, 0, -1.0)
+    path = write_raster(tmp_path / "o.tif", ramp(10, 10), off_the_globe, ortho.ExportToWkt())
+    assert math.isnan(InputRaster(str(path)).georef.north_deg)
 
 
 def test_sun_from_an_attached_pds_label(tmp_path):

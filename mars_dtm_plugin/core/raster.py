@@ -122,6 +122,16 @@ class InputRaster:
         self.dataset = None
 
 
+def has_geotransform(path: str) -> bool:
+    """Whether the raster is on a grid (not only placed by ground control points); True when
+    it cannot be opened, so that the engine's own error explains why."""
+    with gdal_exceptions():
+        try:
+            return gdal.Open(path).GetGeoTransform(can_return_null=True) is not None
+        except RuntimeError:
+            return True
+
+
 def _open(path: str) -> gdal.Dataset:
     """``path`` is a file or anything else GDAL opens (``/vsizip/...``, ``NETCDF:"f.nc":v``)."""
     try:

@@ -19,7 +19,6 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
-    QgsProviderRegistry,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -33,6 +32,7 @@ from ..core.engine import (
     predict_dtm,
 )
 from ..core.errors import DtmError
+from ..core.raster import has_geotransform
 from .feedback import FeedbackAdapter
 from .icons import icon_path
 from .styling import DtmStyler
@@ -179,6 +179,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         missing = onnxruntime_missing_message()
         if missing:
             raise QgsProcessingException(missing)
+        feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
         input_path = self._input_path(parameters, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if Path(output).suffix.lower() not in OUTPUT_EXTENSIONS:
@@ -208,8 +209,16 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                 "The input image '{0}' has no coordinate reference system; georeference it "
                 "or assign one (e.g. with Raster > Projections > Assign Projection) first."
             ).format(layer.name()))
-        uri = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
-        return uri.get("path") or layer.source()
+        # The GDAL dataset name, as /vsizip/..., GPKG:file:table or NETCDF:"file":variable;
+        # QGIS may append its own "|option" parts.
+        source = layer.source().split("|")[0]
+        if not has_geotransform(source):
+            raise QgsProcessingException(tr(
+                "The input image '{0}' is not on a georeferenced grid (ground control points "
+                "alone do not place it); warp it onto a grid first (Raster > Projections > "
+                "Warp, or the Georeferencer)."
+            ).format(layer.name()))
+        return source
 
     def _options(self, parameters: dict[str, Any],
                  context: QgsProcessingContext) -> PredictOptions:

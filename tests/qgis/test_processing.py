@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +10,13 @@ import processing
 import pytest
 from qgis.core import (
     QgsApplication,
+    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterRasterDestination,
+    QgsRasterLayer,
     QgsVectorLayer,
 )
 
@@ -117,6 +120,58 @@ def test_sun_azimuth_needed_and_given(provider, tmp_path, image_factory):
     assert read_raster(output)[0].shape == (80, 90)
 
 
+def test_layers_inside_containers_are_read_as_qgis_shows_them(provider, identity_model,
+                                                               tmp_path):
+    from osgeo import gdal
+
+    from .conftest import write_geotiff
+
+    first, second = (terrain_image(90, 70, seed) for seed in (4, 5))
+    package = tmp_path / "two.gpkg"
+    for name, plane in (("first", first), ("second", second)):
+        plain = write_geotiff(tmp_path / f"{name}.tif", plane)
+        gdal.Translate(str(package), str(plain), format="GPKG", outputType=gdal.GDT_Float32,
+                       creationOptions=[f"RASTER_TABLE={name}", "APPEND_SUBDATASET=YES"])
+    archive = tmp_path / "scene.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(tmp_path / "first.tif", "inner.tif")
+    for source, plane in ((f"GPKG:{package}:second", second),
+                          (f"/vsizip/{archive}/inner.tif", first)):
+        layer = QgsRasterLayer(source, "layer")
+        assert layer.isValid()
+        output = tmp_path / "dtm.tif"
+        run({"INPUT": layer, "MODEL": str(identity_model), "OUTPUT": str(output)})
+        heights = read_raster(output)[0]
+        expected = expected_identity_heights(plane, 2.0)
+        np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(),
+                                   atol=1e-3)
+        output.unlink()
+
+
+def test_a_script_may_run_it_without_feedback(provider, identity_model, image_factory,
+                                              tmp_path):
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+    context = QgsProcessingContext()
+    output = tmp_path / "dtm.tif"
+    result, ok = algorithm.run({"INPUT": str(image_factory()), "MODEL": str(identity_model),
+                                "OUTPUT": str(output)}, context, None)
+    assert ok and result["OUTPUT"] == str(output)
+    assert read_raster(output)[0].shape == (110, 150)
+
+
+def write_gcp_only(path: Path) -> Path:
+    from osgeo import gdal, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(MARS_EQC_WKT)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 70, 70, 1, gdal.GDT_Float32)
+    ds.SetGCPs([gdal.GCP(1000.0 + 2 * x, 5000.0 - 2 * y, 0, x, y)
+                for x, y in ((0, 0), (69, 0), (0, 69), (69, 69))], srs.ExportToWkt())
+    ds.GetRasterBand(1).WriteArray(terrain_image(70, 70, 0))
+    ds = None
+    return path
+
+
 def bad_input_cases(tmp_path: Path, image_factory) -> dict:
     points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
     good = image_factory("good.tif", width=70, height=70)
@@ -133,11 +188,13 @@ def bad_input_cases(tmp_path: Path, image_factory) -> dict:
                              "not a valid ONNX model"),
         "missing model": ({"INPUT": str(good), "MODEL": str(tmp_path / "none.onnx")},
                           "does not exist"),
+        "GCPs only": ({"INPUT": str(write_gcp_only(tmp_path / "gcp.tif"))},
+                      "ground control points"),
     }
 
 
 @pytest.mark.parametrize("case", ["not a raster", "missing band", "no CRS", "all nodata",
-                                  "unreadable model", "missing model"])
+                                  "unreadable model", "missing model", "GCPs only"])
 def test_bad_input_is_one_clear_sentence(provider, identity_model, image_factory, tmp_path,
                                          case):
     parameters, match = bad_input_cases(tmp_path, image_factory)[case]

@@ -55,7 +55,12 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
             continue
         counts = [(s, c if scale else pool["val_each"]) for s, c in sources]
         started = time.monotonic()
-        paths = write_pool(counts, out, seed=seed * 100 + offset)
+        # Rendered aside and moved into place whole: an interrupted pool is not kept.
+        partial = out.with_name(f"{name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        paths = write_pool(counts, partial, seed=seed * 100 + offset)
+        shutil.rmtree(out, ignore_errors=True)
+        partial.rename(out)
         print(f"pool {name}: {len(paths)} shards in {time.monotonic() - started:.0f} s")
 
 

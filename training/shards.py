@@ -85,11 +85,21 @@ class ShardWriter:
     def close(self) -> None:
         self._finish()
 
+    def abort(self) -> None:
+        """Drop the shard being written: only complete shards stay behind a failed run."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+            self.paths.pop().with_suffix(".tar.part").unlink(missing_ok=True)
+
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def read_shard(path: str | os.PathLike) -> Iterator[Patch]:

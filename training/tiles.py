@@ -190,15 +190,20 @@ def build(pairs: list[PairFiles], out: Path, size: int = 512, overlap: int = 64,
         if split is None:
             index["skipped"][pair.pair_id] = "in no split"  # quietly: by design
             continue
+        count = 0
         try:
-            count = 0
             for patch in pair_patches(pair, size, overlap):
                 shards.write(split, patch)
                 count += 1
             index["pairs"][pair.pair_id] = {"patches": count, "split": split}
         except (RuntimeError, ValueError, OSError) as error:
-            index["skipped"][pair.pair_id] = str(error)
-            log.warning("skipped %s: %s", pair.pair_id, error)
+            if count:  # its patches so far are in the shards: say so, and why it stopped
+                index["pairs"][pair.pair_id] = {"patches": count, "split": split,
+                                                "stopped": str(error)}
+                log.warning("%s stopped after %d patches: %s", pair.pair_id, count, error)
+            else:
+                index["skipped"][pair.pair_id] = str(error)
+                log.warning("skipped %s: %s", pair.pair_id, error)
     index["shards"] = shards.close()
     if index["shards"]:
         write_json(out / "patches.json", index)
@@ -221,6 +226,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (not 0 <= args.overlap < args.size, "--overlap must be at least 0 and below --size"),
         (args.shard_size < 1, "--shard-size must be at least 1"),
         (args.splits is not None and not args.splits.is_file(), f"{args.splits} is no file"),
+        # Shards of an earlier run would be read with the new ones (and their old splits).
+        (args.out.is_dir() and any(args.out.rglob("*.tar")),
+         f"{args.out} already holds shards; choose an empty folder or delete them"),
     ]
     for bad, message in problems:
         if bad:

@@ -13,7 +13,7 @@ from tests.training.conftest import options
 from tests.training.fakesite import DTM_A, PAIR_A, PAIR_B, SiteServer, Terrain
 from training.labels import missing_constant, read_label, sun_geometry
 from training.scrape import scrape
-from training.shards import read_shards
+from training.shards import Patch, ShardWriter, read_shards
 from training.splits import write_splits
 from training.tiles import build, load_pairs, main
 
@@ -125,6 +125,28 @@ def test_splits_put_each_split_in_its_own_folder(scraped: Path, tmp_path: Path) 
         shards = sorted((tmp_path / "p" / split).glob("*.tar"))
         assert {p.meta["pair_id"] for p in read_shards(shards)} == set(members)
     assert not (tmp_path / "p" / "test").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(scraped: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    args = [str(scraped), "--out", str(tmp_path / "p"), "--size", str(SIZE),
+            "--overlap", str(OVERLAP)]
+    assert main(args) == 0
+    before = sorted(p.name for p in (tmp_path / "p").iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--shard-size", "1"])
+    assert exit_info.value.code == 2 and "already holds shards" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == before
+
+
+def test_a_failed_run_leaves_complete_shards_only(tmp_path: Path) -> None:
+    patch = Patch("p0", np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32))
+    with pytest.raises(KeyboardInterrupt), ShardWriter(tmp_path, "s", max_count=2) as writer:
+        for i in range(3):  # the first shard fills up; the second is begun
+            writer.write(Patch(f"p{i}", patch.image, patch.height))
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-000000.tar"]
+    assert [p.key for p in read_shards([tmp_path / "s-000000.tar"])] == ["p0", "p1"]
 
 
 @pytest.mark.parametrize("args, code, message", [

@@ -56,3 +56,33 @@ def test_a_recipe_without_its_keys_is_refused(tmp_path, capsys):
     path.write_text(json.dumps({"work": "x"}))
     assert main(["--recipe", str(path)]) == 2
     assert "lacks" in capsys.readouterr().err
+
+
+def test_an_interrupted_pool_is_rendered_again_not_kept(tmp_path, monkeypatch):
+    from training import make_model
+    from training.data import SyntheticPatches
+    from training.shards import read_shards
+
+    recipe = {"seed": 1, "train": {},
+              "pool": {"size": 32, "synthetic": 6, "dem_shapes": 0, "val_each": 2,
+                       "synthetic_relief": [0.35, 1.2]}}
+    monkeypatch.setattr(make_model, "DEM_SHAPES", tmp_path / "none")  # synthetic only
+    render = SyntheticPatches.raw
+    calls = []
+
+    def interrupted(self, rng):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # as a user stopping the run
+        return render(self, rng)
+
+    monkeypatch.setattr(SyntheticPatches, "raw", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_model.stage_data(recipe, tmp_path / "work")
+    assert not (tmp_path / "work" / "pool" / "train").exists()
+    monkeypatch.setattr(SyntheticPatches, "raw", render)
+    make_model.stage_data(recipe, tmp_path / "work")
+    pool = tmp_path / "work" / "pool"
+    assert len(list(read_shards(sorted((pool / "train").glob("*.tar"))))) == 6
+    assert len(list(read_shards(sorted((pool / "val").glob("*.tar"))))) == 2
+    assert sorted(p.name for p in pool.iterdir()) == ["train", "val"]

@@ -196,10 +196,13 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     refused: list[str] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)
+    """Folders whose listing failed: the pairs in them were not seen."""
 
     def line(self) -> str:
         return (f"pairs found {self.found}, fetched {self.fetched}, skipped {self.skipped}, "
-                f"failed {self.failed}; links refused {len(self.refused)}")
+                f"failed {self.failed}; links refused {len(self.refused)}; "
+                f"folders unlisted {len(self.unlisted)}")
 
 
 class Scraper:
@@ -209,19 +212,29 @@ class Scraper:
         self.http = Http(options.workers, options.delay, options.retries, options.backoff,
                          options.timeout)
         self.refused: list[str] = []
+        self.unlisted: list[str] = []
         self.pairs_done: Callable[[int], object] = lambda n: None
 
     def listing(self, url: str) -> list[Link]:
         body = self.http.retrying(lambda: self.http.request(url))
         return child_links(url, body.decode("utf-8", "replace"), self.refused)
 
+    def folder(self, url: str) -> list[Link]:
+        """A folder's listing; one that fails is counted and passed over, not fatal."""
+        try:
+            return self.listing(url)
+        except Exception as error:
+            log.warning("folder %s not listed: %s: %s", url, type(error).__name__, error)
+            self.unlisted.append(url)
+            return []
+
     def pair_dirs(self, root: list[Link]) -> Iterator[tuple[Pair, Link, list[str]]]:
         """Pair folders in listing order: phase, then block of orbits, then pair."""
         for phase in (link for link in root if link.is_dir and link.name in PHASES):
-            for orbits in self.listing(phase.url):
+            for orbits in self.folder(phase.url):
                 if not (orbits.is_dir and is_orbit_dir(orbits.name)):
                     continue
-                for link in self.listing(orbits.url):
+                for link in self.folder(orbits.url):
                     pair = parse_pair(link.name) if link.is_dir else None
                     if pair is not None:
                         yield pair, link, [phase.name, orbits.name, link.name]
@@ -236,7 +249,7 @@ class Scraper:
             futures = [pool.submit(self.fetch_pair, *item) for _, item in
                        zip(range(self.options.limit or sys.maxsize), pairs)]
             records = [future.result() for future in futures]
-        summary = Summary(found=len(records), refused=self.refused)
+        summary = Summary(found=len(records), refused=self.refused, unlisted=self.unlisted)
         for record in records:
             outcome = pair_outcome(record)
             setattr(summary, outcome, getattr(summary, outcome) + 1)
@@ -378,7 +391,7 @@ def scrape(options: Options) -> Summary:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "summary": {"found": summary.found, "fetched": summary.fetched,
                     "skipped": summary.skipped, "failed": summary.failed,
-                    "refused": summary.refused},
+                    "refused": summary.refused, "unlisted": summary.unlisted},
         "pairs": records,
     })
     return summary
@@ -426,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}.", file=sys.stderr)
         return 1
     print(f"{summary.line()}; manifest {options.out / 'manifest.json'}")
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.unlisted else 0
 
 
 if __name__ == "__main__":

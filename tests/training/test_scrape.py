@@ -87,6 +87,20 @@ def test_limit_stops_the_crawl(server: SiteServer, tmp_path: Path) -> None:
     assert not [r for r in server.requests if "ORB_011300" in r["path"]]
 
 
+def test_a_folder_that_cannot_be_listed_is_passed_over(server: SiteServer,
+                                                       tmp_path: Path) -> None:
+    server.extra_links[DTM_ROOT + "ESP/"] = ["ORB_099900_099999/"]  # answers 404
+    complete = scrape(options(server, tmp_path / "all"))
+    del server.extra_links[DTM_ROOT + "ESP/"]
+    assert complete.unlisted == [server.url + DTM_ROOT + "ESP/ORB_099900_099999/"]
+    manifest = json.loads((tmp_path / "all" / "manifest.json").read_text())
+    assert manifest["summary"]["unlisted"] == complete.unlisted
+    # Every pair outside that folder was fetched as on a site without it.
+    reference = scrape(options(server, tmp_path / "reference"))
+    assert reference.unlisted == [] and complete.found == reference.found > 0
+    assert complete.fetched == reference.fetched
+
+
 def test_hostile_links_are_refused(server: SiteServer, tmp_path: Path) -> None:
     evil_root = tmp_path / "evil"
     (evil_root / "x").mkdir(parents=True)

@@ -359,6 +359,18 @@ class Trainer:
         random.setstate(state["rng"]["random"])
 
     # -- loop ----------------------------------------------------------------------------
+    def out_of_time(self, started: float) -> bool:
+        """Whether ``--max-minutes`` is up. Rank 0's clock decides for all: ranks stopping at
+        different steps would leave the others waiting in a gradient all-reduce."""
+        if not self.cfg.max_minutes:
+            return False
+        late = time.monotonic() - started > 60 * self.cfg.max_minutes
+        if self.world > 1:
+            flag = torch.tensor([float(late)], device=self.device)
+            dist.broadcast(flag, src=0)
+            late = bool(flag.item())
+        return late
+
     def fit(self) -> dict[str, float]:
         cfg, started = self.cfg, time.monotonic()
         writer = _tensorboard(self.out) if self.rank == 0 else None
@@ -382,7 +394,7 @@ class Trainer:
                         writer.add_scalar(f"val/{k}", v, self.step)
                 bar.write(f"step {self.step}: val " + json.dumps(
                     {k: round(v, 4) for k, v in scores.items()}))
-            out_of_time = cfg.max_minutes and time.monotonic() - started > 60 * cfg.max_minutes
+            out_of_time = self.out_of_time(started)
             if self.step % cfg.checkpoint_every == 0 or self.step == last or out_of_time:
                 self.save()
             if self.step in cfg.keep_steps:

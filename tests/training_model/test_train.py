@@ -89,19 +89,33 @@ def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
     assert "no shard files" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_ddp_on_cpu_with_two_processes(pool, tmp_path):
+def _ddp(pool, out, *options: str) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "-m", "training.train", "--data", str(pool), "--out", str(tmp_path),
-               "--patch-size", "64", "--batch-size", "2", "--steps", "3", "--channels",
-               "4,8,16", "--threads", "1", "--gan", "true", "--checkpoint-every", "3"]
+               "-m", "training.train", "--data", str(pool), "--out", str(out),
+               "--patch-size", "64", "--batch-size", "2", "--channels", "4,8,16",
+               "--threads", "1", *options]
     env = {**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": ""}  # gloo, on CPU
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
-                            timeout=300)
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_two_processes(pool, tmp_path):
+    result = _ddp(pool, tmp_path, "--steps", "3", "--gan", "true", "--checkpoint-every", "3")
     assert result.returncode == 0, result.stderr[-2000:]
     state = torch.load(tmp_path / "last.pt", weights_only=False)
     assert state["step"] == 3 and state["disc"] is not None
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_together_when_time_is_up(pool, tmp_path):
+    # Rank 0's clock decides: a rank stopping alone would leave the other in an all-reduce.
+    result = _ddp(pool, tmp_path, "--steps", "100000", "--max-minutes", "0.01",
+                  "--checkpoint-every", "100000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--max-minutes reached" in result.stdout + result.stderr
+    assert 0 < torch.load(tmp_path / "last.pt", weights_only=False)["step"] < 100000
 
 
 def test_missing_validation_folder_is_one_clear_error(pool, tmp_path, capsys):

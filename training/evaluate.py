@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -262,7 +263,11 @@ def synthetic_scenes(folder: Path, seed: int, count: int = 12) -> list[Scene]:
     from training import synth
 
     out = folder / "synthetic"
-    if not any(out.glob("geotiff/*_image.tif")):
+    # The shard, named by its seed, is closed last: it marks a set complete for that seed.
+    made = any(out.glob(f"synth-{seed}-*.tar")) and \
+        len(list(out.glob("geotiff/*_image.tif"))) >= count
+    if not made:
+        shutil.rmtree(out, ignore_errors=True)
         synth.write_dataset(out, count, seed=seed, size=512, sun_azimuth_deg=None, geotiff=True)
     scenes = []
     for image_path in sorted(out.glob("geotiff/*_image.tif"))[:count]:
@@ -653,10 +658,12 @@ def _parse_models(values: list[str]) -> dict[str, Path]:
     models = {}
     for value in values:
         name, _, path = value.rpartition("=")
-        path = Path(path)
+        path, name = Path(path), name or Path(path).stem
         if not path.is_file():
             raise ValueError(f"the model file {path} does not exist")
-        models[name or path.stem] = path
+        if name in models or name in (*BASELINES, DETILTED_TRUTH):
+            raise ValueError(f"the model name '{name}' is taken; name each model NAME=FILE")
+        models[name] = path
     return models
 
 

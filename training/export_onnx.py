@@ -10,6 +10,7 @@ at a shape different from the one traced.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import onnx
 import torch
 
 from mars_dtm_plugin.core.contract import ModelContract, parse_contract
+from mars_dtm_plugin.core.errors import DtmError
 from training.model import Generator, GeneratorConfig, conv_flops
 
 OPSET = 17
@@ -134,18 +136,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model, config = load_generator(args.checkpoint)
-    except ValueError as exc:
+        contract = build_contract(config, model, args.version, args.training_data,
+                                  args.tiles_overlap)
+        parse_contract(contract.to_metadata(), "The exported model")  # before any writing
+    except (ValueError, DtmError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    contract = build_contract(config, model, args.version, args.training_data,
-                              args.tiles_overlap)
-    path = export(model, contract, args.out)
-    diff = parity(model, path)
-    size_mb = path.stat().st_size / 1e6
-    print(f"wrote {path} ({size_mb:.2f} MB); onnxruntime vs PyTorch max |diff| = {diff:.2e}")
-    if diff > args.tolerance:
-        print(f"error: ONNX output differs from PyTorch by {diff:.2e}", file=sys.stderr)
-        return 1
+    out = Path(args.out)
+    # Written aside and renamed once it passes: a failed export leaves no file at OUT.
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        export(model, contract, partial)
+        diff = parity(model, partial)
+        if diff > args.tolerance:
+            print(f"error: ONNX output differs from PyTorch by {diff:.2e}", file=sys.stderr)
+            return 1
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    size_mb = out.stat().st_size / 1e6
+    print(f"wrote {out} ({size_mb:.2f} MB); onnxruntime vs PyTorch max |diff| = {diff:.2e}")
     return 0
 
 

@@ -13,6 +13,7 @@ from training.evaluate import (
     main,
     reshading_correlation,
     sfs_fourier,
+    synthetic_scenes,
     tile_metrics,
     truth_without_scene_tilt,
     with_true_scene_tilt,
@@ -139,6 +140,26 @@ def test_block_mean_and_tile_weighted_average():
 def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "no.onnx"), "--data", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("second", ["other/m.onnx", "sfs=other/m.onnx"])
+def test_two_models_under_one_name_are_refused(tmp_path, capsys, second):
+    for folder in ("one", "other"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "m.onnx").write_bytes(b"")
+    second = second.replace("other/", f"{tmp_path}/other/")
+    assert main(["--model", str(tmp_path / "one" / "m.onnx"), "--model", second,
+                 "--data", str(tmp_path)]) == 2
+    assert "is taken; name each model NAME=FILE" in capsys.readouterr().err
+
+
+def test_the_synthetic_set_follows_the_seed(tmp_path):
+    def suns(seed: int) -> list[tuple[float, float]]:
+        return [s.sun for s in synthetic_scenes(tmp_path, seed, count=2)]
+
+    first = suns(7)
+    assert suns(8) != first  # not the set cached for seed 7
+    assert suns(7) == first  # made again, the same
 
 
 @pytest.mark.slow

@@ -56,3 +56,15 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
     torch.save({"weights": 1}, bad)
     assert export_main([str(bad), str(tmp_path / "x.onnx")]) == 2
     assert "not a training checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, code, words", [
+    (["--tolerance", "-1"], 1, "differs from PyTorch"),  # parity can never pass
+    (["--tiles-overlap", "60"], 2, "'tiles_overlap'"),
+])
+def test_a_failed_export_leaves_no_file(exported, tmp_path, capsys, options, code, words):
+    checkpoint = exported[1].parent / "last.pt"
+    assert checkpoint.is_file()
+    assert export_main([str(checkpoint), str(tmp_path / "m.onnx"), *options]) == code
+    assert words in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

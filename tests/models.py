@@ -6,6 +6,7 @@
   large vertical offset, as a monocular model does, so stitching must reconcile them;
 - ``ramp``: height = column index (rises to the right of the model's frame whatever the
   image), which shows where the engine's rotation puts the model's axes;
+- ``nan``: NaN everywhere (a broken model);
 - ``one_tile``: identity that fails on anything but one 64 px tile (a model error at run time);
 - ``conv``: one 3x3 convolution with seeded random weights (plumbing, speed).
 """
@@ -71,6 +72,12 @@ def _graph(kind: str, seed: int) -> tuple[list, list]:
             numpy_helper.from_array(np.array(3, np.int64), "axis"),
         ]
         return nodes, constants
+    if kind == "nan":  # log(-1) on every pixel
+        return ([helper.make_node("Abs", ["image"], ["a"]),
+                 helper.make_node("Add", ["a", "one"], ["b"]),
+                 helper.make_node("Neg", ["b"], ["c"]),
+                 helper.make_node("Log", ["c"], ["height"])],
+                [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
     if kind == "one_tile":  # identity through a reshape that takes exactly one 64 px tile
         shape = numpy_helper.from_array(np.array([1, 1, 64, 64], np.int64), "one_tile_shape")
         return [helper.make_node("Reshape", ["image", "one_tile_shape"], ["height"])], [shape]

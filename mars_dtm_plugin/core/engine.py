@@ -259,9 +259,12 @@ class _Run:
         return problem
 
     def _batch_size(self) -> int:
-        if self.options.batch_size is not None:
-            return max(1, self.options.batch_size)
-        return default_batch_size(self.contract.tile_size)
+        if self.options.batch_size is None:
+            return default_batch_size(self.contract.tile_size)
+        if self.options.batch_size < 1:
+            raise DtmError(f"The batch size must be at least 1 tile, not "
+                           f"{self.options.batch_size}.")
+        return self.options.batch_size
 
     def _file(self, batch: list[Tile], predictions: dict[int, np.ndarray],
               valids: list[np.ndarray], problem: OffsetProblem,

@@ -153,6 +153,9 @@ class Generator:
         if out.shape[0] != x.shape[0] or out.shape[-2:] != x.shape[-2:]:
             raise DtmError(f"The model '{self.path.name}' returned shape {out.shape} for input "
                            f"{x.shape}; it must return one height per pixel.")
+        if not np.isfinite(out).all():  # one NaN tile would spread through the offsets
+            raise DtmError(f"The model '{self.path.name}' returned heights that are not "
+                           "numbers (NaN or infinite).")
         return out.reshape(x.shape[0], *x.shape[-2:])
 
 

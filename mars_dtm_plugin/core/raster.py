@@ -238,11 +238,18 @@ _LABEL_NUMBER = r"\s*=\s*([-+0-9.eE]+)"
 
 def sun_from_product(path: str, dataset: gdal.Dataset | None = None
                      ) -> tuple[float | None, float | None]:
-    """Sun azimuth (clockwise from north) and elevation from metadata or a PDS label."""
-    if dataset is not None:
-        meta = {k.upper(): v for k, v in (dataset.GetMetadata() or {}).items()}
-        if "SUN_AZIMUTH" in meta or "SUN_ELEVATION" in meta:
-            return _number(meta, "SUN_AZIMUTH"), _number(meta, "SUN_ELEVATION")
+    """Sun azimuth (clockwise from north) and elevation from metadata or a PDS label; the
+    metadata's value where it has one, the label's where it does not."""
+    meta = {k.upper(): v for k, v in (dataset.GetMetadata() or {}).items()} if dataset else {}
+    azimuth, elevation = _number(meta, "SUN_AZIMUTH"), _number(meta, "SUN_ELEVATION")
+    if azimuth is None or elevation is None:
+        label_azimuth, label_elevation = _sun_from_label(path)
+        azimuth = label_azimuth if azimuth is None else azimuth
+        elevation = label_elevation if elevation is None else elevation
+    return azimuth, elevation
+
+
+def _sun_from_label(path: str) -> tuple[float | None, float | None]:
     label = _read_label(path)
     values = {}
     for key in ("SUB_SOLAR_AZIMUTH", "NORTH_AZIMUTH", "INCIDENCE_ANGLE"):

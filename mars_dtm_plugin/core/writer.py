@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from osgeo import gdal
 from .errors import DtmError
 
 NODATA = -99999.0
+OUTPUT_EXTENSIONS = (".tif", ".tiff")
 BLOCK = 256
 # Level 1: float heights with sensor noise compress no better at higher levels, only slower.
 CREATION_OPTIONS = [
@@ -24,6 +26,8 @@ def check_output_path(input_path: str, output_path: str, input_files: Iterable[s
     """Refuse an output that would overwrite the input (or a file it is read from, such as a
     VRT's source or a PDS label's image: ``input_files``) or cannot be written."""
     out = Path(output_path)
+    if out.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise DtmError(f"The output must be a GeoTIFF (.tif) file, not '{out.name}'.")
     if _same_file(out, Path(input_path)):
         raise DtmError("The output path is the input path; choose another file name.")
     for used in input_files:
@@ -49,7 +53,9 @@ class DtmWriter:
     def __init__(self, path: str, width: int, height: int,
                  geotransform: tuple[float, ...] | None, crs_wkt: str) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}.tif")
+        # Unique per run, not per process: a QGIS batch runs several in one process.
+        self.partial = self.path.with_name(
+            f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}.tif")
         self.dataset, self.band, self.overviews = None, None, []
         try:
             driver = gdal.GetDriverByName("GTiff")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from qgis.core import (
@@ -39,7 +38,6 @@ from .styling import DtmStyler
 
 # PROVIDER enum index -> engine provider name.
 EXECUTION_PROVIDERS = ("auto", "cpu", "cuda")
-OUTPUT_EXTENSIONS = (".tif", ".tiff")
 
 
 def tr(text: str) -> str:
@@ -182,9 +180,6 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
         input_path = self._input_path(parameters, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        if Path(output).suffix.lower() not in OUTPUT_EXTENSIONS:
-            raise QgsProcessingException(
-                tr("The output must be a GeoTIFF (.tif) file, not {0}.").format(output))
         report = self._run_engine(input_path, output, self._options(parameters, context),
                                   FeedbackAdapter(feedback))
         self._log_report(report, feedback)

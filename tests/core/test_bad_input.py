@@ -274,3 +274,22 @@ def test_a_model_failing_while_it_runs(tmp_path, scene):
     model = write_test_model(tmp_path / "m.onnx", "one_tile")  # refuses a batch of two
     out = tmp_path / "out.tif"
     assert_refused(cli(str(scene), str(out), "--model", str(model)), out, "failed on a batch")
+
+
+def test_output_that_is_not_a_geotiff(tmp_path, scene, model):
+    out = tmp_path / "out.png"
+    assert_refused(cli(str(scene), str(out), "--model", str(model)), out,
+                   "must be a GeoTIFF (.tif) file, not 'out.png'")
+
+
+def test_batch_size_below_one(tmp_path, scene, model):
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model), "--batch-size", "0"), out,
+                   "batch size must be at least 1 tile, not 0")
+
+
+def test_a_model_returning_nan(tmp_path, scene):
+    model = write_test_model(tmp_path / "nan.onnx", "nan")
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model)), out,
+                   "returned heights that are not numbers")

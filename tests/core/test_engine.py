@@ -299,6 +299,21 @@ def test_overviews_of_a_very_tall_raster_hold_whole_rows(tmp_path):
     assert 2 ** band.GetOverviewCount() == BLOCK
 
 
+def test_two_runs_to_one_output_at_once_do_not_mix(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    reference, _, _ = predict(tmp_path, ramp(300, 280), name="reference.tif")
+    source, model = tmp_path / "image.tif", tmp_path / "identity.onnx"
+    out = tmp_path / "dtm.tif"
+    with ThreadPoolExecutor(2) as pool:  # as a QGIS batch may, in one process
+        runs = [pool.submit(predict_dtm, str(source), str(out),
+                            PredictOptions(model_path=str(model))) for _ in range(2)]
+        for run in runs:
+            run.result()
+    np.testing.assert_array_equal(read_raster(out)[0], reference)
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
 def test_runs_share_a_loaded_model_until_its_file_changes(tmp_path):
     from mars_dtm_plugin.core.model import shared_generator
 

@@ -97,6 +97,17 @@ def test_sun_from_an_attached_pds_label(tmp_path):
     assert elevation == pytest.approx(48.5)
 
 
+def test_metadata_and_label_each_give_what_the_other_lacks(tmp_path):
+    path = write_raster(tmp_path / "product.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0),
+                        metadata={"SUN_ELEVATION": "25"})
+    (tmp_path / "product.LBL").write_text(
+        "PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = 60.0 <DEG>\nSUB_SOLAR_AZIMUTH = 200.0\n"
+        "NORTH_AZIMUTH = 270.0\nEND\n")
+    raster = InputRaster(str(path))
+    # The metadata's elevation (25), the label's azimuth (200 - 270 = 290).
+    assert sun_from_product(str(path), raster.dataset) == (pytest.approx(290.0), 25.0)
+
+
 def test_elevation_alone_is_read_from_label_or_metadata(tmp_path):
     (tmp_path / "product.LBL").write_text(
         "PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = 60.0 <DEG>\nEND\n")

@@ -158,7 +158,13 @@ def load_dem_shapes(folder: str | os.PathLike, holdout: bool = True) -> list[Dem
     shapes = []
     for path in sorted(Path(folder).glob("*.tif")):
         ds = gdal.Open(str(path))
-        heights = ds.GetRasterBand(1).ReadAsArray().astype(np.float32)
+        band = ds.GetRasterBand(1)
+        heights = band.ReadAsArray().astype(np.float32)
+        # A crop through a void would render as a cliff: such a DEM is refused, not guessed.
+        void = ~np.isfinite(heights) | (heights == band.GetNoDataValue())
+        if void.any():
+            raise ValueError(f"{path.name} has {int(void.sum())} nodata pixels; fill them "
+                             "(gdal_fillnodata.py) or crop them out first")
         gt = ds.GetGeoTransform()
         srs = ds.GetSpatialRef()
         geographic = bool(srs and srs.IsGeographic())

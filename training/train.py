@@ -153,7 +153,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if unknown:
             parser.error(f"unknown option(s) in {args.config}: {', '.join(sorted(unknown))}")
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    if cfg.shading_prior and cfg.canonical_azimuth % 360 != 270:
+        parser.error("--shading-prior integrates along rows from the left: it needs "
+                     "--canonical-azimuth 270")
+    return cfg
 
 
 def _bool(text: str) -> bool:

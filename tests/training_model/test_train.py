@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,6 +82,25 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
         parse_args(["--config", str(path)])
     assert exit_info.value.code != 0
     assert "stepz" in capsys.readouterr().err
+
+
+def test_the_shading_prior_needs_the_sun_from_the_left(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--shading-prior", "true",
+              "--canonical-azimuth", "0"])
+    assert exit_info.value.code == 2
+    assert "needs --canonical-azimuth 270" in capsys.readouterr().err
+
+
+def test_a_dem_with_voids_is_refused_by_name(tmp_path, capsys):
+    from tests.rasters import write_raster
+
+    heights = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    heights[10:12, 20:30] = -9999.0
+    write_raster(tmp_path / "holey.tif", heights, (0, 1.0, 0, 0, 0, -1.0), nodata=-9999.0)
+    code = main(["--data", f"dem:{tmp_path}", "--out", str(tmp_path / "o"), "--patch-size", "32"])
+    assert code == 2
+    assert "holey.tif has 20 nodata pixels" in capsys.readouterr().err
 
 
 def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):

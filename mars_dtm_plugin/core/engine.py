@@ -86,12 +86,12 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     started = time.perf_counter()
     input_path, output_path = str(input_path), str(output_path)
     with gdal_exceptions():
-        check_output_path(input_path, output_path)
-        generator = shared_generator(options.model_path or default_model_path(),
-                                     options.provider, options.threads)
         raster = InputRaster(input_path, options.band, options.pixel_size)
         try:
+            # Against every file the input is read from (a VRT's source, a label's image).
             check_output_path(input_path, output_path, raster.dataset.GetFileList() or [])
+            generator = shared_generator(options.model_path or default_model_path(),
+                                         options.provider, options.threads)
             run = _Run(raster, generator, options, progress, is_cancelled)
             report = run.execute(output_path)
         except OSError as exc:  # the tile store or the rename

@@ -247,16 +247,12 @@ def test_disk_full_while_closing_the_output_leaves_nothing(tmp_path, short_by):
     assert list(folder.iterdir()) == []
 
 
-def _fixed_model(path: Path, dims: list) -> Path:
-    return write_test_model(path, "identity", dims=dims)
-
-
 def test_a_model_with_a_fixed_batch_gets_full_batches(tmp_path):
     image = np.random.default_rng(3).integers(1, 255, (64, 150)).astype(np.uint8)
     source = write_raster(tmp_path / "scene.tif", image, GT)  # 3 tiles: a short last batch
     heights = {}
     for name, dims in (("dynamic", ["n", 1, "h", "w"]), ("fixed", [2, 1, "h", "w"])):
-        model = _fixed_model(tmp_path / f"{name}.onnx", dims)
+        model = write_test_model(tmp_path / f"{name}.onnx", dims=dims)
         out = tmp_path / f"{name}.tif"
         predict_dtm(str(source), str(out), PredictOptions(model_path=str(model)))
         heights[name] = gdal.Open(str(out)).ReadAsArray()
@@ -264,7 +260,7 @@ def test_a_model_with_a_fixed_batch_gets_full_batches(tmp_path):
 
 
 def test_a_model_whose_input_size_contradicts_its_tile_size(tmp_path, scene):
-    model = _fixed_model(tmp_path / "m.onnx", ["n", 1, 32, 32])  # the contract says 64
+    model = write_test_model(tmp_path / "m.onnx", dims=["n", 1, 32, 32])  # contract: 64
     out = tmp_path / "out.tif"
     assert_refused(cli(str(scene), str(out), "--model", str(model)), out,
                    "takes 32 x 32 px input, but its metadata says tile_size 64")

@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         sun_azimuth=args.sun_azimuth, sun_elevation=args.sun_elevation,
         provider=args.provider, pixel_size=args.pixel_size, batch_size=args.batch_size)
     interrupted = []
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    # Ctrl-C, and a batch system's time limit or a closed terminal, cancel cleanly.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):  # no SIGHUP on Windows
+            signal.signal(getattr(signal, name), lambda *_: interrupted.append(True))
     bar = ProgressBar() if not args.quiet else None
     try:
         report = predict_dtm(args.input, args.output, options, progress=bar,

@@ -168,7 +168,8 @@ class _Run:
             raise DtmError("Where north points cannot be found from the input's CRS (the "
                            "scene's centre lies outside the area it is defined for); check "
                            "the input's georeferencing.")
-        in_image = self.sun_azimuth + self.raster.georef.north_deg
+        georef = self.raster.georef
+        in_image = georef.north_deg + (-self.sun_azimuth if georef.mirrored else self.sun_azimuth)
         return (self.contract.sun_azimuth - in_image) % 360
 
     def _overlap(self) -> int:
@@ -200,7 +201,7 @@ class _Run:
 
     def _mean_ratio_range(self, sample: np.ndarray) -> tuple[float, float]:
         """The brightness pair that maps to 0 and 1 for (I / mean - 1) * tan(elevation)."""
-        level = float(sample.mean())
+        level = float(sample.mean(dtype=np.float64))
         if not level > 0:
             raise DtmError("This model needs image values that grow with brightness from zero "
                            "(a positive mean); this band's mean is not positive.")
@@ -214,7 +215,7 @@ class _Run:
             return DEFAULT_SUN_ELEVATION
         if not 0 < elevation < 90:
             source = "given" if self.options.sun_elevation is not None else "from the label"
-            raise DtmError(f"The sun elevation ({source}) must be between 0 and 90 degrees, "
+            raise DtmError(f"The sun elevation ({source}) must be above 0 and below 90 degrees, "
                            f"not {elevation}.")
         return elevation
 

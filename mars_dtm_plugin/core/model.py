@@ -24,13 +24,18 @@ INSTALL_HELP = (
     "install onnxruntime-gpu instead."
 )
 
+_BROKEN_INSTALL = (
+    "The Python package onnxruntime is installed but does not load ({0}); reinstall it, or "
+    "the package it names, for the numpy and Python of this program."
+)
+
 
 def onnxruntime_missing_message() -> str | None:
-    """None when onnxruntime imports, else how to install it."""
+    """None when onnxruntime imports, else what is wrong and how to mend it."""
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return INSTALL_HELP
+        _onnxruntime()
+    except DtmError as exc:
+        return str(exc)
     return None
 
 
@@ -38,8 +43,12 @@ def _onnxruntime():
     # Imported lazily: onnxruntime is not part of QGIS, and its absence must not break imports.
     try:
         import onnxruntime
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnxruntime":
+            raise DtmError(_BROKEN_INSTALL.format(exc)) from exc
         raise DtmError(INSTALL_HELP) from exc
+    except ImportError as exc:  # installed, but it or a library it needs does not load
+        raise DtmError(_BROKEN_INSTALL.format(exc)) from exc
     return onnxruntime
 
 

@@ -53,6 +53,9 @@ class Georeferencing:
     pixel_size_m: float
     north_deg: float
     """Direction of true north at the scene centre, degrees clockwise from image up."""
+    mirrored: bool = False
+    """East lies anticlockwise of north in the image (a south-up or east-left grid): angles
+    clockwise on the ground turn anticlockwise in the image."""
 
 
 class InputRaster:
@@ -64,7 +67,7 @@ class InputRaster:
         self.width = self.dataset.RasterXSize
         self.height = self.dataset.RasterYSize
         self.bands, self.weights = _select_bands(self.dataset, band)
-        self.georef = _georeferencing(self.dataset, pixel_size)
+        self.georef = _georeferencing(self.dataset, pixel_size, path)
 
     def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Values (float32) and validity of a window; outside the raster, mirrored and invalid."""
@@ -86,6 +89,9 @@ class InputRaster:
         valid = np.ones((bh, bw), bool)
         for band, weight in zip(self.bands, self.weights):
             data = band.ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
+            scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
+            if (scale, offset) != (1.0, 0.0):  # DN to radiance (PDS, ISIS, GeoTIFF scaling)
+                data = data.astype(np.float64) * scale + offset
             if band.GetMaskFlags() != gdal.GMF_ALL_VALID:
                 mask = band.GetMaskBand().ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
                 valid &= mask > 0
@@ -162,74 +168,122 @@ def _select_bands(dataset: gdal.Dataset, band: int | None) -> tuple[list, tuple[
     band = band or 1
     if not 1 <= band <= count:
         raise DtmError(f"Band {band} does not exist: the raster has {count} band(s).")
+    if colour[band - 1] == gdal.GCI_PaletteIndex:
+        raise DtmError(f"Band {band} holds colour-table indices, not brightness; expand it "
+                       "first (gdal_translate -expand rgb).")
     return [dataset.GetRasterBand(band)], (1.0,)
 
 
-def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None) -> Georeferencing:
+def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None,
+                    path: str) -> Georeferencing:
     geotransform = dataset.GetGeoTransform(can_return_null=True)
+    if geotransform is not None and gdal.InvGeoTransform(geotransform) is None:
+        raise DtmError("The input's geotransform is degenerate (its pixels have no size); "
+                       "fix its georeferencing or remove it and give the pixel size.")
     wkt = dataset.GetProjection() or ""
     srs = osr.SpatialReference()
     if wkt:
         srs.ImportFromWkt(wkt)
+    cols, rows = dataset.RasterXSize, dataset.RasterYSize
     if pixel_size is not None:
-        if not pixel_size > 0:
-            raise DtmError(f"The pixel size must be positive, not {pixel_size}.")
-        # A world file without a CRS still places the output, and still says where up is.
+        if not 0 < pixel_size < math.inf:
+            raise DtmError(f"The pixel size must be a positive number, not {pixel_size}.")
+        # A world file without a CRS still places the output, and still says where up is;
+        # without one, a PDS label may say where north is.
         if geotransform is None:
-            return Georeferencing(None, "", float(pixel_size), 0.0)
-        north = north_in_image(geotransform, srs, dataset.RasterXSize, dataset.RasterYSize)
-        return Georeferencing(tuple(geotransform), wkt, float(pixel_size), north)
+            return Georeferencing(None, "", float(pixel_size), _north_from_label(path))
+        north, mirrored = image_frame(geotransform, srs, cols, rows)
+        return Georeferencing(tuple(geotransform), wkt, float(pixel_size), north, mirrored)
+    if geotransform is None and dataset.GetGCPCount():
+        raise DtmError("The input is placed only by ground control points; warp it onto a "
+                       "grid first (gdalwarp), or give its pixel size to use it as it is.")
     if geotransform is None or not wkt:
         raise DtmError("The input has no georeferencing (geotransform and CRS); give its "
                        "pixel size in metres to use it anyway.")
-    size = _pixel_size_metres(geotransform, srs, dataset.RasterYSize)
-    north = north_in_image(geotransform, srs, dataset.RasterXSize, dataset.RasterYSize)
-    return Georeferencing(tuple(geotransform), wkt, size, north)
+    size = _pixel_size_metres(geotransform, srs, cols, rows)
+    north, mirrored = image_frame(geotransform, srs, cols, rows)
+    return Georeferencing(tuple(geotransform), wkt, size, north, mirrored)
 
 
-def _pixel_size_metres(gt: tuple[float, ...], srs: osr.SpatialReference, rows: int) -> float:
-    """Geometric mean of the pixel's two sides in metres, also in a geographic CRS."""
-    size_x, size_y = math.hypot(gt[1], gt[4]), math.hypot(gt[2], gt[5])
-    if srs.IsGeographic():
-        metres_per_degree = srs.GetSemiMajor() * math.pi / 180
-        centre_lat = gt[3] + gt[5] * rows / 2
-        size_x *= metres_per_degree * math.cos(math.radians(centre_lat))
-        size_y *= metres_per_degree
-    else:
-        size_x *= srs.GetLinearUnits()
-        size_y *= srs.GetLinearUnits()
-    return math.sqrt(size_x * size_y)
+def _pixel_size_metres(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
+                       rows: int) -> float:
+    """Geometric mean of the ground size of the centre pixel's two sides, in metres.
+
+    Measured on the body's sphere, not in map units, which a projection stretches (Web
+    Mercator's pixels cover cos(latitude) of their map size).
+    """
+    ground = _to_geographic(srs)
+    if ground is not None:
+        try:
+            corners = [ground.TransformPoint(*gdal.ApplyGeoTransform(gt, cols / 2 + dx,
+                                                                     rows / 2 + dy))
+                       for dx, dy in ((0, 0), (1, 0), (0, 1))]
+        except RuntimeError:
+            corners = []
+        if corners and all(map(math.isfinite, np.ravel(corners))):
+            radius = srs.GetSemiMajor()
+            return math.sqrt(_arc(corners[0], corners[1]) * _arc(corners[0], corners[2])) \
+                * radius
+    units = srs.GetLinearUnits() if srs.IsProjected() else 1.0
+    return math.sqrt(math.hypot(gt[1], gt[4]) * math.hypot(gt[2], gt[5])) * units
+
+
+def _arc(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Angle in radians between two (lon, lat) points on a sphere (haversine)."""
+    lon1, lat1, lon2, lat2 = map(math.radians, (a[0], a[1], b[0], b[1]))
+    h = math.sin((lat2 - lat1) / 2) ** 2 \
+        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * math.asin(math.sqrt(min(h, 1.0)))
+
+
+def _to_geographic(srs: osr.SpatialReference, inverse: bool = False
+                   ) -> osr.CoordinateTransformation | None:
+    """Map coordinates to (lon, lat) on the CRS's own body (``inverse``: back); None for a
+    local CRS."""
+    if not (srs.IsGeographic() or srs.IsProjected()):
+        return None
+    geographic = srs.CloneGeogCS()
+    for ref in (srs, geographic):
+        ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return osr.CoordinateTransformation(*((geographic, srs) if inverse else (srs, geographic)))
 
 
 def north_in_image(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
-                    rows: int) -> float:
-    """Where true north points at the scene centre, clockwise from image up.
+                   rows: int) -> float:
+    """Where true north points at the scene centre, clockwise from image up (see
+    ``image_frame``)."""
+    return image_frame(gt, srs, cols, rows)[0]
+
+
+def image_frame(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
+                rows: int) -> tuple[float, bool]:
+    """Where true north points at the scene centre, clockwise from image up, and whether the
+    grid is mirrored (east anticlockwise of north).
 
     Not only the geotransform's rotation: in a polar stereographic CRS grid north and true
-    north part by up to 180 degrees. NaN where the CRS cannot say (the scene's centre lies
-    outside the area where its projection is defined).
+    north part by up to 180 degrees. North is NaN where the CRS cannot say (the scene's centre
+    lies outside the area where its projection is defined).
     """
-    geographic = srs.CloneGeogCS() if srs.IsGeographic() or srs.IsProjected() else None
-    inverse = gdal.InvGeoTransform(gt)
-    if geographic is None or inverse is None:  # a local CRS: grid north is all there is
+    # A grid is mirrored when its rows and columns turn the other way round from map x and y.
+    mirrored = gt[1] * gt[5] - gt[2] * gt[4] > 0
+    to_geo = _to_geographic(srs)
+    if to_geo is None:  # a local CRS: grid north is all there is
         # One row up moves by (-gt[2], -gt[5]) in map x and y; north is the other way round.
-        return -math.degrees(math.atan2(-gt[2], -gt[5])) % 360
-    for ref in (srs, geographic):
-        ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    to_geo = osr.CoordinateTransformation(srs, geographic)
-    to_map = osr.CoordinateTransformation(geographic, srs)
+        return -math.degrees(math.atan2(-gt[2], -gt[5])) % 360, mirrored
+    to_map = _to_geographic(srs, inverse=True)
+    inverse = gdal.InvGeoTransform(gt)
     centre = gdal.ApplyGeoTransform(gt, cols / 2, rows / 2)
     try:
         lon, lat, _ = to_geo.TransformPoint(*centre)
         step = -1e-4 if lat > 89.9 else 1e-4  # at the pole, step south and turn round
         x, y, _ = to_map.TransformPoint(lon, lat + step)
     except RuntimeError:
-        return math.nan
+        return math.nan, mirrored
     col, row = gdal.ApplyGeoTransform(inverse, x, y)
     d_col, d_row = (col - cols / 2), (row - rows / 2)
     if step < 0:
         d_col, d_row = -d_col, -d_row
-    return math.degrees(math.atan2(d_col, -d_row)) % 360
+    return math.degrees(math.atan2(d_col, -d_row)) % 360, mirrored
 
 
 # PDS3 keywords of HiRISE labels; azimuths are clockwise from the image's right edge.
@@ -261,6 +315,13 @@ def _sun_from_label(path: str) -> tuple[float | None, float | None]:
     if "SUB_SOLAR_AZIMUTH" not in values:
         return None, elevation
     return (values["SUB_SOLAR_AZIMUTH"] - values.get("NORTH_AZIMUTH", 270.0)) % 360, elevation
+
+
+def _north_from_label(path: str) -> float:
+    """North clockwise from image up, from a PDS label's NORTH_AZIMUTH (clockwise from the
+    image's right edge); 0 (north up) without one."""
+    match = re.search(r"^\s*NORTH_AZIMUTH" + _LABEL_NUMBER, _read_label(path), re.MULTILINE)
+    return (float(match.group(1)) - 270.0) % 360 if match else 0.0
 
 
 def _number(meta: dict[str, str], key: str) -> float | None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +292,66 @@ def test_a_model_returning_nan(tmp_path, scene):
     out = tmp_path / "out.tif"
     assert_refused(cli(str(scene), str(out), "--model", str(model)), out,
                    "returned heights that are not numbers")
+
+
+def test_write_protected_output_is_kept(tmp_path, scene, model):
+    out = tmp_path / "kept.tif"
+    out.write_bytes(b"an earlier result")
+    out.chmod(0o444)
+    result = cli(str(scene), str(out), "--model", str(model))
+    assert result.returncode == 1 and "write-protected" in result.stderr
+    assert out.read_bytes() == b"an earlier result"
+
+
+def test_palette_image_is_refused(tmp_path, model):
+    path = write_raster(tmp_path / "palette.tif", ramp(50, 50).astype(np.uint8), GT)
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    table = gdal.ColorTable()
+    for index in range(256):
+        table.SetColorEntry(index, (255 - index, index, 0, 255))
+    ds.GetRasterBand(1).SetColorTable(table)
+    ds = None
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(path), str(out), "--model", str(model)), out, "colour-table")
+
+
+def test_degenerate_geotransform_and_gcps_alone(tmp_path, model):
+    source = write_raster(tmp_path / "source.tif", ramp(50, 50), GT)
+    flat = tmp_path / "flat.vrt"  # a grid whose pixels have no size
+    gdal.Translate(str(flat), str(source), format="VRT")
+    flat.write_text(re.sub(r"<GeoTransform>.*</GeoTransform>",
+                           "<GeoTransform>0,0,0,0,0,0</GeoTransform>", flat.read_text()))
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(flat), str(out), "--model", str(model)), out, "degenerate")
+    gcps = write_raster(tmp_path / "gcps.tif", ramp(50, 50), None)
+    ds = gdal.Open(str(gcps), gdal.GA_Update)
+    srs = ds.GetSpatialRef()
+    ds.SetGCPs([gdal.GCP(x, y, 0, x, y) for x, y in ((0, 0), (50, 0), (0, 50))], srs)
+    ds = None
+    assert_refused(cli(str(gcps), str(out), "--model", str(model)), out,
+                   "ground control points")
+
+
+@pytest.mark.parametrize("size", ["inf", "1e400", "-2"])
+def test_pixel_size_that_is_not_a_positive_number(tmp_path, model, size):
+    source = write_raster(tmp_path / "plain.tif", ramp(50, 50), None, wkt="")
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(source), str(out), "--model", str(model), "--pixel-size", size),
+                   out, "positive number")
+
+
+def test_sigterm_cancels_like_ctrl_c(tmp_path, model):
+    source = write_raster(tmp_path / "big.tif", (ramp(5000, 5000) % 200).astype(np.uint8), GT)
+    out = tmp_path / "out" / "dtm.tif"
+    out.parent.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen([sys.executable, "-m", "mars_dtm_plugin", "predict", str(source),
+                            str(out), "--model", str(model), "--quiet"],
+                           stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not any(out.parent.iterdir()) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the run writes its partial output
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert not any(out.parent.iterdir())

@@ -63,6 +63,15 @@ def test_mean_ratio_scaling_gives_linearised_slopes_toward_the_sun(tmp_path, ele
     assert report.sun_elevation == elevation
 
 
+def test_mean_ratio_scaling_of_float_radiance_near_float32_limits(tmp_path):
+    # The scene mean of values near 1e37 overflows in float32; the heights must not care.
+    image = ramp(64, 64) + 20
+    heights, _, _ = predict(tmp_path, image, contract={"input_scaling": "mean_ratio"})
+    huge, _, _ = predict(tmp_path, image * np.float32(1e35), name="huge.tif",
+                         contract={"input_scaling": "mean_ratio"})
+    np.testing.assert_allclose(huge, heights, atol=1e-4)
+
+
 def test_mean_ratio_scaling_assumes_45_degrees_and_says_so(tmp_path):
     image = ramp(64, 64) + 20
     heights, _, report = predict(tmp_path, image, contract={"input_scaling": "mean_ratio"})
@@ -75,7 +84,7 @@ def test_mean_ratio_scaling_refuses_a_band_without_positive_mean_or_a_bad_elevat
     image = ramp(64, 64).astype(np.float32) - 1000
     with pytest.raises(DtmError, match="positive mean"):
         predict(tmp_path, image, contract={"input_scaling": "mean_ratio"})
-    with pytest.raises(DtmError, match="between 0 and 90"):
+    with pytest.raises(DtmError, match="above 0 and below 90"):
         predict(tmp_path, image + 2000, sun_elevation=95.0,
                 contract={"input_scaling": "mean_ratio"})
     assert not (tmp_path / "dtm.tif").exists()
@@ -164,6 +173,26 @@ def test_rotation_puts_the_sun_where_the_model_expects_it(tmp_path, azimuth):
     # One pixel size of height per pixel: a 45 degree plane, whatever the rotation.
     assert math.hypot(east, north) == pytest.approx(2.0, rel=0.02)
     assert residual < 0.05 * np.ptp(heights)
+
+
+@pytest.mark.parametrize("flip", ["south-up", "east-left"])
+def test_a_mirrored_grid_keeps_the_sun_where_it_is_on_the_ground(tmp_path, flip):
+    # Rows running north (or columns running west) turn clockwise on the ground into
+    # anticlockwise in the image; the heights must still rise away from the sun on the ground.
+    rows, cols, azimuth = 300, 330, 135.0
+    gt = ((1000.0, 2.0, 0.0, 5000.0 - 2.0 * rows, 0.0, 2.0) if flip == "south-up"
+          else (1000.0 + 2.0 * cols, -2.0, 0.0, 5000.0, 0.0, -2.0))
+    source = write_raster(tmp_path / "image.tif", ramp(rows, cols), gt)
+    model = write_test_model(tmp_path / "ramp.onnx", "ramp", sun_mode="rotate", sun_azimuth=270.0)
+    predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                PredictOptions(model_path=str(model), sun_azimuth=azimuth))
+    heights, ds = read_raster(tmp_path / "dtm.tif")
+    assert ds.GetGeoTransform() == pytest.approx(gt)
+    coef, _ = plane_fit(heights)
+    east = coef[0] * np.sign(gt[1])  # height per metre of map x and y
+    north = coef[1] * np.sign(gt[5])
+    bearing = math.degrees(math.atan2(east, north)) % 360
+    assert bearing == pytest.approx((azimuth + 180) % 360, abs=0.5)
 
 
 def test_sun_from_label_is_used_when_not_given(tmp_path):

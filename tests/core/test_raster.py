@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from osgeo import osr
+from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.errors import DtmError
 from mars_dtm_plugin.core.raster import InputRaster, sun_from_product
@@ -133,3 +133,40 @@ def test_real_gale_hirise_colour_is_read_as_luminance():
     assert "3396190" in raster.georef.crs_wkt
     values, valid = raster.read(-10, -10, 100, 100)
     assert values.shape == (100, 100) and not valid[:10].any() and valid[10:, 10:].all()
+
+
+def test_band_scale_and_offset_turn_numbers_into_radiance(tmp_path):
+    path = write_raster(tmp_path / "dn.tif", (ramp(8, 8) * 100).astype(np.uint16))
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    ds.GetRasterBand(1).SetScale(1e-4)
+    ds.GetRasterBand(1).SetOffset(0.2)
+    ds = None
+    values, _ = InputRaster(str(path)).read(0, 0, 8, 8)
+    np.testing.assert_allclose(values, ramp(8, 8) * 100 * 1e-4 + 0.2, rtol=1e-6)
+
+
+def test_pixel_size_is_measured_on_the_ground_not_in_map_units(tmp_path):
+    # Web Mercator stretches a pixel by 1 / cos(latitude): 10 map units at 60 N are 5 m.
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(3857)
+    to_map = osr.CoordinateTransformation(_wgs84(), srs)
+    x, y, _ = to_map.TransformPoint(10.0, 60.0)
+    path = write_raster(tmp_path / "merc.tif", ramp(10, 10), (x - 50, 10.0, 0, y + 50, 0, -10.0),
+                        wkt=srs.ExportToWkt())
+    assert InputRaster(str(path)).georef.pixel_size_m == pytest.approx(5.0, rel=0.01)
+
+
+def _wgs84() -> osr.SpatialReference:
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def test_north_of_an_image_without_a_grid_comes_from_its_label(tmp_path):
+    # NORTH_AZIMUTH is clockwise from the image's right edge: 0 puts north on the right.
+    path = write_raster(tmp_path / "product.tif", ramp(4, 4), None, wkt="")
+    (tmp_path / "product.LBL").write_text("PDS_VERSION_ID = PDS3\nNORTH_AZIMUTH = 0.0\nEND\n")
+    assert InputRaster(str(path), pixel_size=1.0).georef.north_deg == pytest.approx(90.0)
+    (tmp_path / "product.LBL").unlink()
+    assert InputRaster(str(path), pixel_size=1.0).georef.north_deg == 0.0

@@ -355,3 +355,16 @@ def test_sigterm_cancels_like_ctrl_c(tmp_path, model):
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
     assert not any(out.parent.iterdir())
+
+
+def test_an_onnxruntime_that_fails_to_load_is_not_called_missing(tmp_path, scene, model):
+    broken = tmp_path / "site" / "onnxruntime"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        'raise ImportError("numpy.core.multiarray failed to import")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken.parent), *sys.path])}
+    out = tmp_path / "out.tif"
+    result = subprocess.run([sys.executable, "-m", "mars_dtm_plugin", "predict", str(scene),
+                             str(out), "--model", str(model)],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert_refused(result, out, "installed but does not load (numpy.core.multiarray")

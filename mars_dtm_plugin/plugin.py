@@ -8,6 +8,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
+from .core.model import onnxruntime_missing_message
 from .processing.icons import icon_path
 from .processing.provider import MarsDtmProvider
 
@@ -68,6 +69,10 @@ class MarsDtmPlugin:
                        if layer is None else
                        tr("'{0}' is not a raster layer; select an image.").format(layer.name()))
             self.iface.messageBar().pushWarning(tr("Mars DTM"), message)
+            return
+        missing = onnxruntime_missing_message()
+        if missing:  # the dialog would say so only after the form is filled in and run
+            self.iface.messageBar().pushCritical(tr("Mars DTM"), missing)
             return
         import processing  # QGIS's Processing plugin, loaded by the time a button is clicked
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qgis.core import (
@@ -26,12 +27,12 @@ from qgis.PyQt.QtGui import QIcon
 from ..core.engine import (
     PredictOptions,
     RunReport,
-    default_model_path,
     onnxruntime_missing_message,
     predict_dtm,
 )
 from ..core.errors import DtmError
 from ..core.raster import has_geotransform
+from ..core.writer import OUTPUT_EXTENSIONS
 from .feedback import FeedbackAdapter
 from .icons import icon_path
 from .styling import DtmStyler
@@ -111,9 +112,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterBand(
             self.BAND, tr("Band (empty: band 1, or the luminance of RGB)"),
             parentLayerParameterName=self.INPUT, optional=True))
+        # No default path: a saved model, batch or script must not carry this profile's folder.
         self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, tr("Model (ONNX)"), behavior=QgsProcessingParameterFile.File,
-            fileFilter=tr("ONNX models (*.onnx)"), defaultValue=str(default_model_path()),
+            self.MODEL, tr("Model (ONNX; empty: the bundled model)"),
+            behavior=QgsProcessingParameterFile.File, fileFilter=tr("ONNX models (*.onnx)"),
             optional=True))
         self._add_sun_parameters()
         self._add_advanced_parameters()
@@ -155,6 +157,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         layer = self._input_layer(parameters, context)
         if layer is not None and not isinstance(layer, QgsRasterLayer):
             return False, tr("'{0}' is not a raster layer; choose an image.").format(layer.name())
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if output and Path(output).suffix.lower() not in OUTPUT_EXTENSIONS:
+            return False, tr("The output must be a GeoTIFF file: end its name with .tif.")
         return super().checkParameterValues(parameters, context)
 
     @staticmethod
@@ -182,7 +187,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         report = self._run_engine(input_path, output, self._options(parameters, context),
                                   FeedbackAdapter(feedback))
-        self._log_report(report, feedback)
+        self._log_report(report, feedback, self.parameterAsEnum(parameters, self.PROVIDER,
+                                                                context))
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.setPostProcessor(
@@ -246,8 +252,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from exc
 
     @staticmethod
-    def _log_report(report: RunReport, feedback: QgsProcessingFeedback) -> None:
-        # The engine has already logged provider, tiles, pixel size, heights and output path.
-        if report.provider_note:
+    def _log_report(report: RunReport, feedback: QgsProcessingFeedback, provider: int) -> None:
+        # The engine has already logged provider, tiles, pixel size, heights, output path and
+        # why a GPU was not used; that last is a warning only when CUDA was asked for.
+        if report.provider_note and EXECUTION_PROVIDERS[provider] == "cuda":
             feedback.pushWarning(report.provider_note)
         feedback.pushInfo(tr("Finished in {0:.2f} s").format(report.seconds))

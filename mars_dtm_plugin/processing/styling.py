@@ -16,6 +16,7 @@ from qgis.core import (
     QgsRasterBandStats,
     QgsRasterDataProvider,
     QgsRasterLayer,
+    QgsRasterPipe,
     QgsRasterShader,
     QgsSingleBandPseudoColorRenderer,
 )
@@ -51,8 +52,10 @@ def style_as_dtm(layer: QgsRasterLayer, low: float | None = None,
     renderer.setClassificationMin(low)
     renderer.setClassificationMax(high)
     layer.setRenderer(renderer)
-    # Heights are continuous: interpolate when zoomed in rather than showing square pixels.
+    # Heights are continuous: interpolate when zoomed in rather than showing square pixels
+    # (the provider's resampling applies only when the layer asks the provider to resample).
     provider.setZoomedInResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Bilinear)
+    layer.setResamplingStage(QgsRasterPipe.ResamplingStage.Provider)
     layer.triggerRepaint()
 
 

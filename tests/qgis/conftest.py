@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,9 @@ MARS_EQC_WKT = """PROJCS["Equirectangular Mars",
     PARAMETER["False_Northing", 0.0], PARAMETER["Central_Meridian", 180.0],
     PARAMETER["Standard_Parallel_1", 0.0], UNIT["Meter", 1.0]]"""
 GEOTRANSFORM = (1_250_000.0, 2.0, 0.0, -280_000.0, 0.0, -2.0)
+# Its pixels are 2 m of map; on the ground (equirectangular, true at the equator) they are
+# cos(latitude) as wide, and the engine's pixel size is the mean of the two sides.
+GROUND_PIXEL_M = 2.0 * math.sqrt(math.cos(-280_000.0 / 3_396_190.0))
 
 
 def terrain_image(width: int, height: int, seed: int = 0) -> np.ndarray:

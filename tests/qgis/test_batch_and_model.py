@@ -17,7 +17,7 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
 )
 
-from .conftest import ALGORITHM_ID, expected_identity_heights, read_raster, same_crs
+from .conftest import ALGORITHM_ID, GROUND_PIXEL_M, expected_identity_heights, read_raster, same_crs
 
 MODEL3 = Path(__file__).parent / "data" / "predict_dtm_hillshade.model3"
 
@@ -51,7 +51,7 @@ def test_batch_dialog_runs_two_images(provider, browser_model, qgis_iface, qgis_
         heights, geotransform, wkt, _ = read_raster(output)
         source, source_gt, source_wkt, _ = read_raster(image)
         assert geotransform == pytest.approx(source_gt) and same_crs(wkt, source_wkt)
-        expected = expected_identity_heights(source, 2.0)
+        expected = expected_identity_heights(source, GROUND_PIXEL_M)
         np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(),
                                    atol=1e-3)
         renderer = loaded[str(output)].renderer()  # each row's layer has its own styling

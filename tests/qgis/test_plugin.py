@@ -10,7 +10,9 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsProject,
+    QgsRasterDataProvider,
     QgsRasterLayer,
+    QgsRasterPipe,
     QgsSingleBandPseudoColorRenderer,
     QgsVectorLayer,
 )
@@ -91,6 +93,18 @@ def test_button_without_active_layer_warns(plugin, qgis_iface):
     assert any("Select a raster layer" in text for text in warnings_of(qgis_iface))
 
 
+def test_button_without_onnxruntime_says_so_before_opening_the_dialog(
+        plugin, qgis_iface, image_factory, monkeypatch):
+    layer = QgsRasterLayer(str(image_factory(width=60, height=60)), "scene")
+    QgsProject.instance().addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    plugin.actions[0].trigger()
+    assert algorithm_dialog() is None
+    (message,) = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert "onnxruntime is not installed" in message and "pip install" in message
+
+
 def test_button_on_vector_layer_warns(plugin, qgis_iface):
     points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
     QgsProject.instance().addMapLayer(points)
@@ -147,6 +161,10 @@ def test_button_opens_prefilled_dialog_that_runs(plugin, qgis_iface, identity_mo
               if lyr.source() == str(output)]
     renderer = dtm.renderer()
     assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+    # Smooth when zoomed in: the layer lets its provider resample, bilinearly.
+    assert dtm.resamplingStage() == QgsRasterPipe.ResamplingStage.Provider
+    assert dtm.dataProvider().zoomedInResamplingMethod() == \
+        QgsRasterDataProvider.ResamplingMethod.Bilinear
     heights = read_raster(output)[0]
     assert renderer.classificationMin() == pytest.approx(heights.min(), abs=1e-4)
     assert renderer.classificationMax() == pytest.approx(heights.max(), abs=1e-4)

@@ -26,6 +26,7 @@ from tests.conftest import BUILT
 from .conftest import (
     ALGORITHM_ID,
     GEOTRANSFORM,
+    GROUND_PIXEL_M,
     MARS_EQC_WKT,
     expected_identity_heights,
     read_raster,
@@ -59,7 +60,9 @@ def test_parameters(provider):
     assert isinstance(band, QgsProcessingParameterBand)
     assert band.parentLayerParameterName() == "INPUT"
     assert band.flags() & QgsProcessingParameterDefinition.FlagOptional
-    assert alg.parameterDefinition("MODEL").defaultValue().endswith("mars_dtm_generator.onnx")
+    # No path as default: saved models and batches must not carry this profile's folder.
+    assert alg.parameterDefinition("MODEL").defaultValue() is None
+    assert alg.parameterDefinition("MODEL").flags() & QgsProcessingParameterDefinition.FlagOptional
     for name in ("OVERLAP", "PROVIDER"):
         assert alg.parameterDefinition(name).flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert alg.parameterDefinition("PROVIDER").options() == [
@@ -76,6 +79,8 @@ def test_run_gives_a_dtm_on_the_input_grid(provider, identity_model, image_facto
     feedback = QgsProcessingFeedback()
     feedback.progressChanged.connect(lambda value: messages.append(f"progress {value}"))
     feedback.pushInfo = lambda text: messages.append(text)  # keep the log to check it
+    warnings: list[str] = []
+    feedback.pushWarning = lambda text: warnings.append(text)
 
     result = run({"INPUT": str(image), "MODEL": str(identity_model), "OUTPUT": str(output)},
                  feedback)
@@ -87,11 +92,24 @@ def test_run_gives_a_dtm_on_the_input_grid(provider, identity_model, image_facto
     assert geotransform == pytest.approx(source_gt) and geotransform == pytest.approx(GEOTRANSFORM)
     assert same_crs(wkt, source_wkt) and same_crs(wkt, MARS_EQC_WKT)
     # Identity model, heights in units of the 2 m pixel: the stretched image, up to a constant.
-    expected = expected_identity_heights(source, 2.0)
+    expected = expected_identity_heights(source, GROUND_PIXEL_M)
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
     log = "\n".join(messages)
     assert "CPUExecutionProvider" in log and "Tiles:" in log and str(output) in log
+    assert not warnings  # Auto without a GPU is no cause for a warning
     assert "Finished in" in log and "progress 100" in log
+
+
+@pytest.mark.parametrize("name", ["dtm", "dtm.png", "dtm.v2"])
+def test_an_output_that_is_not_a_geotiff_is_refused_before_the_run(provider, image_factory,
+                                                                   tmp_path, name):
+    alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+    ok, message = alg.checkParameterValues(
+        {"INPUT": str(image_factory()), "OUTPUT": str(tmp_path / name)}, QgsProcessingContext())
+    assert not ok and "end its name with .tif" in message
+    assert alg.checkParameterValues({"INPUT": str(image_factory()),
+                                     "OUTPUT": str(tmp_path / "dtm.TIF")},
+                                    QgsProcessingContext())[0]
 
 
 def test_rgb_band_choice(provider, identity_model, tmp_path):
@@ -102,7 +120,7 @@ def test_rgb_band_choice(provider, identity_model, tmp_path):
     output = tmp_path / "band2.tif"
     run({"INPUT": str(image), "BAND": 2, "MODEL": str(identity_model), "OUTPUT": str(output)})
     heights = read_raster(output)[0]
-    expected = expected_identity_heights(planes[1], 2.0)
+    expected = expected_identity_heights(planes[1], GROUND_PIXEL_M)
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
 
 
@@ -142,7 +160,7 @@ def test_layers_inside_containers_are_read_as_qgis_shows_them(provider, identity
         output = tmp_path / "dtm.tif"
         run({"INPUT": layer, "MODEL": str(identity_model), "OUTPUT": str(output)})
         heights = read_raster(output)[0]
-        expected = expected_identity_heights(plane, 2.0)
+        expected = expected_identity_heights(plane, GROUND_PIXEL_M)
         np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(),
                                    atol=1e-3)
         output.unlink()

@@ -16,7 +16,14 @@ import pytest
 
 from tests.conftest import ROOT
 
-from .conftest import expected_identity_heights, read_raster, same_crs, terrain_image, write_geotiff
+from .conftest import (
+    GROUND_PIXEL_M,
+    expected_identity_heights,
+    read_raster,
+    same_crs,
+    terrain_image,
+    write_geotiff,
+)
 
 QGIS_PROCESS = shutil.which("qgis_process.bin")
 pytestmark = pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process.bin is not installed")
@@ -103,7 +110,7 @@ def test_qgis_process_runs_the_algorithm(qgis_env, identity_model, tmp_path):
     heights, geotransform, wkt, _ = read_raster(output)
     source, source_gt, source_wkt, _ = read_raster(image)
     assert geotransform == pytest.approx(source_gt) and same_crs(wkt, source_wkt)
-    expected = expected_identity_heights(source, 2.0)
+    expected = expected_identity_heights(source, GROUND_PIXEL_M)
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
 
 

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="pixel size in metres, for images without georeferencing")
     predict.add_argument("--batch-size", type=int, default=None,
                          help="tiles per model call (default: about half a megapixel)")
+    predict.add_argument("--threads", type=int, default=None, metavar="N",
+                         help="CPU threads for the model (default: onnxruntime's, all cores)")
     predict.add_argument("--quiet", action="store_true", help="print errors only")
     return parser
 
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     options = PredictOptions(
         model_path=args.model, band=args.band, overlap_px=args.overlap,
         sun_azimuth=args.sun_azimuth, sun_elevation=args.sun_elevation,
-        provider=args.provider, pixel_size=args.pixel_size, batch_size=args.batch_size)
+        provider=args.provider, pixel_size=args.pixel_size, batch_size=args.batch_size,
+        threads=args.threads)
     interrupted = []
     # Ctrl-C, and a batch system's time limit or a closed terminal, cancel cleanly.
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):

@@ -93,6 +93,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
             generator = shared_generator(options.model_path or default_model_path(),
                                          options.provider, options.threads)
             run = _Run(raster, generator, options, progress, is_cancelled)
+            for line in run.setup_messages() if log else []:  # said now: a run can be long
+                log(line)
             report = run.execute(output_path)
         except OSError as exc:  # the tile store or the rename
             full = exc.errno in (errno.ENOSPC, errno.EFBIG)
@@ -105,7 +107,7 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
             raster.close()
     report.seconds = time.perf_counter() - started
     if log:
-        for line in report.messages:
+        for line in report.messages[len(run.setup_messages()):]:
             log(line)
     return report
 
@@ -157,9 +159,11 @@ class _Run:
         return sun_from_product(self.raster.path, self.raster.dataset)
 
     def _sun_elevation(self) -> float | None:
-        if self.options.sun_elevation is not None:
-            return self.options.sun_elevation
-        return self._product_sun[1]
+        given = self.options.sun_elevation
+        if given is not None and not 0 < given < 90:  # a label's is checked where it is used
+            raise DtmError(f"The sun elevation (given) must be above 0 and below 90 degrees, "
+                           f"not {given}.")
+        return given if given is not None else self._product_sun[1]
 
     def _rotation_degrees(self) -> float:
         if self.contract.sun_mode != "rotate" or self.sun_azimuth is None:
@@ -214,9 +218,8 @@ class _Run:
         if elevation is None:
             return DEFAULT_SUN_ELEVATION
         if not 0 < elevation < 90:
-            source = "given" if self.options.sun_elevation is not None else "from the label"
-            raise DtmError(f"The sun elevation ({source}) must be above 0 and below 90 degrees, "
-                           f"not {elevation}.")
+            raise DtmError("The sun elevation (from the label) must be above 0 and below 90 "
+                           f"degrees, not {elevation}.")
         return elevation
 
     # -- pass 1: the model --------------------------------------------------------------------
@@ -451,24 +454,30 @@ class _Run:
             sun_source=self.sun_source, height_min=statistics[0], height_max=statistics[1],
             sun_elevation=self._sun_elevation())
         report.messages = [
+            *self.setup_messages(),
+            f"Heights: {statistics[0]:.2f} to {statistics[1]:.2f} m",
+            f"Output: {output_path}",
+        ]
+        return report
+
+    def setup_messages(self) -> list[str]:
+        """What the run is about to do: provider, tiles, pixel size and sun."""
+        generator, georef = self.generator, self.raster.georef
+        elevation = self._sun_elevation()
+        return [
             f"Execution provider: {generator.provider}",
             *([generator.provider_note] if generator.provider_note else []),
-            f"Tiles: {report.tiles} of {self.contract.tile_size} px "
+            f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
             f"({self.rotation.footprint} px footprint), scene rotated by "
             f"{self.rotation.degrees:.1f} degrees",
             f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
             + ("not used" if self.sun_azimuth is None
                else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"),
-            *([f"Sun elevation: {report.sun_elevation:.1f} degrees"]
-              if report.sun_elevation is not None else []),
+            *([f"Sun elevation: {elevation:.1f} degrees"] if elevation is not None else []),
             *([f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees assumed; give it "
                "for heights at the right scale"]
-              if report.sun_elevation is None and self.contract.input_scaling == "mean_ratio"
-              else []),
-            f"Heights: {statistics[0]:.2f} to {statistics[1]:.2f} m",
-            f"Output: {output_path}",
+              if elevation is None and self.contract.input_scaling == "mean_ratio" else []),
         ]
-        return report
 
 
 class _TileStore:

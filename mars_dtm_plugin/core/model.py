@@ -101,6 +101,8 @@ class Generator:
     def __init__(self, path: str | os.PathLike, provider: str = "auto",
                  threads: int | None = None) -> None:
         ort = _onnxruntime()
+        if threads is not None and threads < 1:
+            raise DtmError(f"The number of threads must be at least 1, not {threads}.")
         self.path = Path(path)
         if not self.path.is_file():
             raise DtmError(f"The model file '{self.path}' does not exist.")

@@ -368,3 +368,11 @@ def test_an_onnxruntime_that_fails_to_load_is_not_called_missing(tmp_path, scene
                              str(out), "--model", str(model)],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert_refused(result, out, "installed but does not load (numpy.core.multiarray")
+
+
+def test_threads_below_one(tmp_path, scene, model):
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model), "--threads", "0"), out,
+                   "threads must be at least 1")
+    assert cli(str(scene), str(out), "--model", str(model), "--threads", "1",
+               "--quiet").returncode == 0

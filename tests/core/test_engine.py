@@ -88,6 +88,9 @@ def test_mean_ratio_scaling_refuses_a_band_without_positive_mean_or_a_bad_elevat
         predict(tmp_path, image + 2000, sun_elevation=95.0,
                 contract={"input_scaling": "mean_ratio"})
     assert not (tmp_path / "dtm.tif").exists()
+    # Refused also for a model that does not read the elevation: it is still reported.
+    with pytest.raises(DtmError, match="above 0 and below 90"):
+        predict(tmp_path, image + 2000, sun_elevation=999.0)
 
 
 def test_mars_crs_without_epsg_and_geotransform_survive(tmp_path):
@@ -275,6 +278,21 @@ def test_progress_reaches_one_and_increases(tmp_path):
     predict_dtm(str(source), str(tmp_path / "o.tif"), PredictOptions(model_path=str(model)),
                 progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+
+
+def test_the_log_says_what_the_run_does_before_it_runs(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(300, 300), GT)
+    model = write_test_model(tmp_path / "m.onnx")
+    events: list[str] = []
+    report = predict_dtm(str(source), str(tmp_path / "o.tif"),
+                         PredictOptions(model_path=str(model)),
+                         progress=lambda _: events.append("progress"), log=events.append)
+    first_progress = events.index("progress")
+    assert any(e.startswith("Execution provider") for e in events[:first_progress])
+    assert any(e.startswith("Tiles:") for e in events[:first_progress])
+    assert events[-1].startswith("Output:") and events[-2].startswith("Heights:")
+    logged = [e for e in events if e != "progress"]
+    assert logged == report.messages  # each line once
 
 
 def test_report_times_each_stage(tmp_path):

@@ -353,6 +353,12 @@ def hirise_scenes(_folder: Path, _seed: int) -> list[Scene]:
     return scenes
 
 
+def set_source(set_name: str) -> Path | None:
+    """Where a test set's real data is read from; None for the generated synthetic set."""
+    return {"louth": SHARED / "dem_shapes", "karoo": SHARED / "karoo_quickbird",
+            "gale": SHARED / "gale_hirise", "hirise": SHARED / "hirise_tiles"}.get(set_name)
+
+
 TEST_SETS: dict[str, Callable[[Path, int], list[Scene]]] = {
     "synthetic": synthetic_scenes, "louth": louth_scenes, "karoo": karoo_scenes,
     "gale": gale_scenes, "hirise": hirise_scenes,
@@ -584,7 +590,9 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
         for set_name in sets:
             scenes = TEST_SETS[set_name](data, seed)
             if not scenes:
-                results["notes"][set_name] = "skipped: its data in shared/data is absent"
+                note = f"skipped: its data in {set_source(set_name)} is absent"
+                print(f"{set_name}: {note}", file=sys.stderr)
+                results["notes"][set_name] = note
                 continue
             by_method: dict[str, list[dict]] = {}
             figure_rows = []
@@ -612,7 +620,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
             results["notes"][set_name] = _set_note(scenes)
             figures(set_name, figure_rows[:3], first, out)
-        if speed:
+        if speed and results["sets"]:
             results["speed"] = measure_speed(models[first], Path(tmp))
     return results
 
@@ -698,6 +706,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
                        not args.no_speed, args.roughness_control, args.tilt_control)
+    if not results["sets"]:
+        print(f"error: no test set could be evaluated: the data of {', '.join(sets)} is absent "
+              "(see above); choose --sets whose data exists", file=sys.stderr)
+        return 1
     (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     command = " ".join(sys.argv[1:] if argv is None else argv)
     path = write_report(results, list(models), Path(args.out), command)

@@ -21,7 +21,7 @@ import torch
 
 from mars_dtm_plugin.core.contract import ModelContract, parse_contract
 from mars_dtm_plugin.core.errors import DtmError
-from training.model import Generator, GeneratorConfig, conv_flops
+from training.model import Generator, GeneratorConfig, conv_flops, load_checkpoint
 
 OPSET = 17
 # Tiles disagree most at their edges (least context); wide overlaps blend those away. 37.5 %
@@ -43,12 +43,7 @@ def code_revision() -> str:
 
 def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
     """The generator (eval mode) and the run's resolved configuration."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as exc:
-        raise ValueError(f"cannot read the checkpoint {checkpoint}: {exc}") from exc
-    if not isinstance(state, dict) or "generator" not in state:
-        raise ValueError(f"{checkpoint} is not a training checkpoint (no generator weights)")
+    state = load_checkpoint(checkpoint)
     gen_cfg = state["generator_config"]
     model = Generator(GeneratorConfig(tuple(gen_cfg["channels"]),
                                       bool(gen_cfg.get("shading_prior", False))))
@@ -60,6 +55,10 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
 def build_contract(config: dict, model: Generator, version: str, training_data: str,
                    tiles_overlap: float = DEFAULT_OVERLAP) -> ModelContract:
     tile = int(config["patch_size"])
+    if tile % model.size_multiple:
+        raise ValueError(f"the checkpoint's patch size {tile} is not a multiple of its U-Net's "
+                         f"size multiple {model.size_multiple}, so the engine could not run "
+                         "its tiles; train again with a patch size that is")
     return ModelContract(
         # The engine feeds tiles the size of the training patches: the context the model
         # learned (and the length its shading integral runs) is the context it gets.

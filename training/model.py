@@ -8,7 +8,9 @@ on a laptop CPU.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,3 +129,14 @@ def conv_flops(model: nn.Module, height: int, width: int) -> float:
     for h in handles:
         h.remove()
     return total
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """A training checkpoint's state; ``ValueError`` with one sentence if it is none."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"cannot read the checkpoint {path}: {exc}") from exc
+    if not isinstance(state, dict) or "generator" not in state:
+        raise ValueError(f"{path} is not a training checkpoint (no generator weights)")
+    return state

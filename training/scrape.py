@@ -55,7 +55,7 @@ class ShortRead(OSError):
 
 
 class ScrapeError(RuntimeError):
-    """The crawl cannot start; the message is one sentence for the user."""
+    """The crawl cannot start or finds no pair; the message is one sentence for the user."""
 
 
 class Refused(ValueError):
@@ -195,14 +195,16 @@ class Summary:
     fetched: int = 0
     skipped: int = 0
     failed: int = 0
+    unusable: int = 0
+    """Pairs whose folder lists no DTM or ortho of theirs: nothing to fetch, no failure."""
     refused: list[str] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)
     """Folders whose listing failed: the pairs in them were not seen."""
 
     def line(self) -> str:
         return (f"pairs found {self.found}, fetched {self.fetched}, skipped {self.skipped}, "
-                f"failed {self.failed}; links refused {len(self.refused)}; "
-                f"folders unlisted {len(self.unlisted)}")
+                f"failed {self.failed}, unusable {self.unusable}; "
+                f"links refused {len(self.refused)}; folders unlisted {len(self.unlisted)}")
 
 
 class Scraper:
@@ -229,12 +231,14 @@ class Scraper:
             return []
 
     def pair_dirs(self, root: list[Link]) -> Iterator[tuple[Pair, Link, list[str]]]:
-        """Pair folders in listing order: phase, then block of orbits, then pair."""
-        for phase in (link for link in root if link.is_dir and link.name in PHASES):
-            for orbits in self.folder(phase.url):
+        """Pair folders: phases in ``PHASES`` order, then orbit blocks and pairs by name, so
+        ``--limit`` takes the same sample whatever order a server lists them in."""
+        phases = {link.name: link for link in root if link.is_dir and link.name in PHASES}
+        for phase in (phases[name] for name in PHASES if name in phases):
+            for orbits in sorted(self.folder(phase.url), key=lambda link: link.name):
                 if not (orbits.is_dir and is_orbit_dir(orbits.name)):
                     continue
-                for link in self.folder(orbits.url):
+                for link in sorted(self.folder(orbits.url), key=lambda link: link.name):
                     pair = parse_pair(link.name) if link.is_dir else None
                     if pair is not None:
                         yield pair, link, [phase.name, orbits.name, link.name]
@@ -343,7 +347,10 @@ class Scraper:
 
 
 def pair_outcome(record: dict) -> str:
-    """How a pair counts in the summary: fetched, skipped (all there already) or failed."""
+    """How a pair counts in the summary: fetched, skipped (all there already), unusable (no
+    products of its own listed) or failed."""
+    if record["status"] == "unusable":
+        return "unusable"
     if record["status"] != "complete":
         return "failed"
     return "skipped" if all(f["action"] == "skipped" for f in record["files"]) else "fetched"
@@ -384,13 +391,18 @@ def scrape(options: Options) -> Summary:
         root = scraper.listing(scraper.base_url)
     except Exception as error:
         raise ScrapeError(f"cannot read the listing at {scraper.base_url}: {error}") from error
-    folder_ready(options.out)
     summary, records = scraper.run(root)
+    if not summary.found:  # a wrong URL: keep whatever manifest an earlier crawl wrote
+        unlisted = f" ({len(summary.unlisted)} folders could not be listed)" \
+            if summary.unlisted else ""
+        raise ScrapeError(f"no pair folders ({'/'.join(PHASES)}/ORB_*/<pair>/) found under "
+                          f"{scraper.base_url}{unlisted}; check --base-url")
     write_json(options.out / "manifest.json", {
         "base_url": scraper.base_url, "user_agent": USER_AGENT, "scale": options.scale,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "summary": {"found": summary.found, "fetched": summary.fetched,
                     "skipped": summary.skipped, "failed": summary.failed,
+                    "unusable": summary.unusable,
                     "refused": summary.refused, "unlisted": summary.unlisted},
         "pairs": records,
     })

@@ -78,6 +78,10 @@ def write_splits(splits: dict[str, list[str]], out: Path, seed: int) -> None:
 def load_splits(path: Path) -> dict[str, str]:
     """pair id -> split name, from a splits.json; ValueError if a pair is in two splits."""
     data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(name, []), list) for name in SPLITS):
+        raise ValueError(f"{path} is no splits file: it must be a JSON object with lists of "
+                         f"pair ids under {', '.join(SPLITS)}")
     owner: dict[str, str] = {}
     for name in SPLITS:
         for pair_id in data.get(name, []):

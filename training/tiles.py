@@ -175,6 +175,11 @@ class Shards:
             writer.close()
         return [str(p.relative_to(self.out)) for w in self.writers.values() for p in w.paths]
 
+    def abort(self) -> None:
+        """Drop the shards being written; the complete ones stay."""
+        for writer in self.writers.values():
+            writer.abort()
+
 
 def build(pairs: list[PairFiles], out: Path, size: int = 512, overlap: int = 64,
           shard_size: int = 1000, splits: dict[str, str] | None = None,
@@ -185,6 +190,20 @@ def build(pairs: list[PairFiles], out: Path, size: int = 512, overlap: int = 64,
     index: dict = {"size": size, "overlap": overlap, "pairs": {}, "skipped": dict(skipped or {})}
     for pair_id, reason in index["skipped"].items():
         log.warning("skipped %s: %s", pair_id, reason)
+    try:
+        _write_pairs(pairs, shards, index, size, overlap, splits)
+    except BaseException:  # Ctrl-C or a bug: no half-written shard stays behind
+        shards.abort()
+        raise
+    index["shards"] = shards.close()
+    if index["shards"]:
+        write_json(out / "patches.json", index)
+    return index
+
+
+def _write_pairs(pairs: list[PairFiles], shards: Shards, index: dict, size: int, overlap: int,
+                 splits: dict[str, str] | None) -> None:
+    """Each pair's patches into its split's shards, noting in ``index`` what each gave."""
     for pair in pairs:
         split = splits.get(pair.pair_id) if splits is not None else ""
         if split is None:
@@ -204,10 +223,6 @@ def build(pairs: list[PairFiles], out: Path, size: int = 512, overlap: int = 64,
             else:
                 index["skipped"][pair.pair_id] = str(error)
                 log.warning("skipped %s: %s", pair.pair_id, error)
-    index["shards"] = shards.close()
-    if index["shards"]:
-        write_json(out / "patches.json", index)
-    return index
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -241,9 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         pairs, skipped = load_pairs(args.source)
-        splits = load_splits(args.splits) if args.splits else None
     except (ValueError, KeyError, OSError) as error:
         print(f"error: cannot read {args.source}: {error}.", file=sys.stderr)
+        return 2
+    try:
+        splits = load_splits(args.splits) if args.splits else None
+    except (ValueError, OSError) as error:  # json's decode error is a ValueError
+        print(f"error: cannot read the splits file {args.splits}: {error}.", file=sys.stderr)
         return 2
     index = build(pairs, args.out, args.size, args.overlap, args.shard_size, splits, skipped)
     total = sum(p["patches"] for p in index["pairs"].values())

@@ -4,6 +4,13 @@ One process per device; with ``torchrun --nproc-per-node G [--nnodes N ...]`` it
 DDP (NCCL on GPUs, gloo on CPU), each rank streaming its own share of the shards. Every
 checkpoint has the fully resolved configuration beside it (``config.json``); ``--resume``
 continues bit-for-bit on CPU (model, optimisers, random states and data position).
+
+``--resume CKPT`` takes every option from the checkpoint's saved configuration and writes
+into the checkpoint's folder; flags (or a ``--config``) may change only how long and how the
+run goes on: --steps, --max-minutes, --stop-at, --keep-steps, --workers, --threads,
+--log-every, --val-every, --val-batches, --checkpoint-every and --out. A run stopped by
+``--max-minutes`` before ``--steps`` says so and exits 0 (the limit is a safety stop, and
+its checkpoint is valid); continue it with ``--resume``.
 """
 
 from __future__ import annotations
@@ -11,11 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +42,7 @@ from training.data import (
     load_dem_shapes,
 )
 from training.losses import LossWeights, discriminator_loss, generator_loss
-from training.model import Generator, GeneratorConfig, PatchDiscriminator
+from training.model import Generator, GeneratorConfig, PatchDiscriminator, load_checkpoint
 
 
 @dataclass
@@ -129,12 +137,22 @@ HELP = {
     "norm_std": "standardisation std after the scaling",
     "init_from": "checkpoint whose generator weights start this run (fine-tuning); the "
                  "optimiser, schedule and data stream start afresh",
-    "resume": "checkpoint to continue from (its run folder keeps its config)",
+    "resume": "checkpoint to continue from, with the options it was trained with and --out "
+              "its folder; see above for what may change",
 }
+
+# What a resumed run may change (listed in the module's doc): how long and how it runs,
+# never what or how it learns.
+RESUMABLE = ("steps", "max_minutes", "stop_at", "keep_steps", "workers", "threads",
+             "log_every", "val_every", "val_batches", "checkpoint_every", "out")
+PATH_OPTIONS = {"data", "val_data", "init_from"}
+_KINDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+          "list[int]": "a list of integers", "list[float]": "a list of numbers"}
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Defaults < ``--config`` JSON < command-line flags."""
+    """Defaults < ``--config`` JSON < command-line flags; with ``--resume``, the checkpoint's
+    saved options < the few of ``RESUMABLE`` given."""
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="JSON file of options (keys as the flags below)")
@@ -143,21 +161,93 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
                             default=None, help=HELP[f.name])
     args = parser.parse_args(argv)
-    values: dict = {}
+    given: dict = {}
     if args.config:
         try:
-            values = json.loads(Path(args.config).read_text())
+            given = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             parser.error(f"cannot read the config file {args.config}: {exc}")
-        unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
-        if unknown:
-            parser.error(f"unknown option(s) in {args.config}: {', '.join(sorted(unknown))}")
-    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+        if not isinstance(given, dict):
+            parser.error(f"the config file {args.config} must hold a JSON object")
+        _check_options(parser, given, f"the config file {args.config}")
+    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    _check_options(parser, flags, "the command line")
+    given.update(flags)
+    values = _resumed_options(parser, given) if given.get("resume") else given
     cfg = TrainConfig(**values)
     if cfg.shading_prior and cfg.canonical_azimuth % 360 != 270:
         parser.error("--shading-prior integrates along rows from the left: it needs "
                      "--canonical-azimuth 270")
+    multiple = 2 ** (len(cfg.channels) - 1)
+    if cfg.patch_size <= 0 or cfg.patch_size % multiple:
+        parser.error(f"--patch-size {cfg.patch_size} must be a positive multiple of "
+                     f"{multiple}, the size multiple of a U-Net of {len(cfg.channels)} levels")
     return cfg
+
+
+def _check_options(parser: argparse.ArgumentParser, values: dict, source: str) -> None:
+    """Refuse unknown keys and values of the wrong type, naming where they came from."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        parser.error(f"unknown option(s) in {source}: {', '.join(sorted(unknown))}")
+    for name, value in values.items():
+        if not _fits(fields[name], value):
+            parser.error(f"{name} in {source} must be {_KINDS[fields[name]]}, not {value!r}")
+
+
+def _fits(kind: str, value: object) -> bool:
+    if isinstance(value, list):
+        return kind.startswith("list[") and all(_fits(kind[5:-1], v) for v in value)
+    if isinstance(value, bool):
+        return kind == "bool"
+    return {"int": isinstance(value, int), "float": isinstance(value, (int, float)),
+            "str": isinstance(value, str)}.get(kind, False)
+
+
+def _resumed_options(parser: argparse.ArgumentParser, given: dict) -> dict:
+    """The checkpoint's saved options, its folder as ``out``, and what ``given`` may change."""
+    checkpoint = Path(given["resume"])
+    try:
+        saved = saved_config(checkpoint)
+    except ValueError as exc:
+        parser.error(str(exc))
+    _check_options(parser, saved, f"the saved configuration of {checkpoint}")
+    saved = {**dataclasses.asdict(TrainConfig()), **saved, "out": str(checkpoint.parent)}
+    changed = sorted(k for k, v in given.items()
+                     if k not in RESUMABLE and k != "resume" and not _same(k, v, saved[k]))
+    if changed:
+        parser.error(f"--resume continues the run of {checkpoint} with its saved options, so "
+                     f"{_flags(changed)} cannot change (a resumed run may change only "
+                     f"{_flags(RESUMABLE)}); start a new run with --init-from {checkpoint} to "
+                     "train its weights differently")
+    return {**saved, **given}
+
+
+def _flags(names: Iterable[str]) -> str:
+    return ", ".join(f"--{name.replace('_', '-')}" for name in names)
+
+
+def _same(name: str, a: object, b: object) -> bool:
+    if name in PATH_OPTIONS and a and b:  # the same folder, however it is spelt
+        return Path(str(a)).resolve() == Path(str(b)).resolve()
+    return a == b
+
+
+def saved_config(checkpoint: str | Path) -> dict:
+    """The options a checkpoint was trained with: its own copy, else its folder's config.json."""
+    state = load_checkpoint(checkpoint)
+    if isinstance(state.get("config"), dict):
+        return state["config"]
+    beside = Path(checkpoint).parent / "config.json"
+    try:
+        config = json.loads(beside.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{checkpoint} holds no configuration and {beside} cannot be read: "
+                         f"{exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{checkpoint} holds no configuration and {beside} is no JSON object")
+    return config
 
 
 def _bool(text: str) -> bool:
@@ -194,6 +284,10 @@ def make_dataset(spec: str, cfg: TrainConfig, seed: int, augment: bool = True) -
     return ShardPatches(list_shards(spec), seed, norm, cfg.canonical_azimuth, augment=augment,
                         size=cfg.patch_size, mean_jitter=cfg.mean_jitter,
                         scene_mean=cfg.scene_mean)
+
+
+class NoTrainingData(ValueError):
+    """The training data yields no full batch."""
 
 
 class Trainer:
@@ -234,7 +328,7 @@ class Trainer:
         if cfg.resume:
             self.load(cfg.resume)
         elif cfg.init_from:
-            state = torch.load(cfg.init_from, map_location=self.device, weights_only=False)
+            state = load_checkpoint(cfg.init_from, self.device)
             self.generator.load_state_dict(state["generator"])
             self.prior_steps = state["step"] + state.get("prior_steps", 0)
 
@@ -262,7 +356,13 @@ class Trainer:
                 self.consumed += 1
                 yield batch
             if not produced:
-                raise RuntimeError("the training data produced no full batch")
+                raise NoTrainingData(
+                    f"the training data {self.cfg.data} gave no full batch of "
+                    f"{self.cfg.batch_size}: shard patches without a sun azimuth, or smaller "
+                    f"than --patch-size {self.cfg.patch_size} once turned to the canonical "
+                    f"sun, are dropped; cut tiles of at least "
+                    f"{math.ceil(self.cfg.patch_size * math.sqrt(2))} px (patch size x sqrt 2, "
+                    f"training.tiles --size), lower --patch-size, or add patches")
             self.epoch, self.consumed = self.epoch + 1, 0
 
     # -- one step ------------------------------------------------------------------------
@@ -349,7 +449,7 @@ class Trainer:
         return path
 
     def load(self, path: str) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(path, self.device)
         self.generator.load_state_dict(state["generator"])
         self.g_opt.load_state_dict(state["g_opt"])
         if self.disc and state["disc"] is not None:
@@ -403,8 +503,11 @@ class Trainer:
                 self.save()
             if self.step in cfg.keep_steps:
                 self.save(f"step_{self.step}.pt")
-            if out_of_time:
-                bar.write(f"stopping at step {self.step}: --max-minutes reached")
+            if out_of_time and self.step < last:
+                if self.rank == 0:
+                    bar.write(f"stopped at step {self.step} of {last}: --max-minutes "
+                              f"{cfg.max_minutes:g} reached; continue with --resume "
+                              f"{self.out / 'last.pt'}", file=sys.stderr)
                 break
         bar.close()
         if writer:
@@ -453,7 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logs = trainer.fit()
+    try:
+        logs = trainer.fit()
+    except NoTrainingData as exc:  # known only once the first epoch has run dry
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if trainer.rank == 0:
         print(json.dumps({"step": trainer.step, **{k: round(v, 5) for k, v in logs.items()}}))
     if dist.is_initialized():

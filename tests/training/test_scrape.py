@@ -13,6 +13,7 @@ from tests.training.fakesite import (
     DTM_A,
     DTM_ROOT,
     PAIR_A,
+    PAIR_C,
     PAIR_NO_DTM,
     SiteServer,
     dtm_name,
@@ -29,7 +30,8 @@ def _pair_record(out: Path, pair_id: str) -> dict:
 def test_full_crawl_mirrors_the_chosen_products(server: SiteServer, site: Path,
                                                 tmp_path: Path) -> None:
     summary = scrape(options(server, tmp_path))
-    assert (summary.found, summary.fetched, summary.skipped, summary.failed) == (4, 3, 0, 1)
+    assert (summary.found, summary.fetched, summary.skipped, summary.failed,
+            summary.unusable) == (4, 3, 0, 0, 1)
     fetched = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
                      if p.is_file() and p.name != "pair.json" and p.name != "manifest.json")
     assert len(fetched) == 9
@@ -51,7 +53,7 @@ def test_rerun_skips_complete_files(server: SiteServer, tmp_path: Path) -> None:
     scrape(options(server, tmp_path))
     server.reset()
     summary = scrape(options(server, tmp_path))
-    assert (summary.fetched, summary.skipped, summary.failed) == (0, 3, 1)
+    assert (summary.fetched, summary.skipped, summary.failed, summary.unusable) == (0, 3, 0, 1)
     assert not [r for r in server.requests if r["method"] == "GET" and not r["path"].endswith("/")]
 
 
@@ -60,11 +62,11 @@ def test_interrupted_download_resumes_on_rerun(server: SiteServer, site: Path,
     server.cuts[DTM_A] = [5000]
     summary = scrape(options(server, tmp_path, retries=0))
     local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
-    assert summary.failed == 2 and not local.exists()
+    assert summary.failed == 1 and not local.exists()
     assert local.with_name(local.name + ".part").stat().st_size == 5000
     assert _pair_record(tmp_path, PAIR_A)["files"][0]["status"] == "partial"
     server.reset()
-    assert scrape(options(server, tmp_path)).failed == 1
+    assert scrape(options(server, tmp_path)).failed == 0
     assert [r["range"] for r in server.gets(dtm_name(PAIR_A))] == ["bytes=5000-"]
     assert local.read_bytes() == (site / DTM_A.lstrip("/")).read_bytes()
     assert not local.with_name(local.name + ".part").exists()
@@ -81,10 +83,36 @@ def test_dropped_connections_are_retried_from_where_they_broke(
     assert local.read_bytes() == (site / DTM_A.lstrip("/")).read_bytes()
 
 
-def test_limit_stops_the_crawl(server: SiteServer, tmp_path: Path) -> None:
+def test_limit_takes_psp_then_esp_by_name(server: SiteServer, tmp_path: Path) -> None:
+    # The site lists every folder in reverse order: ESP first, later orbits first.
     summary = scrape(options(server, tmp_path, limit=2))
     assert summary.found == 2
-    assert not [r for r in server.requests if "ORB_011300" in r["path"]]
+    pairs = json.loads((tmp_path / "manifest.json").read_text())["pairs"]
+    assert sorted(p["pair_id"] for p in pairs) == sorted([PAIR_C, PAIR_A])
+    assert not [r for r in server.requests if "ORB_011400" in r["path"]]
+
+
+def test_a_complete_rerun_exits_0_despite_unusable_pairs(
+        server: SiteServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["--out", str(tmp_path), "--base-url", server.url + DTM_ROOT, "--delay", "0"]
+    assert main(base) == 0  # PAIR_NO_DTM lists no DTM: nothing to fetch, no failure
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "failed 0, unusable 1;" in out
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert (manifest["summary"]["failed"], manifest["summary"]["unusable"]) == (0, 1)
+
+
+def test_a_base_url_with_no_pairs_fails_and_keeps_the_manifest(
+        server: SiteServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    scrape(options(server, tmp_path))
+    before = (tmp_path / "manifest.json").read_text()
+    wrong = server.url + DTM_ROOT + "ESP/"  # a real listing, but no phase folders in it
+    assert main(["--out", str(tmp_path), "--base-url", wrong, "--delay", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: no pair folders (PSP/ESP/ORB_*/<pair>/) found under {wrong}; "
+                   "check --base-url.\n")
+    assert (tmp_path / "manifest.json").read_text() == before
 
 
 def test_a_folder_that_cannot_be_listed_is_passed_over(server: SiteServer,

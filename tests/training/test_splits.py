@@ -74,3 +74,11 @@ def test_bad_input_is_one_sentence_and_writes_nothing(
     assert main([str(txt), "--out", str(tmp_path / "out" / "splits.json"), *args]) == 2
     assert capsys.readouterr().err == message.format(txt=txt)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [["a"], {"train": "ESP_1"}])
+def test_a_file_that_is_no_splits_object_is_refused(tmp_path: Path, content: object) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="is no splits file: it must be a JSON object"):
+        load_splits(path)

@@ -164,3 +164,32 @@ def test_bad_input_is_one_sentence_and_writes_nothing(
     assert exit_info.value.code == code
     assert capsys.readouterr().err.endswith(message)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_build_leaves_no_partial_shard(scraped: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import tiles
+
+    cut = tiles.pair_patches
+
+    def interrupted(pair: object, size: int, overlap: int):
+        yield from cut(pair, size, overlap)
+        raise KeyboardInterrupt  # the user presses Ctrl-C after the first pair
+
+    monkeypatch.setattr(tiles, "pair_patches", interrupted)
+    pairs, _ = load_pairs(scraped)
+    with pytest.raises(KeyboardInterrupt):
+        build(pairs, tmp_path, SIZE, OVERLAP, shard_size=1000)
+    assert not list(tmp_path.rglob("*.part")) and not (tmp_path / "patches.json").exists()
+
+
+@pytest.mark.parametrize("content", ["{bad", '["a"]'])
+def test_a_malformed_splits_file_is_named(scraped: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture, content: str) -> None:
+    splits = tmp_path / "s.json"
+    splits.write_text(content)
+    code = main([str(scraped), "--out", str(tmp_path / "out"), "--splits", str(splits)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read the splits file {splits}: ")
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()

@@ -183,3 +183,19 @@ def test_evaluation_runs_models_through_the_engine_and_writes_a_report(tmp_path)
     # Noise of 4 pixels (2.5 m at 0.63 m), averaged 8 x 8 onto the 5 m grid: 0.3 m more error.
     noisy, clean = metrics["ident+noise4px"]["rmse_m"], metrics["ident"]["rmse_m"]
     assert math.sqrt(clean**2 + 0.31**2) - 0.02 < noisy < math.sqrt(clean**2 + 0.31**2) + 0.02
+
+
+def test_every_set_skipped_names_its_folder_and_fails(tmp_path, capsys, monkeypatch):
+    from training import evaluate
+
+    monkeypatch.setattr(evaluate, "SHARED", tmp_path / "shared")  # as on a fresh clone
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")  # never run: there is nothing to run it on
+    code = main(["--model", str(model), "--data", str(tmp_path / "d"), "--out",
+                 str(tmp_path / "eval"), "--sets", "gale,hirise"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"gale: skipped: its data in {tmp_path / 'shared' / 'gale_hirise'} is absent" in err
+    assert f"hirise: skipped: its data in {tmp_path / 'shared' / 'hirise_tiles'}" in err
+    assert "no test set could be evaluated" in err
+    assert not (tmp_path / "eval" / "report.md").exists()

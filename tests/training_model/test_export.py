@@ -68,3 +68,21 @@ def test_a_failed_export_leaves_no_file(exported, tmp_path, capsys, options, cod
     assert export_main([str(checkpoint), str(tmp_path / "m.onnx"), *options]) == code
     assert words in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_no_pickle_is_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("plain text, not a checkpoint")
+    assert export_main([str(bad), str(tmp_path / "x.onnx")]) == 2
+    assert f"cannot read the checkpoint {bad}" in capsys.readouterr().err
+
+
+def test_a_patch_size_off_the_size_multiple_is_not_exported(pool, tmp_path, capsys):
+    # Checkpoints from before train checked it: 48 px patches on a U-Net of 6 levels.
+    cfg = TrainConfig(data=str(pool), out=str(tmp_path), patch_size=48, channels=[2] * 6,
+                      threads=1)
+    checkpoint = Trainer(cfg).save()
+    assert export_main([str(checkpoint), str(tmp_path / "x.onnx")]) == 2
+    assert "patch size 48 is not a multiple of its U-Net's size multiple 32" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

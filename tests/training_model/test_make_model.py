@@ -86,3 +86,20 @@ def test_an_interrupted_pool_is_rendered_again_not_kept(tmp_path, monkeypatch):
     assert len(list(read_shards(sorted((pool / "train").glob("*.tar"))))) == 6
     assert len(list(read_shards(sorted((pool / "val").glob("*.tar"))))) == 2
     assert sorted(p.name for p in pool.iterdir()) == ["train", "val"]
+
+
+def test_a_rerun_resumes_each_run_from_its_config_and_checkpoint(pool, tmp_path):
+    from training.make_model import _train_args
+    from training.train import main as train
+
+    work = tmp_path / "work"
+    (work / "pool").mkdir(parents=True)
+    for name in ("train", "val"):
+        (work / "pool" / name).symlink_to(pool)
+    recipe = {"seed": 1, "train": {"patch_size": 32, "batch_size": 2, "steps": 2,
+                                   "channels": [4, 8, 16], "threads": 1}}
+    assert train(_train_args(recipe, work, "main", {"gan": False})) == 0
+    recipe["train"]["steps"] = 3  # a longer run, continued from the first
+    args = _train_args(recipe, work, "main", {"gan": False})
+    assert "--resume" in args and train(args) == 0
+    assert torch.load(work / "main" / "last.pt", weights_only=False)["step"] == 3

@@ -134,7 +134,7 @@ def test_ddp_ranks_stop_together_when_time_is_up(pool, tmp_path):
     result = _ddp(pool, tmp_path, "--steps", "100000", "--max-minutes", "0.01",
                   "--checkpoint-every", "100000")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "--max-minutes reached" in result.stdout + result.stderr
+    assert result.stderr.count("--max-minutes 0.01 reached; continue with --resume") == 1
     assert 0 < torch.load(tmp_path / "last.pt", weights_only=False)["step"] < 100000
 
 
@@ -143,3 +143,81 @@ def test_missing_validation_folder_is_one_clear_error(pool, tmp_path, capsys):
                  str(tmp_path / "o"), "--patch-size", "64"])
     assert code == 2
     assert "no shard files" in capsys.readouterr().err
+
+
+def _tiny_run(pool, out, *options: str) -> int:
+    return main(["--data", str(pool), "--out", str(out), "--patch-size", "32", "--batch-size",
+                 "2", "--channels", "4,8,16", "--threads", "1", "--checkpoint-every", "1000",
+                 "--lr", "0.003", *options])
+
+
+def test_resume_alone_takes_the_saved_options_and_folder(pool, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert _tiny_run(pool, run, "--steps", "2") == 0
+    monkeypatch.chdir(tmp_path)  # the default --out would be runs/model here
+    assert main(["--resume", str(run / "last.pt"), "--steps", "3"]) == 0
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 3
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["data"], saved["channels"], saved["lr"]) == (str(pool), [4, 8, 16], 0.003)
+    assert saved["steps"] == 3 and not (tmp_path / "runs").exists()
+
+
+def test_resume_with_a_config_keeps_the_saved_data(pool, tmp_path):
+    run = tmp_path / "run"
+    assert _tiny_run(pool, run, "--steps", "2") == 0
+    config = tmp_path / "c.json"  # as make_model writes it, less the data folder
+    saved = json.loads((run / "config.json").read_text())
+    config.write_text(json.dumps({k: v for k, v in saved.items() if k != "data"}))
+    cfg = parse_args(["--config", str(config), "--resume", str(run / "last.pt")])
+    assert cfg.data == str(pool) and cfg.out == str(run)
+
+
+def test_resume_refuses_to_change_what_the_run_learns(pool, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _tiny_run(pool, run, "--steps", "2") == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--resume", str(run / "last.pt"), "--lr", "0.5", "--steps", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--lr cannot change" in err and "Traceback" not in err
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 2
+
+
+def test_resume_of_a_file_that_is_no_checkpoint_is_one_sentence(tmp_path, capsys):
+    bad = tmp_path / "last.pt"
+    bad.write_text("not a pickle")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--resume", str(bad)])
+    assert exit_info.value.code == 2
+    assert f"cannot read the checkpoint {bad}" in capsys.readouterr().err
+
+
+def test_a_run_out_of_time_says_where_it_stopped(pool, tmp_path, capsys):
+    assert _tiny_run(pool, tmp_path, "--steps", "1000", "--max-minutes", "1e-6") == 0
+    err = capsys.readouterr().err
+    assert "stopped at step 1 of 1000: --max-minutes 1e-06 reached" in err
+    assert f"--resume {tmp_path / 'last.pt'}" in err
+
+
+def test_a_patch_size_off_the_size_multiple_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--patch-size", "48", "--channels", "4,8,16,32,64,128"])
+    assert exit_info.value.code == 2
+    assert "--patch-size 48 must be a positive multiple of 32" in capsys.readouterr().err
+
+
+def test_a_wrongly_typed_config_value_is_refused_by_name(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"patch_size": "abc"}))
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert f"patch_size in the config file {path} must be an integer" in capsys.readouterr().err
+
+
+def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
+    # The pool's patches are 64 px: none holds a 128 px training patch.
+    code = main(["--data", str(pool), "--out", str(tmp_path), "--patch-size", "128",
+                 "--channels", "4,8,16", "--threads", "1", "--steps", "2"])
+    assert code == 2
+    assert "cut tiles of at least 182 px" in capsys.readouterr().err

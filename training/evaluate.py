@@ -283,6 +283,9 @@ def synthetic_scenes(folder: Path, seed: int, count: int = 12) -> list[Scene]:
 
 def louth_scenes(folder: Path, seed: int) -> list[Scene]:
     """Renders of the held-out rows (600-999) of the Louth crater HiRISE DTM."""
+    from osgeo import osr
+
+    from mars_dtm_plugin.core.raster import ground_pixel_size_m
     from training import synth
     from training.data import HOLDOUT_ROWS
 
@@ -298,11 +301,14 @@ def louth_scenes(folder: Path, seed: int) -> list[Scene]:
     for i, c0 in enumerate((0, 308, 616)):
         crop = dem[HOLDOUT_ROWS[name]:HOLDOUT_ROWS[name] + 384, c0:c0 + 384].astype(np.float32)
         sun = (float(rng.uniform(0, 360)), float(rng.uniform(20, 50)))
-        image = synth.render(crop, gt[1], sun[0], sun[1], rng)
         crop_gt = (gt[0] + c0 * gt[1], gt[1], 0.0, gt[3] + 600 * gt[5], 0.0, gt[5])
+        # Polar stereographic map units are some 3 % longer than the ground at 70 N; slopes,
+        # the rendering and the engine all take the ground's.
+        pixel = ground_pixel_size_m(crop_gt, osr.SpatialReference(wkt=wkt), 384, 384)
+        image = synth.render(crop, pixel, sun[0], sun[1], rng)
         path = write_tif(out / f"louth_{i}.tif", image, crop_gt, wkt)
-        scenes.append(Scene(f"louth_{i}", path, image, np.ones(image.shape, bool), gt[1], sun,
-                            crop, gt[1], tile=128))
+        scenes.append(Scene(f"louth_{i}", path, image, np.ones(image.shape, bool), pixel, sun,
+                            crop, pixel, tile=128))
     return scenes
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, osr
 
-from mars_dtm_plugin.core.raster import north_in_image
+from mars_dtm_plugin.core.raster import ground_pixel_size_m, north_in_image
 from training.labels import missing_constant, read_label, sun_geometry
 from training.scrape import SAFE_NAME, read_manifest, write_json
 from training.shards import Patch, ShardWriter
@@ -70,14 +69,6 @@ def load_pairs(source: Path) -> tuple[list[PairFiles], dict[str, str]]:
         else:
             usable.append(pair)
     return usable, skipped
-
-
-def pixel_size_m(wkt: str, step: float) -> float:
-    """A geotransform step in metres, also for a geographic CRS (degrees on the body)."""
-    srs = osr.SpatialReference(wkt=wkt)
-    if srs.IsGeographic():
-        return abs(step) * math.radians(1.0) * srs.GetSemiMajor()
-    return abs(step) * srs.GetLinearUnits()
 
 
 class Dtm:
@@ -136,7 +127,7 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
         raise ValueError(f"{pair.ortho.name} carries no georeferencing")
     sun = sun_geometry(read_label(pair.label))
     base = {"pair_id": pair.pair_id, "source": "hirise", "crs_wkt": dtm.wkt,
-            "pixel_size_m": pixel_size_m(dtm.wkt, dtm.gt[1]), "height_units": "m",
+            "height_units": "m",
             "height_reference": "patch_mean", "dtm_product_id": pair.dtm.stem,
             "ortho_product_id": pair.ortho.stem, **sun}
     srs = osr.SpatialReference(wkt=dtm.wkt)
@@ -149,10 +140,13 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
             mean = float(patch_h.mean())
             gt = list(dtm.gt)
             gt[0], gt[3] = gt[0] + x0 * gt[1], gt[3] + y0 * gt[5]
-            # Grid north and true north part in polar stereographic DTMs: say where north
-            # lies in this patch, as the engine does for a scene, so the sun can be turned.
+            # Grid north and true north part in polar stereographic DTMs, and map units
+            # and the ground: say where north lies and how large a pixel is on the ground in
+            # this patch, as the engine does for a scene, so the sun can be turned and
+            # heights read in pixel sizes as the engine will.
             meta = {**base, "window": [x0, y0, size, size], "geotransform": gt,
-                    "height_offset_m": mean, "north_deg": north_in_image(gt, srs, size, size)}
+                    "height_offset_m": mean, "north_deg": north_in_image(gt, srs, size, size),
+                    "pixel_size_m": ground_pixel_size_m(gt, srs, size, size)}
             yield Patch(f"{pair.pair_id}_x{x0:06d}_y{y0:06d}", image[:, x0:x0 + size].copy(),
                         (patch_h - mean).astype(np.float32), meta)
 

@@ -200,13 +200,13 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None,
     if geotransform is None or not wkt:
         raise DtmError("The input has no georeferencing (geotransform and CRS); give its "
                        "pixel size in metres to use it anyway.")
-    size = _pixel_size_metres(geotransform, srs, cols, rows)
+    size = ground_pixel_size_m(geotransform, srs, cols, rows)
     north, mirrored = image_frame(geotransform, srs, cols, rows)
     return Georeferencing(tuple(geotransform), wkt, size, north, mirrored)
 
 
-def _pixel_size_metres(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
-                       rows: int) -> float:
+def ground_pixel_size_m(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
+                        rows: int) -> float:
     """Geometric mean of the ground size of the centre pixel's two sides, in metres.
 
     Measured on the body's sphere, not in map units, which a projection stretches (Web

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -66,7 +67,11 @@ def test_provenance_travels_with_every_patch(scraped: Path, terrain: Terrain,
     meta = patch.meta
     assert (meta["pair_id"], meta["source"], meta["window"]) == (PAIR_A, "hirise",
                                                                  [12, 0, SIZE, SIZE])
-    assert meta["pixel_size_m"] == pytest.approx(1.0)
+    # 1 m of map (equirectangular, true scale at 15 S): on the ground at the patch's latitude
+    # a pixel is cos(lat) / cos(15) as wide, and the pixel size is the mean of the two sides.
+    lat = (meta["geotransform"][3] - SIZE / 2) / 3_396_190.0
+    expected = math.sqrt(math.cos(lat) / math.cos(math.radians(15.0)))
+    assert meta["pixel_size_m"] == pytest.approx(expected, rel=1e-5)
     # Label: SUB_SOLAR_AZIMUTH 200, NORTH_AZIMUTH 270, INCIDENCE_ANGLE 40.
     assert meta["sun_azimuth_deg"] == pytest.approx(290.0)
     assert abs((meta["north_deg"] + 180.0) % 360.0 - 180.0) < 1e-3  # a north-up grid

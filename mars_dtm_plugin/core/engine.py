@@ -470,6 +470,10 @@ class _Run:
             f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
             f"({self.rotation.footprint} px footprint), scene rotated by "
             f"{self.rotation.degrees:.1f} degrees",
+            *([f"Pixels are {georef.aspect:.2f} times as wide as tall on the ground, which the "
+               "model takes as square: warp the image to a projected CRS (gdalwarp -t_srs) for "
+               "slopes and heights at the right scale"]
+              if abs(math.log(georef.aspect)) > math.log(1.05) else []),
             f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
             + ("not used" if self.sun_azimuth is None
                else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"),

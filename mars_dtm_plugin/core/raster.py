@@ -56,6 +56,8 @@ class Georeferencing:
     mirrored: bool = False
     """East lies anticlockwise of north in the image (a south-up or east-left grid): angles
     clockwise on the ground turn anticlockwise in the image."""
+    aspect: float = 1.0
+    """Ground width over ground height of a pixel; the model takes pixels as square."""
 
 
 class InputRaster:
@@ -200,14 +202,21 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None,
     if geotransform is None or not wkt:
         raise DtmError("The input has no georeferencing (geotransform and CRS); give its "
                        "pixel size in metres to use it anyway.")
-    size = ground_pixel_size_m(geotransform, srs, cols, rows)
+    width, height = ground_pixel_sides_m(geotransform, srs, cols, rows)
     north, mirrored = image_frame(geotransform, srs, cols, rows)
-    return Georeferencing(tuple(geotransform), wkt, size, north, mirrored)
+    return Georeferencing(tuple(geotransform), wkt, math.sqrt(width * height), north, mirrored,
+                          width / height)
 
 
 def ground_pixel_size_m(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
                         rows: int) -> float:
-    """Geometric mean of the ground size of the centre pixel's two sides, in metres.
+    """Geometric mean of the ground size of the centre pixel's two sides, in metres."""
+    return math.sqrt(math.prod(ground_pixel_sides_m(gt, srs, cols, rows)))
+
+
+def ground_pixel_sides_m(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
+                         rows: int) -> tuple[float, float]:
+    """Ground width and height of the centre pixel, in metres.
 
     Measured on the body's sphere, not in map units, which a projection stretches (Web
     Mercator's pixels cover cos(latitude) of their map size).
@@ -222,10 +231,9 @@ def ground_pixel_size_m(gt: tuple[float, ...], srs: osr.SpatialReference, cols: 
             corners = []
         if corners and all(map(math.isfinite, np.ravel(corners))):
             radius = srs.GetSemiMajor()
-            return math.sqrt(_arc(corners[0], corners[1]) * _arc(corners[0], corners[2])) \
-                * radius
+            return (_arc(corners[0], corners[1]) * radius, _arc(corners[0], corners[2]) * radius)
     units = srs.GetLinearUnits() if srs.IsProjected() else 1.0
-    return math.sqrt(math.hypot(gt[1], gt[4]) * math.hypot(gt[2], gt[5])) * units
+    return math.hypot(gt[1], gt[4]) * units, math.hypot(gt[2], gt[5]) * units
 
 
 def _arc(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -375,3 +375,20 @@ def test_runs_share_a_loaded_model_until_its_file_changes(tmp_path):
     assert renewed is not first
     x = np.ones((1, 64, 64), np.float32)
     assert renewed.run(x)[0, 0, -1] == 64.0  # the ramp model's last column
+
+
+def test_pixels_far_from_square_on_the_ground_are_reported(tmp_path):
+    geographic = osr.SpatialReference()
+    geographic.ImportFromProj4("+proj=longlat +R=3396190 +no_defs")
+    model = write_test_model(tmp_path / "m.onnx")
+    aspects = {}
+    for lat in (0.0, 60.0):
+        gt = (10.0, 1e-4, 0.0, lat + 32 * 1e-4, 0.0, -1e-4)  # 64 rows centred on lat
+        source = write_raster(tmp_path / f"lat{lat:.0f}.tif", ramp(64, 64), gt,
+                              wkt=geographic.ExportToWkt())
+        report = predict_dtm(str(source), str(tmp_path / f"dtm{lat:.0f}.tif"),
+                             PredictOptions(model_path=str(model)))
+        aspects[lat] = [m for m in report.messages if "as wide as tall" in m]
+    assert aspects[0.0] == []
+    (message,) = aspects[60.0]
+    assert "0.50 times as wide as tall" in message and "gdalwarp" in message

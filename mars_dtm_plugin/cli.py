@@ -82,10 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         provider=args.provider, pixel_size=args.pixel_size, batch_size=args.batch_size,
         threads=args.threads)
     interrupted = []
-    # Ctrl-C, and a batch system's time limit or a closed terminal, cancel cleanly.
+    # Ctrl-C, and a batch system's time limit or a closed terminal, cancel cleanly; a signal
+    # the caller ignores (nohup's SIGHUP) stays ignored.
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):  # no SIGHUP on Windows
-            signal.signal(getattr(signal, name), lambda *_: interrupted.append(True))
+        number = getattr(signal, name, None)  # no SIGHUP on Windows
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, lambda *_: interrupted.append(True))
     bar = ProgressBar() if not args.quiet else None
     try:
         report = predict_dtm(args.input, args.output, options, progress=bar,

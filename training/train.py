@@ -483,6 +483,9 @@ class Trainer:
         logs: dict[str, float] = {}
         batches = self.batches()
         last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+        if self.step >= last and self.rank == 0:  # a resumed run keeps its --stop-at
+            print(f"nothing to train: the run is at step {self.step} and stops at {last} "
+                  "(--steps, --stop-at); raise them to go on", file=sys.stderr)
         while self.step < last:
             logs = self.train_step(*next(batches))
             bar.update(1)

@@ -127,6 +127,7 @@ class _Run:
         self.progress = progress or (lambda fraction: None)
         self.is_cancelled = is_cancelled or (lambda: False)
         self.sun_azimuth, self.sun_source = self._sun()
+        self.sun_elevation = self._sun_elevation()  # checked now, before anything is written
         self.rotation = Rotation(self._rotation_degrees(), self.contract.tile_size)
         self.grid = tile_grid(raster.width, raster.height, self.rotation.footprint,
                               self._overlap())
@@ -214,7 +215,7 @@ class _Run:
 
     @cached_property
     def _sun_elevation_used(self) -> float:
-        elevation = self._sun_elevation()
+        elevation = self.sun_elevation
         if elevation is None:
             return DEFAULT_SUN_ELEVATION
         if not 0 < elevation < 90:
@@ -452,7 +453,7 @@ class _Run:
             provider_note=generator.provider_note, tiles=len(self.grid.tiles), seconds=0.0,
             pixel_size_m=georef.pixel_size_m, sun_azimuth=self.sun_azimuth,
             sun_source=self.sun_source, height_min=statistics[0], height_max=statistics[1],
-            sun_elevation=self._sun_elevation())
+            sun_elevation=self.sun_elevation)
         report.messages = [
             *self.setup_messages(),
             f"Heights: {statistics[0]:.2f} to {statistics[1]:.2f} m",
@@ -462,8 +463,7 @@ class _Run:
 
     def setup_messages(self) -> list[str]:
         """What the run is about to do: provider, tiles, pixel size and sun."""
-        generator, georef = self.generator, self.raster.georef
-        elevation = self._sun_elevation()
+        generator, georef, elevation = self.generator, self.raster.georef, self.sun_elevation
         return [
             f"Execution provider: {generator.provider}",
             *([generator.provider_note] if generator.provider_note else []),
@@ -471,8 +471,9 @@ class _Run:
             f"({self.rotation.footprint} px footprint), scene rotated by "
             f"{self.rotation.degrees:.1f} degrees",
             *([f"Pixels are {georef.aspect:.2f} times as wide as tall on the ground, which the "
-               "model takes as square: warp the image to a projected CRS (gdalwarp -t_srs) for "
-               "slopes and heights at the right scale"]
+               "model takes as square: warp the image to a grid with square pixels there "
+               "(gdalwarp -t_srs, e.g. UTM, or equirectangular true at the scene's latitude) "
+               "for slopes and heights at the right scale"]
               if abs(math.log(georef.aspect)) > math.log(1.05) else []),
             f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
             + ("not used" if self.sun_azimuth is None

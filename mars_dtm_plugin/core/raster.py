@@ -232,7 +232,7 @@ def ground_pixel_sides_m(gt: tuple[float, ...], srs: osr.SpatialReference, cols:
         if corners and all(map(math.isfinite, np.ravel(corners))):
             radius = srs.GetSemiMajor()
             return (_arc(corners[0], corners[1]) * radius, _arc(corners[0], corners[2]) * radius)
-    units = srs.GetLinearUnits() if srs.IsProjected() else 1.0
+    units = srs.GetSemiMajor() * math.pi / 180 if srs.IsGeographic() else srs.GetLinearUnits()
     return math.hypot(gt[1], gt[4]) * units, math.hypot(gt[2], gt[5]) * units
 
 
@@ -250,10 +250,16 @@ def _to_geographic(srs: osr.SpatialReference, inverse: bool = False
     local CRS."""
     if not (srs.IsGeographic() or srs.IsProjected()):
         return None
-    geographic = srs.CloneGeogCS()
+    # Longitude east and latitude north on the CRS's own ellipsoid, whatever its axes (IAU
+    # planetographic CRSs count longitude west).
+    geographic = osr.SpatialReference()
+    geographic.SetGeogCS("body", "body", "body", srs.GetSemiMajor(), srs.GetInvFlattening())
     for ref in (srs, geographic):
         ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return osr.CoordinateTransformation(*((geographic, srs) if inverse else (srs, geographic)))
+    try:
+        return osr.CoordinateTransformation(*((geographic, srs) if inverse else (srs, geographic)))
+    except RuntimeError:  # PROJ finds no way between them
+        return None
 
 
 def north_in_image(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
@@ -272,26 +278,34 @@ def image_frame(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
     north part by up to 180 degrees. North is NaN where the CRS cannot say (the scene's centre
     lies outside the area where its projection is defined).
     """
-    # A grid is mirrored when its rows and columns turn the other way round from map x and y.
-    mirrored = gt[1] * gt[5] - gt[2] * gt[4] > 0
-    to_geo = _to_geographic(srs)
-    if to_geo is None:  # a local CRS: grid north is all there is
+    to_geo, to_map = _to_geographic(srs), _to_geographic(srs, inverse=True)
+    grid_mirrored = gt[1] * gt[5] - gt[2] * gt[4] > 0  # when map x and y are east and north
+    if to_geo is None or to_map is None:  # a local CRS: grid north is all there is
         # One row up moves by (-gt[2], -gt[5]) in map x and y; north is the other way round.
-        return -math.degrees(math.atan2(-gt[2], -gt[5])) % 360, mirrored
-    to_map = _to_geographic(srs, inverse=True)
+        return -math.degrees(math.atan2(-gt[2], -gt[5])) % 360, grid_mirrored
     inverse = gdal.InvGeoTransform(gt)
     centre = gdal.ApplyGeoTransform(gt, cols / 2, rows / 2)
+
+    def pixel_step(lon: float, lat: float) -> tuple[float, float]:
+        x, y, _ = to_map.TransformPoint(lon, lat)
+        col, row = gdal.ApplyGeoTransform(inverse, x, y)
+        return col - cols / 2, row - rows / 2
+
     try:
         lon, lat, _ = to_geo.TransformPoint(*centre)
+        if not (math.isfinite(lon) and math.isfinite(lat)):
+            raise RuntimeError("the centre is off the body")
         step = -1e-4 if lat > 89.9 else 1e-4  # at the pole, step south and turn round
-        x, y, _ = to_map.TransformPoint(lon, lat + step)
+        n_col, n_row = (step / abs(step) * v for v in pixel_step(lon, lat + step))
+        cos_lat = math.cos(math.radians(lat))
+        east = pixel_step(lon + 1e-4 / cos_lat, lat) if cos_lat > 1e-9 else None
     except RuntimeError:
-        return math.nan, mirrored
-    col, row = gdal.ApplyGeoTransform(inverse, x, y)
-    d_col, d_row = (col - cols / 2), (row - rows / 2)
-    if step < 0:
-        d_col, d_row = -d_col, -d_row
-    return math.degrees(math.atan2(d_col, -d_row)) % 360, mirrored
+        return math.nan, grid_mirrored
+    north = math.degrees(math.atan2(n_col, -n_row)) % 360
+    if east is None:  # exactly at a pole, east is nowhere
+        return north, grid_mirrored
+    # Rows grow downwards: east a quarter turn clockwise of north gives a positive product.
+    return north, n_col * east[1] - n_row * east[0] < 0
 
 
 # PDS3 keywords of HiRISE labels; azimuths are clockwise from the image's right edge.

@@ -340,21 +340,29 @@ def test_pixel_size_that_is_not_a_positive_number(tmp_path, model, size):
                    out, "positive number")
 
 
-def test_sigterm_cancels_like_ctrl_c(tmp_path, model):
+@pytest.mark.parametrize("sent, ignored", [(signal.SIGTERM, False), (signal.SIGHUP, True)])
+def test_sigterm_cancels_like_ctrl_c_and_nohup_is_respected(tmp_path, model, sent, ignored):
     source = write_raster(tmp_path / "big.tif", (ramp(5000, 5000) % 200).astype(np.uint8), GT)
     out = tmp_path / "out" / "dtm.tif"
     out.parent.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # As nohup starts a program: SIGHUP ignored, which the run must leave as it is.
+    ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None
     run = subprocess.Popen([sys.executable, "-m", "mars_dtm_plugin", "predict", str(source),
                             str(out), "--model", str(model), "--quiet"],
-                           stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                           stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                           preexec_fn=ignore)
     deadline = time.monotonic() + 120
     while not any(out.parent.iterdir()) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # until the run writes its partial output
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(sent)
     _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 130, stderr
-    assert not any(out.parent.iterdir())
+    if ignored:
+        assert run.returncode == 0, stderr
+        assert [p.name for p in out.parent.iterdir()] == ["dtm.tif"]
+    else:
+        assert run.returncode == 130, stderr
+        assert not any(out.parent.iterdir())
 
 
 def test_an_onnxruntime_that_fails_to_load_is_not_called_missing(tmp_path, scene, model):

@@ -91,6 +91,7 @@ def test_mean_ratio_scaling_refuses_a_band_without_positive_mean_or_a_bad_elevat
     # Refused also for a model that does not read the elevation: it is still reported.
     with pytest.raises(DtmError, match="above 0 and below 90"):
         predict(tmp_path, image + 2000, sun_elevation=999.0)
+    assert not (tmp_path / "dtm.tif").exists()  # refused before anything is written
 
 
 def test_mars_crs_without_epsg_and_geotransform_survive(tmp_path):

@@ -170,3 +170,31 @@ def test_north_of_an_image_without_a_grid_comes_from_its_label(tmp_path):
     assert InputRaster(str(path), pixel_size=1.0).georef.north_deg == pytest.approx(90.0)
     (tmp_path / "product.LBL").unlink()
     assert InputRaster(str(path), pixel_size=1.0).georef.north_deg == 0.0
+
+
+@pytest.mark.parametrize("step, mirrored", [(-1.0, False), (1.0, True)])
+def test_a_crs_counting_longitude_west(tmp_path, step, mirrored):
+    # Mars planetographic (IAU 49911): map x is westing, so an image with east on the right
+    # has a negative x step; it is not mirrored, and north is up either way.
+    source = write_raster(tmp_path / "image.tif", ramp(16, 16))
+    path = tmp_path / "westing.vrt"
+    ds = gdal.GetDriverByName("VRT").CreateCopy(str(path), gdal.Open(str(source)))
+    srs = osr.SpatialReference()
+    srs.SetFromUserInput("IAU_2015:49911")
+    ds.SetSpatialRef(srs)
+    ds.SetGeoTransform((-100_000.0, step, 0.0, 4_150_000.0, 0.0, -1.0))
+    ds = None
+    georef = InputRaster(str(path)).georef
+    assert georef.mirrored is mirrored
+    assert georef.north_deg == pytest.approx(0.0, abs=1e-6) or \
+        georef.north_deg == pytest.approx(360.0, abs=1e-6)
+    # At 70 N of an equirectangular grid true at the equator, pixels are cos 70 as wide.
+    lat = math.radians(4_150_000.0 / 3_396_190.0 * 180 / math.pi)
+    assert georef.aspect == pytest.approx(math.cos(lat), rel=1e-3)
+
+
+def test_a_local_crs_keeps_its_linear_unit(tmp_path):
+    local = ('LOCAL_CS["site grid",LOCAL_DATUM["d",0],UNIT["US survey foot",0.304800609601219],'
+             'AXIS["X",EAST],AXIS["Y",NORTH]]')
+    path = write_raster(tmp_path / "local.tif", ramp(8, 8), (0, 2.0, 0, 0, 0, -2.0), wkt=local)
+    assert InputRaster(str(path)).georef.pixel_size_m == pytest.approx(2 * 0.3048006, rel=1e-6)

@@ -162,6 +162,16 @@ def test_resume_alone_takes_the_saved_options_and_folder(pool, tmp_path, monkeyp
     assert saved["steps"] == 3 and not (tmp_path / "runs").exists()
 
 
+def test_resuming_a_run_stopped_early_says_it_has_nothing_to_train(pool, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _tiny_run(pool, run, "--steps", "4", "--stop-at", "2") == 0
+    capsys.readouterr()
+    assert main(["--resume", str(run / "last.pt")]) == 0  # the saved --stop-at 2 holds
+    assert "nothing to train: the run is at step 2 and stops at 2" in capsys.readouterr().err
+    assert main(["--resume", str(run / "last.pt"), "--stop-at", "0"]) == 0
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+
+
 def test_resume_with_a_config_keeps_the_saved_data(pool, tmp_path):
     run = tmp_path / "run"
     assert _tiny_run(pool, run, "--steps", "2") == 0

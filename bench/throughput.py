@@ -17,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mars_dtm_plugin.core.engine import PredictOptions, default_batch_size, predict_dtm
+from mars_dtm_plugin.core.engine import (
+    EDGE_MARGIN,
+    PredictOptions,
+    default_batch_size,
+    predict_dtm,
+)
 from mars_dtm_plugin.core.model import Generator
 from mars_dtm_plugin.core.tiling import tile_grid
 from tests.rasters import write_raster
@@ -60,7 +65,9 @@ def main() -> None:
         contract = Generator(model, "cpu").contract
         batch = args.batch or default_batch_size(contract.tile_size)
         overlap = round(contract.tile_size * contract.tiles_overlap / 100)
-        tiles = len(tile_grid(args.size, args.size, contract.tile_size, overlap).tiles)
+        margin = round(contract.tile_size * EDGE_MARGIN)  # the sun at 270: no turn
+        tiles = len(tile_grid(args.size, args.size, contract.tile_size, overlap,
+                              margin).tiles)
         options = PredictOptions(model_path=str(model), provider="cpu", sun_azimuth=270.0,
                                  batch_size=batch, threads=args.threads)
         pipeline, bare, stages = [], [], {}

@@ -8,7 +8,9 @@
   image), which shows where the engine's rotation puts the model's axes;
 - ``nan``: NaN everywhere (a broken model);
 - ``one_tile``: identity that fails on anything but one 64 px tile (a model error at run time);
-- ``conv``: one 3x3 convolution with seeded random weights (plumbing, speed).
+- ``conv``: one 3x3 convolution with seeded random weights (plumbing, speed);
+- ``blur``: a 3x3 mean with zero padding, so its output sags at its own border, as a real
+  network's padding shows there.
 """
 
 from __future__ import annotations
@@ -84,6 +86,12 @@ def _graph(kind: str, seed: int) -> tuple[list, list]:
     if kind == "conv":
         rng = np.random.default_rng(seed)
         weight = rng.normal(0, 0.3, (1, 1, 3, 3)).astype(np.float32)
+        return (
+            [helper.make_node("Conv", ["image", "w"], ["height"], pads=[1, 1, 1, 1])],
+            [numpy_helper.from_array(weight, "w")],
+        )
+    if kind == "blur":
+        weight = np.full((1, 1, 3, 3), 1 / 9, np.float32)
         return (
             [helper.make_node("Conv", ["image", "w"], ["height"], pads=[1, 1, 1, 1])],
             [numpy_helper.from_array(weight, "w")],

@@ -35,6 +35,8 @@ __all__ = [
 Progress = Callable[[float], None]
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
+# Edge tiles are this share of a tile narrower: half of it is mirrored context at the edge.
+EDGE_MARGIN = 0.125
 DEFAULT_SUN_ELEVATION = 45.0  # for `mean_ratio` models when neither user nor label gives it
 
 
@@ -129,8 +131,12 @@ class _Run:
         self.sun_azimuth, self.sun_source = self._sun()
         self.sun_elevation = self._sun_elevation()  # checked now, before anything is written
         self.rotation = Rotation(self._rotation_degrees(), self.contract.tile_size)
+        # Turned by quarter turns, a tile fills the model's view: the raster's edge tiles are
+        # made narrower to give its edge context (turned otherwise, every tile has some).
+        margin = (round(self.rotation.footprint * EDGE_MARGIN)
+                  if self.rotation.quarter_turns is not None else 0)
         self.grid = tile_grid(raster.width, raster.height, self.rotation.footprint,
-                              self._overlap())
+                              self._overlap(), margin)
         self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
         self._weights_of: dict[tuple[int, bool], np.ndarray] = {}
         self._row_ramps: dict[int, np.ndarray] = {}

@@ -16,6 +16,7 @@ import numpy as np
 from .tiling import Tile
 
 MIN_SHARED_PIXELS = 16
+BORDER_PX = 2
 
 
 @dataclass
@@ -33,8 +34,8 @@ class OffsetProblem:
         """Record the mean difference of two tiles' heights (NaN = no data) where they overlap.
 
         ``whole``: the caller knows neither tile has NaN (the common case, and faster)."""
-        x0, x1 = max(ta.x0, tb.x0), min(ta.x1, tb.x1)
-        y0, y1 = max(ta.y0, tb.y0), min(ta.y1, tb.y1)
+        x0, x1 = _inside(max(ta.x0, tb.x0), min(ta.x1, tb.x1))
+        y0, y1 = _inside(max(ta.y0, tb.y0), min(ta.y1, tb.y1))
         if x1 <= x0 or y1 <= y0:
             return
         da = pa[y0 - ta.y0 : y1 - ta.y0, x0 - ta.x0 : x1 - ta.x0]
@@ -71,6 +72,13 @@ class OffsetProblem:
         # Minimise sum w (o_a - o_b + d)^2: the normal equations are L o = rhs.
         rhs = np.bincount(b, w * d, self.n_tiles) - np.bincount(a, w * d, self.n_tiles)
         return conjugate_gradient(laplacian, rhs, tolerance)
+
+
+def _inside(start: int, end: int) -> tuple[int, int]:
+    """An overlap's extent along one axis, ``BORDER_PX`` in from both ends where it is wide
+    enough: each end is some tile's border, where the model's padding shows."""
+    trim = BORDER_PX if end - start > 4 * BORDER_PX else 0
+    return start + trim, end - trim
 
 
 def conjugate_gradient(matvec, rhs: np.ndarray, tolerance: float) -> np.ndarray:

@@ -29,13 +29,20 @@ class Tile:
         return self.y0 + self.height
 
 
-def axis_origins(length: int, size: int, overlap: int) -> list[int]:
-    """Tile starts along one axis; the last tile is flush with the edge, never padded."""
+def axis_spans(length: int, size: int, overlap: int, margin: int = 0) -> list[tuple[int, int]]:
+    """(start, length) of the tiles along one axis, each overlapping the next by at least
+    ``overlap``. The first and last are ``margin`` pixels short of ``size``: centred in the
+    model's view, the raster's edge then has mirrored context beyond it instead of lying on
+    the model's own border, where its zero padding shows."""
+    edge = size - margin
     if length <= size:
-        return [0]
-    stride = max(1, size - overlap)
-    origins = list(range(0, length - size, stride))
-    return [*origins, length - size]
+        return [(0, length)]
+    # As few whole tiles between the two edge tiles as cover the rest, spread evenly.
+    inner = max(0, math.ceil((length - 2 * edge + overlap) / (size - overlap)))
+    first, last = edge - overlap, length - edge + overlap - size
+    starts = np.linspace(first, last, inner) if inner > 1 else [(first + last) / 2] * inner
+    # Floored: spread no wider than size - overlap apart, as the ceiling above ensures.
+    return [(0, edge), *((int(start), size) for start in starts), (length - edge, edge)]
 
 
 @dataclass(frozen=True)
@@ -55,14 +62,14 @@ class TileGrid:
         return [t for t in around if t is not None]
 
 
-def tile_grid(width: int, height: int, footprint: int, overlap: int) -> TileGrid:
-    xs = axis_origins(width, footprint, overlap)
-    ys = axis_origins(height, footprint, overlap)
-    tile_w, tile_h = min(footprint, width), min(footprint, height)
+def tile_grid(width: int, height: int, footprint: int, overlap: int,
+              margin: int = 0) -> TileGrid:
+    xs = axis_spans(width, footprint, overlap, margin)
+    ys = axis_spans(height, footprint, overlap, margin)
     tiles = [
         Tile(r * len(xs) + c, r, c, x0, y0, tile_w, tile_h)
-        for r, y0 in enumerate(ys)
-        for c, x0 in enumerate(xs)
+        for r, (y0, tile_h) in enumerate(ys)
+        for c, (x0, tile_w) in enumerate(xs)
     ]
     return TileGrid(tiles, len(ys), len(xs))
 

@@ -393,3 +393,17 @@ def test_pixels_far_from_square_on_the_ground_are_reported(tmp_path):
     assert aspects[0.0] == []
     (message,) = aspects[60.0]
     assert "0.50 times as wide as tall" in message and "gdalwarp" in message
+
+
+@pytest.mark.parametrize("azimuth", [270.0, 0.0])
+def test_the_rasters_edge_shows_no_padding_of_the_model(tmp_path, azimuth):
+    # The blur model sags by a third at its own border (zero padding). At the raster's edge
+    # it must see mirrored context instead, and tile offsets must not carry the sag inwards.
+    image = np.full((150, 170), 100, np.float32)
+    image[0, 0] = 0  # percentile scaling maps the rest to 1
+    heights, _, _ = predict(tmp_path, image, "blur", sun_azimuth=azimuth,
+                            contract={"sun_mode": "rotate"})
+    level = np.median(heights)
+    for edge in (heights[0, 5:], heights[-1], heights[5:, 0], heights[:, -1]):
+        np.testing.assert_allclose(edge, level, atol=5e-3)  # a sag would be 0.33
+    assert np.ptp(heights[5:, 5:]) < 1e-2

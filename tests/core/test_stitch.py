@@ -6,19 +6,29 @@ import numpy as np
 import pytest
 
 from mars_dtm_plugin.core.stitch import OffsetProblem, blend_ramps
-from mars_dtm_plugin.core.tiling import Rotation, Tile, axis_origins, bilinear, tile_grid
+from mars_dtm_plugin.core.tiling import Rotation, Tile, axis_spans, bilinear, tile_grid
 
 
-@pytest.mark.parametrize("length, size, overlap", [(1000, 64, 16), (64, 64, 16), (30, 64, 8),
-                                                   (65, 64, 0), (777, 100, 33)])
-def test_axis_origins_cover_the_axis_with_full_tiles(length, size, overlap):
-    origins = axis_origins(length, size, overlap)
+@pytest.mark.parametrize("length, size, overlap, margin",
+                         [(1000, 64, 16, 0), (1000, 64, 16, 8), (64, 64, 16, 8), (30, 64, 8, 8),
+                          (65, 64, 0, 0), (65, 64, 0, 8), (777, 100, 33, 12), (2048, 256, 96, 32),
+                          (300, 256, 96, 32), (417, 256, 127, 32)])
+def test_axis_spans_cover_the_axis_with_edge_tiles_short_by_the_margin(length, size, overlap,
+                                                                      margin):
+    spans = axis_spans(length, size, overlap, margin)
     covered = np.zeros(length, bool)
-    for start in origins:
-        assert start >= 0 and min(start + size, length) <= length
-        covered[start : start + size] = True
+    for start, width in spans:
+        assert start >= 0 and start + width <= length
+        covered[start : start + width] = True
     assert covered.all()
-    assert origins[-1] == max(0, length - size)  # last tile flush with the edge
+    for (a, width), (b, _) in zip(spans, spans[1:]):
+        assert b > a and a + width - b >= overlap  # each overlaps the next enough
+    if length > size:  # the edge tiles leave room in the model's view for context
+        assert spans[0] == (0, size - margin) and spans[-1] == (length - size + margin,
+                                                                size - margin)
+        assert all(width == size for _, width in spans[1:-1])
+    else:
+        assert spans == [(0, length)]
 
 
 def test_blend_weights_are_a_partition_of_unity():
@@ -55,14 +65,27 @@ def test_overlap_of_whole_tiles_measures_the_same_as_the_masked_path():
     masked, whole = OffsetProblem(2), OffsetProblem(2)
     masked.add_overlap(a, pa, b, pb)
     whole.add_overlap(a, pa, b, pb, whole=True)
-    expected = (pa[:, 24:] - pb[:, :8]).mean()
+    # The overlap is 8 columns wide (too narrow to trim) and 32 rows tall, less 2 at each end.
+    expected = (pa[2:30, 24:] - pb[2:30, :8]).mean()
     assert masked.difference[0] == pytest.approx(expected, rel=1e-6)
     assert whole.difference[0] == pytest.approx(expected, rel=1e-6)
-    assert masked.weight == whole.weight == [256.0]
-    pb[0, 0] = np.nan  # a nodata pixel in the overlap is left out, and counted out
+    assert masked.weight == whole.weight == [224.0]
+    pb[5, 0] = np.nan  # a nodata pixel in the overlap is left out, and counted out
     masked.add_overlap(a, pa, b, pb)
-    assert masked.weight[1] == 255.0
-    assert masked.difference[1] == pytest.approx(np.nanmean(pa[:, 24:] - pb[:, :8]), rel=1e-6)
+    assert masked.weight[1] == 223.0
+    assert masked.difference[1] == pytest.approx(np.nanmean(pa[2:30, 24:] - pb[2:30, :8]),
+                                                 rel=1e-6)
+
+
+def test_offsets_leave_out_the_tiles_own_borders():
+    # Two tiles that agree but for a sagging outer ring, as a network's padding leaves.
+    a, b = Tile(0, 0, 0, 0, 0, 64, 64), Tile(1, 0, 1, 40, 0, 64, 64)
+    pa, pb = np.full((64, 64), 3.0), np.full((64, 64), 3.0)
+    for tile in (pa, pb):
+        tile[[0, -1], :] = tile[:, [0, -1]] = 0.0
+    problem = OffsetProblem(2)
+    problem.add_overlap(a, pa, b, pb, whole=True)
+    assert problem.difference == [0.0]
 
 
 def test_disconnected_tiles_keep_zero_offset():

@@ -142,6 +142,7 @@ class _Run:
         self._row_ramps: dict[int, np.ndarray] = {}
         self._col_ramps: dict[int, np.ndarray] = {}
         self.scale, self.fill = self._intensity_mapping()
+        self.zero_rim = raster.zero_rim()
         self.height_scale = (raster.georef.pixel_size_m
                              if self.contract.height_units == "gsd" else 1.0)
 
@@ -476,6 +477,9 @@ class _Run:
             f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
             f"({self.rotation.footprint} px footprint), scene rotated by "
             f"{self.rotation.degrees:.1f} degrees",
+            *([f"{self.zero_rim:.0%} of the image's outermost pixels are 0 and it has no "
+               "nodata value: a black collar is read as black ground; set its nodata "
+               "(gdal_edit.py -a_nodata 0) if it is one"] if self.zero_rim > 0.5 else []),
             *([f"Pixels are {georef.aspect:.2f} times as wide as tall on the ground, which the "
                "model takes as square: warp the image to a grid with square pixels there "
                "(gdalwarp -t_srs, e.g. UTM, or equirectangular true at the scene's latitude) "

@@ -104,6 +104,18 @@ class InputRaster:
             values[~valid] = 0
         return values, valid
 
+    def zero_rim(self) -> float:
+        """Share of the outermost pixels that are exactly 0 while nothing marks nodata: an
+        orthoimage's black collar without a nodata value is read as black ground."""
+        if any(band.GetMaskFlags() != gdal.GMF_ALL_VALID for band in self.bands):
+            return 0.0
+        w, h = self.width, self.height
+        bw, bh = min(w, SAMPLE_SIDE), min(h, SAMPLE_SIDE)  # decimated: a few blocks each
+        rim = [self._read_inside(0, 0, w, 1, (bw, 1)), self._read_inside(0, h - 1, w, 1, (bw, 1)),
+               self._read_inside(0, 0, 1, h, (1, bh)), self._read_inside(w - 1, 0, 1, h, (1, bh))]
+        values = np.concatenate([v.ravel() for v, _ in rim])
+        return float(np.mean(values == 0))
+
     def sample(self) -> np.ndarray:
         """Valid values from a decimated read of the whole scene (for scene statistics)."""
         scale = max(self.width, self.height) / SAMPLE_SIDE

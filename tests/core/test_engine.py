@@ -407,3 +407,15 @@ def test_the_rasters_edge_shows_no_padding_of_the_model(tmp_path, azimuth):
     for edge in (heights[0, 5:], heights[-1], heights[5:, 0], heights[:, -1]):
         np.testing.assert_allclose(edge, level, atol=5e-3)  # a sag would be 0.33
     assert np.ptp(heights[5:, 5:]) < 1e-2
+
+
+def test_a_black_collar_without_nodata_is_pointed_out(tmp_path):
+    image = ramp(80, 90) + 20
+    collared = np.pad(image[8:-8, 8:-8], 8)  # zeros all round, no nodata value
+    _, _, plain = predict(tmp_path, image)
+    _, _, report = predict(tmp_path, collared, name="collared.tif")
+    assert not any("black collar" in m for m in plain.messages)
+    (message,) = [m for m in report.messages if "black collar" in m]
+    assert message.startswith("100% of the image's outermost pixels are 0")
+    _, _, tagged = predict(tmp_path, collared, name="tagged.tif", raster={"nodata": 0})
+    assert not any("black collar" in m for m in tagged.messages)

@@ -24,7 +24,7 @@ build:
 
 # The installable plugin zip: exactly $(BUILD) (package, metadata, icons, licence, bundled
 # model), nothing from training/ or tests/. ALLOW_NO_MODEL=1 zips without the model (tests).
-zip: build
+zip: venv build
 	@test -f $(BUILD)/models/mars_dtm_generator.onnx || [ "$(ALLOW_NO_MODEL)" = 1 ] || \
 		{ echo "missing $(PLUGIN)/models/mars_dtm_generator.onnx: run make model" >&2; exit 1; }
 	mkdir -p $(dir $(ZIP))

@@ -187,8 +187,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         report = self._run_engine(input_path, output, self._options(parameters, context),
                                   FeedbackAdapter(feedback))
-        self._log_report(report, feedback, self.parameterAsEnum(parameters, self.PROVIDER,
-                                                                context))
+        # The engine has logged provider (and why not a GPU), tiles, sun, heights and output.
+        feedback.pushInfo(tr("Finished in {0:.2f} s").format(report.seconds))
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.setPostProcessor(
@@ -250,11 +250,3 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                                is_cancelled=adapter.is_cancelled, log=adapter.log)
         except DtmError as exc:  # DtmCancelled included: its message says nothing was written
             raise QgsProcessingException(str(exc)) from exc
-
-    @staticmethod
-    def _log_report(report: RunReport, feedback: QgsProcessingFeedback, provider: int) -> None:
-        # The engine has already logged provider, tiles, pixel size, heights, output path and
-        # why a GPU was not used; that last is a warning only when CUDA was asked for.
-        if report.provider_note and EXECUTION_PROVIDERS[provider] == "cuda":
-            feedback.pushWarning(report.provider_note)
-        feedback.pushInfo(tr("Finished in {0:.2f} s").format(report.seconds))

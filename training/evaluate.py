@@ -290,7 +290,7 @@ def louth_scenes(folder: Path, seed: int) -> list[Scene]:
     from training.data import HOLDOUT_ROWS
 
     name = "mars_louth_crater_ice_mound_hirise.tif"
-    source = SHARED / "dem_shapes" / name
+    source = set_source("louth") / name
     if not source.exists():
         return []
     dem, _, gt, wkt = read_band(source)
@@ -313,7 +313,7 @@ def louth_scenes(folder: Path, seed: int) -> list[Scene]:
 
 
 def karoo_scenes(_folder: Path, _seed: int) -> list[Scene]:
-    base = SHARED / "karoo_quickbird"
+    base = set_source("karoo")
     if not (base / "image_qb2_pan_8m.tif").exists():
         return []
     image, nodata, gt, _ = read_band(base / "image_qb2_pan_8m.tif")
@@ -330,7 +330,7 @@ def karoo_scenes(_folder: Path, _seed: int) -> list[Scene]:
 
 
 def gale_scenes(folder: Path, _seed: int) -> list[Scene]:
-    base = SHARED / "gale_hirise"
+    base = set_source("gale")
     if not (base / "image_hirise_color_0p63m.tif").exists():
         return []
     from osgeo import gdal
@@ -352,7 +352,7 @@ def gale_scenes(folder: Path, _seed: int) -> list[Scene]:
 
 def hirise_scenes(_folder: Path, _seed: int) -> list[Scene]:
     scenes = []
-    for path in sorted((SHARED / "hirise_tiles").glob("hirise_tile_*.jpg")):
+    for path in sorted(set_source("hirise").glob("hirise_tile_*.jpg")):
         image, *_ = read_band(path)
         scenes.append(Scene(path.stem, path, image, np.ones(image.shape, bool), 1.0,
                             HIRISE_ASSUMED_SUN))

@@ -95,7 +95,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
             generator = shared_generator(options.model_path or default_model_path(),
                                          options.provider, options.threads)
             run = _Run(raster, generator, options, progress, is_cancelled)
-            for line in run.setup_messages() if log else []:  # said now: a run can be long
+            said = run.setup_messages() if log else []  # said now: a run can be long
+            for line in said:
                 log(line)
             report = run.execute(output_path)
         except OSError as exc:  # the tile store or the rename
@@ -109,7 +110,7 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
             raster.close()
     report.seconds = time.perf_counter() - started
     if log:
-        for line in report.messages[len(run.setup_messages()):]:
+        for line in report.messages[len(said):]:
             log(line)
     return report
 

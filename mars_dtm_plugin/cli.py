@@ -47,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal; silent otherwise."""
+    """A one-line progress bar on a terminal (silent otherwise), and the run's messages."""
 
     def __init__(self, stream=sys.stderr) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
         self.started = time.perf_counter()
+        self.drawn = False
 
     def __call__(self, fraction: float) -> None:
         if not self.enabled:
@@ -62,10 +63,17 @@ class ProgressBar:
         self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f}% "
                           f"{elapsed:6.1f} s")
         self.stream.flush()
+        self.drawn = True
+
+    def say(self, line: str) -> None:
+        """Print a message as the run gives it, on its own line below the bar."""
+        self.close()
+        print(line, flush=True)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.drawn:
             self.stream.write("\n")
+            self.drawn = False
 
 
 # GDAL's default block cache is 5% of the machine's memory; a bounded cache keeps a command
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = ProgressBar() if not args.quiet else None
     try:
         report = predict_dtm(args.input, args.output, options, progress=bar,
+                             log=bar.say if bar else None,
                              is_cancelled=lambda: bool(interrupted))
     except DtmCancelled as exc:
         _fail(bar, exc)
@@ -100,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if bar:
         bar.close()
-        for line in report.messages:
-            print(line)
         print(f"Done in {report.seconds:.1f} s")
     return 0
 

@@ -159,7 +159,7 @@ class _Run:
         azimuth, _ = self._product_sun
         if azimuth is None:
             raise DtmError("This model needs the sun azimuth and the input's label or metadata "
-                           "does not give it; enter it (degrees clockwise from north).")
+                           "does not give it; give it in degrees clockwise from north.")
         return azimuth, "label"
 
     @cached_property

@@ -211,9 +211,13 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None,
     if geotransform is None and dataset.GetGCPCount():
         raise DtmError("The input is placed only by ground control points; warp it onto a "
                        "grid first (gdalwarp), or give its pixel size to use it as it is.")
-    if geotransform is None or not wkt:
+    if geotransform is None:
         raise DtmError("The input has no georeferencing (geotransform and CRS); give its "
                        "pixel size in metres to use it anyway.")
+    if not wkt:
+        raise DtmError("The input has a grid but no CRS, so its pixel size on the ground is "
+                       "unknown; give the pixel size in metres (the output keeps the grid), or "
+                       "assign the CRS (gdal_edit.py -a_srs).")
     width, height = ground_pixel_sides_m(geotransform, srs, cols, rows)
     north, mirrored = image_frame(geotransform, srs, cols, rows)
     return Georeferencing(tuple(geotransform), wkt, math.sqrt(width * height), north, mirrored,

@@ -155,6 +155,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
     def checkParameterValues(self, parameters: dict[str, Any],
                              context: QgsProcessingContext) -> tuple[bool, str]:
         layer = self._input_layer(parameters, context)
+        value = parameters.get(self.INPUT)
+        if layer is None and isinstance(value, str) and Path(value).is_file():
+            # QGIS itself would call an unreadable file "not found".
+            return False, tr("GDAL cannot read '{0}' as a raster.").format(value)
         if layer is not None and not isinstance(layer, QgsRasterLayer):
             return False, tr("'{0}' is not a raster layer; choose an image.").format(layer.name())
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

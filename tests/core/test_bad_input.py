@@ -349,20 +349,22 @@ def test_sigterm_cancels_like_ctrl_c_and_nohup_is_respected(tmp_path, model, sen
     # As nohup starts a program: SIGHUP ignored, which the run must leave as it is.
     ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None
     run = subprocess.Popen([sys.executable, "-m", "mars_dtm_plugin", "predict", str(source),
-                            str(out), "--model", str(model), "--quiet"],
-                           stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                           preexec_fn=ignore)
+                            str(out), "--model", str(model)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           cwd=ROOT, preexec_fn=ignore)
     deadline = time.monotonic() + 120
     while not any(out.parent.iterdir()) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # until the run writes its partial output
     run.send_signal(sent)
-    _, stderr = run.communicate(timeout=120)
+    stdout, stderr = run.communicate(timeout=120)
     if ignored:
         assert run.returncode == 0, stderr
         assert [p.name for p in out.parent.iterdir()] == ["dtm.tif"]
     else:
         assert run.returncode == 130, stderr
         assert not any(out.parent.iterdir())
+        # What the run was doing was said as it started, not kept for an end it never had.
+        assert "Execution provider: CPUExecutionProvider" in stdout
 
 
 def test_an_onnxruntime_that_fails_to_load_is_not_called_missing(tmp_path, scene, model):

@@ -69,12 +69,18 @@ def test_bad_sun_metadata_is_one_sentence(tmp_path):
 
 def test_missing_crs_is_refused_unless_a_pixel_size_is_given(tmp_path):
     path = write_raster(tmp_path / "nocrs.tif", ramp(10, 10), (0, 2.0, 0, 0, 0, -2.0), wkt="")
-    with pytest.raises(DtmError, match="no georeferencing"):
+    with pytest.raises(DtmError, match="has a grid but no CRS"):
         InputRaster(str(path))
     georef = InputRaster(str(path), pixel_size=0.5).georef
     assert georef.pixel_size_m == 0.5
     # A world file without a CRS still places the output on the input's grid.
     assert georef.geotransform == (0, 2.0, 0, 0, 0, -2.0) and georef.crs_wkt == ""
+
+
+def test_an_image_without_a_grid_is_told_so(tmp_path):
+    path = write_raster(tmp_path / "plain.tif", ramp(10, 10), geotransform=None, wkt="")
+    with pytest.raises(DtmError, match="no georeferencing"):
+        InputRaster(str(path))
 
 
 def test_north_is_nan_where_the_crs_cannot_say(tmp_path):

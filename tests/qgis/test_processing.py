@@ -112,6 +112,15 @@ def test_an_output_that_is_not_a_geotiff_is_refused_before_the_run(provider, ima
                                     QgsProcessingContext())[0]
 
 
+def test_an_unreadable_input_file_is_named_as_such(provider, tmp_path):
+    text = tmp_path / "notes.tif"
+    text.write_text("not an image")
+    alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+    ok, message = alg.checkParameterValues(
+        {"INPUT": str(text), "OUTPUT": str(tmp_path / "dtm.tif")}, QgsProcessingContext())
+    assert not ok and message == f"GDAL cannot read '{text}' as a raster."
+
+
 def test_rgb_band_choice(provider, identity_model, tmp_path):
     from .conftest import write_geotiff
 

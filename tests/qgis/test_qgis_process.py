@@ -124,6 +124,17 @@ def test_qgis_process_reports_bad_input(qgis_env, identity_model, tmp_path):
     assert not output.exists()
 
 
+def test_qgis_process_names_an_unreadable_input(qgis_env, identity_model, tmp_path):
+    text = tmp_path / "notes.tif"
+    text.write_text("not an image")
+    output = tmp_path / "dtm.tif"
+    done = qgis_process(qgis_env, "run", "marsdtm:predictdtm", "--", f"INPUT={text}",
+                        "SUN_AZIMUTH=45", f"MODEL={identity_model}", f"OUTPUT={output}")
+    assert done.returncode != 0
+    assert f"GDAL cannot read '{text}' as a raster" in done.stdout + done.stderr
+    assert not output.exists()
+
+
 def test_qgis_process_without_onnxruntime_explains(qgis_env, identity_model, tmp_path):
     # QGIS's own Python without the virtual environment: the real absence of the package.
     env = {key: value for key, value in qgis_env.items() if key != "PYTHONPATH"}

@@ -669,6 +669,9 @@ def network_speed(model: Path, threads: int = 2, repeats: int = 5) -> float:
 
 
 def _parse_models(values: list[str]) -> dict[str, Path]:
+    from mars_dtm_plugin.core.errors import DtmError
+    from mars_dtm_plugin.core.model import load_contract
+
     models = {}
     for value in values:
         name, _, path = value.rpartition("=")
@@ -677,6 +680,10 @@ def _parse_models(values: list[str]) -> dict[str, Path]:
             raise ValueError(f"the model file {path} does not exist")
         if name in models or name in (*BASELINES, DETILTED_TRUTH):
             raise ValueError(f"the model name '{name}' is taken; name each model NAME=FILE")
+        try:  # before any test data is made: a checkpoint given for its ONNX export, say
+            load_contract(path)
+        except DtmError as exc:
+            raise ValueError(f"{path} is not a model the engine can run: {exc}") from exc
         models[name] = path
     return models
 

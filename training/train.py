@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
+from mars_dtm_plugin.core.contract import INPUT_SCALINGS
 from training.data import (
     DemShapePatches,
     Normalisation,
@@ -146,6 +147,17 @@ HELP = {
 RESUMABLE = ("steps", "max_minutes", "stop_at", "keep_steps", "workers", "threads",
              "log_every", "val_every", "val_batches", "checkpoint_every", "out")
 PATH_OPTIONS = {"data", "val_data", "init_from"}
+# Lowest value of each numeric option: counts and intervals of steps start at 1, weights at 0;
+# ``POSITIVE`` ones must be above 0.
+AT_LEAST = {"batch_size": 1, "steps": 1, "threads": 1, "d_channels": 1,
+            "log_every": 1, "val_every": 1, "val_batches": 1, "checkpoint_every": 1,
+            "workers": 0, "histogram_bins": 0, "stop_at": 0, "seed": 0, "weight_decay": 0,
+            "l1": 0, "gradient": 0, "scale_invariant": 0, "distribution": 0, "adversarial": 0,
+            "max_minutes": 0, "azimuth_jitter": 0, "mean_jitter": 0, "channels": 1}
+POSITIVE = ("lr", "d_lr", "norm_std")
+# What a run started from another's weights (--init-from) must share with it.
+ARCHITECTURE = ("channels", "shading_prior", "input_scaling", "norm_mean", "norm_std",
+                "percentiles", "canonical_azimuth")
 _KINDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
           "list[int]": "a list of integers", "list[float]": "a list of numbers"}
 
@@ -175,6 +187,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     given.update(flags)
     values = _resumed_options(parser, given) if given.get("resume") else given
     cfg = TrainConfig(**values)
+    if problem := _out_of_range(cfg):
+        parser.error(problem)
     if cfg.shading_prior and cfg.canonical_azimuth % 360 != 270:
         parser.error("--shading-prior integrates along rows from the left: it needs "
                      "--canonical-azimuth 270")
@@ -194,6 +208,21 @@ def _check_options(parser: argparse.ArgumentParser, values: dict, source: str) -
     for name, value in values.items():
         if not _fits(fields[name], value):
             parser.error(f"{name} in {source} must be {_KINDS[fields[name]]}, not {value!r}")
+
+
+def _out_of_range(cfg: TrainConfig) -> str:
+    """The first option whose value cannot work, in one sentence; '' when all can."""
+    for name, low in AT_LEAST.items():
+        value = getattr(cfg, name)
+        if min(value) < low if isinstance(value, list) else value < low:
+            return f"--{name.replace('_', '-')} must be at least {low}, not {value}"
+    for name in POSITIVE:
+        if not getattr(cfg, name) > 0:
+            return f"--{name.replace('_', '-')} must be above 0, not {getattr(cfg, name)}"
+    if cfg.input_scaling not in INPUT_SCALINGS:
+        return (f"--input-scaling must be one of {', '.join(INPUT_SCALINGS)}, "
+                f"not {cfg.input_scaling!r}")
+    return ""
 
 
 def _fits(kind: str, value: object) -> bool:
@@ -232,6 +261,16 @@ def _same(name: str, a: object, b: object) -> bool:
     if name in PATH_OPTIONS and a and b:  # the same folder, however it is spelt
         return Path(str(a)).resolve() == Path(str(b)).resolve()
     return a == b
+
+
+def _check_same_architecture(cfg: TrainConfig, saved: dict, checkpoint: str) -> None:
+    """Refuse weights from a network of another shape, or one that saw its input otherwise."""
+    for name in ARCHITECTURE:
+        default = getattr(TrainConfig(), name)
+        if saved.get(name, default) != getattr(cfg, name):
+            raise ValueError(f"{checkpoint} was trained with {name} {saved.get(name, default)}, "
+                             f"this run has {getattr(cfg, name)}: give the same "
+                             f"--{name.replace('_', '-')} (or its config file)")
 
 
 def saved_config(checkpoint: str | Path) -> dict:
@@ -327,7 +366,12 @@ class Trainer:
         self.out = Path(cfg.out)
         if cfg.resume:
             self.load(cfg.resume)
-        elif cfg.init_from:
+            return
+        if (self.out / "last.pt").exists():
+            raise ValueError(f"{self.out} already holds a run; continue it with --resume "
+                             f"{self.out / 'last.pt'}, or choose another --out")
+        if cfg.init_from:
+            _check_same_architecture(cfg, saved_config(cfg.init_from), cfg.init_from)
             state = load_checkpoint(cfg.init_from, self.device)
             self.generator.load_state_dict(state["generator"])
             self.prior_steps = state["step"] + state.get("prior_steps", 0)

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from tests.models import write_test_model
 from training.evaluate import (
     Scene,
     average,
@@ -142,11 +143,20 @@ def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_file_that_is_no_model_is_refused_before_test_data_is_made(tmp_path, capsys):
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes(b"not an onnx file")
+    data = tmp_path / "data"
+    assert main(["--model", str(checkpoint), "--data", str(data)]) == 2
+    assert f"{checkpoint} is not a model the engine can run" in capsys.readouterr().err
+    assert not data.exists()
+
+
 @pytest.mark.parametrize("second", ["other/m.onnx", "sfs=other/m.onnx"])
 def test_two_models_under_one_name_are_refused(tmp_path, capsys, second):
     for folder in ("one", "other"):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "m.onnx").write_bytes(b"")
+        write_test_model(tmp_path / folder / "m.onnx")
     second = second.replace("other/", f"{tmp_path}/other/")
     assert main(["--model", str(tmp_path / "one" / "m.onnx"), "--model", second,
                  "--data", str(tmp_path)]) == 2
@@ -189,8 +199,7 @@ def test_every_set_skipped_names_its_folder_and_fails(tmp_path, capsys, monkeypa
     from training import evaluate
 
     monkeypatch.setattr(evaluate, "SHARED", tmp_path / "shared")  # as on a fresh clone
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"")  # never run: there is nothing to run it on
+    model = write_test_model(tmp_path / "m.onnx")  # never run: there is nothing to run it on
     code = main(["--model", str(model), "--data", str(tmp_path / "d"), "--out",
                  str(tmp_path / "eval"), "--sets", "gale,hirise"])
     assert code == 1

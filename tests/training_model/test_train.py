@@ -231,3 +231,42 @@ def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
                  "--channels", "4,8,16", "--threads", "1", "--steps", "2"])
     assert code == 2
     assert "cut tiles of at least 182 px" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--val-every", "0", "--val-every must be at least 1, not 0"),
+    ("--batch-size", "0", "--batch-size must be at least 1, not 0"),
+    ("--threads", "0", "--threads must be at least 1, not 0"),
+    ("--max-minutes", "-1", "--max-minutes must be at least 0, not -1.0"),
+    ("--channels", "4,0,16", "--channels must be at least 1, not [4, 0, 16]"),
+    ("--norm-std", "0", "--norm-std must be above 0, not 0.0"),
+    ("--input-scaling", "meanratio",
+     "--input-scaling must be one of percentile, mean_ratio, not 'meanratio'"),
+])
+def test_values_that_cannot_work_are_refused_before_training(capsys, flag, value, said):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--channels", "4,8,16", "--patch-size", "32", flag, value])
+    assert exit_info.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_new_run_does_not_write_over_another(pool, tmp_path, capsys):
+    assert _tiny_run(pool, tmp_path, "--steps", "2") == 0
+    before = (tmp_path / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert _tiny_run(pool, tmp_path, "--steps", "3") == 2
+    assert f"{tmp_path} already holds a run; continue it with --resume " \
+        f"{tmp_path / 'last.pt'}" in capsys.readouterr().err
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_fine_tuning_weights_of_another_architecture_is_one_sentence(pool, tmp_path, capsys):
+    assert _tiny_run(pool, tmp_path / "a", "--steps", "1") == 0
+    capsys.readouterr()
+    code = main(["--data", str(pool), "--out", str(tmp_path / "b"), "--patch-size", "32",
+                 "--channels", "4,8,32", "--threads", "1", "--steps", "1",
+                 "--init-from", str(tmp_path / "a" / "last.pt")])
+    assert code == 2
+    assert f"{tmp_path / 'a' / 'last.pt'} was trained with channels [4, 8, 16], this run has " \
+        "[4, 8, 32]" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "last.pt").exists()

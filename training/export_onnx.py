@@ -44,6 +44,10 @@ def code_revision() -> str:
 def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
     """The generator (eval mode) and the run's resolved configuration."""
     state = load_checkpoint(checkpoint)
+    missing = {"generator_config", "config", "step"} - set(state)
+    if missing:
+        raise ValueError(f"{checkpoint} is not a checkpoint of training.train (it lacks "
+                         f"{', '.join(sorted(missing))})")
     gen_cfg = state["generator_config"]
     model = Generator(GeneratorConfig(tuple(gen_cfg["channels"]),
                                       bool(gen_cfg.get("shading_prior", False))))
@@ -142,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if not out.parent.is_dir():
+        print(f"error: the folder {out.parent} does not exist", file=sys.stderr)
+        return 2
     # Written aside and renamed once it passes: a failed export leaves no file at OUT.
     partial = out.with_name(f".{out.name}.partial")
     try:

@@ -168,10 +168,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="JSON file of options (keys as the flags below)")
+    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind = {"bool": _bool, "int": int, "float": float, "str": str}.get(str(f.type), _floats)
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
-                            default=None, help=HELP[f.name])
+                            default=None, help=f"{HELP[f.name]} (default: {shown or 'none'})")
     args = parser.parse_args(argv)
     given: dict = {}
     if args.config:

@@ -70,6 +70,21 @@ def test_a_failed_export_leaves_no_file(exported, tmp_path, capsys, options, cod
     assert list(tmp_path.iterdir()) == []
 
 
+def test_weights_without_a_training_config_are_refused(tmp_path, capsys):
+    bare = tmp_path / "bare.pt"
+    torch.save({"generator": {}}, bare)
+    assert export_main([str(bare), str(tmp_path / "x.onnx")]) == 2
+    assert f"{bare} is not a checkpoint of training.train (it lacks config, " \
+        "generator_config, step)" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_does_not_exist_is_one_sentence(exported, tmp_path, capsys):
+    checkpoint = exported[1].parent / "last.pt"
+    out = tmp_path / "nowhere" / "m.onnx"
+    assert export_main([str(checkpoint), str(out)]) == 2
+    assert f"the folder {out.parent} does not exist" in capsys.readouterr().err
+
+
 def test_a_file_that_is_no_pickle_is_refused(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_text("plain text, not a checkpoint")

@@ -146,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    if not out.parent.is_dir():
-        print(f"error: the folder {out.parent} does not exist", file=sys.stderr)
-        return 2
     # Written aside and renamed once it passes: a failed export leaves no file at OUT.
     partial = out.with_name(f".{out.name}.partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        print(f"error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         export(model, contract, partial)
         diff = parity(model, partial)

@@ -78,11 +78,13 @@ def test_weights_without_a_training_config_are_refused(tmp_path, capsys):
         "generator_config, step)" in capsys.readouterr().err
 
 
-def test_an_output_folder_that_does_not_exist_is_one_sentence(exported, tmp_path, capsys):
+def test_an_output_folder_that_cannot_be_made_is_one_sentence(exported, tmp_path, capsys):
     checkpoint = exported[1].parent / "last.pt"
-    out = tmp_path / "nowhere" / "m.onnx"
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "m.onnx"  # its folder would have to replace a file
     assert export_main([str(checkpoint), str(out)]) == 2
-    assert f"the folder {out.parent} does not exist" in capsys.readouterr().err
+    assert f"cannot write {out}: " in capsys.readouterr().err
+    assert export_main([str(checkpoint), str(tmp_path / "new" / "m.onnx")]) == 0  # made
 
 
 def test_a_file_that_is_no_pickle_is_refused(tmp_path, capsys):

@@ -6,8 +6,9 @@
   which is how real HiRISE patches and pre-rendered pools reach DDP training.
 
 Every sample is brought to the model contract: sun from ``canonical_azimuth`` (rotating real
-patches when needed), image mapped by its percentiles to 0..1 then standardised, height divided
-by the pixel size and made zero-mean.
+patches when needed), image scaled as the contract's ``input_scaling`` says (``mean_ratio``:
+contrast around the mean times tan(sun elevation); ``percentile``: percentiles to 0..1) then
+standardised, height divided by the pixel size and made zero-mean.
 """
 
 from __future__ import annotations

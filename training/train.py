@@ -455,6 +455,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, data: IterableDataset) -> dict[str, float]:
+        """L1 on heights and on slopes, unweighted, so that runs with other loss weights
+        compare; no total, which would not be the training loss of the same name."""
         self.generator.eval()
         totals: dict[str, float] = {}
         loader = DataLoader(data, self.cfg.batch_size)
@@ -466,7 +468,7 @@ class Trainer:
             if n >= self.cfg.val_batches:
                 break
         self.generator.train()
-        return {k: v / max(n, 1) for k, v in totals.items()}
+        return {k: v / max(n, 1) for k, v in totals.items() if k != "total"}
 
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict:

@@ -37,6 +37,7 @@ def test_validation_scores_a_fixed_set(pool, tmp_path):
     fixed = make_dataset(str(pool), cfg, seed=0, augment=False)
     first, again = trainer.validate(fixed), trainer.validate(fixed)
     assert first == again and first["l1"] > 0
+    assert set(first) == {"l1", "gradient"}  # unweighted: runs with other weights compare
 
 
 @pytest.mark.parametrize("gan", [False, True])

@@ -37,6 +37,7 @@ MODEL_SHARE = 0.9  # share of the progress bar for pass 1
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
 # Edge tiles are this share of a tile narrower: half of it is mirrored context at the edge.
 EDGE_MARGIN = 0.125
+MIN_SIDE_PX = 16  # below this, shading shows too little of the ground to read relief from
 DEFAULT_SUN_ELEVATION = 45.0  # for `mean_ratio` models when neither user nor label gives it
 
 
@@ -126,6 +127,9 @@ class _Run:
     def __init__(self, raster: InputRaster, generator: Generator, options: PredictOptions,
                  progress: Progress | None, is_cancelled: Callable[[], bool] | None) -> None:
         self.raster, self.generator, self.options = raster, generator, options
+        if min(raster.width, raster.height) < MIN_SIDE_PX:
+            raise DtmError(f"The input is {raster.width} x {raster.height} pixels, too small to "
+                           f"read relief from; at least {MIN_SIDE_PX} on each side are needed.")
         self.contract: ModelContract = generator.contract
         self.progress = progress or (lambda fraction: None)
         self.is_cancelled = is_cancelled or (lambda: False)

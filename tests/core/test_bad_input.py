@@ -303,6 +303,14 @@ def test_write_protected_output_is_kept(tmp_path, scene, model):
     assert out.read_bytes() == b"an earlier result"
 
 
+@pytest.mark.parametrize("rows, cols", [(1, 1), (2, 981), (15, 40)])
+def test_an_image_too_small_to_show_relief_is_refused(tmp_path, model, rows, cols):
+    path = write_raster(tmp_path / "tiny.tif", ramp(rows, cols), GT)
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(path), str(out), "--model", str(model)), out,
+                   f"The input is {cols} x {rows} pixels, too small to read relief from")
+
+
 def test_palette_image_is_refused(tmp_path, model):
     path = write_raster(tmp_path / "palette.tif", ramp(50, 50).astype(np.uint8), GT)
     ds = gdal.Open(str(path), gdal.GA_Update)

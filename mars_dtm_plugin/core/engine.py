@@ -476,7 +476,11 @@ class _Run:
     def setup_messages(self) -> list[str]:
         """What the run is about to do: provider, tiles, pixel size and sun."""
         generator, georef, elevation = self.generator, self.raster.georef, self.sun_elevation
+        bands = self.raster.bands
         return [
+            f"Input: {self.raster.width} x {self.raster.height} px, "
+            + ("luminance of the red, green and blue bands" if len(bands) > 1
+               else f"band {bands[0].GetBand()}"),
             f"Execution provider: {generator.provider}",
             *([generator.provider_note] if generator.provider_note else []),
             f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "

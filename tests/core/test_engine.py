@@ -140,7 +140,8 @@ def test_rgba_uses_luminance_and_alpha_mask(tmp_path):
     alpha[:10] = 0
     bands = np.stack([red, green, blue, alpha]).astype(np.uint8)
     colour = [gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand, gdal.GCI_AlphaBand]
-    heights, _, _ = predict(tmp_path, bands, raster={"colour": colour})
+    heights, _, report = predict(tmp_path, bands, raster={"colour": colour})
+    assert "Input: 90 x 80 px, luminance of the red, green and blue bands" in report.messages
     assert np.all(heights[:10] == NODATA)
     coef, residual = plane_fit(heights[10:])
     assert coef[1] / coef[0] == pytest.approx(0.587 / 0.299, rel=1e-3)
@@ -150,7 +151,8 @@ def test_rgba_uses_luminance_and_alpha_mask(tmp_path):
 @pytest.mark.parametrize("dtype, factor", [("uint16", 256.0), ("float32", 0.01)])
 def test_bit_depth_does_not_change_heights(tmp_path, dtype, factor):
     image = ramp(90, 100).astype(np.uint8)
-    reference, _, _ = predict(tmp_path, image, name="a.tif")
+    reference, _, report = predict(tmp_path, image, name="a.tif")
+    assert "Input: 100 x 90 px, band 1" in report.messages
     scaled = (image.astype(np.float64) * factor).astype(dtype)
     heights, _, _ = predict(tmp_path, scaled, name="b.tif")
     np.testing.assert_allclose(heights, reference, atol=1e-4)

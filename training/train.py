@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -616,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.rank == 0:
         print(json.dumps({"step": trainer.step, **{k: round(v, 5) for k, v in logs.items()}}))
     if dist.is_initialized():
+        # DDP's reducer keeps gloo's last work alive; freed at interpreter exit, after the
+        # group, it can abort the process ("terminate called without an active exception").
+        del trainer
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 

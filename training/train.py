@@ -270,6 +270,8 @@ def _same(name: str, a: object, b: object) -> bool:
 def _check_same_architecture(cfg: TrainConfig, saved: dict, checkpoint: str) -> None:
     """Refuse weights from a network of another shape, or one that saw its input otherwise."""
     for name in ARCHITECTURE:
+        if name == "percentiles" and cfg.input_scaling != "percentile":
+            continue  # read only by percentile scaling
         default = getattr(TrainConfig(), name)
         if saved.get(name, default) != getattr(cfg, name):
             raise ValueError(f"{checkpoint} was trained with {name} {saved.get(name, default)}, "

@@ -58,7 +58,8 @@ def default_model_path() -> Path:
 
 
 def load_contract(path: str | os.PathLike) -> ModelContract:
-    """The contract of a model file, without building an inference session."""
+    """The contract of a model file, read through a CPU session (the plugin does not depend
+    on the onnx package that could read it without one)."""
     return Generator(path, provider="cpu").contract
 
 

@@ -11,7 +11,9 @@ measured is what ships). Test sets, written under ``--data`` when missing:
 - ``karoo``: the real QuickBird 8 m image, predictions averaged 3 x 3 onto the real 24 m DEM;
 - ``gale``: the real HiRISE colour image (grey = mean of bands 1-3), predictions averaged
   8 x 8 onto the real 5 m DTM (one tile: a smoke test);
-- ``hirise``: 24 real HiRISE tiles without truth: re-shading consistency only.
+- ``hirise``: 24 real HiRISE tiles without truth: re-shading consistency only;
+- ``pairs``: with ``--test-shards DIR``, every patch of held-out real image / DTM pairs cut by
+  ``training.tiles`` (the test split of a scrape), each with its label's sun.
 
 Metrics per evaluation tile, with each tile's mean removed from prediction and truth, then
 averaged over tiles: RMSE and MAE (m), mean absolute slope error (degrees), the share of
@@ -33,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,8 @@ TILT_SUFFIX = "+true scene tilt"
 DETILTED_TRUTH = "truth-scene tilt"
 DETAIL_SIGMA_PX = 4.0
 """The detail ratio compares what a Gaussian of this many truth pixels smooths away."""
+FIGURE_SCENES = 3
+"""Scenes of each set shown in its figure."""
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -359,6 +363,26 @@ def hirise_scenes(_folder: Path, _seed: int) -> list[Scene]:
     return scenes
 
 
+def pair_scenes(shards: Path, workdir: Path) -> Iterator[Scene]:
+    """Each patch of the shards in ``shards`` as a GeoTIFF on its DTM's grid, with its truth.
+
+    Made one at a time: a test split can hold thousands of patches.
+    """
+    from training.shards import read_shards
+
+    for patch in read_shards(sorted(shards.glob("*.tar"))):
+        meta = patch.meta
+        side = min(patch.height.shape)
+        path = write_tif(workdir / f"{patch.key}.tif", patch.image, tuple(meta["geotransform"]),
+                         meta["crs_wkt"])
+        # Scenes keep the sun in the image's frame; the label's is from true north.
+        sun = ((meta["sun_azimuth_deg"] + meta["north_deg"]) % 360, meta["sun_elevation_deg"])
+        yield Scene(patch.key, path, patch.image, np.ones(patch.image.shape, bool),
+                    meta["pixel_size_m"], sun, patch.height, meta["pixel_size_m"],
+                    tile=min(256, side), notes={"pair": meta["pair_id"]})
+        path.unlink()  # scored by now
+
+
 def set_source(set_name: str) -> Path | None:
     """Where a test set's real data is read from; None for the generated synthetic set."""
     return {"louth": SHARED / "dem_shapes", "karoo": SHARED / "karoo_quickbird",
@@ -381,7 +405,8 @@ COLUMNS = {"rmse_m": "RMSE (m)", "mae_m": "MAE (m)", "slope_err_deg": "slope err
 SET_TITLES = {"synthetic": "Held-out synthetic scenes", "louth": "Louth crater (real HiRISE "
               "DTM, held-out rows, rendered)", "karoo": "Karoo (real QuickBird 8 m image, "
               "real 24 m DEM)", "gale": "Gale crater (real HiRISE image, real 5 m DTM; smoke "
-              "test)", "hirise": "Real HiRISE tiles (no truth)"}
+              "test)", "hirise": "Real HiRISE tiles (no truth)",
+              "pairs": "Held-out real image / DTM pairs (test shards)"}
 
 
 def hillshade(height: np.ndarray, pixel_size_m: float) -> np.ndarray:
@@ -513,6 +538,7 @@ def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple
                              pixel_size=None if georef else scene.pixel_size_m)
     report = predict_dtm(str(scene.image_path), str(out), options)
     dtm, *_ = read_band(out)
+    out.unlink()  # a test split has thousands of scenes
     return dtm.astype(np.float32), report.seconds
 
 
@@ -576,7 +602,7 @@ def average(rows: list[dict]) -> dict[str, float]:
 
 def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
              sets: list[str], speed: bool = True, roughness_px: float = 0.0,
-             tilt_control: bool = False) -> dict:
+             tilt_control: bool = False, test_shards: Path | None = None) -> dict:
     """All metrics: {set: {method: averaged metrics}} plus per-scene details and figures.
 
     ``roughness_px`` > 0 adds a control row: the first model's heights plus white noise of
@@ -584,6 +610,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
     ``tilt_control`` adds rows for the first model and both baselines with the true scene
     tilt (``with_true_scene_tilt``) on the sets with truth, and one for the truth without its
     scene tilt (``truth_without_scene_tilt``): what being right but for that tilt scores.
+    ``test_shards`` is the folder the ``pairs`` set reads.
     """
     first = next(iter(models))
     control = f"{first}+noise{roughness_px:g}px" if roughness_px > 0 else None
@@ -594,22 +621,13 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         for set_name in sets:
-            scenes = TEST_SETS[set_name](data, seed)
-            if not scenes:
-                note = f"skipped: its data in {set_source(set_name)} is absent"
-                print(f"{set_name}: {note}", file=sys.stderr)
-                results["notes"][set_name] = note
-                continue
+            scenes = pair_scenes(test_shards, Path(tmp)) if set_name == "pairs" \
+                else TEST_SETS[set_name](data, seed)
             by_method: dict[str, list[dict]] = {}
-            figure_rows = []
+            figure_rows, notes = [], []
             for index, scene in enumerate(scenes):
-                row = {"scene": scene, "input": scene.image}
-                for name in BASELINES:
-                    heights = baseline(name, scene)
-                    by_method.setdefault(name, []).append(score(scene, heights))
-                    row[name] = heights
-                for name, path in models.items():
-                    heights, _ = predict(path, scene, Path(tmp))
+                row = {"scene": scene}
+                for name, heights in _methods(scene, models, Path(tmp)):
                     by_method.setdefault(name, []).append(score(scene, heights))
                     row[name] = heights
                 if control:
@@ -622,18 +640,37 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 if tilt_control and scene.truth is not None:
                     by_method.setdefault(DETILTED_TRUTH, []).append(
                         score_on_truth_grid(scene, truth_without_scene_tilt(scene)))
-                figure_rows.append(row)
+                if index < FIGURE_SCENES:
+                    figure_rows.append(row)
+                notes.append(scene.notes)
+            if not notes:
+                source = test_shards if set_name == "pairs" else set_source(set_name)
+                note = f"skipped: its data in {source} is absent"
+                print(f"{set_name}: {note}", file=sys.stderr)
+                results["notes"][set_name] = note
+                continue
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
-            results["notes"][set_name] = _set_note(scenes)
-            figures(set_name, figure_rows[:3], first, out)
+            results["notes"][set_name] = _set_note(notes)
+            figures(set_name, figure_rows, first, out)
         if speed and results["sets"]:
             results["speed"] = measure_speed(models[first], Path(tmp))
     return results
 
 
-def _set_note(scenes: list[Scene]) -> str:
-    notes = [s.notes["sun"] for s in scenes if "sun" in s.notes]
-    return f"{len(scenes)} scene(s)" + (f"; sun {notes[0]}" if notes else "")
+def _methods(scene: Scene, models: dict[str, Path],
+             workdir: Path) -> Iterable[tuple[str, np.ndarray]]:
+    """(name, heights) of the baselines and of each model on ``scene``."""
+    for name in BASELINES:
+        yield name, baseline(name, scene)
+    for name, path in models.items():
+        yield name, predict(path, scene, workdir)[0]
+
+
+def _set_note(notes: list[dict]) -> str:
+    if pairs := {n["pair"] for n in notes if "pair" in n}:
+        return f"{len(notes)} patch(es) from {len(pairs)} pair(s)"
+    suns = [n["sun"] for n in notes if "sun" in n]
+    return f"{len(notes)} scene(s)" + (f"; sun {suns[0]}" if suns else "")
 
 
 def measure_speed(model: Path, workdir: Path, side: int = 2048) -> dict[str, float]:
@@ -688,6 +725,14 @@ def _parse_models(values: list[str]) -> dict[str, Path]:
     return models
 
 
+def _check_test_shards(folder: Path | None, wanted: bool) -> None:
+    if wanted and folder is None:
+        raise ValueError("the pairs set needs --test-shards DIR (training.tiles' test split)")
+    if folder is not None and not any(folder.glob("*.tar")):
+        raise ValueError(f"{folder} holds no shards (*.tar); give the folder of a split "
+                         "that training.tiles wrote, such as data/patches/test")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -697,8 +742,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for the generated test inputs (made when missing)")
     parser.add_argument("--out", default="runs/eval", help="report folder")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated test sets")
-    parser.add_argument("--sets", default=",".join(TEST_SETS),
-                        help="comma-separated subset of " + ",".join(TEST_SETS))
+    parser.add_argument("--sets", help="comma-separated subset of " + ",".join(TEST_SETS)
+                        + ",pairs (default: all of them; pairs only with --test-shards)")
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the throughput measurement (a 2048 x 2048 scene)")
     parser.add_argument("--roughness-control", type=float, default=0.0, metavar="PX",
@@ -707,18 +752,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score the first model and the baselines with each scene's "
                              "tilt taken from the truth (which a mean-scaled image does not show), "
                              "and the truth without that tilt")
+    parser.add_argument("--test-shards", type=Path, metavar="DIR",
+                        help="shards of held-out real pairs from training.tiles (e.g. "
+                             "data/patches/test), scored as the 'pairs' set")
     args = parser.parse_args(argv)
-    sets = args.sets.split(",")
+    sets = args.sets.split(",") if args.sets else \
+        [*TEST_SETS, *(["pairs"] if args.test_shards else [])]
     try:
         models = _parse_models(args.model)
-        if unknown := [s for s in sets if s not in TEST_SETS]:
+        if unknown := [s for s in sets if s not in (*TEST_SETS, "pairs")]:
             raise ValueError(f"unknown test set(s) {', '.join(unknown)}")
+        _check_test_shards(args.test_shards, "pairs" in sets)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
     results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
-                       not args.no_speed, args.roughness_control, args.tilt_control)
+                       not args.no_speed, args.roughness_control, args.tilt_control,
+                       args.test_shards)
     if not results["sets"]:
         print(f"error: no test set could be evaluated: the data of {', '.join(sets)} is absent "
               "(see above); choose --sets whose data exists", file=sys.stderr)

@@ -13,6 +13,7 @@ from training.evaluate import (
     flat,
     main,
     reshading_correlation,
+    scene_metrics,
     sfs_fourier,
     synthetic_scenes,
     tile_metrics,
@@ -208,3 +209,105 @@ def test_every_set_skipped_names_its_folder_and_fails(tmp_path, capsys, monkeypa
     assert f"hirise: skipped: its data in {tmp_path / 'shared' / 'hirise_tiles'}" in err
     assert "no test set could be evaluated" in err
     assert not (tmp_path / "eval" / "report.md").exists()
+
+
+def _polar_pairs(folder, count: int = 2) -> list[dict]:
+    """Test shards as ``training.tiles`` writes them: 512 px renders of synthetic DEMs in Mars
+    north polar stereographic, where north lies far from image up, with their labels' sun."""
+    from osgeo import osr
+
+    from mars_dtm_plugin.core.raster import ground_pixel_size_m, north_in_image
+    from training import synth
+    from training.shards import Patch, ShardWriter
+
+    srs = osr.SpatialReference()
+    srs.SetGeogCS("Mars", "D_Mars", "Mars", 3396190.0, 0.0)
+    srs.SetPS(90.0, 0.0, 1.0, 0.0, 0.0)
+    made = []
+    with ShardWriter(folder, "test", max_count=1) as writer:  # one patch a shard
+        for i in range(count):
+            rng = np.random.default_rng(i)
+            gt = [1.0e6, 1.0, 0.0, 256.0 + 2000.0 * i, 0.0, -1.0]  # ~73 N, at 90 E
+            north = north_in_image(gt, srs, 512, 512)
+            pixel = ground_pixel_size_m(gt, srs, 512, 512)
+            dem = synth.synthetic_dem(rng, 512, pixel)
+            sun_in_image = 200.0 + 40.0 * i
+            image = synth.render(dem, pixel, sun_in_image, 30.0, rng)
+            meta = {"pair_id": f"PAIR_{i}", "crs_wkt": srs.ExportToWkt(), "geotransform": gt,
+                    "north_deg": north, "pixel_size_m": pixel, "sun_elevation_deg": 30.0,
+                    "sun_azimuth_deg": (sun_in_image - north) % 360}
+            writer.write(Patch(f"PAIR_{i}_x0_y0", image, dem - dem.mean(), meta))
+            made.append({"image": image, "truth": dem - dem.mean(), "pixel": pixel,
+                         "sun": (sun_in_image, 30.0), "gt": gt, "north": north})
+    return made
+
+
+def test_test_shards_become_georeferenced_scenes_with_the_sun_in_the_image_frame(tmp_path):
+    from training.evaluate import pair_scenes, read_band
+
+    made = _polar_pairs(tmp_path / "shards")
+    assert 260 < made[0]["north"] < 280  # north points left: the label's sun is 270 off
+    pairs = []
+    for scene, patch in zip(pair_scenes(tmp_path / "shards", tmp_path), made):
+        pairs.append(scene.notes["pair"])
+        np.testing.assert_allclose(scene.sun, patch["sun"], atol=1e-9)
+        np.testing.assert_array_equal(scene.truth, patch["truth"])
+        assert scene.pixel_size_m == scene.truth_pixel_m == patch["pixel"]
+        image, _, gt, wkt = read_band(scene.image_path)
+        np.testing.assert_array_equal(image, patch["image"])
+        assert gt == tuple(patch["gt"]) and "Polar_Stereographic" in wkt
+    assert pairs == ["PAIR_0", "PAIR_1"]
+
+
+def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
+    made = _polar_pairs(tmp_path / "shards")
+    model = write_test_model(tmp_path / "m.onnx", "identity")
+    out = tmp_path / "report"
+    assert main(["--model", f"ident={model}", "--data", str(tmp_path / "d"), "--out", str(out),
+                 "--sets", "pairs", "--test-shards", str(tmp_path / "shards"),
+                 "--no-speed"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    pairs = metrics["sets"]["pairs"]
+    assert metrics["notes"]["pairs"] == "2 patch(es) from 2 pair(s)"
+    assert pairs["flat"]["tiles"] == pairs["ident"]["tiles"] == 8  # 4 tiles of 256 px each
+    # The flat surface's RMSE is the truth's relief in each 256 px tile.
+    relief = [np.std(p["truth"][r:r + 256, c:c + 256]) for p in made
+              for r in (0, 256) for c in (0, 256)]
+    assert pairs["flat"]["rmse_m"] == pytest.approx(np.mean(relief), rel=1e-4)
+    # SFS is given the sun in the image frame, not the label's, which is 270 degrees off.
+    def sfs_rmse(sun_of) -> float:
+        return float(np.mean([row["rmse_m"] for p in made for row in scene_metrics(
+            sfs_fourier(p["image"], p["pixel"], *sun_of(p)), p["truth"], p["pixel"], 256)]))
+
+    assert pairs["sfs"]["rmse_m"] == pytest.approx(sfs_rmse(lambda p: p["sun"]), rel=1e-4)
+    label_sun = sfs_rmse(lambda p: ((p["sun"][0] - p["north"]) % 360, 30.0))
+    assert label_sun != pytest.approx(pairs["sfs"]["rmse_m"], rel=0.03)
+    assert pairs["sfs"]["delta1"] > 0.05
+    assert "## Held-out real image / DTM pairs (test shards)" in (out / "report.md").read_text()
+
+
+def test_each_pair_and_its_prediction_leave_the_disk_once_scored(tmp_path):
+    """A test split has thousands of patches: none may pile up in the work folder."""
+    from training.evaluate import pair_scenes, predict
+
+    _polar_pairs(tmp_path / "shards")
+    model = write_test_model(tmp_path / "m.onnx", "identity")
+    work = tmp_path / "work"
+    work.mkdir()
+    for scene in pair_scenes(tmp_path / "shards", work):
+        heights, _ = predict(model, scene, work)
+        assert heights.shape == scene.truth.shape
+        assert [p.name for p in work.iterdir()] == [scene.image_path.name]
+    assert not list(work.iterdir())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sets", "pairs"], "the pairs set needs --test-shards DIR"),
+    (["--test-shards", "{tmp}"], "holds no shards (*.tar)"),
+])
+def test_test_shards_that_cannot_be_read_are_one_sentence(tmp_path, capsys, args, message):
+    model = write_test_model(tmp_path / "m.onnx")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["--model", str(model), "--data", str(tmp_path / "d"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

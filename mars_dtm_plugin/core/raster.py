@@ -328,17 +328,49 @@ def image_frame(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
 _LABEL_NUMBER = r"\s*=\s*([-+0-9.eE]+)"
 
 
+# The sun's keys in GDAL's IMD metadata domain, lower case without punctuation: Maxar's
+# .IMD (IMAGE_1.sunAz, or meanSunAz), Landsat's _MTL.txt (IMAGE_ATTRIBUTES.SUN_AZIMUTH).
+_IMD_SUN_KEYS = {"sunaz": 0, "meansunaz": 0, "sunazimuth": 0,
+                 "sunel": 1, "meansunel": 1, "sunelevation": 1}
+
+
 def sun_from_product(path: str, dataset: gdal.Dataset | None = None
                      ) -> tuple[float | None, float | None]:
-    """Sun azimuth (clockwise from north) and elevation from metadata or a PDS label; the
-    metadata's value where it has one, the label's where it does not."""
-    meta = {k.upper(): v for k, v in (dataset.GetMetadata() or {}).items()} if dataset else {}
-    azimuth, elevation = _number(meta, "SUN_AZIMUTH"), _number(meta, "SUN_ELEVATION")
-    if azimuth is None or elevation is None:
-        label_azimuth, label_elevation = _sun_from_label(path)
-        azimuth = label_azimuth if azimuth is None else azimuth
-        elevation = label_elevation if elevation is None else elevation
-    return azimuth, elevation
+    """Sun azimuth (clockwise from north) and elevation from the product: the dataset's
+    metadata, else the product metadata GDAL reads beside Earth imagery, else a PDS label;
+    each value from the first of these that has it."""
+    sun: tuple[float | None, float | None] = (None, None)
+    if dataset is not None:
+        sun = _either(_sun_from_metadata(dataset), _sun_from_imd(dataset))
+    if None in sun:
+        sun = _either(sun, _sun_from_label(path))
+    return sun
+
+
+def _either(first: tuple, second: tuple) -> tuple:
+    """Each item of ``first``, or of ``second`` where ``first``'s is None."""
+    return tuple(b if a is None else a for a, b in zip(first, second))
+
+
+def _sun_from_metadata(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
+    meta = {k.upper(): v for k, v in (dataset.GetMetadata() or {}).items()}
+    return _number(meta, "SUN_AZIMUTH"), _number(meta, "SUN_ELEVATION")
+
+
+def _sun_from_imd(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
+    """From GDAL's IMD domain (Maxar, Landsat and other Earth products' sidecar files); a
+    product that gives the sun at several points gets their mean."""
+    values: tuple[list[float], list[float]] = ([], [])
+    imd = dataset.GetMetadata("IMD") or {}
+    for key in imd:
+        name = re.sub(r"[^a-z]", "", key.rsplit(".", 1)[-1].lower())
+        if name in _IMD_SUN_KEYS:
+            values[_IMD_SUN_KEYS[name]].append(_number(imd, key))
+    azimuths, elevations = values
+    azimuth = math.degrees(math.atan2(sum(math.sin(math.radians(a)) for a in azimuths),
+                                      sum(math.cos(math.radians(a)) for a in azimuths)))
+    return (azimuth % 360 if azimuths else None,
+            sum(elevations) / len(elevations) if elevations else None)
 
 
 def _sun_from_label(path: str) -> tuple[float | None, float | None]:

@@ -101,9 +101,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             "<p><b>Band</b>: empty means band 1 of a single-band image and the luminance of an "
             "RGB image.</p>"
             "<p><b>Sun</b>: shading depends on where the light comes from. The sun direction "
-            "is read from the product's label or metadata when there is one (HiRISE products "
-            "carry it); otherwise enter it, or the run stops and says so if the model needs "
-            "it.</p>"
+            "is read from the product's label or metadata when there is one (HiRISE, Maxar "
+            "and Landsat products carry it); otherwise enter it, or the run stops and says so "
+            "if the model needs it.</p>"
             "<p>Needs the onnxruntime Python package (see the plugin's About text).</p>"
         )
 

@@ -59,11 +59,18 @@ def test_true_north_in_a_polar_stereographic_grid(tmp_path, lon, expected):
     assert InputRaster(str(path)).georef.north_deg == pytest.approx(expected, abs=0.1)
 
 
-def test_bad_sun_metadata_is_one_sentence(tmp_path):
+@pytest.mark.parametrize(("metadata", "imd", "key"), [
+    ({"SUN_AZIMUTH": "west"}, None, "SUN_AZIMUTH"),
+    (None, 'BEGIN_GROUP = IMAGE_1\n\tsunAz = "west";\nEND_GROUP = IMAGE_1\nEND;\n',
+     "IMAGE_1.sunAz"),
+])
+def test_bad_sun_metadata_is_one_sentence(tmp_path, metadata, imd, key):
     path = write_raster(tmp_path / "m.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0),
-                        metadata={"SUN_AZIMUTH": "west"})
+                        metadata=metadata)
+    if imd:  # Maxar's metadata file, which GDAL reads beside the image
+        (tmp_path / "m.IMD").write_text(imd)
     raster = InputRaster(str(path))
-    with pytest.raises(DtmError, match="SUN_AZIMUTH is not a number"):
+    with pytest.raises(DtmError, match=f"{key} is not a number"):
         sun_from_product(str(path), raster.dataset)
 
 

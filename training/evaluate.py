@@ -725,12 +725,25 @@ def _parse_models(values: list[str]) -> dict[str, Path]:
     return models
 
 
+PAIR_KEYS = ("pair_id", "geotransform", "crs_wkt", "pixel_size_m", "north_deg",
+             "sun_azimuth_deg", "sun_elevation_deg")
+"""What ``pair_scenes`` reads from each patch's provenance (``training.tiles`` writes them)."""
+
+
 def _check_test_shards(folder: Path | None, wanted: bool) -> None:
+    from training.shards import read_shards
+
     if wanted and folder is None:
         raise ValueError("the pairs set needs --test-shards DIR (training.tiles' test split)")
-    if folder is not None and not any(folder.glob("*.tar")):
-        raise ValueError(f"{folder} holds no shards (*.tar); give the folder of a split "
-                         "that training.tiles wrote, such as data/patches/test")
+    if folder is None:
+        return
+    first = next(read_shards(sorted(folder.glob("*.tar"))), None)
+    if first is None:
+        raise ValueError(f"{folder} holds no patches in shards (*.tar); give the folder of a "
+                         "split that training.tiles wrote, such as data/patches/test")
+    if missing := [key for key in PAIR_KEYS if key not in first.meta]:
+        raise ValueError(f"the patches in {folder} lack {', '.join(missing)}: give shards that "
+                         "training.tiles cut from georeferenced pairs, not a training pool")
 
 
 def main(argv: list[str] | None = None) -> int:

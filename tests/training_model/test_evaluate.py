@@ -303,9 +303,14 @@ def test_each_pair_and_its_prediction_leave_the_disk_once_scored(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--sets", "pairs"], "the pairs set needs --test-shards DIR"),
-    (["--test-shards", "{tmp}"], "holds no shards (*.tar)"),
+    (["--test-shards", "{tmp}"], "holds no patches in shards (*.tar)"),
+    (["--test-shards", "{tmp}/pool"], "lack pair_id, geotransform, crs_wkt, north_deg: give "
+                                      "shards that training.tiles cut"),
 ])
 def test_test_shards_that_cannot_be_read_are_one_sentence(tmp_path, capsys, args, message):
+    from training.data import SunRange, SyntheticPatches, write_pool
+
+    write_pool([(SyntheticPatches(64, sun=SunRange(270.0, 0.0)), 1)], tmp_path / "pool", seed=0)
     model = write_test_model(tmp_path / "m.onnx")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(["--model", str(model), "--data", str(tmp_path / "d"), *args]) == 2

@@ -22,7 +22,7 @@ import numpy as np
 from .contract import ModelContract
 from .errors import DtmCancelled, DtmError
 from .model import Generator, default_model_path, onnxruntime_missing_message, shared_generator
-from .raster import InputRaster, gdal_exceptions, sun_from_product
+from .raster import InputRaster, ProductSun, gdal_exceptions, sun_from_product
 from .stitch import OffsetProblem, blend_ramps
 from .tiling import Rotation, Tile, tile_grid
 from .writer import BLOCK, DtmWriter, check_output_path
@@ -160,14 +160,14 @@ class _Run:
             return azimuth % 360, "user"
         if self.contract.sun_mode == "none":
             return None, "not needed"
-        azimuth, _ = self._product_sun
-        if azimuth is None:
+        product = self._product_sun
+        if product.azimuth is None:
             raise DtmError("This model needs the sun azimuth and the input's label or metadata "
                            "does not give it; give it in degrees clockwise from north.")
-        return azimuth, "label"
+        return product.azimuth, product.azimuth_from
 
     @cached_property
-    def _product_sun(self) -> tuple[float | None, float | None]:
+    def _product_sun(self) -> ProductSun:
         """Sun azimuth and elevation from the product's metadata or label, read once."""
         return sun_from_product(self.raster.path, self.raster.dataset)
 
@@ -176,7 +176,7 @@ class _Run:
         if given is not None and not 0 < given < 90:  # a label's is checked where it is used
             raise DtmError(f"The sun elevation (given) must be above 0 and below 90 degrees, "
                            f"not {given}.")
-        return given if given is not None else self._product_sun[1]
+        return given if given is not None else self._product_sun.elevation
 
     def _rotation_degrees(self) -> float:
         if self.contract.sun_mode != "rotate" or self.sun_azimuth is None:
@@ -231,8 +231,8 @@ class _Run:
         if elevation is None:
             return DEFAULT_SUN_ELEVATION
         if not 0 < elevation < 90:
-            raise DtmError("The sun elevation (from the label) must be above 0 and below 90 "
-                           f"degrees, not {elevation}.")
+            raise DtmError(f"The sun elevation (from {self._product_sun.elevation_from}) must "
+                           f"be above 0 and below 90 degrees, not {elevation}; give it instead.")
         return elevation
 
     # -- pass 1: the model --------------------------------------------------------------------

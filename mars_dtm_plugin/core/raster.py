@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from osgeo import gdal, osr
@@ -329,32 +330,51 @@ _LABEL_NUMBER = r"\s*=\s*([-+0-9.eE]+)"
 
 
 # The sun's keys in GDAL's IMD metadata domain, lower case without punctuation: Maxar's
-# .IMD (IMAGE_1.sunAz, or meanSunAz), Landsat's _MTL.txt (IMAGE_ATTRIBUTES.SUN_AZIMUTH).
+# .IMD or .XML (IMAGE_1.sunAz, or meanSunAz), Landsat's _MTL.txt (IMAGE_ATTRIBUTES.SUN_AZIMUTH),
+# Pleiades' and SPOT's DIMAP (Solar_Incidences.SUN_AZIMUTH).
 _IMD_SUN_KEYS = {"sunaz": 0, "meansunaz": 0, "sunazimuth": 0,
                  "sunel": 1, "meansunel": 1, "sunelevation": 1}
+# NITF's USE00A extension gives 999.9 for an angle it does not know.
+_NITF_UNKNOWN = 999.9
 
 
-def sun_from_product(path: str, dataset: gdal.Dataset | None = None
-                     ) -> tuple[float | None, float | None]:
+class ProductSun(NamedTuple):
+    """The sun as the product gives it, and where each angle was read (for messages)."""
+
+    azimuth: float | None
+    elevation: float | None
+    azimuth_from: str = ""
+    elevation_from: str = ""
+
+
+def sun_from_product(path: str, dataset: gdal.Dataset | None = None) -> ProductSun:
     """Sun azimuth (clockwise from north) and elevation from the product: the dataset's
-    metadata, else the product metadata GDAL reads beside Earth imagery, else a PDS label;
-    each value from the first of these that has it."""
-    sun: tuple[float | None, float | None] = (None, None)
+    metadata, else the product metadata file GDAL reads beside Earth imagery, else a PDS
+    label; each angle from the first of these that has it."""
+    readers = [("label", lambda: _sun_from_label(path))]
     if dataset is not None:
-        sun = _either(_sun_from_metadata(dataset), _sun_from_imd(dataset))
-    if None in sun:
-        sun = _either(sun, _sun_from_label(path))
-    return sun
-
-
-def _either(first: tuple, second: tuple) -> tuple:
-    """Each item of ``first``, or of ``second`` where ``first``'s is None."""
-    return tuple(b if a is None else a for a, b in zip(first, second))
+        readers[:0] = [("metadata", lambda: _sun_from_metadata(dataset)),
+                       (_metadata_file(dataset), lambda: _sun_from_imd(dataset))]
+    angles, sources = [None, None], ["", ""]
+    for source, read in readers:
+        if None in angles:
+            for i, value in enumerate(read()):
+                if angles[i] is None and value is not None:
+                    angles[i], sources[i] = value, source
+    return ProductSun(*angles, *sources)
 
 
 def _sun_from_metadata(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
+    """``SUN_AZIMUTH``/``SUN_ELEVATION``, or NITF's USE00A ``SUN_AZ``/``SUN_EL``."""
     meta = {k.upper(): v for k, v in (dataset.GetMetadata() or {}).items()}
-    return _number(meta, "SUN_AZIMUTH"), _number(meta, "SUN_ELEVATION")
+    angles = []
+    for key, nitf in (("SUN_AZIMUTH", "NITF_USE00A_SUN_AZ"),
+                      ("SUN_ELEVATION", "NITF_USE00A_SUN_EL")):
+        value = _number(meta, key)
+        if value is None and (value := _number(meta, nitf)) == _NITF_UNKNOWN:
+            value = None
+        angles.append(value)
+    return angles[0], angles[1]
 
 
 def _sun_from_imd(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
@@ -369,8 +389,17 @@ def _sun_from_imd(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
     azimuths, elevations = values
     azimuth = math.degrees(math.atan2(sum(math.sin(math.radians(a)) for a in azimuths),
                                       sum(math.cos(math.radians(a)) for a in azimuths)))
-    return (azimuth % 360 if azimuths else None,
+    # Rounded first, so that a mean of 350 and 10 is 0, not 360 less a rounding error.
+    return (round(azimuth, 9) % 360 if azimuths else None,
             sum(elevations) / len(elevations) if elevations else None)
+
+
+def _metadata_file(dataset: gdal.Dataset) -> str:
+    """The name of the product metadata file GDAL found beside the image, for messages."""
+    files = [Path(f).name for f in (dataset.GetFileList() or [])[1:]
+             if f.lower().endswith((".imd", ".xml", ".txt", ".dim"))
+             and not f.lower().endswith(".aux.xml")]
+    return files[0] if files else "the product's metadata file"
 
 
 def _sun_from_label(path: str) -> tuple[float | None, float | None]:
@@ -402,7 +431,8 @@ def _number(meta: dict[str, str], key: str) -> float | None:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise DtmError(f"The input's metadata item {key} is not a number: '{meta[key]}'.")
+        raise DtmError(f"The input's metadata item {key} is not a number: '{meta[key]}'; "
+                       "give the sun's azimuth and elevation instead.")
     return value
 
 

@@ -217,7 +217,7 @@ def test_sun_from_geotiff_metadata(tmp_path):
     _, _, report = predict(tmp_path, ramp(80, 80), "ramp",
                            raster={"metadata": {"SUN_AZIMUTH": "123.5", "SUN_ELEVATION": "30"}},
                            contract={"sun_mode": "rotate", "sun_azimuth": 270.0})
-    assert (report.sun_source, report.sun_azimuth) == ("label", 123.5)
+    assert (report.sun_source, report.sun_azimuth) == ("metadata", 123.5)
 
 
 def test_cancelling_leaves_no_file(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from osgeo import gdal
 
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+from mars_dtm_plugin.core.errors import DtmError
 from mars_dtm_plugin.core.writer import NODATA
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, ramp, read_raster, write_raster
@@ -61,6 +62,29 @@ def _maxar_imd(*images: tuple[float, float], metadata_key: str = "sunAz") -> str
     return f'version = "AA";\nproductOrderId = "000000000000_01_P001";\n{groups}END;\n'
 
 
+def _dimap(*points: tuple[float, float]) -> str:
+    """A Pleiades DIMAP v2 document giving the sun at several points of the scene."""
+    located = "".join(
+        "<Located_Geometric_Values><Acquisition_Angles><AZIMUTH_ANGLE unit=\"deg\">180.1"
+        "</AZIMUTH_ANGLE></Acquisition_Angles><Solar_Incidences>"
+        f"<SUN_AZIMUTH unit=\"deg\">{az}</SUN_AZIMUTH><SUN_ELEVATION unit=\"deg\">{el}"
+        "</SUN_ELEVATION></Solar_Incidences></Located_Geometric_Values>" for az, el in points)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<Dimap_Document><Metadata_Identification>'
+            '<METADATA_FORMAT version="2.0">DIMAP</METADATA_FORMAT></Metadata_Identification>'
+            f"<Geometric_Data><Use_Area>{located}</Use_Area></Geometric_Data></Dimap_Document>\n")
+
+
+LANDSAT_C2_MTL = """GROUP = LANDSAT_METADATA_FILE
+  GROUP = IMAGE_ATTRIBUTES
+    SPACECRAFT_ID = "LANDSAT_8"
+    SUN_AZIMUTH = 78.1
+    SUN_ELEVATION = 58.8
+  END_GROUP = IMAGE_ATTRIBUTES
+END_GROUP = LANDSAT_METADATA_FILE
+END
+"""
+
+
 LANDSAT_MTL = """GROUP = L1_METADATA_FILE
   GROUP = PRODUCT_METADATA
     SPACECRAFT_ID = "LANDSAT_8"
@@ -80,19 +104,71 @@ END
     ("image.tif", "image.IMD", _maxar_imd((64.0, 61.0), metadata_key="meanSunAz"),
      (64.0, 61.0)),
     ("image.tif", "image.IMD", _maxar_imd((350.0, 40.0), (20.0, 50.0)), (5.0, 45.0)),
+    ("image.tif", "image.IMD", _maxar_imd((350.0, 40.0), (10.0, 60.0)), (0.0, 50.0)),
     ("LC08_L1TP_172083_20200115_20200127_01_T1_B8.TIF",
      "LC08_L1TP_172083_20200115_20200127_01_T1_MTL.txt", LANDSAT_MTL, (86.5, 58.2)),
+    ("LC08_L1TP_172083_20191103_20200825_02_T1_B8.TIF",
+     "LC08_L1TP_172083_20191103_20200825_02_T1_MTL.txt", LANDSAT_C2_MTL, (78.1, 58.8)),
+    ("IMG_PHR1A_P_201911030830150_ORT_1234567101-001_R1C1.TIF",
+     "DIM_PHR1A_P_201911030830150_ORT_1234567101-001.XML",
+     _dimap((50.1, 62.0), (50.3, 62.1), (50.5, 62.2)), (50.3, 62.1)),
 ])
 def test_earth_products_give_the_sun_from_their_metadata_files(tmp_path, name, sidecar, text,
                                                                sun):
     """GDAL reads Maxar's .IMD and Landsat's _MTL.txt into its IMD domain; several images in
-    one product give the mean sun (around north: 350 and 20 make 5, not 185)."""
+    one product give the mean sun (around north: 350 and 20 make 5, not 185; 350 and 10 make
+    0, not 360)."""
     source = write_raster(tmp_path / name, ramp(80, 80).astype(np.uint8), GT)
     (tmp_path / sidecar).write_text(text)
     model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
     _, report = run(source, tmp_path, "dtm.tif", model)
-    assert report.sun_source == "label"
+    assert report.sun_source == sidecar  # the run names the file it read the sun from
     assert (report.sun_azimuth, report.sun_elevation) == pytest.approx(sun)
+
+
+def test_the_satellite_angles_are_not_taken_for_the_sun(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(80, 80).astype(np.uint8), GT)
+    (tmp_path / "image.IMD").write_text(
+        'BEGIN_GROUP = IMAGE_1\n\tsatAz = 120.0;\n\tsatEl = 70.0;\n\tmeanSatAz = 121.0;\n'
+        "\tmeanSatEl = 71.0;\n\tmeanOffNadirViewAngle = 19.0;\nEND_GROUP = IMAGE_1\nEND;\n")
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    with pytest.raises(DtmError, match="needs the sun azimuth"):
+        run(source, tmp_path, "dtm.tif", model)
+
+
+def _nitf_use00a(sun_elevation: str, sun_azimuth: str) -> str:
+    """NITF's USE00A extension (107 characters): the sun's angles are its last two fields."""
+    tre = ("000" "000.6" " " "02047" "   " " " "   " "16.40" "-002.1" + " " * 37
+           + "00" "34567" "001" "025000" + " " * 12 + sun_elevation + sun_azimuth)
+    assert len(tre) == 107
+    return tre
+
+
+@pytest.mark.parametrize(("angles", "sun"), [(("+61.3", "045.4"), (45.4, 61.3)),
+                                             (("+61.3", "999.9"), None)])
+def test_nitf_gives_the_sun_from_its_use00a_extension(tmp_path, angles, sun):
+    """Maxar's NITF products carry the sun in USE00A; 999.9 is its 'unknown'."""
+    tif = write_raster(tmp_path / "image.tif", ramp(80, 80).astype(np.uint8), GT,
+                       wkt=_utm_wkt())
+    nitf = tmp_path / "image.ntf"
+    gdal.Translate(str(nitf), str(tif), format="NITF",
+                   creationOptions=[f"TRE=USE00A={_nitf_use00a(*angles)}"])
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    if sun is None:
+        with pytest.raises(DtmError, match="needs the sun azimuth"):
+            run(nitf, tmp_path, "dtm.tif", model)
+        return
+    _, report = run(nitf, tmp_path, "dtm.tif", model)
+    assert report.sun_source == "metadata"
+    assert (report.sun_azimuth, report.sun_elevation) == pytest.approx(sun)
+
+
+def _utm_wkt() -> str:
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32735)  # NITF holds Earth CRSs only
+    return srs.ExportToWkt()
 
 
 def test_the_dataset_metadata_comes_before_the_product_files(tmp_path):

@@ -377,9 +377,12 @@ def pair_scenes(shards: Path, workdir: Path) -> Iterator[Scene]:
                          meta["crs_wkt"])
         # Scenes keep the sun in the image's frame; the label's is from true north.
         sun = ((meta["sun_azimuth_deg"] + meta["north_deg"]) % 360, meta["sun_elevation_deg"])
+        rows, cols = patch.image.shape
         yield Scene(patch.key, path, patch.image, np.ones(patch.image.shape, bool),
                     meta["pixel_size_m"], sun, patch.height, meta["pixel_size_m"],
-                    tile=min(256, side), notes={"pair": meta["pair_id"]})
+                    tile=min(256, side), notes={"pair": meta["pair_id"], "shards": shards,
+                                                "size": f"{cols} x {rows}",
+                                                "tile": min(256, side)})
         path.unlink()  # scored by now
 
 
@@ -562,7 +565,7 @@ def score(scene: Scene, heights: np.ndarray) -> dict[str, float]:
 def score_on_truth_grid(scene: Scene, pred: np.ndarray) -> dict[str, float]:
     valid = scene.notes.get("truth_valid", np.isfinite(pred))
     rows = scene_metrics(pred, scene.truth, scene.truth_pixel_m, scene.tile, valid)
-    return {"tiles": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]}} \
+    return {"tiles": len(rows), **{k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}} \
         if rows else {"tiles": 0}
 
 
@@ -590,12 +593,17 @@ def with_true_scene_tilt(heights: np.ndarray, scene: Scene) -> np.ndarray:
 
 
 def average(rows: list[dict]) -> dict[str, float]:
-    """Mean over scenes, weighting metrics by each scene's number of tiles."""
-    keys = [k for k in rows[0] if k != "tiles"] if rows else []
+    """Mean over scenes, weighting metrics by each scene's number of tiles; a scene without a
+    value for a metric (a relief ratio of flat truth, say) is left out of that metric."""
+    keys = dict.fromkeys(k for r in rows for k in r if k != "tiles")
     weights = np.array([r.get("tiles", 1) for r in rows], float)
-    out = {k: float(np.nansum([r.get(k, np.nan) * w for r, w in zip(rows, weights)])
-                    / max(weights.sum(), 1)) for k in keys}
-    if "tiles" in rows[0]:
+    out = {}
+    for key in keys:
+        values = np.array([r.get(key, np.nan) for r in rows], float)
+        kept = np.isfinite(values) & (weights > 0)
+        out[key] = float(np.average(values[kept], weights=weights[kept])) if kept.any() \
+            else math.nan
+    if any("tiles" in r for r in rows):
         out["tiles"] = int(weights.sum())
     return out
 
@@ -668,7 +676,11 @@ def _methods(scene: Scene, models: dict[str, Path],
 
 def _set_note(notes: list[dict]) -> str:
     if pairs := {n["pair"] for n in notes if "pair" in n}:
-        return f"{len(notes)} patch(es) from {len(pairs)} pair(s)"
+        sizes = " or ".join(sorted({n["size"] for n in notes}))
+        tiles = " or ".join(sorted({str(n["tile"]) for n in notes}))
+        return (f"{len(notes)} patch(es) of {sizes} px from {len(pairs)} pair(s) in "
+                f"{notes[0]['shards']}, each scored on tiles of {tiles} px from its top-left "
+                "corner")
     suns = [n["sun"] for n in notes if "sun" in n]
     return f"{len(notes)} scene(s)" + (f"; sun {suns[0]}" if suns else "")
 
@@ -731,19 +743,31 @@ PAIR_KEYS = ("pair_id", "geotransform", "crs_wkt", "pixel_size_m", "north_deg",
 
 
 def _check_test_shards(folder: Path | None, wanted: bool) -> None:
-    from training.shards import read_shards
+    """Refuse, before anything runs, a shard folder the pairs set could not score through."""
+    from mars_dtm_plugin.core.engine import MIN_SIDE_PX
+    from training.shards import read_shard
 
-    if wanted and folder is None:
-        raise ValueError("the pairs set needs --test-shards DIR (training.tiles' test split)")
+    if wanted != (folder is not None):
+        raise ValueError("the pairs set needs --test-shards DIR (training.tiles' test split)"
+                         if wanted else "--test-shards is given but --sets leaves out pairs")
     if folder is None:
         return
-    first = next(read_shards(sorted(folder.glob("*.tar"))), None)
-    if first is None:
+    if not folder.is_dir():
+        raise ValueError(f"the test shard folder {folder} does not exist")
+    # The first patch of every shard: splits are cut whole, one patch size to a run.
+    firsts = [(shard, next(read_shard(shard), None)) for shard in sorted(folder.glob("*.tar"))]
+    if not firsts or any(patch is None for _, patch in firsts):
         raise ValueError(f"{folder} holds no patches in shards (*.tar); give the folder of a "
                          "split that training.tiles wrote, such as data/patches/test")
-    if missing := [key for key in PAIR_KEYS if key not in first.meta]:
-        raise ValueError(f"the patches in {folder} lack {', '.join(missing)}: give shards that "
-                         "training.tiles cut from georeferenced pairs, not a training pool")
+    for shard, patch in firsts:
+        if missing := [key for key in PAIR_KEYS if key not in patch.meta]:
+            raise ValueError(f"the patches in {shard} lack {', '.join(missing)}: give shards "
+                             "that training.tiles cut from georeferenced pairs, not a training "
+                             "pool")
+        if min(patch.image.shape) < MIN_SIDE_PX:
+            raise ValueError(f"the patches in {shard} are {patch.image.shape[1]} x "
+                             f"{patch.image.shape[0]} px; the engine takes at least "
+                             f"{MIN_SIDE_PX} px on a side")
 
 
 def main(argv: list[str] | None = None) -> int:

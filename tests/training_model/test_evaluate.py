@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from training.evaluate import (
     truth_without_scene_tilt,
     with_true_scene_tilt,
 )
+from training.shards import read_shards
 from training.synth import cos_incidence
 
 
@@ -137,6 +139,11 @@ def test_block_mean_and_tile_weighted_average():
     assert block_mean(np.arange(16.0).reshape(4, 4), 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]
     rows = [{"tiles": 1, "rmse_m": 1.0}, {"tiles": 3, "rmse_m": 2.0}]
     assert average(rows) == {"rmse_m": 1.75, "tiles": 4}
+    # A scene without a value (flat truth has no relief ratio) is left out of that metric
+    # only, and a scene without valid tiles out of every one.
+    rows = [{"tiles": 0}, {"tiles": 1, "rmse_m": 1.0, "relief_ratio": math.nan},
+            {"tiles": 3, "rmse_m": 2.0, "relief_ratio": 0.5}]
+    assert average(rows) == {"rmse_m": 1.75, "relief_ratio": 0.5, "tiles": 4}
 
 
 def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
@@ -268,7 +275,9 @@ def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
                  "--no-speed"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     pairs = metrics["sets"]["pairs"]
-    assert metrics["notes"]["pairs"] == "2 patch(es) from 2 pair(s)"
+    assert metrics["notes"]["pairs"] == (
+        f"2 patch(es) of 512 x 512 px from 2 pair(s) in {tmp_path / 'shards'}, each scored on "
+        "tiles of 256 px from its top-left corner")
     assert pairs["flat"]["tiles"] == pairs["ident"]["tiles"] == 8  # 4 tiles of 256 px each
     # The flat surface's RMSE is the truth's relief in each 256 px tile.
     relief = [np.std(p["truth"][r:r + 256, c:c + 256]) for p in made
@@ -303,16 +312,28 @@ def test_each_pair_and_its_prediction_leave_the_disk_once_scored(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--sets", "pairs"], "the pairs set needs --test-shards DIR"),
+    (["--test-shards", "{tmp}/shards", "--sets", "gale"], "--sets leaves out pairs"),
+    (["--test-shards", "{tmp}/none"], "test shard folder {tmp}/none does not exist"),
     (["--test-shards", "{tmp}"], "holds no patches in shards (*.tar)"),
     (["--test-shards", "{tmp}/pool"], "lack pair_id, geotransform, crs_wkt, north_deg: give "
                                       "shards that training.tiles cut"),
+    (["--test-shards", "{tmp}/mixed"], "mixed/pool-000000.tar lack pair_id"),
+    (["--test-shards", "{tmp}/tiny"], "are 12 x 12 px; the engine takes at least 16 px"),
 ])
 def test_test_shards_that_cannot_be_read_are_one_sentence(tmp_path, capsys, args, message):
+    """Refused before anything runs, even when only a later shard is wrong."""
     from training.data import SunRange, SyntheticPatches, write_pool
+    from training.shards import Patch, ShardWriter
 
     write_pool([(SyntheticPatches(64, sun=SunRange(270.0, 0.0)), 1)], tmp_path / "pool", seed=0)
+    _polar_pairs(tmp_path / "shards", count=1)
+    shutil.copytree(tmp_path / "shards", tmp_path / "mixed")
+    shutil.copy(tmp_path / "pool" / "pool-000000.tar", tmp_path / "mixed")
+    good = next(read_shards(sorted((tmp_path / "shards").glob("*.tar"))))
+    with ShardWriter(tmp_path / "tiny", "test") as writer:
+        writer.write(Patch("tiny", good.image[:12, :12], good.height[:12, :12], good.meta))
     model = write_test_model(tmp_path / "m.onnx")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(["--model", str(model), "--data", str(tmp_path / "d"), *args]) == 2
-    assert message in capsys.readouterr().err
+    assert message.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

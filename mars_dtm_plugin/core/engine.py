@@ -231,8 +231,9 @@ class _Run:
         if elevation is None:
             return DEFAULT_SUN_ELEVATION
         if not 0 < elevation < 90:
-            raise DtmError(f"The sun elevation (from {self._product_sun.elevation_from}) must "
-                           f"be above 0 and below 90 degrees, not {elevation}; give it instead.")
+            raise DtmError(f"The sun elevation in the product's {self._product_sun.elevation_from}"
+                           f" must be above 0 and below 90 degrees, not {elevation}; give it "
+                           "instead.")
         return elevation
 
     # -- pass 1: the model --------------------------------------------------------------------

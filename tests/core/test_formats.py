@@ -126,6 +126,22 @@ def test_earth_products_give_the_sun_from_their_metadata_files(tmp_path, name, s
     assert (report.sun_azimuth, report.sun_elevation) == pytest.approx(sun)
 
 
+@pytest.mark.parametrize(("metadata", "sidecar", "source"), [
+    ({"SUN_AZIMUTH": "80", "SUN_ELEVATION": "-3.2"}, None, "metadata"),
+    (None, _maxar_imd((80.0, -3.2)), "image.IMD"),
+])
+def test_a_product_sun_below_the_horizon_names_its_source(tmp_path, metadata, sidecar, source):
+    path = write_raster(tmp_path / "image.tif", ramp(80, 80).astype(np.uint8), GT,
+                        metadata=metadata)
+    if sidecar:
+        (tmp_path / "image.IMD").write_text(sidecar)
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
+    with pytest.raises(DtmError, match=rf"sun elevation in the product's {source} must be "
+                                       r"above 0 and below 90 degrees, not -3.2; give it"):
+        run(path, tmp_path, "dtm.tif", model)
+
+
 def test_the_satellite_angles_are_not_taken_for_the_sun(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(80, 80).astype(np.uint8), GT)
     (tmp_path / "image.IMD").write_text(

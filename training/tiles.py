@@ -26,7 +26,7 @@ from mars_dtm_plugin.core.raster import ground_pixel_size_m, north_in_image
 from training.labels import missing_constant, read_label, sun_geometry
 from training.scrape import SAFE_NAME, read_manifest, write_json
 from training.shards import Patch, ShardWriter
-from training.splits import load_splits
+from training.splits import SPLITS, load_splits
 
 gdal.UseExceptions()
 log = logging.getLogger("training.tiles")
@@ -245,6 +245,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _report_splits(index: dict) -> None:
+    """Patches per split, and a warning for a split that got none (too few pairs, or pairs
+    too small for --size), which training or evaluation would otherwise find later."""
+    counts = dict.fromkeys(SPLITS, 0)
+    for pair in index["pairs"].values():
+        counts[pair["split"]] += pair["patches"]
+    print("patches per split: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+    for name in (name for name, n in counts.items() if not n):
+        log.warning("split %s has no patches", name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -262,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(p["patches"] for p in index["pairs"].values())
     print(f"pairs usable {len(pairs)}, skipped {len(index['skipped'])}; "
           f"patches {total} in {len(index['shards'])} shards under {args.out}")
+    if splits is not None:
+        _report_splits(index)
     if not index["shards"]:
         print("error: no patch could be cut from the given pairs.", file=sys.stderr)
         return 1

@@ -120,16 +120,25 @@ def test_truncated_downloads_never_reach_the_builder(server: SiteServer, scraped
     assert PAIR_B not in {p.meta["pair_id"] for p in patches.values()} and patches
 
 
-def test_splits_put_each_split_in_its_own_folder(scraped: Path, tmp_path: Path) -> None:
+def test_splits_put_each_split_in_its_own_folder(scraped: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     pairs, _ = load_pairs(scraped)
     ids = sorted(p.pair_id for p in pairs)
     write_splits({"train": ids[:2], "val": ids[2:], "test": []}, tmp_path / "s.json", 0)
     assert main([str(scraped), "--out", str(tmp_path / "p"), "--size", str(SIZE),
                  "--overlap", str(OVERLAP), "--splits", str(tmp_path / "s.json")]) == 0
+    counts = {}
     for split, members in (("train", ids[:2]), ("val", ids[2:])):
         shards = sorted((tmp_path / "p" / split).glob("*.tar"))
-        assert {p.meta["pair_id"] for p in read_shards(shards)} == set(members)
+        patches = list(read_shards(shards))
+        assert {p.meta["pair_id"] for p in patches} == set(members)
+        counts[split] = len(patches)
     assert not (tmp_path / "p" / "test").exists()
+    # The run says what each split got, and warns of the empty one.
+    assert (f"patches per split: train {counts['train']}, val {counts['val']}, test 0"
+            in capsys.readouterr().out)
+    assert "split test has no patches" in caplog.text
 
 
 def test_a_second_run_into_the_same_folder_is_refused(scraped: Path, tmp_path: Path,

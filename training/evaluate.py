@@ -463,7 +463,8 @@ def figures(set_name: str, rows: list[dict], model: str, out: Path) -> Path:
             title, array, cmap = panels[c]
             limit = np.nanpercentile(np.abs(array), 99) if cmap == "RdBu_r" else None
             image = ax.imshow(array, cmap=cmap, vmin=-limit if limit else None, vmax=limit)
-            ax.set_title(title if r else f"{rows[r]['scene'].name}: {title}", fontsize=7)
+            # Each row's scene named once, above its first panel (pair keys are long).
+            ax.set_title(f"{rows[r]['scene'].name}\n{title}" if c == 0 else title, fontsize=7)
             if cmap != "gray":
                 fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
     fig.tight_layout()

@@ -33,6 +33,7 @@ import json
 import math
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from training.shards import Patch, read_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -363,14 +366,24 @@ def hirise_scenes(_folder: Path, _seed: int) -> list[Scene]:
     return scenes
 
 
+class TestDataError(ValueError):
+    """Test data found unreadable part-way through an evaluation."""
+
+
 def pair_scenes(shards: Path, workdir: Path) -> Iterator[Scene]:
     """Each patch of the shards in ``shards`` as a GeoTIFF on its DTM's grid, with its truth.
 
     Made one at a time: a test split can hold thousands of patches.
     """
-    from training.shards import read_shards
+    for shard in sorted(shards.glob("*.tar")):
+        try:
+            yield from _shard_scenes(shard, workdir)
+        except tarfile.ReadError as exc:  # a shard damaged after it was written
+            raise TestDataError(f"the test shard {shard} cannot be read ({exc})") from exc
 
-    for patch in read_shards(sorted(shards.glob("*.tar"))):
+
+def _shard_scenes(shard: Path, workdir: Path) -> Iterator[Scene]:
+    for patch in read_shard(shard):
         meta = patch.meta
         side = min(patch.height.shape)
         path = write_tif(workdir / f"{patch.key}.tif", patch.image, tuple(meta["geotransform"]),
@@ -380,7 +393,7 @@ def pair_scenes(shards: Path, workdir: Path) -> Iterator[Scene]:
         rows, cols = patch.image.shape
         yield Scene(patch.key, path, patch.image, np.ones(patch.image.shape, bool),
                     meta["pixel_size_m"], sun, patch.height, meta["pixel_size_m"],
-                    tile=min(256, side), notes={"pair": meta["pair_id"], "shards": shards,
+                    tile=min(256, side), notes={"pair": meta["pair_id"], "shards": shard.parent,
                                                 "size": f"{cols} x {rows}",
                                                 "tile": min(256, side)})
         path.unlink()  # scored by now
@@ -746,7 +759,6 @@ PAIR_KEYS = ("pair_id", "geotransform", "crs_wkt", "pixel_size_m", "north_deg",
 def _check_test_shards(folder: Path | None, wanted: bool) -> None:
     """Refuse, before anything runs, a shard folder the pairs set could not score through."""
     from mars_dtm_plugin.core.engine import MIN_SIDE_PX
-    from training.shards import read_shard
 
     if wanted != (folder is not None):
         raise ValueError("the pairs set needs --test-shards DIR (training.tiles' test split)"
@@ -756,7 +768,7 @@ def _check_test_shards(folder: Path | None, wanted: bool) -> None:
     if not folder.is_dir():
         raise ValueError(f"the test shard folder {folder} does not exist")
     # The first patch of every shard: splits are cut whole, one patch size to a run.
-    firsts = [(shard, next(read_shard(shard), None)) for shard in sorted(folder.glob("*.tar"))]
+    firsts = [(shard, _first_patch(shard)) for shard in sorted(folder.glob("*.tar"))]
     if not firsts or any(patch is None for _, patch in firsts):
         raise ValueError(f"{folder} holds no patches in shards (*.tar); give the folder of a "
                          "split that training.tiles wrote, such as data/patches/test")
@@ -769,6 +781,13 @@ def _check_test_shards(folder: Path | None, wanted: bool) -> None:
             raise ValueError(f"the patches in {shard} are {patch.image.shape[1]} x "
                              f"{patch.image.shape[0]} px; the engine takes at least "
                              f"{MIN_SIDE_PX} px on a side")
+
+
+def _first_patch(shard: Path) -> Patch | None:
+    try:
+        return next(read_shard(shard), None)
+    except tarfile.ReadError as exc:
+        raise TestDataError(f"the test shard {shard} cannot be read ({exc})") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -805,9 +824,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
-                       not args.no_speed, args.roughness_control, args.tilt_control,
-                       args.test_shards)
+    try:
+        results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
+                           not args.no_speed, args.roughness_control, args.tilt_control,
+                           args.test_shards)
+    except TestDataError as exc:
+        print(f"error: {exc}; no report was written", file=sys.stderr)
+        return 1
     if not results["sets"]:
         print(f"error: no test set could be evaluated: the data of {', '.join(sets)} is absent "
               "(see above); choose --sets whose data exists", file=sys.stderr)

@@ -218,7 +218,7 @@ def test_every_set_skipped_names_its_folder_and_fails(tmp_path, capsys, monkeypa
     assert not (tmp_path / "eval" / "report.md").exists()
 
 
-def _polar_pairs(folder, count: int = 2) -> list[dict]:
+def _polar_pairs(folder, count: int = 2, per_shard: int = 1) -> list[dict]:
     """Test shards as ``training.tiles`` writes them: 512 px renders of synthetic DEMs in Mars
     north polar stereographic, where north lies far from image up, with their labels' sun."""
     from osgeo import osr
@@ -231,7 +231,7 @@ def _polar_pairs(folder, count: int = 2) -> list[dict]:
     srs.SetGeogCS("Mars", "D_Mars", "Mars", 3396190.0, 0.0)
     srs.SetPS(90.0, 0.0, 1.0, 0.0, 0.0)
     made = []
-    with ShardWriter(folder, "test", max_count=1) as writer:  # one patch a shard
+    with ShardWriter(folder, "test", max_count=per_shard) as writer:
         for i in range(count):
             rng = np.random.default_rng(i)
             gt = [1.0e6, 1.0, 0.0, 256.0 + 2000.0 * i, 0.0, -1.0]  # ~73 N, at 90 E
@@ -308,6 +308,22 @@ def test_each_pair_and_its_prediction_leave_the_disk_once_scored(tmp_path):
         assert heights.shape == scene.truth.shape
         assert [p.name for p in work.iterdir()] == [scene.image_path.name]
     assert not list(work.iterdir())
+
+
+@pytest.mark.parametrize(("cut", "code"), [(30_000, 2), (-100_000, 1)])
+def test_a_shard_damaged_after_it_was_written_is_one_sentence(tmp_path, capsys, cut, code):
+    """Cut in its first patch (refused before anything runs, as bad input) or in its last
+    (found part-way: the run fails, and writes no report)."""
+    _polar_pairs(tmp_path / "shards", per_shard=2)
+    shard = sorted((tmp_path / "shards").glob("*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:cut])
+    model = write_test_model(tmp_path / "m.onnx")
+    out = tmp_path / "report"
+    assert main(["--model", str(model), "--data", str(tmp_path / "d"), "--out", str(out),
+                 "--sets", "pairs", "--test-shards", str(tmp_path / "shards"),
+                 "--no-speed"]) == code
+    assert f"error: the test shard {shard} cannot be read" in capsys.readouterr().err
+    assert not (out / "report.md").exists()
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -366,7 +366,7 @@ def hirise_scenes(_folder: Path, _seed: int) -> list[Scene]:
     return scenes
 
 
-class TestDataError(ValueError):
+class UnreadableTestData(ValueError):
     """Test data found unreadable part-way through an evaluation."""
 
 
@@ -379,13 +379,13 @@ def pair_scenes(shards: Path, workdir: Path) -> Iterator[Scene]:
         try:
             yield from _shard_scenes(shard, workdir)
         except tarfile.ReadError as exc:  # a shard damaged after it was written
-            raise TestDataError(f"the test shard {shard} cannot be read ({exc})") from exc
+            raise UnreadableTestData(f"the test shard {shard} cannot be read ({exc})") from exc
 
 
 def _shard_scenes(shard: Path, workdir: Path) -> Iterator[Scene]:
     for patch in read_shard(shard):
         meta = patch.meta
-        side = min(patch.height.shape)
+        tile = min(256, *patch.height.shape)
         path = write_tif(workdir / f"{patch.key}.tif", patch.image, tuple(meta["geotransform"]),
                          meta["crs_wkt"])
         # Scenes keep the sun in the image's frame; the label's is from true north.
@@ -393,9 +393,8 @@ def _shard_scenes(shard: Path, workdir: Path) -> Iterator[Scene]:
         rows, cols = patch.image.shape
         yield Scene(patch.key, path, patch.image, np.ones(patch.image.shape, bool),
                     meta["pixel_size_m"], sun, patch.height, meta["pixel_size_m"],
-                    tile=min(256, side), notes={"pair": meta["pair_id"], "shards": shard.parent,
-                                                "size": f"{cols} x {rows}",
-                                                "tile": min(256, side)})
+                    tile=tile, notes={"pair": meta["pair_id"], "shards": shard.parent,
+                                      "size": f"{cols} x {rows}", "tile": tile})
         path.unlink()  # scored by now
 
 
@@ -666,8 +665,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                     figure_rows.append(row)
                 notes.append(scene.notes)
             if not notes:
-                source = test_shards if set_name == "pairs" else set_source(set_name)
-                note = f"skipped: its data in {source} is absent"
+                note = f"skipped: its data in {set_source(set_name)} is absent"
                 print(f"{set_name}: {note}", file=sys.stderr)
                 results["notes"][set_name] = note
                 continue
@@ -787,7 +785,7 @@ def _first_patch(shard: Path) -> Patch | None:
     try:
         return next(read_shard(shard), None)
     except tarfile.ReadError as exc:
-        raise TestDataError(f"the test shard {shard} cannot be read ({exc})") from exc
+        raise UnreadableTestData(f"the test shard {shard} cannot be read ({exc})") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -828,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
                            not args.no_speed, args.roughness_control, args.tilt_control,
                            args.test_shards)
-    except TestDataError as exc:
+    except UnreadableTestData as exc:
         print(f"error: {exc}; no report was written", file=sys.stderr)
         return 1
     if not results["sets"]:

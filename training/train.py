@@ -54,15 +54,15 @@ class TrainConfig:
     out: str = "runs/model"
     data: str = "synthetic"
     val_data: str = ""
-    patch_size: int = 128
-    batch_size: int = 8
-    steps: int = 2000
+    patch_size: int = 256
+    batch_size: int = 4
+    steps: int = 6000
     lr: float = 2e-3
     weight_decay: float = 1e-4
     channels: list[int] = field(default_factory=lambda: list(GeneratorConfig().channels))
-    shading_prior: bool = False
+    shading_prior: bool = True
     l1: float = 1.0
-    gradient: float = 1.0
+    gradient: float = 5.0
     scale_invariant: float = 0.0
     histogram_bins: int = 0
     distribution: float = 0.0
@@ -83,12 +83,12 @@ class TrainConfig:
     keep_steps: list[int] = field(default_factory=list)
     canonical_azimuth: float = 270.0
     azimuth_jitter: float = 10.0
-    input_scaling: str = "percentile"
+    input_scaling: str = "mean_ratio"
     mean_jitter: float = 0.0
     scene_mean: bool = False
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
-    norm_mean: float = 0.5
-    norm_std: float = 0.25
+    norm_mean: float = 0.0
+    norm_std: float = 0.3
     init_from: str = ""
     resume: str = ""
 
@@ -156,6 +156,9 @@ AT_LEAST = {"batch_size": 1, "steps": 1, "threads": 1, "d_channels": 1,
             "l1": 0, "gradient": 0, "scale_invariant": 0, "distribution": 0, "adversarial": 0,
             "max_minutes": 0, "azimuth_jitter": 0, "mean_jitter": 0, "channels": 1}
 POSITIVE = ("lr", "d_lr", "norm_std")
+# What a configuration saved before these options existed was trained with (their defaults
+# then; today's are the bundled network's).
+BEFORE_THE_OPTION = {"shading_prior": False, "input_scaling": "percentile"}
 # What a run started from another's weights (--init-from) must share with it.
 ARCHITECTURE = ("channels", "shading_prior", "input_scaling", "norm_mean", "norm_std",
                 "percentiles", "canonical_azimuth")
@@ -246,7 +249,7 @@ def _resumed_options(parser: argparse.ArgumentParser, given: dict) -> dict:
     except ValueError as exc:
         parser.error(str(exc))
     _check_options(parser, saved, f"the saved configuration of {checkpoint}")
-    saved = {**dataclasses.asdict(TrainConfig()), **saved, "out": str(checkpoint.parent)}
+    saved = {**_complete(saved), "out": str(checkpoint.parent)}
     changed = sorted(k for k, v in given.items()
                      if k not in RESUMABLE and k != "resume" and not _same(k, v, saved[k]))
     if changed:
@@ -269,14 +272,19 @@ def _same(name: str, a: object, b: object) -> bool:
 
 def _check_same_architecture(cfg: TrainConfig, saved: dict, checkpoint: str) -> None:
     """Refuse weights from a network of another shape, or one that saw its input otherwise."""
+    saved = _complete(saved)
     for name in ARCHITECTURE:
         if name == "percentiles" and cfg.input_scaling != "percentile":
             continue  # read only by percentile scaling
-        default = getattr(TrainConfig(), name)
-        if saved.get(name, default) != getattr(cfg, name):
-            raise ValueError(f"{checkpoint} was trained with {name} {saved.get(name, default)}, "
+        if saved[name] != getattr(cfg, name):
+            raise ValueError(f"{checkpoint} was trained with {name} {saved[name]}, "
                              f"this run has {getattr(cfg, name)}: give the same "
                              f"--{name.replace('_', '-')} (or its config file)")
+
+
+def _complete(saved: dict) -> dict:
+    """A saved configuration with the options it predates filled in as it was trained."""
+    return {**dataclasses.asdict(TrainConfig()), **BEFORE_THE_OPTION, **saved}
 
 
 def saved_config(checkpoint: str | Path) -> dict:

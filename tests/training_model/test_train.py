@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -171,6 +172,36 @@ def test_resuming_a_run_stopped_early_says_it_has_nothing_to_train(pool, tmp_pat
     assert "nothing to train: the run is at step 2 and stops at 2" in capsys.readouterr().err
     assert main(["--resume", str(run / "last.pt"), "--stop-at", "0"]) == 0
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+
+
+def test_the_defaults_are_the_bundled_recipes_network():
+    recipe = json.loads((Path(__file__).parents[2] / "training/configs/quick.json").read_text())
+    defaults = dataclasses.asdict(parse_args([]))
+    architecture = ("patch_size", "shading_prior", "input_scaling", "norm_mean", "norm_std",
+                    "canonical_azimuth", "l1", "gradient", "lr")
+    assert {k: defaults[k] for k in architecture} == {k: recipe["train"][k] for k in architecture}
+
+
+def _strip_saved(run: Path, *names: str) -> None:
+    """Make ``run`` look saved before ``names`` were options."""
+    state = torch.load(run / "last.pt", weights_only=False)
+    state["config"] = {k: v for k, v in state["config"].items() if k not in names}
+    torch.save(state, run / "last.pt")
+
+
+def test_a_run_saved_before_an_option_existed_keeps_what_it_was_trained_with(pool, tmp_path,
+                                                                             capsys):
+    run = tmp_path / "run"
+    assert _tiny_run(pool, run, "--steps", "2", "--input-scaling", "percentile",
+                     "--norm-mean", "0.5", "--norm-std", "0.25", "--shading-prior",
+                     "false") == 0
+    _strip_saved(run, "input_scaling", "shading_prior")
+    cfg = parse_args(["--resume", str(run / "last.pt")])
+    assert (cfg.input_scaling, cfg.shading_prior) == ("percentile", False)
+    code = _tiny_run(pool, tmp_path / "tuned", "--steps", "2", "--norm-mean", "0.5",
+                     "--norm-std", "0.25", "--init-from", str(run / "last.pt"))
+    assert code == 2
+    assert "was trained with shading_prior False, this run has True" in capsys.readouterr().err
 
 
 def test_resume_with_a_config_keeps_the_saved_data(pool, tmp_path):

@@ -58,11 +58,17 @@ def split_pairs(pair_ids: list[str], seed: int = 0, val: float = 0.1,
     groups = sorted(groups_of(pair_ids), key=lambda g: hashlib.sha256(
         f"{seed}:{g[0]}".encode()).hexdigest())
     total = sum(map(len, groups))
-    wanted = {"test": round(test * total), "val": round(val * total)}
+    # A split asked for gets at least one pair, however few there are.
+    wanted = {name: max(1, round(share * total)) if share > 0 else 0
+              for name, share in (("test", test), ("val", val))}
     result: dict[str, list[str]] = {name: [] for name in SPLITS}
     for group in groups:
         name = next((n for n in ("test", "val") if len(result[n]) < wanted[n]), "train")
         result[name].extend(group)
+    if empty := [n for n in SPLITS if not result[n] and (n == "train" or wanted[n])]:
+        raise ValueError(f"{total} pair(s), in {len(groups)} group(s) that share no "
+                         f"observation, leave {' and '.join(empty)} empty; scrape more pairs "
+                         "or give --val 0 or --test 0")
     return {name: sorted(ids) for name, ids in result.items()}
 
 
@@ -102,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.source.exists():
             raise ValueError(f"{args.source} does not exist")
-        splits = split_pairs(_pair_ids(args.source), args.seed, args.val, args.test)
+        pair_ids = _pair_ids(args.source)
+        if not pair_ids:
+            raise ValueError(f"{args.source} names no complete pair")
+        splits = split_pairs(pair_ids, args.seed, args.val, args.test)
     except (ValueError, KeyError, OSError) as error:
         print(f"error: {error}.", file=sys.stderr)
-        return 2
-    if not any(splits.values()):
-        print(f"error: {args.source} names no complete pair.", file=sys.stderr)
         return 2
     write_splits(splits, args.out, args.seed)
     print(", ".join(f"{name} {len(ids)}" for name, ids in splits.items()) + f" -> {args.out}")

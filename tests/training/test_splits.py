@@ -30,6 +30,12 @@ def test_splits_depend_on_the_seed_only() -> None:
     assert split_pairs(ids, seed=7)["test"] != split_pairs(ids, seed=8)["test"]
 
 
+def test_a_split_asked_for_gets_a_pair_however_few_there_are() -> None:
+    splits = split_pairs(_pair_ids(6), seed=0, val=0.05, test=0.05)
+    assert [len(splits[n]) for n in ("train", "val", "test")] == [4, 1, 1]
+    assert split_pairs(_pair_ids(6), seed=0, val=0.0, test=0.05)["val"] == []
+
+
 def test_pairs_sharing_an_observation_stay_together() -> None:
     shared = ["ESP_020000_1640_ESP_020001_1640", "ESP_020001_1640_ESP_020002_1640",
               "ESP_020002_1640_PSP_003000_1640"]
@@ -64,6 +70,9 @@ def test_a_pair_in_two_splits_is_refused(tmp_path: Path) -> None:
     (_pair_ids(3), ["--val", "0.6", "--test", "0.5"],
      "error: val and test fractions must be non-negative and sum below 1.\n"),
     ([], [], "error: {txt} names no complete pair.\n"),
+    (_pair_ids(2), ["--val", "0.1", "--test", "0.1"],
+     "error: 2 pair(s), in 2 group(s) that share no observation, leave train empty; scrape "
+     "more pairs or give --val 0 or --test 0.\n"),
 ])
 def test_bad_input_is_one_sentence_and_writes_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture, lines: list[str] | None,

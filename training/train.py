@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import json
 import math
 import os
@@ -537,12 +538,14 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         cfg, started = self.cfg, time.monotonic()
+        batches = self.batches()
+        last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+        if self.step < last:  # data that yields no patch is refused before a log is written
+            batches = itertools.chain([next(batches)], batches)
         writer = _tensorboard(self.out) if self.rank == 0 else None
         val = self.val
         bar = _progress(cfg.steps, self.step, self.rank == 0)
         logs: dict[str, float] = {}
-        batches = self.batches()
-        last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
         if self.step >= last and self.rank == 0:  # a resumed run keeps its --stop-at
             print(f"nothing to train: the run is at step {self.step} and stops at {last} "
                   "(--steps, --stop-at); raise them to go on", file=sys.stderr)

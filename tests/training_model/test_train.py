@@ -259,10 +259,11 @@ def test_a_wrongly_typed_config_value_is_refused_by_name(tmp_path, capsys):
 
 def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
     # The pool's patches are 64 px: none holds a 128 px training patch.
-    code = main(["--data", str(pool), "--out", str(tmp_path), "--patch-size", "128",
+    code = main(["--data", str(pool), "--out", str(tmp_path / "run"), "--patch-size", "128",
                  "--channels", "4,8,16", "--threads", "1", "--steps", "2"])
     assert code == 2
     assert "cut tiles of at least 182 px" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # no logs of a run that never started
 
 
 @pytest.mark.parametrize("flag, value, said", [

@@ -821,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    started = time.monotonic()
+    started, out_is_new = time.monotonic(), not Path(args.out).exists()
     try:
         results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
                            not args.no_speed, args.roughness_control, args.tilt_control,
@@ -829,6 +829,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnreadableTestData as exc:
         print(f"error: {exc}; no report was written", file=sys.stderr)
         return 1
+    finally:  # a run that writes no report leaves no empty report folder behind
+        if out_is_new and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
+            Path(args.out).rmdir()
     if not results["sets"]:
         print(f"error: no test set could be evaluated: the data of {', '.join(sets)} is absent "
               "(see above); choose --sets whose data exists", file=sys.stderr)

@@ -33,10 +33,12 @@ DEFAULT_TRAINING_DATA = ("synthetic Mars terrain and real DEM shapes (Mars HiRIS
                          "rendered under many suns; no real image/DTM pairs")
 
 
-def code_revision() -> str:
+def code_revision(folder: Path = Path(__file__).parent) -> str:
+    """The commit of ``folder``'s checkout, marked ``-dirty`` if tracked files were edited."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"],
+                              capture_output=True, text=True, check=True,
+                              cwd=folder).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

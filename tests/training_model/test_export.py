@@ -1,3 +1,5 @@
+import subprocess
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -5,8 +7,8 @@ import pytest
 import torch
 
 from mars_dtm_plugin.core.contract import parse_contract
+from training.export_onnx import code_revision, parity
 from training.export_onnx import main as export_main
-from training.export_onnx import parity
 from training.train import TrainConfig, Trainer
 
 
@@ -103,3 +105,20 @@ def test_a_patch_size_off_the_size_multiple_is_not_exported(pool, tmp_path, caps
     assert "patch size 48 is not a multiple of its U-Net's size multiple 32" in \
         capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_code_revision_says_when_the_code_was_edited(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("steps = 1\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "first")
+    commit = git("rev-parse", "--short=7", "HEAD")
+    assert code_revision(tmp_path) == commit
+    (tmp_path / "train.py").write_text("steps = 2\n")
+    assert code_revision(tmp_path) == f"{commit}-dirty"
+    assert code_revision(tmp_path.parent / "nowhere") == "unknown"

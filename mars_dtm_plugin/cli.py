@@ -7,7 +7,11 @@ import signal
 import sys
 import time
 
-from osgeo import gdal
+try:
+    from osgeo import gdal
+except ImportError:  # pip does not install GDAL's bindings: they must match the system's GDAL
+    sys.exit("error: GDAL's Python bindings (osgeo) are missing; install them with the "
+             "system's GDAL (python3-gdal on Debian and Ubuntu, gdal from conda-forge).")
 
 from .core.engine import PredictOptions, predict_dtm
 from .core.errors import DtmCancelled, DtmError
@@ -15,7 +19,7 @@ from .core.errors import DtmCancelled, DtmError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mars_dtm_plugin",
+        prog="mars-dtm" if sys.argv[0].endswith("mars-dtm") else "python -m mars_dtm_plugin",
         description="Predict a Digital Terrain Model (heights in metres) from one orbital image.")
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser(

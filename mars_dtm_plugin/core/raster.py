@@ -114,8 +114,8 @@ class InputRaster:
         bw, bh = min(w, SAMPLE_SIDE), min(h, SAMPLE_SIDE)  # decimated: a few blocks each
         rim = [self._read_inside(0, 0, w, 1, (bw, 1)), self._read_inside(0, h - 1, w, 1, (bw, 1)),
                self._read_inside(0, 0, 1, h, (1, bh)), self._read_inside(w - 1, 0, 1, h, (1, bh))]
-        values = np.concatenate([v.ravel() for v, _ in rim])
-        return float(np.mean(values == 0))
+        values = np.concatenate([v[ok] for v, ok in rim])  # NaN is nodata already, not 0
+        return float(np.mean(values == 0)) if values.size else 0.0
 
     def sample(self) -> np.ndarray:
         """Valid values from a decimated read of the whole scene (for scene statistics)."""
@@ -186,6 +186,12 @@ def _select_bands(dataset: gdal.Dataset, band: int | None) -> tuple[list, tuple[
     if colour[band - 1] == gdal.GCI_PaletteIndex:
         raise DtmError(f"Band {band} holds colour-table indices, not brightness; expand it "
                        "first (gdal_translate -expand rgb).")
+    if colour[band - 1] == gdal.GCI_AlphaBand:
+        raise DtmError(f"Band {band} is the alpha (transparency) band, not brightness; choose "
+                       "another band.")
+    if gdal.DataTypeIsComplex(dataset.GetRasterBand(band).DataType):
+        raise DtmError(f"Band {band} holds complex numbers (as radar data do), not brightness; "
+                       "give an image of amplitudes instead.")
     return [dataset.GetRasterBand(band)], (1.0,)
 
 

@@ -323,6 +323,24 @@ def test_palette_image_is_refused(tmp_path, model):
     assert_refused(cli(str(path), str(out), "--model", str(model)), out, "colour-table")
 
 
+def test_an_alpha_band_is_refused(tmp_path, model):
+    planes = np.stack([ramp(50, 50)] * 2)
+    path = write_raster(tmp_path / "grey_alpha.tif", planes, GT,
+                        colour=[gdal.GCI_GrayIndex, gdal.GCI_AlphaBand])
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(path), str(out), "--model", str(model), "--band", "2"), out,
+                   "Band 2 is the alpha (transparency) band, not brightness")
+
+
+def test_a_complex_band_is_refused(tmp_path, model):
+    source = write_raster(tmp_path / "real.tif", ramp(50, 50), GT)
+    path = tmp_path / "complex.tif"
+    gdal.Translate(str(path), str(source), outputType=gdal.GDT_CFloat32)
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(path), str(out), "--model", str(model)), out,
+                   "Band 1 holds complex numbers (as radar data do), not brightness")
+
+
 def test_degenerate_geotransform_and_gcps_alone(tmp_path, model):
     source = write_raster(tmp_path / "source.tif", ramp(50, 50), GT)
     flat = tmp_path / "flat.vrt"  # a grid whose pixels have no size

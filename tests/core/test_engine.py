@@ -421,3 +421,8 @@ def test_a_black_collar_without_nodata_is_pointed_out(tmp_path):
     assert message.startswith("100% of the image's outermost pixels are 0")
     _, _, tagged = predict(tmp_path, collared, name="tagged.tif", raster={"nodata": 0})
     assert not any("black collar" in m for m in tagged.messages)
+    nan_collar = np.pad(image[8:-8, 8:-8], 8, constant_values=np.nan)  # NaN is nodata
+    heights, ds, untagged = predict(tmp_path, nan_collar, name="nan.tif")
+    assert not any("black collar" in m for m in untagged.messages)
+    nodata = ds.GetRasterBand(1).GetNoDataValue()
+    assert (heights[0] == nodata).all() and (heights[8:-8, 8:-8] != nodata).all()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    NULL,
     QgsMapLayer,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -19,6 +21,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
+    QgsProperty,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -161,7 +164,11 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             return False, tr("GDAL cannot read '{0}' as a raster.").format(value)
         if layer is not None and not isinstance(layer, QgsRasterLayer):
             return False, tr("'{0}' is not a raster layer; choose an image.").format(layer.name())
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        # A scratch context: for a temporary output, parameterAsOutputLayer invents a file name
+        # and registers it for loading, and the run (which invents another) never writes it.
+        scratch = QgsProcessingContext()
+        scratch.copyThreadSafeSettings(context)
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, scratch)
         if output and Path(output).suffix.lower() not in OUTPUT_EXTENSIONS:
             return False, tr("The output must be a GeoTIFF file: end its name with .tif.")
         return super().checkParameterValues(parameters, context)
@@ -241,10 +248,22 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
 
     def _optional_number(self, parameters: dict[str, Any], name: str,
                          context: QgsProcessingContext) -> float | None:
-        # parameterAsDouble reads an empty optional number as 0, which is a real azimuth.
-        if parameters.get(name) in (None, ""):
+        """None when empty; parameterAsDouble reads an empty optional number, and text that
+        is no number (QGIS lets it through as "not set"), as 0, which is a real azimuth."""
+        value = parameters.get(name)
+        if isinstance(value, QgsProperty):
+            value, _ = value.value(context.expressionContext())
+        if value is None or value == NULL or (isinstance(value, str) and not value.strip()):
             return None
-        return self.parameterAsDouble(parameters, name, context)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise QgsProcessingException(tr(
+                "{0} must be a number (with a point for decimals), not '{1}'."
+            ).format(self.parameterDefinition(name).description(), value))
+        return number
 
     @staticmethod
     def _run_engine(input_path: str, output: str, options: PredictOptions,

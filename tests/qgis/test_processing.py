@@ -13,9 +13,11 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterRasterDestination,
+    QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
 )
@@ -145,6 +147,57 @@ def test_sun_azimuth_needed_and_given(provider, tmp_path, image_factory):
     run({"INPUT": str(image), "MODEL": str(model), "SUN_AZIMUTH": 270.0,
          "SUN_ELEVATION": 30.0, "OUTPUT": str(output)})
     assert read_raster(output)[0].shape == (80, 90)
+
+
+def test_checking_a_temporary_output_registers_no_layer_the_run_does_not_write(
+        provider, identity_model, image_factory):
+    # As the Toolbox's dialog and runAndLoadResults run it: the result is to be loaded.
+    alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    output = QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", QgsProject.instance())
+    parameters = {"INPUT": str(image_factory()), "MODEL": str(identity_model), "OUTPUT": output}
+    assert alg.checkParameterValues(parameters, context)[0]
+    assert context.layersToLoadOnCompletion() == {}
+    result, ok = alg.run(parameters, context, QgsProcessingFeedback())
+    assert ok and list(context.layersToLoadOnCompletion()) == [result["OUTPUT"]]
+    assert Path(result["OUTPUT"]).is_file()
+
+
+@pytest.mark.parametrize("name, value", [("SUN_AZIMUTH", "250,5"), ("SUN_ELEVATION", "abc"),
+                                         ("SUN_AZIMUTH", "1e400"), ("OVERLAP", "abc")])
+def test_an_optional_number_that_is_no_number_is_refused(provider, tmp_path, image_factory,
+                                                         name, value):
+    from tests.models import write_test_model
+
+    model = write_test_model(tmp_path / "rotate.onnx", "identity", sun_mode="rotate")
+    output = tmp_path / "dtm.tif"
+    parameters = {"INPUT": str(image_factory()), "MODEL": str(model), "SUN_AZIMUTH": 270.0,
+                  "OUTPUT": str(output), name: value}
+    with pytest.raises(QgsProcessingException,
+                       match=rf"must be a number \(with a point for decimals\), not '{value}'"):
+        run(parameters)
+    assert not output.exists()
+
+
+def test_a_number_given_as_text_or_an_empty_expression_is_read_as_such(provider, tmp_path,
+                                                                       image_factory):
+    from qgis.core import QgsProperty
+
+    from tests.models import write_test_model
+
+    model = write_test_model(tmp_path / "rotate.onnx", "identity", sun_mode="rotate")
+    image = str(image_factory(width=90, height=80))
+    empty = QgsProperty.fromExpression("NULL")
+    with pytest.raises(QgsProcessingException, match="sun azimuth"):  # not read as 0
+        run({"INPUT": image, "MODEL": str(model), "SUN_AZIMUTH": empty,
+             "OUTPUT": str(tmp_path / "a.tif")})
+    messages: list[str] = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = messages.append
+    run({"INPUT": image, "MODEL": str(model), "SUN_AZIMUTH": "250.5", "SUN_ELEVATION": 30,
+         "OUTPUT": str(tmp_path / "b.tif")}, feedback)
+    assert any("250.5" in m for m in messages)
 
 
 def test_layers_inside_containers_are_read_as_qgis_shows_them(provider, identity_model,

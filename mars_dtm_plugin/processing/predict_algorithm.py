@@ -57,6 +57,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
     SUN_AZIMUTH = "SUN_AZIMUTH"
     SUN_ELEVATION = "SUN_ELEVATION"
     OVERLAP = "OVERLAP"
+    PIXEL_SIZE = "PIXEL_SIZE"
     PROVIDER = "PROVIDER"
     OUTPUT = "OUTPUT"
 
@@ -147,11 +148,17 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             self.OVERLAP, tr("Tile overlap in pixels (empty: the model's default)"),
             QgsProcessingParameterNumber.Integer, optional=True, minValue=0)
         overlap.setHelp(tr("More overlap hides tile borders better and takes longer."))
+        pixel_size = QgsProcessingParameterNumber(
+            self.PIXEL_SIZE, tr("Pixel size in metres (empty: from the georeferencing)"),
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0)
+        pixel_size.setHelp(tr(
+            "Needed for an image without georeferencing (such as a JPEG tile), whose DTM then "
+            "has none either; for a georeferenced image it replaces the measured pixel size."))
         provider = QgsProcessingParameterEnum(
             self.PROVIDER, tr("Run on"),
             options=[tr("Auto (GPU when available)"), tr("CPU"), tr("CUDA (NVIDIA GPU)")],
             defaultValue=0)
-        for parameter in (overlap, provider):
+        for parameter in (overlap, pixel_size, provider):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
 
@@ -194,10 +201,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if missing:
             raise QgsProcessingException(missing)
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
-        input_path = self._input_path(parameters, context)
+        options = self._options(parameters, context)
+        input_path = self._input_path(parameters, context, options.pixel_size is not None)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        report = self._run_engine(input_path, output, self._options(parameters, context),
-                                  FeedbackAdapter(feedback))
+        report = self._run_engine(input_path, output, options, FeedbackAdapter(feedback))
         # The engine has logged provider (and why not a GPU), tiles, sun, heights and output.
         feedback.pushInfo(tr("Finished in {0:.2f} s").format(report.seconds))
         if context.willLoadLayerOnCompletion(output):
@@ -206,7 +213,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                 DtmStyler.create(output, report.height_min, report.height_max))
         return {self.OUTPUT: output}
 
-    def _input_path(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+    def _input_path(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                    pixel_size_given: bool) -> str:
         """The file behind INPUT, after the checks QGIS can make better than the engine."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
@@ -215,20 +223,23 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(tr(
                 "The input layer '{0}' is not a raster file; save it as a GeoTIFF first."
             ).format(layer.name()))
-        # The engine reads the file, so the file itself must be georeferenced.
-        if not layer.dataProvider().crs().isValid():
-            raise QgsProcessingException(tr(
-                "The input image '{0}' has no coordinate reference system; georeference it "
-                "or assign one (e.g. with Raster > Projections > Assign Projection) first."
-            ).format(layer.name()))
         # The GDAL dataset name, as /vsizip/..., GPKG:file:table or NETCDF:"file":variable;
         # QGIS may append its own "|option" parts.
         source = layer.source().split("|")[0]
+        if pixel_size_given:  # the engine then needs no georeferencing
+            return source
+        # The engine reads the file, so the file itself must be georeferenced.
+        if not layer.dataProvider().crs().isValid():
+            raise QgsProcessingException(tr(
+                "The input image '{0}' has no coordinate reference system; give its pixel "
+                "size in metres (the DTM then has none either), or georeference it first "
+                "(Raster > Projections > Assign Projection, or the Georeferencer)."
+            ).format(layer.name()))
         if not has_geotransform(source):
             raise QgsProcessingException(tr(
                 "The input image '{0}' is not on a georeferenced grid (ground control points "
                 "alone do not place it); warp it onto a grid first (Raster > Projections > "
-                "Warp, or the Georeferencer)."
+                "Warp, or the Georeferencer), or give its pixel size in metres."
             ).format(layer.name()))
         return source
 
@@ -244,6 +255,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             sun_azimuth=self._optional_number(parameters, self.SUN_AZIMUTH, context),
             sun_elevation=self._optional_number(parameters, self.SUN_ELEVATION, context),
             provider=EXECUTION_PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)],
+            pixel_size=self._optional_number(parameters, self.PIXEL_SIZE, context),
         )
 
     def _optional_number(self, parameters: dict[str, Any], name: str,

@@ -57,7 +57,7 @@ def test_parameters(provider):
     alg = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID)
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["INPUT", "BAND", "MODEL", "SUN_AZIMUTH", "SUN_ELEVATION", "OVERLAP",
-                     "PROVIDER", "OUTPUT"]
+                     "PIXEL_SIZE", "PROVIDER", "OUTPUT"]
     band = alg.parameterDefinition("BAND")
     assert isinstance(band, QgsProcessingParameterBand)
     assert band.parentLayerParameterName() == "INPUT"
@@ -65,7 +65,7 @@ def test_parameters(provider):
     # No path as default: saved models and batches must not carry this profile's folder.
     assert alg.parameterDefinition("MODEL").defaultValue() is None
     assert alg.parameterDefinition("MODEL").flags() & QgsProcessingParameterDefinition.FlagOptional
-    for name in ("OVERLAP", "PROVIDER"):
+    for name in ("OVERLAP", "PIXEL_SIZE", "PROVIDER"):
         assert alg.parameterDefinition(name).flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert alg.parameterDefinition("PROVIDER").options() == [
         "Auto (GPU when available)", "CPU", "CUDA (NVIDIA GPU)"]
@@ -121,6 +121,23 @@ def test_an_unreadable_input_file_is_named_as_such(provider, tmp_path):
     ok, message = alg.checkParameterValues(
         {"INPUT": str(text), "OUTPUT": str(tmp_path / "dtm.tif")}, QgsProcessingContext())
     assert not ok and message == f"GDAL cannot read '{text}' as a raster."
+
+
+@pytest.mark.parametrize("placed", [False, True])
+def test_a_pixel_size_runs_an_image_without_georeferencing(provider, identity_model,
+                                                           image_factory, tmp_path, placed):
+    image = image_factory("plain.tif", wkt=None, geotransform=None, width=90, height=70)
+    if placed:  # a grid with a CRS: the pixel size given replaces the measured one
+        image = image_factory("placed.tif", width=90, height=70)
+    output = tmp_path / f"dtm_{placed}.tif"
+    run({"INPUT": str(image), "MODEL": str(identity_model), "PIXEL_SIZE": 5.0,
+         "OUTPUT": str(output)})
+    heights, geotransform, wkt, _ = read_raster(output)
+    source = read_raster(image)[0]
+    expected = expected_identity_heights(source, 5.0)  # heights in units of 5 m pixels
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
+    if placed:
+        assert geotransform == pytest.approx(GEOTRANSFORM) and same_crs(wkt, MARS_EQC_WKT)
 
 
 def test_rgb_band_choice(provider, identity_model, tmp_path):

@@ -212,7 +212,7 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None,
         # A world file without a CRS still places the output, and still says where up is;
         # without one, a PDS label may say where north is.
         if geotransform is None:
-            return Georeferencing(None, "", float(pixel_size), _north_from_label(path))
+            return Georeferencing(None, "", float(pixel_size), _north_from_label(path, dataset))
         north, mirrored = image_frame(geotransform, srs, cols, rows)
         return Georeferencing(tuple(geotransform), wkt, float(pixel_size), north, mirrored)
     if geotransform is None and dataset.GetGCPCount():
@@ -357,7 +357,7 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None) -> ProductS
     """Sun azimuth (clockwise from north) and elevation from the product: the dataset's
     metadata, else the product metadata file GDAL reads beside Earth imagery, else a PDS
     label; each angle from the first of these that has it."""
-    readers = [("label", lambda: _sun_from_label(path))]
+    readers = [("label", lambda: _sun_from_label(path, dataset))]
     if dataset is not None:
         readers[:0] = [("metadata", lambda: _sun_from_metadata(dataset)),
                        (_metadata_file(dataset), lambda: _sun_from_imd(dataset))]
@@ -408,8 +408,8 @@ def _metadata_file(dataset: gdal.Dataset) -> str:
     return files[0] if files else "the product's metadata file"
 
 
-def _sun_from_label(path: str) -> tuple[float | None, float | None]:
-    label = _read_label(path)
+def _sun_from_label(path: str, dataset: gdal.Dataset | None) -> tuple[float | None, float | None]:
+    label = _read_label(path, dataset)
     values = {}
     for key in ("SUB_SOLAR_AZIMUTH", "NORTH_AZIMUTH", "INCIDENCE_ANGLE"):
         match = re.search(r"^\s*" + key + _LABEL_NUMBER, label, re.MULTILINE)
@@ -422,10 +422,11 @@ def _sun_from_label(path: str) -> tuple[float | None, float | None]:
     return (values["SUB_SOLAR_AZIMUTH"] - values.get("NORTH_AZIMUTH", 270.0)) % 360, elevation
 
 
-def _north_from_label(path: str) -> float:
+def _north_from_label(path: str, dataset: gdal.Dataset) -> float:
     """North clockwise from image up, from a PDS label's NORTH_AZIMUTH (clockwise from the
     image's right edge); 0 (north up) without one."""
-    match = re.search(r"^\s*NORTH_AZIMUTH" + _LABEL_NUMBER, _read_label(path), re.MULTILINE)
+    label = _read_label(path, dataset)
+    match = re.search(r"^\s*NORTH_AZIMUTH" + _LABEL_NUMBER, label, re.MULTILINE)
     return (float(match.group(1)) - 270.0) % 360 if match else 0.0
 
 
@@ -442,10 +443,12 @@ def _number(meta: dict[str, str], key: str) -> float | None:
     return value
 
 
-def _read_label(path: str) -> str:
-    """The PDS3 label: detached (same stem, .LBL) or attached at the start of the file."""
-    source = Path(path)
-    for candidate in (source.with_suffix(".LBL"), source.with_suffix(".lbl"), source):
+def _read_label(path: str, dataset: gdal.Dataset | None) -> str:
+    """The PDS3 label, detached (same stem, .LBL) or attached at the start of the file: the
+    input's, else that of a file it is read from (a crop to a VRT keeps its product's label)."""
+    sources = [path, *((dataset.GetFileList() or [])[1:] if dataset is not None else [])]
+    for candidate in (c for source in map(Path, sources)
+                      for c in (source.with_suffix(".LBL"), source.with_suffix(".lbl"), source)):
         if candidate.is_file():
             with open(candidate, "rb") as handle:
                 head = handle.read(1 << 20).decode("latin-1")

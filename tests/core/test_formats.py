@@ -53,6 +53,19 @@ def test_jpeg2000_with_hirise_label_gives_the_sun(tmp_path):
     assert report.sun_azimuth == pytest.approx(290.0)
 
 
+def test_a_crop_to_a_vrt_keeps_the_products_label(tmp_path):
+    jp2 = tmp_path / "ESP_000001_1000_RED_C_01_ORTHO.JP2"
+    write_ortho(jp2, ramp(120, 120).astype(np.uint8), GT, mars_eqc_wkt(), incidence=40.0,
+                sub_solar=200.0, north=270.0)
+    crop = tmp_path / "crops" / "crop.vrt"  # elsewhere, under another name
+    crop.parent.mkdir()
+    gdal.Translate(str(crop), str(jp2), format="VRT", srcWin=[10, 20, 80, 70])
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    _, report = run(crop, tmp_path, "dtm.tif", model)
+    assert (report.sun_source, report.sun_azimuth) == ("label", pytest.approx(290.0))
+    assert report.sun_elevation == pytest.approx(50.0)
+
+
 def _maxar_imd(*images: tuple[float, float], metadata_key: str = "sunAz") -> str:
     """A Maxar (DigitalGlobe) .IMD with one IMAGE group per (azimuth, elevation)."""
     groups = "".join(f"BEGIN_GROUP = IMAGE_{i}\n\tsatId = \"QB02\";\n"

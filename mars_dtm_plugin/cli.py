@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="predict a DTM GeoTIFF from an image",
         description="Predict a DTM from INPUT (any raster GDAL reads) and write it to OUTPUT "
                     "as a Float32 GeoTIFF on the same grid.")
-    predict.add_argument("input", metavar="INPUT", help="georeferenced image")
+    predict.add_argument("input", metavar="INPUT",
+                         help="image: georeferenced, or give --pixel-size")
     predict.add_argument("output", metavar="OUTPUT", help="DTM GeoTIFF to write")
     predict.add_argument("--model", help="ONNX generator (default: the bundled model)")
     predict.add_argument("--band", type=int,
@@ -37,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where the light comes from, degrees clockwise from north "
                               "(default: from the product's label or metadata)")
     predict.add_argument("--sun-elevation", type=float, metavar="DEG",
-                         help="sun elevation above the horizon in degrees")
+                         help="sun elevation above the horizon in degrees (default: from "
+                              "the product's label or metadata, else 45 assumed and said)")
     predict.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                          help="onnxruntime execution provider (default: auto)")
     predict.add_argument("--pixel-size", type=float, metavar="M",
-                         help="pixel size in metres, for images without georeferencing")
+                         help="pixel size in metres: needed for an image without "
+                              "georeferencing; replaces the measured size of others")
     predict.add_argument("--batch-size", type=int, default=None,
                          help="tiles per model call (default: about half a megapixel)")
     predict.add_argument("--threads", type=int, default=None, metavar="N",

@@ -8,8 +8,8 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
-from .core.model import onnxruntime_missing_message
 from .processing.icons import icon_path
+from .processing.onnxruntime_help import onnxruntime_missing_in_qgis
 from .processing.provider import MarsDtmProvider
 
 ALGORITHM_ID = "marsdtm:predictdtm"
@@ -70,7 +70,7 @@ class MarsDtmPlugin:
                        tr("'{0}' is not a raster layer; select an image.").format(layer.name()))
             self.iface.messageBar().pushWarning(tr("Mars DTM"), message)
             return
-        missing = onnxruntime_missing_message()
+        missing = onnxruntime_missing_in_qgis()
         if missing:  # the dialog would say so only after the form is filled in and run
             self.iface.messageBar().pushCritical(tr("Mars DTM"), missing)
             return

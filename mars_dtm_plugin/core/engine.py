@@ -21,16 +21,13 @@ import numpy as np
 
 from .contract import ModelContract
 from .errors import DtmCancelled, DtmError
-from .model import Generator, default_model_path, onnxruntime_missing_message, shared_generator
+from .model import Generator, default_model_path, shared_generator
 from .raster import InputRaster, ProductSun, gdal_exceptions, sun_from_product
 from .stitch import OffsetProblem, blend_ramps
 from .tiling import Rotation, Tile, tile_grid
 from .writer import BLOCK, DtmWriter, check_output_path
 
-__all__ = [
-    "PredictOptions", "RunReport", "default_model_path", "onnxruntime_missing_message",
-    "predict_dtm",
-]
+__all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 
 Progress = Callable[[float], None]
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1

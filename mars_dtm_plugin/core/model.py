@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -14,14 +15,12 @@ from .errors import DtmError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
+# The command line's advice; QGIS's Python is found differently on each system, so the plugin
+# gives its own (``onnxruntime_missing_message(install_help=...)``).
 INSTALL_HELP = (
-    "The Python package onnxruntime is not installed in the Python that runs this program. "
-    "Install it there, without upgrading numpy, then restart QGIS: on Windows, in the OSGeo4W "
-    "Shell, run 'python -m pip install onnxruntime'; on macOS, run '/Applications/"
-    "QGIS-LTR.app/Contents/MacOS/bin/python3 -m pip install --user onnxruntime' (QGIS.app for "
-    "the latest release); on Linux, run 'python3 -m pip install --user onnxruntime' (on "
-    "Debian 12 or Ubuntu 23.04 and newer add --break-system-packages). For an NVIDIA GPU, "
-    "install onnxruntime-gpu instead."
+    "The Python package onnxruntime is not installed in the Python that runs this program "
+    "({python}); install it there, without upgrading numpy: '{python} -m pip install "
+    "onnxruntime' (onnxruntime-gpu for an NVIDIA GPU)."
 )
 
 _BROKEN_INSTALL = (
@@ -30,23 +29,24 @@ _BROKEN_INSTALL = (
 )
 
 
-def onnxruntime_missing_message() -> str | None:
-    """None when onnxruntime imports, else what is wrong and how to mend it."""
+def onnxruntime_missing_message(install_help: str = INSTALL_HELP) -> str | None:
+    """None when onnxruntime imports, else what is wrong and how to mend it (``install_help``
+    when it is not installed; ``{python}`` in it is this program's Python)."""
     try:
-        _onnxruntime()
+        _onnxruntime(install_help)
     except DtmError as exc:
         return str(exc)
     return None
 
 
-def _onnxruntime():
+def _onnxruntime(install_help: str = INSTALL_HELP):
     # Imported lazily: onnxruntime is not part of QGIS, and its absence must not break imports.
     try:
         import onnxruntime
     except ModuleNotFoundError as exc:
         if exc.name != "onnxruntime":
             raise DtmError(_BROKEN_INSTALL.format(exc)) from exc
-        raise DtmError(INSTALL_HELP) from exc
+        raise DtmError(install_help.format(python=sys.executable)) from exc
     except ImportError as exc:  # installed, but it or a library it needs does not load
         raise DtmError(_BROKEN_INSTALL.format(exc)) from exc
     return onnxruntime
@@ -106,7 +106,8 @@ class Generator:
             raise DtmError(f"The number of threads must be at least 1, not {threads}.")
         self.path = Path(path)
         if not self.path.is_file():
-            raise DtmError(f"The model file '{self.path}' does not exist.")
+            raise DtmError(f"The model file '{self.path}' "
+                           f"{'is a folder' if self.path.is_dir() else 'does not exist'}.")
         providers, self.provider_note = _choose_providers(ort, provider)
         options = ort.SessionOptions()
         options.log_severity_level = 4  # fatal only: errors reach the user as DtmError

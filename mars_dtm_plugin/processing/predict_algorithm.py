@@ -27,17 +27,13 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.engine import (
-    PredictOptions,
-    RunReport,
-    onnxruntime_missing_message,
-    predict_dtm,
-)
+from ..core.engine import PredictOptions, RunReport, predict_dtm
 from ..core.errors import DtmError
 from ..core.raster import has_geotransform
 from ..core.writer import OUTPUT_EXTENSIONS
 from .feedback import FeedbackAdapter
 from .icons import icon_path
+from .onnxruntime_help import onnxruntime_missing_in_qgis
 from .styling import DtmStyler
 
 # PROVIDER enum index -> engine provider name.
@@ -192,12 +188,12 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         return None
 
     def canExecute(self) -> tuple[bool, str]:
-        message = onnxruntime_missing_message()
+        message = onnxruntime_missing_in_qgis()
         return (False, message) if message else (True, "")
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        missing = onnxruntime_missing_message()
+        missing = onnxruntime_missing_in_qgis()
         if missing:
             raise QgsProcessingException(missing)
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None

@@ -294,6 +294,32 @@ def test_a_model_returning_nan(tmp_path, scene):
                    "returned heights that are not numbers")
 
 
+def test_a_folder_given_as_output_or_model_is_named_as_such(tmp_path, scene, model):
+    folder = tmp_path / "dtm.tif"
+    folder.mkdir()
+    result = cli(str(scene), str(folder), "--model", str(model))
+    assert result.returncode == 1
+    assert result.stderr == f"error: The output '{folder}' is a folder; give a file name " \
+                            "ending in .tif.\n"
+    assert not list(folder.iterdir())
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(tmp_path)), out,
+                   f"The model file '{tmp_path}' is a folder.")
+
+
+def test_without_onnxruntime_the_command_says_how_to_install_it_in_its_python(tmp_path, scene):
+    blocked = ("import sys; sys.modules['onnxruntime'] = None; "
+               "from mars_dtm_plugin.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / "out.tif"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the built plugin first
+    result = subprocess.run([sys.executable, "-c", blocked, "predict", str(scene), str(out),
+                             "--sun-azimuth", "270"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert_refused(result, out, f"install it there, without upgrading numpy: "
+                                f"'{sys.executable} -m pip install onnxruntime'")
+    assert "QGIS" not in result.stderr
+
+
 def test_write_protected_output_is_kept(tmp_path, scene, model):
     out = tmp_path / "kept.tif"
     out.write_bytes(b"an earlier result")

@@ -244,7 +244,7 @@ class ShardPatches(IterableDataset):
                  norm: Normalisation | None = None, canonical_azimuth: float = 270.0,
                  shuffle_buffer: int = 256, augment: bool = True, size: int = 128,
                  azimuth_tolerance: float = 15.0, mean_jitter: float = 0.0,
-                 scene_mean: bool = False) -> None:
+                 scene_mean: bool = False, split_across_ranks: bool = True) -> None:
         self.paths = [str(p) for p in paths]
         if not self.paths:
             raise ValueError("no shard files to read")
@@ -252,31 +252,35 @@ class ShardPatches(IterableDataset):
         self.shuffle_buffer, self.augment, self.epoch = shuffle_buffer, augment, 0
         self.size, self.tolerance, self.mean_jitter = size, azimuth_tolerance, mean_jitter
         self.scene_mean = scene_mean
+        self.split_across_ranks = split_across_ranks  # off: one rank reads it all (validation)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _reader(self) -> tuple[int, int]:
+        """This reader's slot among all readers (ranks x DataLoader workers)."""
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        if not self.split_across_ranks:
+            rank, world = 0, 1
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return rank * workers + worker, world * workers
 
     def my_shards(self) -> list[str]:
         """This rank's and worker's share of the shard list (DistributedSampler-style)."""
         order = list(self.paths)
         random.Random(self.seed * 1000 + self.epoch).shuffle(order)
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        slot, slots = rank * workers + worker, world * workers
+        slot, slots = self._reader()
         if len(order) < slots:
             # Fewer shards than readers: everyone reads all shards, samples split by index.
             return order
         return order[slot::slots]
 
     def _patches(self) -> Iterator[Patch]:
-        shards = self.my_shards()
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        split = len(self.paths) < world * workers
-        for i, patch in enumerate(p for path in shards for p in read_shard(path)):
-            if not split or i % (world * workers) == rank * workers + worker:
+        slot, slots = self._reader()
+        split = len(self.paths) < slots
+        for i, patch in enumerate(p for path in self.my_shards() for p in read_shard(path)):
+            if not split or i % slots == slot:
                 yield patch
 
     def _sample(self, patch: Patch, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:

@@ -328,7 +328,12 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def make_dataset(spec: str, cfg: TrainConfig, seed: int, augment: bool = True) -> IterableDataset:
+def make_dataset(spec: str, cfg: TrainConfig, validation: bool = False) -> IterableDataset:
+    """The training stream, or (``validation``) a fixed set read whole by one rank.
+
+    Every rank gets the same seed: the shard order must be shared for the ranks' shares to be
+    disjoint, and the streams differ by rank anyway (``training.data._worker_rng``)."""
+    seed, augment = (10_000 + cfg.seed, False) if validation else (cfg.seed, True)
     sun = SunRange(cfg.canonical_azimuth, cfg.azimuth_jitter)
     norm = Normalisation(tuple(cfg.percentiles), cfg.norm_mean, cfg.norm_std, cfg.input_scaling)
     if spec == "synthetic":
@@ -337,7 +342,7 @@ def make_dataset(spec: str, cfg: TrainConfig, seed: int, augment: bool = True) -
         return DemShapePatches(load_dem_shapes(spec[4:]), cfg.patch_size, seed, sun, norm)
     return ShardPatches(list_shards(spec), seed, norm, cfg.canonical_azimuth, augment=augment,
                         size=cfg.patch_size, mean_jitter=cfg.mean_jitter,
-                        scene_mean=cfg.scene_mean)
+                        scene_mean=cfg.scene_mean, split_across_ranks=not validation)
 
 
 class NoTrainingData(ValueError):
@@ -375,9 +380,8 @@ class Trainer:
                 self.disc = torch.nn.parallel.DistributedDataParallel(self.disc, ids)
         self.step, self.epoch, self.consumed = 0, 0, 0
         self.prior_steps = 0  # steps behind the weights this run started from (fine-tuning)
-        self.dataset = make_dataset(cfg.data, cfg, cfg.seed + self.rank * 7919)
-        self.val = (make_dataset(cfg.val_data, cfg, 10_000 + cfg.seed, False)
-                    if cfg.val_data else None)
+        self.dataset = make_dataset(cfg.data, cfg)
+        self.val = make_dataset(cfg.val_data, cfg, validation=True) if cfg.val_data else None
         self.out = Path(cfg.out)
         if cfg.resume:
             self.load(cfg.resume)
@@ -479,6 +483,11 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v)
             if n >= self.cfg.val_batches:
                 break
+        if not n:
+            raise NoTrainingData(
+                f"the validation data {self.cfg.val_data} gave no batch: its patches lack a sun "
+                f"azimuth, or are smaller than --patch-size {self.cfg.patch_size} once turned "
+                "to the canonical sun")
         self.generator.train()
         return {k: v / max(n, 1) for k, v in totals.items() if k != "total"}
 

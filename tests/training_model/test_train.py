@@ -35,7 +35,7 @@ def test_a_tiny_training_run_lowers_the_loss(pool, tmp_path):
 def test_validation_scores_a_fixed_set(pool, tmp_path):
     cfg = _config(pool, tmp_path, val_batches=2)
     trainer = Trainer(cfg)
-    fixed = make_dataset(str(pool), cfg, seed=0, augment=False)
+    fixed = make_dataset(str(pool), cfg, validation=True)
     first, again = trainer.validate(fixed), trainer.validate(fixed)
     assert first == again and first["l1"] > 0
     assert set(first) == {"l1", "gradient"}  # unweighted: runs with other weights compare
@@ -67,6 +67,32 @@ def test_fine_tuning_starts_from_the_weights_with_a_fresh_schedule(pool, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     logs = tuned.train_step(*next(tuned.batches()))  # a fresh discriminator joins in
     assert logs["adversarial"] > 0 and logs["d_loss"] > 0
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_ranks_of_a_run_read_disjoint_shares_and_validation_reads_all(pool, tmp_path,
+                                                                      monkeypatch, epoch):
+    cfg = _config(pool, tmp_path, seed=3)
+    shares, validation = [], []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        data = make_dataset(str(pool), cfg)  # as every rank's Trainer makes it
+        data.set_epoch(epoch)
+        shares.append({p.key for p in data._patches()})
+        validation.append({p.key for p in make_dataset(str(pool), cfg, True)._patches()})
+    assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == 24
+    assert len(validation[0]) == 24  # rank 0 validates on every patch, not its share
+
+
+def test_validation_data_that_gives_no_patch_is_refused(pool, tmp_path, capsys):
+    # The pool's patches are 64 px; a 64 px patch turned to the canonical sun is smaller, and
+    # this pool's sun is already canonical, so only a larger --patch-size empties it.
+    code = main(["--data", "synthetic", "--val-data", str(pool), "--out", str(tmp_path / "run"),
+                 "--patch-size", "96", "--channels", "4,8,16", "--threads", "1", "--steps", "2",
+                 "--val-every", "1", "--batch-size", "1"])
+    assert code == 2
+    assert f"the validation data {pool} gave no batch" in capsys.readouterr().err
 
 
 def test_flags_override_the_config_file(tmp_path):

@@ -33,7 +33,6 @@ import json
 import math
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.shards import Patch, read_shard
+from training.shards import UnreadableShard, read_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -366,20 +365,13 @@ def hirise_scenes(_folder: Path, _seed: int) -> list[Scene]:
     return scenes
 
 
-class UnreadableTestData(ValueError):
-    """Test data found unreadable part-way through an evaluation."""
-
-
 def pair_scenes(shards: Path, workdir: Path) -> Iterator[Scene]:
     """Each patch of the shards in ``shards`` as a GeoTIFF on its DTM's grid, with its truth.
 
     Made one at a time: a test split can hold thousands of patches.
     """
     for shard in sorted(shards.glob("*.tar")):
-        try:
-            yield from _shard_scenes(shard, workdir)
-        except tarfile.ReadError as exc:  # a shard damaged after it was written
-            raise UnreadableTestData(f"the test shard {shard} cannot be read ({exc})") from exc
+        yield from _shard_scenes(shard, workdir)
 
 
 def _shard_scenes(shard: Path, workdir: Path) -> Iterator[Scene]:
@@ -766,7 +758,7 @@ def _check_test_shards(folder: Path | None, wanted: bool) -> None:
     if not folder.is_dir():
         raise ValueError(f"the test shard folder {folder} does not exist")
     # The first patch of every shard: splits are cut whole, one patch size to a run.
-    firsts = [(shard, _first_patch(shard)) for shard in sorted(folder.glob("*.tar"))]
+    firsts = [(shard, next(read_shard(shard), None)) for shard in sorted(folder.glob("*.tar"))]
     if not firsts or any(patch is None for _, patch in firsts):
         raise ValueError(f"{folder} holds no patches in shards (*.tar); give the folder of a "
                          "split that training.tiles wrote, such as data/patches/test")
@@ -779,13 +771,6 @@ def _check_test_shards(folder: Path | None, wanted: bool) -> None:
             raise ValueError(f"the patches in {shard} are {patch.image.shape[1]} x "
                              f"{patch.image.shape[0]} px; the engine takes at least "
                              f"{MIN_SIDE_PX} px on a side")
-
-
-def _first_patch(shard: Path) -> Patch | None:
-    try:
-        return next(read_shard(shard), None)
-    except tarfile.ReadError as exc:
-        raise UnreadableTestData(f"the test shard {shard} cannot be read ({exc})") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -826,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
                            not args.no_speed, args.roughness_control, args.tilt_control,
                            args.test_shards)
-    except UnreadableTestData as exc:
+    except UnreadableShard as exc:  # found part-way: the first patches were checked before
         print(f"error: {exc}; no report was written", file=sys.stderr)
         return 1
     finally:  # a run that writes no report leaves no empty report folder behind

@@ -102,8 +102,19 @@ class ShardWriter:
             self.abort()
 
 
+class UnreadableShard(ValueError):
+    """A shard damaged after it was written (a cut copy, say), named in one sentence."""
+
+
 def read_shard(path: str | os.PathLike) -> Iterator[Patch]:
-    """Yield the patches of one shard in order."""
+    """Yield the patches of one shard in order; ``UnreadableShard`` if it is damaged."""
+    try:
+        yield from _read_shard(path)
+    except (tarfile.ReadError, EOFError) as exc:
+        raise UnreadableShard(f"the shard {path} cannot be read ({exc})") from exc
+
+
+def _read_shard(path: str | os.PathLike) -> Iterator[Patch]:
     pending: dict[str, dict] = {}
     with tarfile.open(path, "r") as tar:
         for member in tar:

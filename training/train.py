@@ -46,6 +46,7 @@ from training.data import (
 )
 from training.losses import LossWeights, discriminator_loss, generator_loss
 from training.model import Generator, GeneratorConfig, PatchDiscriminator, load_checkpoint
+from training.shards import UnreadableShard
 
 
 @dataclass
@@ -624,6 +625,13 @@ def _progress(total: int, done: int, enabled: bool):
                 mininterval=5.0, file=sys.stderr)
 
 
+def _sentence(exc: Exception) -> str:
+    """The error's own sentence, also when a DataLoader worker wrapped it in its traceback."""
+    last = str(exc).strip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return last.removeprefix(prefix)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
@@ -636,6 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     except NoTrainingData as exc:  # known only once the first epoch has run dry
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except UnreadableShard as exc:  # a damaged shard, met part-way
+        print(f"error: {_sentence(exc)}; the run stopped at step {trainer.step} (its last "
+              "checkpoint is kept: replace the shard and continue with --resume)",
+              file=sys.stderr)
+        return 1
     if trainer.rank == 0:
         print(json.dumps({"step": trainer.step, **{k: round(v, 5) for k, v in logs.items()}}))
     if dist.is_initialized():

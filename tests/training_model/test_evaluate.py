@@ -322,7 +322,7 @@ def test_a_shard_damaged_after_it_was_written_is_one_sentence(tmp_path, capsys, 
     assert main(["--model", str(model), "--data", str(tmp_path / "d"), "--out", str(out),
                  "--sets", "pairs", "--test-shards", str(tmp_path / "shards"),
                  "--no-speed"]) == code
-    assert f"error: the test shard {shard} cannot be read" in capsys.readouterr().err
+    assert f"error: the shard {shard} cannot be read" in capsys.readouterr().err
     assert not out.exists()  # not even an empty report folder
 
 

@@ -85,6 +85,23 @@ def test_ranks_of_a_run_read_disjoint_shares_and_validation_reads_all(pool, tmp_
     assert len(validation[0]) == 24  # rank 0 validates on every patch, not its share
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_damaged_shard_stops_the_run_in_one_sentence(pool, tmp_path, capsys, workers):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(pool, data)
+    shard = sorted(data.glob("*.tar"))[-1]
+    shard.write_bytes(shard.read_bytes()[:20_000])  # a cut copy
+    code = main(["--data", str(data), "--out", str(tmp_path / "run"), "--patch-size", "32",
+                 "--channels", "4,8,16", "--threads", "1", "--steps", "50", "--batch-size",
+                 "2", "--workers", workers])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith(f"error: the shard {shard} cannot be read (")
+    assert "the run stopped at step" in err[-1] and "Traceback" not in "\n".join(err)
+
+
 def test_validation_data_that_gives_no_patch_is_refused(pool, tmp_path, capsys):
     # The pool's patches are 64 px; a 64 px patch turned to the canonical sun is smaller, and
     # this pool's sun is already canonical, so only a larger --patch-size empties it.

@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a training checkpoint (last.pt)")
     parser.add_argument("out", help="ONNX file to write")
-    parser.add_argument("--version", default="0.1.0", help="model version in the contract")
+    parser.add_argument("--version", help="model version in the contract (default: 0.0.0+ "
+                        "the code revision, a development build)")
     parser.add_argument("--training-data", default=DEFAULT_TRAINING_DATA,
                         help="one line on what the model learned from")
     parser.add_argument("--tiles-overlap", type=float, default=DEFAULT_OVERLAP,
@@ -139,9 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest allowed |ONNX - PyTorch| output difference (pixel units)")
     args = parser.parse_args(argv)
+    version = f"0.0.0+{code_revision()}" if args.version is None else args.version.strip()
+    if not version:
+        parser.error("--version must not be empty")
+    if Path(args.out).is_dir():
+        parser.error(f"{args.out} is a folder; give the ONNX file's name, such as "
+                     f"{Path(args.out) / 'model.onnx'}")
     try:
         model, config = load_generator(args.checkpoint)
-        contract = build_contract(config, model, args.version, args.training_data,
+        contract = build_contract(config, model, version, args.training_data,
                                   args.tiles_overlap)
         parse_contract(contract.to_metadata(), "The exported model")  # before any writing
     except (ValueError, DtmError) as exc:

@@ -133,6 +133,9 @@ def conv_flops(model: nn.Module, height: int, width: int) -> float:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """A training checkpoint's state; ``ValueError`` with one sentence if it is none."""
+    if str(path).lower().endswith(".onnx"):
+        raise ValueError(f"{path} is an exported ONNX model, not a training checkpoint: give "
+                         "a training run's last.pt instead")
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.source.exists():
             raise ValueError(f"{args.source} does not exist")
+        if args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a folder; give the file to write, such as "
+                             f"{args.out / 'splits.json'}")
         pair_ids = _pair_ids(args.source)
         if not pair_ids:
             raise ValueError(f"{args.source} names no complete pair")

@@ -228,6 +228,8 @@ def _out_of_range(cfg: TrainConfig) -> str:
     for name in POSITIVE:
         if not getattr(cfg, name) > 0:
             return f"--{name.replace('_', '-')} must be above 0, not {getattr(cfg, name)}"
+    if cfg.mean_jitter >= 1:
+        return f"--mean-jitter must be below 1 (a mean scaled by 1 - it), not {cfg.mean_jitter}"
     if cfg.input_scaling not in INPUT_SCALINGS:
         return (f"--input-scaling must be one of {', '.join(INPUT_SCALINGS)}, "
                 f"not {cfg.input_scaling!r}")

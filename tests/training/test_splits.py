@@ -70,6 +70,8 @@ def test_a_pair_in_two_splits_is_refused(tmp_path: Path) -> None:
     (_pair_ids(3), ["--val", "0.6", "--test", "0.5"],
      "error: val and test fractions must be non-negative and sum below 1.\n"),
     ([], [], "error: {txt} names no complete pair.\n"),
+    (_pair_ids(10), ["--out", "{folder}"], "error: --out {folder} is a folder; give the file "
+     "to write, such as {folder}/splits.json.\n"),
     (_pair_ids(2), ["--val", "0.1", "--test", "0.1"],
      "error: 2 pair(s), in 2 group(s) that share no observation, leave train empty; scrape "
      "more pairs or give --val 0 or --test 0.\n"),
@@ -77,12 +79,14 @@ def test_a_pair_in_two_splits_is_refused(tmp_path: Path) -> None:
 def test_bad_input_is_one_sentence_and_writes_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture, lines: list[str] | None,
         args: list[str], message: str) -> None:
-    txt = tmp_path / "pairs.txt"
+    txt, folder = tmp_path / "pairs.txt", tmp_path / "given"
+    folder.mkdir()
     if lines is not None:
         txt.write_text("".join(f"{line}\n" for line in lines))
+    args = [arg.format(folder=folder) for arg in args]
     assert main([str(txt), "--out", str(tmp_path / "out" / "splits.json"), *args]) == 2
-    assert capsys.readouterr().err == message.format(txt=txt)
-    assert not (tmp_path / "out").exists()
+    assert capsys.readouterr().err == message.format(txt=txt, folder=folder)
+    assert not (tmp_path / "out").exists() and not list(folder.iterdir())
 
 
 @pytest.mark.parametrize("content", [["a"], {"train": "ESP_1"}])

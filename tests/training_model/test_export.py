@@ -72,6 +72,27 @@ def test_a_failed_export_leaves_no_file(exported, tmp_path, capsys, options, cod
     assert list(tmp_path.iterdir()) == []
 
 
+def test_without_a_version_the_export_is_a_development_build_of_its_code(exported, tmp_path):
+    checkpoint = exported[1].parent / "last.pt"
+    assert export_main([str(checkpoint), str(tmp_path / "m.onnx")]) == 0
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    contract = parse_contract({p.key: p.value for p in model.metadata_props})
+    assert contract.version == f"0.0.0+{code_revision()}"
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--version", " "], "--version must not be empty"),
+    ([], "is a folder; give the ONNX file's name"),
+])
+def test_a_bad_version_or_a_folder_as_out_is_refused_before_exporting(exported, tmp_path,
+                                                                       capsys, options, words):
+    checkpoint = exported[1].parent / "last.pt"
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(checkpoint), str(tmp_path), *options])  # OUT: a folder
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_weights_without_a_training_config_are_refused(tmp_path, capsys):
     bare = tmp_path / "bare.pt"
     torch.save({"generator": {}}, bare)

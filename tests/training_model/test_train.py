@@ -268,6 +268,16 @@ def test_resume_refuses_to_change_what_the_run_learns(pool, tmp_path, capsys):
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 2
 
 
+def test_an_onnx_model_given_as_weights_is_named_as_such(tmp_path, capsys):
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"\x08\x07onnx")
+    code = main(["--data", "synthetic", "--out", str(tmp_path / "run"),
+                 "--init-from", str(exported)])
+    assert code == 2
+    assert f"{exported} is an exported ONNX model, not a training checkpoint" in \
+        capsys.readouterr().err
+
+
 def test_resume_of_a_file_that_is_no_checkpoint_is_one_sentence(tmp_path, capsys):
     bad = tmp_path / "last.pt"
     bad.write_text("not a pickle")
@@ -316,6 +326,7 @@ def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
     ("--max-minutes", "-1", "--max-minutes must be at least 0, not -1.0"),
     ("--channels", "4,0,16", "--channels must be at least 1, not [4, 0, 16]"),
     ("--norm-std", "0", "--norm-std must be above 0, not 0.0"),
+    ("--mean-jitter", "1", "--mean-jitter must be below 1 (a mean scaled by 1 - it), not 1.0"),
     ("--input-scaling", "meanratio",
      "--input-scaling must be one of percentile, mean_ratio, not 'meanratio'"),
 ])

@@ -110,7 +110,10 @@ def read_shard(path: str | os.PathLike) -> Iterator[Patch]:
     """Yield the patches of one shard in order; ``UnreadableShard`` if it is damaged."""
     try:
         yield from _read_shard(path)
-    except (tarfile.ReadError, EOFError) as exc:
+    except UnreadableShard:
+        raise
+    # A cut or changed copy, or one gone: tar, numpy and JSON each fail their own way.
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise UnreadableShard(f"the shard {path} cannot be read ({exc})") from exc
 
 
@@ -131,6 +134,9 @@ def _read_shard(path: str | os.PathLike) -> Iterator[Patch]:
             if {"image", "height", "meta"} <= parts.keys():
                 done = pending.pop(key)
                 yield Patch(key, done["image"], done["height"], done["meta"])
+    if pending:  # a copy cut between two of a patch's files reads as a shorter archive
+        raise UnreadableShard(f"the shard {path} cannot be read (it ends inside patch "
+                              f"{next(iter(pending))})")
 
 
 def read_shards(paths: list[str | os.PathLike]) -> Iterator[Patch]:

@@ -473,6 +473,15 @@ class Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
+    def _check_validation_data(self) -> None:
+        # Its own generator: drawing from torch's global one would change the run's stream.
+        loader = DataLoader(self.val, self.cfg.batch_size, generator=torch.Generator())
+        if next(iter(loader), None) is None:
+            raise NoTrainingData(
+                f"the validation data {self.cfg.val_data} gave no batch: its patches lack a sun "
+                f"azimuth, or are smaller than --patch-size {self.cfg.patch_size} once turned "
+                "to the canonical sun")
+
     def validate(self, data: IterableDataset) -> dict[str, float]:
         """L1 on heights and on slopes, unweighted, so that runs with other loss weights
         compare; no total, which would not be the training loss of the same name."""
@@ -486,11 +495,6 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v)
             if n >= self.cfg.val_batches:
                 break
-        if not n:
-            raise NoTrainingData(
-                f"the validation data {self.cfg.val_data} gave no batch: its patches lack a sun "
-                f"azimuth, or are smaller than --patch-size {self.cfg.patch_size} once turned "
-                "to the canonical sun")
         self.generator.train()
         return {k: v / max(n, 1) for k, v in totals.items() if k != "total"}
 
@@ -554,6 +558,8 @@ class Trainer:
         last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
         if self.step < last:  # data that yields no patch is refused before a log is written
             batches = itertools.chain([next(batches)], batches)
+            if self.val is not None and self.rank == 0:
+                self._check_validation_data()
         writer = _tensorboard(self.out) if self.rank == 0 else None
         val = self.val
         bar = _progress(cfg.steps, self.step, self.rank == 0)
@@ -643,12 +649,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         logs = trainer.fit()
-    except NoTrainingData as exc:  # known only once the first epoch has run dry
+    except NoTrainingData as exc:  # known only once an epoch has run dry
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except UnreadableShard as exc:  # a damaged shard, met part-way
-        print(f"error: {_sentence(exc)}; the run stopped at step {trainer.step} (its last "
-              "checkpoint is kept: replace the shard and continue with --resume)",
+        kept = (f"its last checkpoint is kept: replace the shard and continue with --resume "
+                f"{trainer.out / 'last.pt'}" if (trainer.out / "last.pt").exists()
+                else "no checkpoint was written")
+        print(f"error: {_sentence(exc)}; the run stopped at step {trainer.step} ({kept})",
               file=sys.stderr)
         return 1
     if trainer.rank == 0:

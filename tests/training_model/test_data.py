@@ -69,6 +69,36 @@ def test_ranks_read_disjoint_shares_of_the_shards(pool, monkeypatch):
     assert len(keys[0] | keys[1]) == 24
 
 
+def _damaged(pool, tmp_path, how: str):
+    import shutil
+    import tarfile
+
+    shard = tmp_path / "shard.tar"
+    shutil.copy(sorted(pool.glob("*.tar"))[0], shard)
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    data = bytearray(shard.read_bytes())
+    if how == "cut between files":  # four files: one whole patch and a third of the next
+        shard.write_bytes(data[:members[4].offset])
+    elif how == "changed bytes":
+        data[members[0].offset_data:members[0].offset_data + 6] = b"NOTNPY"
+        shard.write_bytes(data)
+    else:
+        shard.unlink()
+    return shard
+
+
+@pytest.mark.parametrize("how, reason", [("cut between files", "it ends inside patch"),
+                                         ("changed bytes", "pickled data"),
+                                         ("gone", "No such file")])
+def test_a_damaged_shard_is_never_read_as_a_shorter_one(pool, tmp_path, how, reason):
+    from training.shards import UnreadableShard, read_shard
+
+    shard = _damaged(pool, tmp_path, how)
+    with pytest.raises(UnreadableShard, match=f"the shard {shard} cannot be read .*{reason}"):
+        list(read_shard(shard))
+
+
 def test_geographic_pixels_are_converted_to_metres():
     gt = (0.0, 1 / 1200, 0.0, 0.0, 0.0, -1 / 1200)  # 3 arc-seconds
     assert 92.0 < pixel_size_metres(gt, True, 0.0) < 93.5

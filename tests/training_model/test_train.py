@@ -99,7 +99,8 @@ def test_a_damaged_shard_stops_the_run_in_one_sentence(pool, tmp_path, capsys, w
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith(f"error: the shard {shard} cannot be read (")
-    assert "the run stopped at step" in err[-1] and "Traceback" not in "\n".join(err)
+    assert err[-1].endswith("the run stopped at step 0 (no checkpoint was written)")
+    assert "Traceback" not in "\n".join(err)
 
 
 def test_validation_data_that_gives_no_patch_is_refused(pool, tmp_path, capsys):
@@ -110,6 +111,7 @@ def test_validation_data_that_gives_no_patch_is_refused(pool, tmp_path, capsys):
                  "--val-every", "1", "--batch-size", "1"])
     assert code == 2
     assert f"the validation data {pool} gave no batch" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any of the run is written
 
 
 def test_flags_override_the_config_file(tmp_path):

@@ -9,7 +9,9 @@ import time
 
 try:
     from osgeo import gdal
-except ImportError:  # pip does not install GDAL's bindings: they must match the system's GDAL
+except ModuleNotFoundError as exc:  # pip does not install GDAL's bindings: they must match
+    if exc.name != "osgeo":         # the system's GDAL (a broken GDAL says why, as it is)
+        raise
     sys.exit("error: GDAL's Python bindings (osgeo) are missing; install them with the "
              "system's GDAL (python3-gdal on Debian and Ubuntu, gdal from conda-forge).")
 

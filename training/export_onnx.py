@@ -22,6 +22,7 @@ import torch
 from mars_dtm_plugin.core.contract import ModelContract, parse_contract
 from mars_dtm_plugin.core.errors import DtmError
 from training.model import Generator, GeneratorConfig, conv_flops, load_checkpoint
+from training.train import complete_config
 
 OPSET = 17
 # Tiles disagree most at their edges (least context); wide overlaps blend those away. 37.5 %
@@ -35,12 +36,17 @@ DEFAULT_TRAINING_DATA = ("synthetic Mars terrain and real DEM shapes (Mars HiRIS
 
 def code_revision(folder: Path = Path(__file__).parent) -> str:
     """The commit of ``folder``'s checkout, marked ``-dirty`` if tracked files were edited."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=folder)
+
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"],
-                              capture_output=True, text=True, check=True,
-                              cwd=folder).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        commit = git("rev-parse", "--short=7", "HEAD")
+        if commit.returncode:
+            return "unknown"
+        edited = git("diff", "--quiet", "HEAD", "--").returncode == 1
+    except OSError:
         return "unknown"
+    return commit.stdout.strip() + ("-dirty" if edited else "")
 
 
 def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
@@ -55,11 +61,11 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
                                       bool(gen_cfg.get("shading_prior", False))))
     model.load_state_dict(state["generator"])
     steps = state["step"] + state.get("prior_steps", 0)  # a fine-tune counts its start's too
-    return model.eval(), {**state["config"], "trained_steps": int(steps)}
+    return model.eval(), {**complete_config(state["config"]), "trained_steps": int(steps)}
 
 
 def build_contract(config: dict, model: Generator, version: str, training_data: str,
-                   tiles_overlap: float = DEFAULT_OVERLAP) -> ModelContract:
+                   tiles_overlap: float = DEFAULT_OVERLAP, revision: str = "") -> ModelContract:
     tile = int(config["patch_size"])
     if tile % model.size_multiple:
         raise ValueError(f"the checkpoint's patch size {tile} is not a multiple of its U-Net's "
@@ -78,10 +84,10 @@ def build_contract(config: dict, model: Generator, version: str, training_data: 
         sun_mode="rotate",
         sun_azimuth=float(config["canonical_azimuth"]),
         input_percentiles=[float(p) for p in config["percentiles"]],
-        input_scaling=config.get("input_scaling", "percentile"),
+        input_scaling=config["input_scaling"],
         version=version,
         training_data=training_data,
-        code_revision=code_revision(),
+        code_revision=revision or code_revision(),
         extra={
             "marsdtm:size_multiple": model.size_multiple,
             "marsdtm:gflop_per_tile": round(conv_flops(model, tile, tile) / 1e9, 3),
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest allowed |ONNX - PyTorch| output difference (pixel units)")
     args = parser.parse_args(argv)
-    version = f"0.0.0+{code_revision()}" if args.version is None else args.version.strip()
+    revision = code_revision()
+    version = f"0.0.0+{revision}" if args.version is None else args.version.strip()
     if not version:
         parser.error("--version must not be empty")
     if Path(args.out).is_dir():
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, config = load_generator(args.checkpoint)
         contract = build_contract(config, model, version, args.training_data,
-                                  args.tiles_overlap)
+                                  args.tiles_overlap, revision)
         parse_contract(contract.to_metadata(), "The exported model")  # before any writing
     except (ValueError, DtmError) as exc:
         print(f"error: {exc}", file=sys.stderr)

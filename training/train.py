@@ -253,7 +253,7 @@ def _resumed_options(parser: argparse.ArgumentParser, given: dict) -> dict:
     except ValueError as exc:
         parser.error(str(exc))
     _check_options(parser, saved, f"the saved configuration of {checkpoint}")
-    saved = {**_complete(saved), "out": str(checkpoint.parent)}
+    saved = {**complete_config(saved), "out": str(checkpoint.parent)}
     changed = sorted(k for k, v in given.items()
                      if k not in RESUMABLE and k != "resume" and not _same(k, v, saved[k]))
     if changed:
@@ -276,7 +276,7 @@ def _same(name: str, a: object, b: object) -> bool:
 
 def _check_same_architecture(cfg: TrainConfig, saved: dict, checkpoint: str) -> None:
     """Refuse weights from a network of another shape, or one that saw its input otherwise."""
-    saved = _complete(saved)
+    saved = complete_config(saved)
     for name in ARCHITECTURE:
         if name == "percentiles" and cfg.input_scaling != "percentile":
             continue  # read only by percentile scaling
@@ -286,7 +286,7 @@ def _check_same_architecture(cfg: TrainConfig, saved: dict, checkpoint: str) -> 
                              f"--{name.replace('_', '-')} (or its config file)")
 
 
-def _complete(saved: dict) -> dict:
+def complete_config(saved: dict) -> dict:
     """A saved configuration with the options it predates filled in as it was trained."""
     return {**dataclasses.asdict(TrainConfig()), **BEFORE_THE_OPTION, **saved}
 

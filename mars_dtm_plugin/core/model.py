@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -19,8 +22,8 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # gives its own (``onnxruntime_missing_message(install_help=...)``).
 INSTALL_HELP = (
     "The Python package onnxruntime is not installed in the Python that runs this program "
-    "({python}); install it there, without upgrading numpy: '{python} -m pip install "
-    "onnxruntime' (onnxruntime-gpu for an NVIDIA GPU)."
+    "({python}); install it there, without upgrading numpy: {python} -m pip install "
+    "onnxruntime (onnxruntime-gpu for an NVIDIA GPU)."
 )
 
 _BROKEN_INSTALL = (
@@ -39,17 +42,22 @@ def onnxruntime_missing_message(install_help: str = INSTALL_HELP) -> str | None:
     return None
 
 
-def _onnxruntime(install_help: str = INSTALL_HELP):
+def _onnxruntime(install_help: str = INSTALL_HELP) -> ModuleType:
     # Imported lazily: onnxruntime is not part of QGIS, and its absence must not break imports.
     try:
         import onnxruntime
     except ModuleNotFoundError as exc:
         if exc.name != "onnxruntime":
             raise DtmError(_BROKEN_INSTALL.format(exc)) from exc
-        raise DtmError(install_help.format(python=sys.executable)) from exc
+        raise DtmError(install_help.replace("{python}", _quoted(sys.executable))) from exc
     except ImportError as exc:  # installed, but it or a library it needs does not load
         raise DtmError(_BROKEN_INSTALL.format(exc)) from exc
     return onnxruntime
+
+
+def _quoted(path: str) -> str:
+    """``path`` as a shell on this system takes it (spaces, as in C:\\Program Files)."""
+    return subprocess.list2cmdline([path]) if os.name == "nt" else shlex.quote(path)
 
 
 def default_model_path() -> Path:

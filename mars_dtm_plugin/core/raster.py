@@ -450,9 +450,11 @@ def _read_label(path: str, dataset: gdal.Dataset | None) -> str:
     for candidate in (c for source in map(Path, sources)
                       for c in (source.with_suffix(".LBL"), source.with_suffix(".lbl"), source)):
         if candidate.is_file():
-            with open(candidate, "rb") as handle:
+            with open(candidate, "rb") as handle:  # a VRT may list hundreds of large sources
+                if b"PDS_VERSION_ID" not in handle.read(200):
+                    continue
+                handle.seek(0)
                 head = handle.read(1 << 20).decode("latin-1")
-            if "PDS_VERSION_ID" in head[:200]:
-                end = re.search(r"^END\s*$", head, re.MULTILINE)
-                return head[: end.start()] if end else head
+            end = re.search(r"^END\s*$", head, re.MULTILINE)
+            return head[: end.start()] if end else head
     return ""

@@ -245,6 +245,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                  context: QgsProcessingContext) -> PredictOptions:
         model = self.parameterAsFile(parameters, self.MODEL, context)
         overlap = self._optional_number(parameters, self.OVERLAP, context)
+        if overlap is not None and not overlap.is_integer():
+            raise QgsProcessingException(tr("The tile overlap must be a whole number of pixels, "
+                                            "not {0}.").format(overlap))
         return PredictOptions(
             model_path=model or None,
             # 0 is what an empty band parameter reads as; the engine's "auto" is None.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -316,7 +317,7 @@ def test_without_onnxruntime_the_command_says_how_to_install_it_in_its_python(tm
                              "--sun-azimuth", "270"], capture_output=True, text=True, env=env,
                             cwd=tmp_path, timeout=120)
     assert_refused(result, out, f"install it there, without upgrading numpy: "
-                                f"'{sys.executable} -m pip install onnxruntime'")
+                                f"{shlex.quote(sys.executable)} -m pip install onnxruntime ")
     assert "QGIS" not in result.stderr
 
 

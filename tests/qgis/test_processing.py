@@ -197,6 +197,14 @@ def test_an_optional_number_that_is_no_number_is_refused(provider, tmp_path, ima
     assert not output.exists()
 
 
+def test_a_fractional_overlap_is_refused(provider, identity_model, image_factory, tmp_path):
+    output = tmp_path / "dtm.tif"
+    with pytest.raises(QgsProcessingException, match=r"whole number of pixels, not 2\.7"):
+        run({"INPUT": str(image_factory()), "MODEL": str(identity_model), "OVERLAP": "2.7",
+             "OUTPUT": str(output)})
+    assert not output.exists()
+
+
 def test_a_number_given_as_text_or_an_empty_expression_is_read_as_such(provider, tmp_path,
                                                                        image_factory):
     from qgis.core import QgsProperty

@@ -139,6 +139,7 @@ def test_the_code_revision_says_when_the_code_was_edited(tmp_path):
     git("add", "train.py")
     git("commit", "-q", "-m", "first")
     commit = git("rev-parse", "--short=7", "HEAD")
+    git("tag", "-a", "v1.0", "-m", "a release")  # a tag does not replace the commit
     assert code_revision(tmp_path) == commit
     (tmp_path / "train.py").write_text("steps = 2\n")
     assert code_revision(tmp_path) == f"{commit}-dirty"

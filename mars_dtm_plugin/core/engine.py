@@ -472,13 +472,14 @@ class _Run:
         return report
 
     def setup_messages(self) -> list[str]:
-        """What the run is about to do: provider, tiles, pixel size and sun."""
+        """What the run is about to do: model, provider, tiles, pixel size and sun."""
         generator, georef, elevation = self.generator, self.raster.georef, self.sun_elevation
         bands = self.raster.bands
         return [
             f"Input: {self.raster.width} x {self.raster.height} px, "
             + ("luminance of the red, green and blue bands" if len(bands) > 1
                else f"band {bands[0].GetBand()}"),
+            f"Model: {generator.path.name}, version {self.contract.version}",
             f"Execution provider: {generator.provider}",
             *([generator.provider_note] if generator.provider_note else []),
             f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "

@@ -46,7 +46,8 @@ def test_tiles_with_large_offsets_stitch_without_steps(tmp_path):
 
 def test_identity_model_gives_scaled_brightness_with_zero_mean(tmp_path):
     image = ramp(150, 170, a=3.0, b=-1.0) + 50
-    heights, _, _ = predict(tmp_path, image)
+    heights, _, report = predict(tmp_path, image)
+    assert "Model: identity.onnx, version test" in report.messages  # which model made it
     expected = 2.0 * (image - image.min()) / (image.max() - image.min())
     assert abs(heights.mean()) < 0.05 * np.ptp(heights)  # about the scene mean
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=2e-4)

@@ -89,18 +89,25 @@ def test_ranks_of_a_run_read_disjoint_shares_and_validation_reads_all(pool, tmp_
 def test_a_damaged_shard_stops_the_run_in_one_sentence(pool, tmp_path, capsys, workers):
     import shutil
 
-    data = tmp_path / "data"
+    data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(pool, data)
+    options = ["--patch-size", "32", "--channels", "4,8,16", "--threads", "1", "--batch-size",
+               "2", "--workers", workers]
+    assert main(["--data", str(data), "--out", str(run), "--steps", "2", *options]) == 0
     shard = sorted(data.glob("*.tar"))[-1]
     shard.write_bytes(shard.read_bytes()[:20_000])  # a cut copy
-    code = main(["--data", str(data), "--out", str(tmp_path / "run"), "--patch-size", "32",
-                 "--channels", "4,8,16", "--threads", "1", "--steps", "50", "--batch-size",
-                 "2", "--workers", workers])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1
-    assert err[-1].startswith(f"error: the shard {shard} cannot be read (")
-    assert err[-1].endswith("the run stopped at step 0 (no checkpoint was written)")
-    assert "Traceback" not in "\n".join(err)
+    for args, step, kept in (
+            (["--data", str(data), "--out", str(tmp_path / "new"), "--steps", "50", *options],
+             0, "no checkpoint was written"),
+            (["--resume", str(run / "last.pt"), "--steps", "50"], 2,
+             f"its last checkpoint is kept: replace the shard and continue with --resume "
+             f"{run / 'last.pt'}")):
+        capsys.readouterr()
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"error: the shard {shard} cannot be read (")
+        assert err[-1].endswith(f"the run stopped at step {step} ({kept})")
+        assert "Traceback" not in "\n".join(err)
 
 
 def test_validation_data_that_gives_no_patch_is_refused(pool, tmp_path, capsys):

@@ -16,7 +16,7 @@ except ModuleNotFoundError as exc:  # pip does not install GDAL's bindings: they
              "system's GDAL (python3-gdal on Debian and Ubuntu, gdal from conda-forge).")
 
 from .core.engine import PredictOptions, predict_dtm
-from .core.errors import DtmCancelled, DtmError
+from .core.errors import Caution, DtmCancelled, DtmError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ class ProgressBar:
     def say(self, line: str) -> None:
         """Print a message as the run gives it, on its own line below the bar."""
         self.close()
-        print(line, flush=True)
+        print(f"warning: {line}" if isinstance(line, Caution) else line, flush=True)
 
     def close(self) -> None:
         if self.drawn:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import ModelContract
-from .errors import DtmCancelled, DtmError
+from .errors import Caution, DtmCancelled, DtmError
 from .model import Generator, default_model_path, shared_generator
 from .raster import InputRaster, ProductSun, gdal_exceptions, sun_from_product
 from .stitch import OffsetProblem, blend_ramps
@@ -485,20 +485,21 @@ class _Run:
             f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
             f"({self.rotation.footprint} px footprint), scene rotated by "
             f"{self.rotation.degrees:.1f} degrees",
-            *([f"{self.zero_rim:.0%} of the image's outermost pixels are 0 and it has no "
-               "nodata value: a black collar is read as black ground; set its nodata "
-               "(gdal_edit.py -a_nodata 0) if it is one"] if self.zero_rim > 0.5 else []),
-            *([f"Pixels are {georef.aspect:.2f} times as wide as tall on the ground, which the "
-               "model takes as square: warp the image to a grid with square pixels there "
-               "(gdalwarp -t_srs, e.g. UTM, or equirectangular true at the scene's latitude) "
-               "for slopes and heights at the right scale"]
+            *([Caution(f"{self.zero_rim:.0%} of the image's outermost pixels are 0 and it has "
+                       "no nodata value: a black collar is read as black ground; set its nodata "
+                       "(gdal_edit.py -a_nodata 0) if it is one")]
+              if self.zero_rim > 0.5 else []),
+            *([Caution(f"Pixels are {georef.aspect:.2f} times as wide as tall on the ground, "
+                       "which the model takes as square: warp the image to a grid with square "
+                       "pixels there (gdalwarp -t_srs, e.g. UTM, or equirectangular true at the "
+                       "scene's latitude) for slopes and heights at the right scale")]
               if abs(math.log(georef.aspect)) > math.log(1.05) else []),
             f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
             + ("not used" if self.sun_azimuth is None
                else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"),
             *([f"Sun elevation: {elevation:.1f} degrees"] if elevation is not None else []),
-            *([f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees assumed; give it "
-               "for heights at the right scale"]
+            *([Caution(f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees assumed; "
+                       "give it for heights at the right scale")]
               if elevation is None and self.contract.input_scaling == "mean_ratio" else []),
         ]
 

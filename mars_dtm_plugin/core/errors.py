@@ -10,3 +10,7 @@ class DtmCancelled(DtmError):
 
     def __init__(self) -> None:
         super().__init__("The run was cancelled; no output was written.")
+
+
+class Caution(str):
+    """A run's message that asks the user to check the input (shown as a warning)."""

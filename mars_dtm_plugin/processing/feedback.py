@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingFeedback
 
+from ..core.errors import Caution
+
 
 class FeedbackAdapter:
     """Progress, cancel and log callbacks for ``predict_dtm`` that report to Processing."""
@@ -19,4 +21,7 @@ class FeedbackAdapter:
         return self.feedback.isCanceled()
 
     def log(self, message: str) -> None:
-        self.feedback.pushInfo(message)
+        if isinstance(message, Caution):
+            self.feedback.pushWarning(message)
+        else:
+            self.feedback.pushInfo(message)

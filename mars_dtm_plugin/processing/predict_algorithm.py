@@ -44,6 +44,11 @@ def tr(text: str) -> str:
     return QCoreApplication.translate("PredictDtmAlgorithm", text)
 
 
+# How an error names each number parameter (their labels also say what empty means).
+NUMBER_NAMES = {"SUN_AZIMUTH": "The sun azimuth", "SUN_ELEVATION": "The sun elevation",
+                "OVERLAP": "The tile overlap", "PIXEL_SIZE": "The pixel size"}
+
+
 class PredictDtmAlgorithm(QgsProcessingAlgorithm):
     """Predicts a DTM (heights in metres) on the grid of a single orbital image."""
 
@@ -273,9 +278,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         except (TypeError, ValueError):
             number = math.nan
         if not math.isfinite(number):
-            raise QgsProcessingException(tr(
-                "{0} must be a number (with a point for decimals), not '{1}'."
-            ).format(self.parameterDefinition(name).description(), value))
+            decimals = tr(" (with a point for decimals)") if "," in str(value) else ""
+            raise QgsProcessingException(tr("{0} must be a number{1}, not '{2}'.").format(
+                tr(NUMBER_NAMES[name]), decimals, value))
         return number
 
     @staticmethod

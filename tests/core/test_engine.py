@@ -11,7 +11,7 @@ import pytest
 from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.engine import MODEL_SHARE, PredictOptions, predict_dtm
-from mars_dtm_plugin.core.errors import DtmCancelled, DtmError
+from mars_dtm_plugin.core.errors import Caution, DtmCancelled, DtmError
 from mars_dtm_plugin.core.writer import BLOCK, NODATA, DtmWriter
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, plane_fit, ramp, read_raster, write_raster
@@ -419,6 +419,7 @@ def test_a_black_collar_without_nodata_is_pointed_out(tmp_path):
     _, _, report = predict(tmp_path, collared, name="collared.tif")
     assert not any("black collar" in m for m in plain.messages)
     (message,) = [m for m in report.messages if "black collar" in m]
+    assert isinstance(message, Caution)  # shown as a warning
     assert message.startswith("100% of the image's outermost pixels are 0")
     _, _, tagged = predict(tmp_path, collared, name="tagged.tif", raster={"nodata": 0})
     assert not any("black collar" in m for m in tagged.messages)

@@ -102,6 +102,20 @@ def test_run_gives_a_dtm_on_the_input_grid(provider, identity_model, image_facto
     assert "Finished in" in log and "progress 100" in log
 
 
+def test_what_to_check_in_the_input_is_a_warning(provider, identity_model, tmp_path):
+    from .conftest import write_geotiff
+
+    collared = np.pad(terrain_image(80, 70, 3)[8:-8, 8:-8], 8)  # zeros all round, no nodata
+    messages, warnings = [], []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = messages.append
+    feedback.pushWarning = warnings.append
+    run({"INPUT": str(write_geotiff(tmp_path / "collared.tif", collared)),
+         "MODEL": str(identity_model), "OUTPUT": str(tmp_path / "dtm.tif")}, feedback)
+    assert [w for w in warnings if "black collar" in w] and \
+        not [m for m in messages if "black collar" in m]
+
+
 @pytest.mark.parametrize("name", ["dtm", "dtm.png", "dtm.v2"])
 def test_an_output_that_is_not_a_geotiff_is_refused_before_the_run(provider, image_factory,
                                                                    tmp_path, name):
@@ -181,19 +195,25 @@ def test_checking_a_temporary_output_registers_no_layer_the_run_does_not_write(
     assert Path(result["OUTPUT"]).is_file()
 
 
-@pytest.mark.parametrize("name, value", [("SUN_AZIMUTH", "250,5"), ("SUN_ELEVATION", "abc"),
-                                         ("SUN_AZIMUTH", "1e400"), ("OVERLAP", "abc")])
+@pytest.mark.parametrize("name, value, said", [
+    ("SUN_AZIMUTH", "250,5", "The sun azimuth must be a number (with a point for decimals), "
+                             "not '250,5'."),
+    ("SUN_ELEVATION", "abc", "The sun elevation must be a number, not 'abc'."),
+    ("SUN_AZIMUTH", "1e400", "The sun azimuth must be a number, not '1e400'."),
+    ("OVERLAP", "abc", "The tile overlap must be a number, not 'abc'."),
+    ("PIXEL_SIZE", "0,5", "The pixel size must be a number (with a point for decimals), "
+                          "not '0,5'.")])
 def test_an_optional_number_that_is_no_number_is_refused(provider, tmp_path, image_factory,
-                                                         name, value):
+                                                         name, value, said):
     from tests.models import write_test_model
 
     model = write_test_model(tmp_path / "rotate.onnx", "identity", sun_mode="rotate")
     output = tmp_path / "dtm.tif"
     parameters = {"INPUT": str(image_factory()), "MODEL": str(model), "SUN_AZIMUTH": 270.0,
                   "OUTPUT": str(output), name: value}
-    with pytest.raises(QgsProcessingException,
-                       match=rf"must be a number \(with a point for decimals\), not '{value}'"):
+    with pytest.raises(QgsProcessingException) as error:
         run(parameters)
+    assert str(error.value).strip() == said
     assert not output.exists()
 
 

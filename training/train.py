@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -168,11 +169,18 @@ _KINDS = {"bool": "true or false", "int": "an integer", "float": "a number", "st
           "list[int]": "a list of integers", "list[float]": "a list of numbers"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refusals in one sentence: the usage of some fifty options would bury it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Defaults < ``--config`` JSON < command-line flags; with ``--resume``, the checkpoint's
     saved options < the few of ``RESUMABLE`` given."""
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m training.train", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="JSON file of options (keys as the flags below)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -314,7 +322,11 @@ def _bool(text: str) -> bool:
 
 
 def _floats(text: str) -> list:
-    return [float(v) if "." in v else int(v) for v in text.split(",")]
+    try:
+        return [float(v) if "." in v else int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}") from None
 
 
 def seed_everything(seed: int) -> None:

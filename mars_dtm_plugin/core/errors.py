@@ -1,4 +1,4 @@
-"""Errors the engine raises: each carries one sentence a user can act on."""
+"""Errors the engine raises, and its cautions: each carries one sentence a user can act on."""
 
 
 class DtmError(Exception):

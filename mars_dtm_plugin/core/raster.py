@@ -335,11 +335,15 @@ def image_frame(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
 _LABEL_NUMBER = r"\s*=\s*([-+0-9.eE]+)"
 
 
-# The sun's keys in GDAL's IMD metadata domain, lower case without punctuation: Maxar's
-# .IMD or .XML (IMAGE_1.sunAz, or meanSunAz), Landsat's _MTL.txt (IMAGE_ATTRIBUTES.SUN_AZIMUTH),
-# Pleiades' and SPOT's DIMAP (Solar_Incidences.SUN_AZIMUTH).
-_IMD_SUN_KEYS = {"sunaz": 0, "meansunaz": 0, "sunazimuth": 0,
-                 "sunel": 1, "meansunel": 1, "sunelevation": 1}
+# The sun's keys in GDAL's IMD metadata domain, lower case without namespace or punctuation:
+# Maxar's .IMD or .XML (IMAGE_1.sunAz, or meanSunAz), Landsat's _MTL.txt
+# (IMAGE_ATTRIBUTES.SUN_AZIMUTH), Pleiades' and SPOT's DIMAP (Solar_Incidences.SUN_AZIMUTH),
+# GeoEye's and Ikonos' _metadata.txt (Sun Angle Azimuth: 148.4 degrees), RapidEye's
+# _metadata.xml (opt:illuminationAzimuthAngle).
+_IMD_SUN_KEYS = {"sunaz": 0, "meansunaz": 0, "sunazimuth": 0, "sunangleazimuth": 0,
+                 "illuminationazimuthangle": 0,
+                 "sunel": 1, "meansunel": 1, "sunelevation": 1, "sunangleelevation": 1,
+                 "illuminationelevationangle": 1}
 # NITF's USE00A extension gives 999.9 for an angle it does not know.
 _NITF_UNKNOWN = 999.9
 
@@ -389,7 +393,7 @@ def _sun_from_imd(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
     values: tuple[list[float], list[float]] = ([], [])
     imd = dataset.GetMetadata("IMD") or {}
     for key in imd:
-        name = re.sub(r"[^a-z]", "", key.rsplit(".", 1)[-1].lower())
+        name = re.sub(r"[^a-z]", "", key.rsplit(".", 1)[-1].rsplit(":", 1)[-1].lower())
         if name in _IMD_SUN_KEYS:
             values[_IMD_SUN_KEYS[name]].append(_number(imd, key))
     azimuths, elevations = values
@@ -433,8 +437,8 @@ def _north_from_label(path: str, dataset: gdal.Dataset) -> float:
 def _number(meta: dict[str, str], key: str) -> float | None:
     if key not in meta:
         return None
-    try:
-        value = float(meta[key])
+    try:  # GeoEye's files add a unit: "148.4268 degrees"
+        value = float(re.sub(r"\s*deg(rees)?$", "", meta[key].strip(), flags=re.IGNORECASE))
     except ValueError:
         value = math.nan
     if not math.isfinite(value):

@@ -112,8 +112,37 @@ END
 """
 
 
+GEOEYE_METADATA = """Version Number: 2.0
+======================================================================
+Source Image Metadata
+   Number of Source Images: 1
+   Sensor: IKONOS-2
+   Nominal Collection Azimuth: 237.3442 degrees
+   Nominal Collection Elevation: 79.04207 degrees
+   Sun Angle Azimuth: 148.4268 degrees
+   Sun Angle Elevation: 38.90106 degrees
+   Acquisition Date/Time: 2006-03-01 11:08 GMT
+"""
+
+
+RAPIDEYE_METADATA = """<?xml version="1.0" encoding="UTF-8"?>
+<re:EarthObservation xmlns:re="http://schemas.rapideye.de/products/productMetadataSensor"
+ xmlns:eop="http://earth.esa.int/eop" xmlns:opt="http://earth.esa.int/opt"
+ xmlns:gml="http://www.opengis.net/gml"><gml:using><eop:EarthObservationEquipment>
+ <eop:acquisitionParameters><re:Acquisition>
+ <opt:illuminationAzimuthAngle uom="deg">163.97</opt:illuminationAzimuthAngle>
+ <opt:illuminationElevationAngle uom="deg">56.47</opt:illuminationElevationAngle>
+ <re:azimuthAngle uom="deg">281.2</re:azimuthAngle>
+ </re:Acquisition></eop:acquisitionParameters></eop:EarthObservationEquipment></gml:using>
+</re:EarthObservation>
+"""
+
+
 @pytest.mark.parametrize(("name", "sidecar", "text", "sun"), [
     ("image.tif", "image.IMD", _maxar_imd((67.5, 62.1)), (67.5, 62.1)),
+    ("po_58204_pan_0000000.tif", "po_58204_metadata.txt", GEOEYE_METADATA, (148.4268, 38.90106)),
+    ("2010-07-10T100503_RE3_1B-NAC_123.tif", "2010-07-10T100503_RE3_1B-NAC_123_metadata.xml",
+     RAPIDEYE_METADATA, (163.97, 56.47)),
     ("image.tif", "image.IMD", _maxar_imd((64.0, 61.0), metadata_key="meanSunAz"),
      (64.0, 61.0)),
     ("image.tif", "image.IMD", _maxar_imd((350.0, 40.0), (20.0, 50.0)), (5.0, 45.0)),

@@ -31,6 +31,7 @@ __all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 
 Progress = Callable[[float], None]
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
+SUN_SPREAD_DEG = 5.0  # a product whose images' suns differ more is worth a word
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
 # Edge tiles are this share of a tile narrower: half of it is mirrored context at the edge.
 EDGE_MARGIN = 0.125
@@ -498,6 +499,11 @@ class _Run:
             + ("not used" if self.sun_azimuth is None
                else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"),
             *([f"Sun elevation: {elevation:.1f} degrees"] if elevation is not None else []),
+            *([Caution(f"The product's {self.sun_source} gives the sun of several images up "
+                       f"to {self._product_sun.azimuth_spread:.0f} degrees of azimuth from "
+                       "their mean, which is used; give the sun of the image run here")]
+              if self.sun_source not in ("user", "not needed")
+              and self._product_sun.azimuth_spread > SUN_SPREAD_DEG else []),
             *([Caution(f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees assumed; "
                        "give it for heights at the right scale")]
               if elevation is None and self.contract.input_scaling == "mean_ratio" else []),

@@ -355,6 +355,8 @@ class ProductSun(NamedTuple):
     elevation: float | None
     azimuth_from: str = ""
     elevation_from: str = ""
+    azimuth_spread: float = 0.0
+    """How far from their mean the azimuths lie, for a product of several images."""
 
 
 def sun_from_product(path: str, dataset: gdal.Dataset | None = None) -> ProductSun:
@@ -371,7 +373,9 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None) -> ProductS
             for i, value in enumerate(read()):
                 if angles[i] is None and value is not None:
                     angles[i], sources[i] = value, source
-    return ProductSun(*angles, *sources)
+    from_imd = dataset is not None and sources[0] == _metadata_file(dataset)
+    spread = _azimuth_spread(_imd_suns(dataset)[0]) if from_imd else 0.0
+    return ProductSun(*angles, *sources, spread)
 
 
 def _sun_from_metadata(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
@@ -387,21 +391,35 @@ def _sun_from_metadata(dataset: gdal.Dataset) -> tuple[float | None, float | Non
     return angles[0], angles[1]
 
 
-def _sun_from_imd(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
-    """From GDAL's IMD domain (Maxar, Landsat and other Earth products' sidecar files); a
-    product that gives the sun at several points gets their mean."""
+def _imd_suns(dataset: gdal.Dataset) -> tuple[list[float], list[float]]:
+    """Every sun azimuth and elevation in GDAL's IMD domain (Maxar, Landsat and other Earth
+    products' sidecar files): one per image or point of the product."""
     values: tuple[list[float], list[float]] = ([], [])
     imd = dataset.GetMetadata("IMD") or {}
     for key in imd:
         name = re.sub(r"[^a-z]", "", key.rsplit(".", 1)[-1].rsplit(":", 1)[-1].lower())
         if name in _IMD_SUN_KEYS:
             values[_IMD_SUN_KEYS[name]].append(_number(imd, key))
-    azimuths, elevations = values
-    azimuth = math.degrees(math.atan2(sum(math.sin(math.radians(a)) for a in azimuths),
-                                      sum(math.cos(math.radians(a)) for a in azimuths)))
-    # Rounded first, so that a mean of 350 and 10 is 0, not 360 less a rounding error.
-    return (round(azimuth, 9) % 360 if azimuths else None,
+    return values
+
+
+def _sun_from_imd(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
+    """The mean of the product's suns (a circular mean for the azimuth)."""
+    azimuths, elevations = _imd_suns(dataset)
+    return (_mean_azimuth(azimuths) if azimuths else None,
             sum(elevations) / len(elevations) if elevations else None)
+
+
+def _mean_azimuth(azimuths: list[float]) -> float:
+    mean = math.degrees(math.atan2(sum(math.sin(math.radians(a)) for a in azimuths),
+                                   sum(math.cos(math.radians(a)) for a in azimuths)))
+    return round(mean, 9) % 360  # rounded first: the mean of 350 and 10 is 0, not 360 - 1e-14
+
+
+def _azimuth_spread(azimuths: list[float]) -> float:
+    """The largest angle between one of ``azimuths`` and their mean."""
+    mean = _mean_azimuth(azimuths)
+    return max((abs((a - mean + 180) % 360 - 180) for a in azimuths), default=0.0)
 
 
 def _metadata_file(dataset: gdal.Dataset) -> str:

@@ -7,7 +7,7 @@ import pytest
 from osgeo import gdal
 
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
-from mars_dtm_plugin.core.errors import DtmError
+from mars_dtm_plugin.core.errors import Caution, DtmError
 from mars_dtm_plugin.core.writer import NODATA
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, ramp, read_raster, write_raster
@@ -166,6 +166,20 @@ def test_earth_products_give_the_sun_from_their_metadata_files(tmp_path, name, s
     _, report = run(source, tmp_path, "dtm.tif", model)
     assert report.sun_source == sidecar  # the run names the file it read the sun from
     assert (report.sun_azimuth, report.sun_elevation) == pytest.approx(sun)
+
+
+@pytest.mark.parametrize(("suns", "cautioned"), [
+    ([(350.0, 40.0), (20.0, 50.0)], True),  # 15 degrees each side of their mean
+    ([(148.0, 40.0), (151.0, 41.0)], False)])
+def test_a_product_whose_images_have_other_suns_says_so(tmp_path, suns, cautioned):
+    source = write_raster(tmp_path / "image.tif", ramp(80, 80).astype(np.uint8), GT)
+    (tmp_path / "image.IMD").write_text(_maxar_imd(*suns))
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    _, report = run(source, tmp_path, "dtm.tif", model)
+    said = [m for m in report.messages if "of several images" in m]
+    assert said == ([Caution("The product's image.IMD gives the sun of several images up to 15 "
+                             "degrees of azimuth from their mean, which is used; give the sun "
+                             "of the image run here")] if cautioned else [])
 
 
 @pytest.mark.parametrize(("metadata", "sidecar", "source"), [

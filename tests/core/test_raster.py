@@ -119,7 +119,7 @@ def test_metadata_and_label_each_give_what_the_other_lacks(tmp_path):
     raster = InputRaster(str(path))
     # The metadata's elevation (25), the label's azimuth (200 - 270 = 290).
     assert sun_from_product(str(path), raster.dataset) == (pytest.approx(290.0), 25.0,
-                                                           "label", "metadata")
+                                                           "label", "metadata", 0.0)
 
 
 def test_elevation_alone_is_read_from_label_or_metadata(tmp_path):

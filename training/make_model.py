@@ -102,12 +102,14 @@ def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
     from training.export_onnx import main as export
 
     exported = _exported(recipe)
+    shipped = next(iter(exported))
     for name, checkpoint in exported.items():
+        # Only the shipped model carries the recipe's version; the others say which run they are.
+        version = recipe["version"] + ("" if name == shipped else f"+{name}")
         if export([str(work / checkpoint), str(work / "onnx" / f"{name}.onnx"),
-                   "--version", recipe["version"]]) != 0:
+                   "--version", version]) != 0:
             raise RuntimeError(f"export of {checkpoint} failed")
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    shipped = next(iter(exported))
     shutil.copyfile(work / "onnx" / f"{shipped}.onnx", bundle)
     print(f"bundled model: {bundle}")
 

@@ -32,6 +32,9 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     # The fine-tune of the main run is what ships; its steps add to the main run's.
     assert contract.version == "0.0.1" and contract.extra["marsdtm:training_steps"] == 4 + 2
     assert bundle.read_bytes() == (tmp_path / "work" / "onnx" / "finetune.onnx").read_bytes()
+    main_run = onnx.load(str(tmp_path / "work" / "onnx" / "main.onnx"))
+    assert parse_contract({p.key: p.value for p in main_run.metadata_props}).version == \
+        "0.0.1+main"  # what did not ship says which run it is
     report = (tmp_path / "work" / "eval" / "report.md").read_text()
     for row in ("| finetune |", "| main |", "| nogan_2 |", "| gan_2 |", "| flat |", "| sfs |",
                 "| finetune+true scene tilt |", "| sfs+true scene tilt |",

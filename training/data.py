@@ -267,14 +267,15 @@ class ShardPatches(IterableDataset):
         return rank * workers + worker, world * workers
 
     def my_shards(self) -> list[str]:
-        """This rank's and worker's share of the shard list (DistributedSampler-style)."""
-        order = list(self.paths)
-        random.Random(self.seed * 1000 + self.epoch).shuffle(order)
+        """This rank's and worker's share of the shard list, in a new order each epoch.
+
+        The share is the same every epoch, so ranks that drift an epoch apart (their shares
+        differ in size) still never read the same shard."""
         slot, slots = self._reader()
-        if len(order) < slots:
-            # Fewer shards than readers: everyone reads all shards, samples split by index.
-            return order
-        return order[slot::slots]
+        # Fewer shards than readers: everyone reads all shards, samples split by index.
+        mine = list(self.paths) if len(self.paths) < slots else self.paths[slot::slots]
+        random.Random(self.seed * 1000 + self.epoch).shuffle(mine)
+        return mine
 
     def _patches(self) -> Iterator[Patch]:
         slot, slots = self._reader()

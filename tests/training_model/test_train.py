@@ -69,19 +69,22 @@ def test_fine_tuning_starts_from_the_weights_with_a_fresh_schedule(pool, tmp_pat
     assert logs["adversarial"] > 0 and logs["d_loss"] > 0
 
 
-@pytest.mark.parametrize("epoch", [0, 1])
 def test_ranks_of_a_run_read_disjoint_shares_and_validation_reads_all(pool, tmp_path,
-                                                                      monkeypatch, epoch):
+                                                                      monkeypatch):
     cfg = _config(pool, tmp_path, seed=3)
-    shares, validation = [], []
+    shares, validation = {}, []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
         data = make_dataset(str(pool), cfg)  # as every rank's Trainer makes it
-        data.set_epoch(epoch)
-        shares.append({p.key for p in data._patches()})
+        for epoch in (0, 1, 2):
+            data.set_epoch(epoch)
+            shares[rank, epoch] = {p.key for p in data._patches()}
         validation.append({p.key for p in make_dataset(str(pool), cfg, True)._patches()})
-    assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == 24
+    # Disjoint and complete in every epoch, and even between ranks an epoch apart.
+    for epoch, other in ((0, 0), (1, 1), (0, 1), (2, 1)):
+        assert not shares[0, epoch] & shares[1, other]
+        assert len(shares[0, epoch] | shares[1, epoch]) == 24
     assert len(validation[0]) == 24  # rank 0 validates on every patch, not its share
 
 

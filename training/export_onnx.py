@@ -65,7 +65,7 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
 
 
 def build_contract(config: dict, model: Generator, version: str, training_data: str,
-                   tiles_overlap: float = DEFAULT_OVERLAP, revision: str = "") -> ModelContract:
+                   revision: str, tiles_overlap: float = DEFAULT_OVERLAP) -> ModelContract:
     tile = int(config["patch_size"])
     if tile % model.size_multiple:
         raise ValueError(f"the checkpoint's patch size {tile} is not a multiple of its U-Net's "
@@ -87,7 +87,7 @@ def build_contract(config: dict, model: Generator, version: str, training_data: 
         input_scaling=config["input_scaling"],
         version=version,
         training_data=training_data,
-        code_revision=revision or code_revision(),
+        code_revision=revision,
         extra={
             "marsdtm:size_multiple": model.size_multiple,
             "marsdtm:gflop_per_tile": round(conv_flops(model, tile, tile) / 1e9, 3),
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{Path(args.out) / 'model.onnx'}")
     try:
         model, config = load_generator(args.checkpoint)
-        contract = build_contract(config, model, version, args.training_data,
-                                  args.tiles_overlap, revision)
+        contract = build_contract(config, model, version, args.training_data, revision,
+                                  args.tiles_overlap)
         parse_contract(contract.to_metadata(), "The exported model")  # before any writing
     except (ValueError, DtmError) as exc:
         print(f"error: {exc}", file=sys.stderr)

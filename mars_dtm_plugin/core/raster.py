@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -364,17 +365,18 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None) -> ProductS
     metadata, else the product metadata file GDAL reads beside Earth imagery, else a PDS
     label; each angle from the first of these that has it."""
     readers = [("label", lambda: _sun_from_label(path, dataset))]
+    imd_file, imd = "", functools.cache(lambda: _imd_suns(dataset))  # read once, if at all
     if dataset is not None:
+        imd_file = _metadata_file(dataset)
         readers[:0] = [("metadata", lambda: _sun_from_metadata(dataset)),
-                       (_metadata_file(dataset), lambda: _sun_from_imd(dataset))]
+                       (imd_file, lambda: _mean_sun(*imd()))]
     angles, sources = [None, None], ["", ""]
     for source, read in readers:
         if None in angles:
             for i, value in enumerate(read()):
                 if angles[i] is None and value is not None:
                     angles[i], sources[i] = value, source
-    from_imd = dataset is not None and sources[0] == _metadata_file(dataset)
-    spread = _azimuth_spread(_imd_suns(dataset)[0]) if from_imd else 0.0
+    spread = _azimuth_spread(imd()[0]) if imd_file and sources[0] == imd_file else 0.0
     return ProductSun(*angles, *sources, spread)
 
 
@@ -403,9 +405,9 @@ def _imd_suns(dataset: gdal.Dataset) -> tuple[list[float], list[float]]:
     return values
 
 
-def _sun_from_imd(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
+def _mean_sun(azimuths: list[float], elevations: list[float]
+              ) -> tuple[float | None, float | None]:
     """The mean of the product's suns (a circular mean for the azimuth)."""
-    azimuths, elevations = _imd_suns(dataset)
     return (_mean_azimuth(azimuths) if azimuths else None,
             sum(elevations) / len(elevations) if elevations else None)
 

@@ -342,6 +342,10 @@ def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
     ("--mean-jitter", "1", "--mean-jitter must be below 1 (a mean scaled by 1 - it), not 1.0"),
     ("--keep-steps", "3,abc", "argument --keep-steps: expected numbers separated by commas, "
                               "got '3,abc' (see --help)"),
+    ("--percentiles", "99,1", "--percentiles must be two percentiles, low then high, between "
+                              "0 and 100, not [99, 1]"),
+    ("--percentiles", "1", "--percentiles must be two percentiles, low then high, between "
+                           "0 and 100, not [1]"),
     ("--input-scaling", "meanratio",
      "--input-scaling must be one of percentile, mean_ratio, not 'meanratio'"),
 ])

@@ -340,7 +340,7 @@ class _Run:
         """Blend strip by strip; a writer thread compresses one strip while the next blends."""
         georef = self.raster.georef
         writer = DtmWriter(output_path, self.raster.width, self.raster.height,
-                           georef.geotransform, georef.crs_wkt)
+                           georef.geotransform, georef.crs_wkt, georef.gcps, georef.gcp_wkt)
         statistics = _Statistics()
         try:
             with ThreadPoolExecutor(1) as writing:

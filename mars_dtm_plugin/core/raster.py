@@ -60,6 +60,9 @@ class Georeferencing:
     clockwise on the ground turn anticlockwise in the image."""
     aspect: float = 1.0
     """Ground width over ground height of a pixel; the model takes pixels as square."""
+    gcps: tuple[gdal.GCP, ...] = ()
+    """Ground control points of an input placed by them alone, kept so the DTM warps alike."""
+    gcp_wkt: str = ""
 
 
 class InputRaster:
@@ -213,12 +216,15 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None,
         # A world file without a CRS still places the output, and still says where up is;
         # without one, a PDS label may say where north is.
         if geotransform is None:
-            return Georeferencing(None, "", float(pixel_size), _north_from_label(path, dataset))
+            return Georeferencing(None, "", float(pixel_size), _north_from_label(path, dataset),
+                                  gcps=tuple(dataset.GetGCPs()),
+                                  gcp_wkt=dataset.GetGCPProjection() or "")
         north, mirrored = image_frame(geotransform, srs, cols, rows)
         return Georeferencing(tuple(geotransform), wkt, float(pixel_size), north, mirrored)
     if geotransform is None and dataset.GetGCPCount():
         raise DtmError("The input is placed only by ground control points; warp it onto a "
-                       "grid first (gdalwarp), or give its pixel size to use it as it is.")
+                       "grid first (gdalwarp), or give its pixel size to use it as it is "
+                       "(the DTM keeps the points).")
     if geotransform is None:
         raise DtmError("The input has no georeferencing (geotransform and CRS); give its "
                        "pixel size in metres to use it anyway.")

@@ -56,7 +56,8 @@ class DtmWriter:
     """Writes rows of heights; only ``finish()`` makes the file appear under its final name."""
 
     def __init__(self, path: str, width: int, height: int,
-                 geotransform: tuple[float, ...] | None, crs_wkt: str) -> None:
+                 geotransform: tuple[float, ...] | None, crs_wkt: str,
+                 gcps: tuple[gdal.GCP, ...] = (), gcp_wkt: str = "") -> None:
         self.path = Path(path)
         # Unique per run, not per process: a QGIS batch runs several in one process.
         self.partial = self.path.with_name(
@@ -71,6 +72,8 @@ class DtmWriter:
             if crs_wkt:
                 # WKT, not an authority code: Mars CRSs usually have none.
                 self.dataset.SetProjection(crs_wkt)
+            if gcps:
+                self.dataset.SetGCPs(gcps, gcp_wkt)
             self.band = self.dataset.GetRasterBand(1)
             self.band.SetNoDataValue(NODATA)
             self.band.SetDescription("height (m)")

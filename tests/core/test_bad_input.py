@@ -368,7 +368,7 @@ def test_a_complex_band_is_refused(tmp_path, model):
                    "Band 1 holds complex numbers (as radar data do), not brightness")
 
 
-def test_degenerate_geotransform_and_gcps_alone(tmp_path, model):
+def test_degenerate_geotransform_and_gcps_alone_without_pixel_size(tmp_path, model):
     source = write_raster(tmp_path / "source.tif", ramp(50, 50), GT)
     flat = tmp_path / "flat.vrt"  # a grid whose pixels have no size
     gdal.Translate(str(flat), str(source), format="VRT")
@@ -379,10 +379,19 @@ def test_degenerate_geotransform_and_gcps_alone(tmp_path, model):
     gcps = write_raster(tmp_path / "gcps.tif", ramp(50, 50), None)
     ds = gdal.Open(str(gcps), gdal.GA_Update)
     srs = ds.GetSpatialRef()
-    ds.SetGCPs([gdal.GCP(x, y, 0, x, y) for x, y in ((0, 0), (50, 0), (0, 50))], srs)
+    points = [gdal.GCP(100 + x, 900 - 2 * y, 0, x, y) for x, y in ((0, 0), (50, 0), (0, 50))]
+    ds.SetGCPs(points, srs)
     ds = None
     assert_refused(cli(str(gcps), str(out), "--model", str(model)), out,
                    "ground control points")
+    # With its pixel size it runs, and the DTM keeps the points, so it warps as the image does.
+    assert cli(str(gcps), str(out), "--model", str(model), "--pixel-size", "1",
+               "--quiet").returncode == 0
+    dtm = gdal.Open(str(out))
+    assert dtm.GetGeoTransform(can_return_null=True) is None
+    assert [(p.GCPPixel, p.GCPLine, p.GCPX, p.GCPY) for p in dtm.GetGCPs()] == \
+        [(p.GCPPixel, p.GCPLine, p.GCPX, p.GCPY) for p in points]
+    assert dtm.GetGCPSpatialRef().IsSame(srs)
 
 
 @pytest.mark.parametrize("size", ["inf", "1e400", "-2"])

@@ -154,6 +154,20 @@ def test_a_pixel_size_runs_an_image_without_georeferencing(provider, identity_mo
         assert geotransform == pytest.approx(GEOTRANSFORM) and same_crs(wkt, MARS_EQC_WKT)
 
 
+def test_an_image_placed_by_ground_control_points_gives_a_dtm_placed_alike(
+        provider, identity_model, tmp_path):
+    image = write_gcp_only(tmp_path / "gcp.tif")
+    output = tmp_path / "dtm.tif"
+    run({"INPUT": str(image), "MODEL": str(identity_model), "PIXEL_SIZE": 2.0,
+         "OUTPUT": str(output)})
+    # QGIS places both layers by their points (through a warped VRT): the same extent.
+    placed = [QgsRasterLayer(str(path), path.stem) for path in (image, output)]
+    assert all(layer.isValid() for layer in placed)
+    assert placed[1].crs() == placed[0].crs()
+    assert placed[1].extent() == placed[0].extent()
+    assert placed[1].extent().xMinimum() == pytest.approx(1000.0, abs=2.0)
+
+
 def test_rgb_band_choice(provider, identity_model, tmp_path):
     from .conftest import write_geotiff
 

@@ -62,6 +62,10 @@ class Refused(ValueError):
     """A link or a name the scraper will not follow or write."""
 
 
+class Stopped(Exception):
+    """The crawl is stopping (Ctrl-C, or a local error elsewhere): a download gives up."""
+
+
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, urllib.error.HTTPError):
         return error.code in TRANSIENT_HTTP
@@ -216,6 +220,7 @@ class Scraper:
         self.refused: list[str] = []
         self.unlisted: list[str] = []
         self.pairs_done: Callable[[int], object] = lambda n: None
+        self.stopping = threading.Event()
 
     def listing(self, url: str) -> list[Link]:
         body = self.http.retrying(lambda: self.http.request(url))
@@ -249,10 +254,15 @@ class Scraper:
                 desc="pairs", unit="pair", total=self.options.limit,
                 disable=not self.options.progress) as bar:
             self.pairs_done = bar.update
-            # range first: zip must not list one pair folder beyond the limit
-            futures = [pool.submit(self.fetch_pair, *item) for _, item in
-                       zip(range(self.options.limit or sys.maxsize), pairs)]
-            records = [future.result() for future in futures]
+            try:
+                # range first: zip must not list one pair folder beyond the limit
+                futures = [pool.submit(self.fetch_pair, *item) for _, item in
+                           zip(range(self.options.limit or sys.maxsize), pairs)]
+                records = [future.result() for future in futures]
+            except BaseException:  # Ctrl-C, or a local disk error: stop every download
+                self.stopping.set()
+                pool.shutdown(cancel_futures=True)
+                raise
         summary = Summary(found=len(records), refused=self.refused, unlisted=self.unlisted)
         for record in records:
             outcome = pair_outcome(record)
@@ -288,6 +298,8 @@ class Scraper:
                  "path": link.name, "size": None, "status": "failed", "action": "failed",
                  "error": None}
         try:
+            if self.stopping.is_set():
+                raise Stopped("the crawl is stopping")
             dest = local_path(folder, [link.name])
             entry["size"] = self.http.retrying(lambda: self.remote_size(link.url))
             entry["action"] = self.download(link.url, dest, entry["size"])
@@ -331,8 +343,7 @@ class Scraper:
         if part.stat().st_size != size:
             raise ShortRead(f"{part.name}: {part.stat().st_size} of {size} bytes")
 
-    @staticmethod
-    def _append(response: http.client.HTTPResponse, part: Path, offset: int,
+    def _append(self, response: http.client.HTTPResponse, part: Path, offset: int,
                 bar: tqdm) -> None:
         ranged = response.status == 206
         if ranged and not response.headers.get("Content-Range", "").startswith(
@@ -341,7 +352,9 @@ class Scraper:
         bar.reset(bar.total)
         bar.update(offset if ranged else 0)
         with open(part, "ab" if ranged else "wb") as handle:
-            while chunk := response.read(CHUNK):
+            while chunk := response.read1(CHUNK):  # what has come: a stop is seen at once
+                if self.stopping.is_set():  # what came is kept in .part for the next run
+                    raise Stopped("the crawl is stopping")
                 handle.write(chunk)
                 bar.update(len(chunk))
 
@@ -450,6 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     except ScrapeError as error:
         print(f"error: {error}.", file=sys.stderr)
         return 1
+    except OSError as error:  # a local disk error; network errors are counted per file
+        print(f"error: cannot write under {options.out}: {error}.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; what was fetched is kept (a file cut short as .part), "
+              "and the same command resumes.", file=sys.stderr)
+        return 130
     print(f"{summary.line()}; manifest {options.out / 'manifest.json'}")
     return 1 if summary.failed or summary.unlisted else 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import math
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -226,8 +227,9 @@ class SiteServer:
     """Serves ``root`` on 127.0.0.1 and records every request.
 
     ``cuts[url_path]`` is a list of byte counts: each GET of that path takes the next one and
-    drops the connection after sending that many bytes. ``extra_links[url_path]`` adds raw
-    hrefs to a listing; ``redirects[url_path]`` answers with a 302 to that location.
+    drops the connection after sending that many bytes. ``slow[url_path]`` sends that file
+    1 kB at a time, that many seconds apart. ``extra_links[url_path]`` adds raw hrefs to a
+    listing; ``redirects[url_path]`` answers with a 302 to that location.
     """
 
     def __init__(self, root: Path) -> None:
@@ -236,6 +238,7 @@ class SiteServer:
         self.cuts: dict[str, list[int]] = {}
         self.extra_links: dict[str, list[str]] = {}
         self.redirects: dict[str, str] = {}
+        self.slow: dict[str, float] = {}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -256,6 +259,7 @@ class SiteServer:
         self.cuts.clear()
         self.extra_links.clear()
         self.redirects.clear()
+        self.slow.clear()
 
     def gets(self, name: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"].endswith(name)]
@@ -318,8 +322,18 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
             if body and cuts:
                 part = part[: cuts.pop(0)]
                 self.close_connection = True
-            if body:
-                self.wfile.write(part)
+            if not body:
+                return
+            pause = site.slow.get(path)
+            pieces = [part[i:i + 1024] for i in range(0, len(part), 1024)] if pause else [part]
+            try:
+                for piece in pieces:
+                    self.wfile.write(piece)
+                    if pause:
+                        self.wfile.flush()
+                        time.sleep(pause)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up: what it had is its .part
 
         def _send(self, code: int, data: bytes, kind: str, body: bool) -> None:
             self.send_response(code)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,8 @@ from tests.training.fakesite import (
     pair_dir,
 )
 from training.scrape import USER_AGENT, Refused, local_path, main, scrape
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pair_record(out: Path, pair_id: str) -> dict:
@@ -194,3 +200,39 @@ def test_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
         main(["--out", str(tmp_path / "file")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: --out {tmp_path / 'file'} is not a folder.\n"
+
+
+def test_ctrl_c_stops_every_download_at_once_and_the_rerun_resumes(
+        server: SiteServer, site: Path, tmp_path: Path) -> None:
+    server.slow[DTM_A] = 0.2  # 14 kB: about 3 s
+    crawl = subprocess.Popen(
+        [sys.executable, "-m", "training.scrape", "--out", str(tmp_path), "--base-url",
+         server.url + DTM_ROOT, "--delay", "0", "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    part = tmp_path / pair_dir(PAIR_A) / (dtm_name(PAIR_A) + ".part")
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    crawl.send_signal(signal.SIGINT)
+    _, err = crawl.communicate(timeout=10)  # not after the rest of the queue
+    assert crawl.returncode == 130
+    assert err.splitlines()[-1] == ("error: interrupted; what was fetched is kept (a file cut "
+                                    "short as .part), and the same command resumes.")
+    assert not (tmp_path / "manifest.json").exists()
+    kept = part.stat().st_size
+    full = (site / DTM_A.lstrip("/")).read_bytes()
+    assert 0 < kept < len(full)
+    server.reset()
+    assert scrape(options(server, tmp_path)).failed == 0
+    assert [r["range"] for r in server.gets(dtm_name(PAIR_A))] == [f"bytes={kept}-"]
+    assert (tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)).read_bytes() == full
+
+
+def test_a_local_disk_error_is_one_sentence(server: SiteServer, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "ESP").write_text("a file where a folder must go")
+    code = main(["--out", str(tmp_path), "--base-url", server.url + DTM_ROOT, "--delay", "0"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines()[-1].startswith(f"error: cannot write under {tmp_path}: ")
+    assert not (tmp_path / "manifest.json").exists()

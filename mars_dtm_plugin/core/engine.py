@@ -89,8 +89,7 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     with gdal_exceptions():
         raster = InputRaster(input_path, options.band, options.pixel_size)
         try:
-            # Against every file the input is read from (a VRT's source, a label's image).
-            check_output_path(input_path, output_path, raster.dataset.GetFileList() or [])
+            check_output_path(input_path, output_path, raster.files_read())
             generator = shared_generator(options.model_path or default_model_path(),
                                          options.provider, options.threads)
             run = _Run(raster, generator, options, progress, is_cancelled)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -141,6 +142,19 @@ class InputRaster:
             values, valid = self._read_inside(0, y0, self.width, min(rows, self.height - y0))
             found.append(values[valid][::64])
         return np.concatenate(found)
+
+    def files_read(self) -> list[str]:
+        """Every file the raster is read from: a VRT's sources, theirs in turn, a label's image."""
+        files, pending = [], list(self.dataset.GetFileList() or [])
+        while pending:
+            path = pending.pop(0)
+            if path in files:
+                continue
+            files.append(path)
+            if path.lower().endswith(".vrt") and path != self.path:
+                with contextlib.suppress(RuntimeError, AttributeError):  # the run will say
+                    pending += gdal.Open(path).GetFileList() or []
+        return files
 
     def close(self) -> None:
         self.bands = []

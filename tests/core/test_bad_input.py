@@ -126,6 +126,11 @@ def test_output_that_the_input_is_read_from(tmp_path, scene, model):
     result = cli(str(vrt), str(scene), "--model", str(model))
     assert result.returncode != 0 and "which the input is read from" in result.stderr
     assert scene.read_bytes() == before
+    outer = tmp_path / "outer.vrt"
+    gdal.BuildVRT(str(outer), [str(vrt)])  # reads scene.vrt, which reads scene.tif
+    result = cli(str(outer), str(scene), "--model", str(model))
+    assert result.returncode != 0 and "which the input is read from" in result.stderr
+    assert scene.read_bytes() == before
     link = tmp_path / "link.tif"
     link.symlink_to(scene)  # the same file under another name
     result = cli(str(link), str(scene), "--model", str(model))

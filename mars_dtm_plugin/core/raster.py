@@ -353,7 +353,7 @@ def image_frame(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,
 
 
 # PDS3 keywords of HiRISE labels; azimuths are clockwise from the image's right edge.
-_LABEL_NUMBER = r"\s*=\s*([-+0-9.eE]+)"
+_LABEL_NUMBER = r"\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 
 
 # The sun's keys in GDAL's IMD metadata domain, lower case without namespace or punctuation:
@@ -493,12 +493,14 @@ def _read_label(path: str, dataset: gdal.Dataset | None) -> str:
     sources = [path, *((dataset.GetFileList() or [])[1:] if dataset is not None else [])]
     for candidate in (c for source in map(Path, sources)
                       for c in (source.with_suffix(".LBL"), source.with_suffix(".lbl"), source)):
-        if candidate.is_file():
+        try:
             with open(candidate, "rb") as handle:  # a VRT may list hundreds of large sources
                 if b"PDS_VERSION_ID" not in handle.read(200):
                     continue
                 handle.seek(0)
                 head = handle.read(1 << 20).decode("latin-1")
-            end = re.search(r"^END\s*$", head, re.MULTILINE)
-            return head[: end.start()] if end else head
+        except OSError:  # absent, a folder, or not readable: no label there
+            continue
+        end = re.search(r"^END\s*$", head, re.MULTILINE)
+        return head[: end.start()] if end else head
     return ""

@@ -132,6 +132,18 @@ def test_elevation_alone_is_read_from_label_or_metadata(tmp_path):
     assert sun_from_product(str(path), raster.dataset)[:2] == (None, 25.0)
 
 
+def test_label_values_that_are_no_numbers_count_as_absent(tmp_path):
+    (tmp_path / "product.LBL").write_text(
+        "PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = -\nSUB_SOLAR_AZIMUTH = N/A\n"
+        "NORTH_AZIMUTH = .5E1\nEND\n")
+    assert sun_from_product(str(tmp_path / "product.IMG"))[:2] == (None, None)
+    (tmp_path / "other.LBL").write_text(
+        "PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = +6.0e1\nSUB_SOLAR_AZIMUTH = 200.\n"
+        "NORTH_AZIMUTH = .5E1\nEND\n")
+    assert sun_from_product(str(tmp_path / "other.IMG"))[:2] == (pytest.approx(195.0),
+                                                                  pytest.approx(30.0))
+
+
 def test_no_label_no_sun(tmp_path):
     path = write_raster(tmp_path / "plain.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0))
     assert sun_from_product(str(path))[:2] == (None, None)

@@ -80,6 +80,8 @@ def _graph(kind: str, seed: int) -> tuple[list, list]:
                  helper.make_node("Neg", ["b"], ["c"]),
                  helper.make_node("Log", ["c"], ["height"])],
                 [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    if kind == "two_channels":  # the image twice, as two channels
+        return [helper.make_node("Concat", ["image", "image"], ["height"], axis=1)], []
     if kind == "one_tile":  # identity through a reshape that takes exactly one 64 px tile
         shape = numpy_helper.from_array(np.array([1, 1, 64, 64], np.int64), "one_tile_shape")
         return [helper.make_node("Reshape", ["image", "one_tile_shape"], ["height"])], [shape]
@@ -110,7 +112,9 @@ def write_test_model(path: str | Path, kind: str = "identity", seed: int = 0,
         nodes,
         f"test_{kind}",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("height", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("height", TensorProto.FLOAT,
+                                       [*dims[:1], "channels", *dims[2:]]
+                                       if kind == "two_channels" else dims)],
         initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

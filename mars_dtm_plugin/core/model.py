@@ -139,7 +139,9 @@ class Generator:
 
     def _check_io(self) -> tuple[str, int | None]:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+        if len(inputs) != 1 or len(outputs) != 1 or any(
+                len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 1)
+                for shape in (inputs[0].shape, outputs[0].shape)):
             raise DtmError(f"The model '{self.path.name}' must have one input and one output "
                            "of shape [batch, 1, height, width].")
         batch, _, *side = inputs[0].shape
@@ -171,7 +173,7 @@ class Generator:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise DtmError(f"The model '{self.path.name}' failed on a batch of shape "
                            f"{x.shape}: {str(exc).splitlines()[0]}") from exc
-        if out.shape[0] != x.shape[0] or out.shape[-2:] != x.shape[-2:]:
+        if out.shape != x.shape:
             raise DtmError(f"The model '{self.path.name}' returned shape {out.shape} for input "
                            f"{x.shape}; it must return one height per pixel.")
         if not np.isfinite(out).all():  # one NaN tile would spread through the offsets

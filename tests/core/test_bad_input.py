@@ -300,6 +300,15 @@ def test_a_model_returning_nan(tmp_path, scene):
                    "returned heights that are not numbers")
 
 
+def test_a_model_of_more_than_one_channel(tmp_path, scene):
+    out = tmp_path / "out.tif"
+    two = write_test_model(tmp_path / "two.onnx", "two_channels")
+    rgb = write_test_model(tmp_path / "rgb.onnx", dims=["batch", 3, "height_px", "width_px"])
+    for model in (two, rgb):  # refused as loaded, before any tile is read
+        assert_refused(cli(str(scene), str(out), "--model", str(model)), out,
+                       "must have one input and one output of shape [batch, 1, height, width]")
+
+
 def test_a_folder_given_as_output_or_model_is_named_as_such(tmp_path, scene, model):
     folder = tmp_path / "dtm.tif"
     folder.mkdir()

@@ -133,8 +133,10 @@ class DtmWriter:
         if gdal.GetLastErrorType() >= gdal.CE_Failure:
             self._fail(gdal.GetLastErrorMsg())
         os.replace(self.partial, self.path)
-        # Statistics GDAL or QGIS cached beside an earlier output would describe the old file.
-        Path(f"{self.path}.aux.xml").unlink(missing_ok=True)
+        # Statistics, overviews or a mask GDAL or QGIS kept beside an earlier output would
+        # describe the old file.
+        for sidecar in (".aux.xml", ".ovr", ".msk"):
+            Path(f"{self.path}{sidecar}").unlink(missing_ok=True)
 
     def _fail(self, why: str) -> None:
         self.abort()

@@ -249,17 +249,19 @@ def test_cancelling_while_writing_leaves_no_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif", "m.onnx"]
 
 
-def test_rerun_drops_statistics_cached_for_the_old_output(tmp_path):
+def test_rerun_drops_statistics_and_overviews_cached_for_the_old_output(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT)
     model = write_test_model(tmp_path / "m.onnx")
     out = tmp_path / "dtm.tif"
     predict_dtm(str(source), str(out), PredictOptions(model_path=str(model)))
-    dataset = gdal.Open(str(out))
+    dataset = gdal.Open(str(out))  # read-only: overviews go to an external .ovr
     dataset.GetRasterBand(1).ComputeStatistics(False)  # as QGIS does
+    dataset.BuildOverviews("AVERAGE", [2])  # as QGIS's pyramids dialog does
     dataset = None  # closing writes the .aux.xml
-    assert (tmp_path / "dtm.tif.aux.xml").exists()
+    assert (tmp_path / "dtm.tif.aux.xml").exists() and (tmp_path / "dtm.tif.ovr").exists()
     predict_dtm(str(source), str(out), PredictOptions(model_path=str(model)))
-    assert not (tmp_path / "dtm.tif.aux.xml").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dtm.tif", "image.tif", "m.onnx"]
+    assert gdal.Open(str(out)).GetRasterBand(1).GetOverviewCount() == 0
 
 
 def test_existing_output_is_replaced_only_on_success(tmp_path):

@@ -249,6 +249,19 @@ def test_cancelling_while_writing_leaves_no_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif", "m.onnx"]
 
 
+def test_a_model_that_needs_no_sun_does_not_read_it(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT,
+                          metadata={"SUN_ELEVATION": "unknown", "SUN_AZIMUTH": "west"})
+    model = write_test_model(tmp_path / "m.onnx")  # no sun: neither rotation nor mean_ratio
+    report = predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                         PredictOptions(model_path=str(model)))
+    assert (report.sun_azimuth, report.sun_elevation) == (None, None)
+    with pytest.raises(DtmError, match="is not a number"):  # a model that uses it
+        predict_dtm(str(source), str(tmp_path / "dtm2.tif"), PredictOptions(
+            model_path=str(write_test_model(tmp_path / "r.onnx", input_scaling="mean_ratio")),
+            sun_azimuth=270))
+
+
 def test_rerun_drops_statistics_and_overviews_cached_for_the_old_output(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT)
     model = write_test_model(tmp_path / "m.onnx")

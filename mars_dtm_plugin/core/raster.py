@@ -78,7 +78,7 @@ class InputRaster:
         self.georef = _georeferencing(self.dataset, pixel_size, path)
 
     def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-        """Values (float32) and validity of a window; outside the raster, mirrored and invalid."""
+        """Values (float32) and validity of a window; outside the raster, 0 and invalid."""
         ix0, iy0 = max(x0, 0), max(y0, 0)
         ix1, iy1 = min(x0 + width, self.width), min(y0 + height, self.height)
         if ix1 <= ix0 or iy1 <= iy0:
@@ -86,8 +86,7 @@ class InputRaster:
         values, valid = self._read_inside(ix0, iy0, ix1 - ix0, iy1 - iy0)
         pads = ((iy0 - y0, y0 + height - iy1), (ix0 - x0, x0 + width - ix1))
         if any(p for pair in pads for p in pair):
-            values = np.pad(values, pads, mode="symmetric")
-            valid = np.pad(valid, pads, mode="constant", constant_values=False)
+            values, valid = np.pad(values, pads), np.pad(valid, pads)
         return values, valid
 
     def _read_inside(self, x0: int, y0: int, w: int, h: int,

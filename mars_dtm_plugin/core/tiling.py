@@ -32,8 +32,8 @@ class Tile:
 def axis_spans(length: int, size: int, overlap: int, margin: int = 0) -> list[tuple[int, int]]:
     """(start, length) of the tiles along one axis, each overlapping the next by at least
     ``overlap``. The first and last are ``margin`` pixels short of ``size``: centred in the
-    model's view, the raster's edge then has mirrored context beyond it instead of lying on
-    the model's own border, where its zero padding shows."""
+    model's view, the raster's edge then has context beyond it (the scene's fill) instead of
+    lying on the model's own border, where its zero padding shows."""
     edge = size - margin
     if length <= size:
         return [(0, length)]

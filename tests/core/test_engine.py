@@ -208,7 +208,8 @@ def test_sun_from_label_is_used_when_not_given(tmp_path):
         "  SUB_SOLAR_AZIMUTH = 180.0 <DEG>\n  NORTH_AZIMUTH = 270.0 <DEG>\n"
         "END_GROUP = VIEWING_PARAMETERS\nEND\n")
     _, _, report = predict(tmp_path, ramp(80, 80), "ramp",
-                           contract={"sun_mode": "rotate", "sun_azimuth": 270.0})
+                           contract={"sun_mode": "rotate", "sun_azimuth": 270.0,
+                                     "input_scaling": "mean_ratio"})
     assert report.sun_source == "label"
     assert report.sun_azimuth == pytest.approx(270.0)
     assert report.sun_elevation == pytest.approx(30.0)

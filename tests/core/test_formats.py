@@ -47,7 +47,8 @@ def test_jpeg2000_with_hirise_label_gives_the_sun(tmp_path):
     jp2 = tmp_path / "ESP_000001_1000_RED_C_01_ORTHO.JP2"
     write_ortho(jp2, ramp(80, 80).astype(np.uint8), GT, mars_eqc_wkt(), incidence=40.0,
                 sub_solar=200.0, north=270.0)
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
     _, report = run(jp2, tmp_path, "dtm.tif", model)
     assert report.sun_source == "label"
     assert report.sun_azimuth == pytest.approx(290.0)
@@ -60,7 +61,8 @@ def test_a_crop_to_a_vrt_keeps_the_products_label(tmp_path):
     crop = tmp_path / "crops" / "crop.vrt"  # elsewhere, under another name
     crop.parent.mkdir()
     gdal.Translate(str(crop), str(jp2), format="VRT", srcWin=[10, 20, 80, 70])
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
     _, report = run(crop, tmp_path, "dtm.tif", model)
     assert (report.sun_source, report.sun_azimuth) == ("label", pytest.approx(290.0))
     assert report.sun_elevation == pytest.approx(50.0)
@@ -162,7 +164,8 @@ def test_earth_products_give_the_sun_from_their_metadata_files(tmp_path, name, s
     0, not 360)."""
     source = write_raster(tmp_path / name, ramp(80, 80).astype(np.uint8), GT)
     (tmp_path / sidecar).write_text(text)
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
     _, report = run(source, tmp_path, "dtm.tif", model)
     assert report.sun_source == sidecar  # the run names the file it read the sun from
     assert (report.sun_azimuth, report.sun_elevation) == pytest.approx(sun)
@@ -174,7 +177,8 @@ def test_earth_products_give_the_sun_from_their_metadata_files(tmp_path, name, s
 def test_a_product_whose_images_have_other_suns_says_so(tmp_path, suns, cautioned):
     source = write_raster(tmp_path / "image.tif", ramp(80, 80).astype(np.uint8), GT)
     (tmp_path / "image.IMD").write_text(_maxar_imd(*suns))
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
     _, report = run(source, tmp_path, "dtm.tif", model)
     said = [m for m in report.messages if "of several images" in m]
     assert said == ([Caution("The product's image.IMD gives the sun of several images up to 15 "
@@ -203,7 +207,8 @@ def test_the_satellite_angles_are_not_taken_for_the_sun(tmp_path):
     (tmp_path / "image.IMD").write_text(
         'BEGIN_GROUP = IMAGE_1\n\tsatAz = 120.0;\n\tsatEl = 70.0;\n\tmeanSatAz = 121.0;\n'
         "\tmeanSatEl = 71.0;\n\tmeanOffNadirViewAngle = 19.0;\nEND_GROUP = IMAGE_1\nEND;\n")
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
     with pytest.raises(DtmError, match="needs the sun azimuth"):
         run(source, tmp_path, "dtm.tif", model)
 
@@ -225,7 +230,8 @@ def test_nitf_gives_the_sun_from_its_use00a_extension(tmp_path, angles, sun):
     nitf = tmp_path / "image.ntf"
     gdal.Translate(str(nitf), str(tif), format="NITF",
                    creationOptions=[f"TRE=USE00A={_nitf_use00a(*angles)}"])
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
     if sun is None:
         with pytest.raises(DtmError, match="needs the sun azimuth"):
             run(nitf, tmp_path, "dtm.tif", model)
@@ -247,7 +253,8 @@ def test_the_dataset_metadata_comes_before_the_product_files(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(80, 80).astype(np.uint8), GT,
                           metadata={"SUN_AZIMUTH": "123.5"})
     (tmp_path / "image.IMD").write_text(_maxar_imd((67.5, 62.1)))
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate")
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
     _, report = run(source, tmp_path, "dtm.tif", model)
     assert (report.sun_azimuth, report.sun_elevation) == pytest.approx((123.5, 62.1))
 

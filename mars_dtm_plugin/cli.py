@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import time
+from typing import TextIO
 
 try:
     from osgeo import gdal
@@ -51,16 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="tiles per model call (default: about half a megapixel)")
     predict.add_argument("--threads", type=int, default=None, metavar="N",
                          help="CPU threads for the model (default: onnxruntime's, all cores)")
-    predict.add_argument("--quiet", action="store_true", help="print errors only")
+    predict.add_argument("--quiet", action="store_true", help="print warnings and errors only")
     return parser
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal (silent otherwise), and the run's messages."""
+    """A one-line progress bar on a terminal (silent otherwise), and the run's messages;
+    ``quiet``: no bar, and only the warnings among the messages."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, quiet: bool = False, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
-        self.enabled = stream.isatty()
+        self.quiet = quiet
+        self.enabled = stream.isatty() and not quiet
         self.started = time.perf_counter()
         self.drawn = False
 
@@ -76,6 +79,8 @@ class ProgressBar:
 
     def say(self, line: str) -> None:
         """Print a message as the run gives it, on its own line below the bar."""
+        if self.quiet and not isinstance(line, Caution):
+            return
         self.close()
         print(f"warning: {line}" if isinstance(line, Caution) else line, flush=True)
 
@@ -105,10 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         number = getattr(signal, name, None)  # no SIGHUP on Windows
         if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
             signal.signal(number, lambda *_: interrupted.append(True))
-    bar = ProgressBar() if not args.quiet else None
+    bar = ProgressBar(quiet=args.quiet)
     try:
-        report = predict_dtm(args.input, args.output, options, progress=bar,
-                             log=bar.say if bar else None,
+        report = predict_dtm(args.input, args.output, options, progress=bar, log=bar.say,
                              is_cancelled=lambda: bool(interrupted))
     except DtmCancelled as exc:
         _fail(bar, exc)
@@ -116,13 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except DtmError as exc:
         _fail(bar, exc)
         return 1
-    if bar:
-        bar.close()
+    bar.close()
+    if not args.quiet:
         print(f"Done in {report.seconds:.1f} s")
     return 0
 
 
-def _fail(bar: ProgressBar | None, exc: Exception) -> None:
-    if bar:
-        bar.close()
+def _fail(bar: ProgressBar, exc: Exception) -> None:
+    bar.close()
     print(f"error: {exc}", file=sys.stderr)

@@ -34,7 +34,7 @@ MODEL_SHARE = 0.9  # share of the progress bar for pass 1
 SUN_SPREAD_DEG = 5.0  # a product whose images' suns differ more is worth a word
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
 # Edge tiles are this share of a tile narrower: half of it is context beyond the edge, filled
-# as nodata is (a mirrored image there scored worse at the edge).
+# as nodata is.
 EDGE_MARGIN = 0.125
 MIN_SIDE_PX = 16  # below this, shading shows too little of the ground to read relief from
 DEFAULT_SUN_ELEVATION = 45.0  # for `mean_ratio` models when neither user nor label gives it

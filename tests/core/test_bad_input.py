@@ -61,6 +61,15 @@ def test_no_georeferencing_without_pixel_size(tmp_path, model):
     assert out.exists()
 
 
+def test_quiet_keeps_the_warnings(tmp_path, model):
+    collared = write_raster(tmp_path / "collared.tif", np.pad(ramp(60, 60) + 20, 8), GT)
+    out = tmp_path / "out.tif"
+    result = cli(str(collared), str(out), "--model", str(model), "--quiet")
+    assert result.returncode == 0 and out.exists() and not result.stderr
+    (line,) = result.stdout.splitlines()  # no progress, no report: the warning alone
+    assert line.startswith("warning: 100% of the image's outermost pixels are 0")
+
+
 def test_band_out_of_range(tmp_path, scene, model):
     out = tmp_path / "out.tif"
     assert_refused(cli(str(scene), str(out), "--model", str(model), "--band", "3"), out,

@@ -417,7 +417,7 @@ def test_pixels_far_from_square_on_the_ground_are_reported(tmp_path):
 @pytest.mark.parametrize("azimuth", [270.0, 0.0])
 def test_the_rasters_edge_shows_no_padding_of_the_model(tmp_path, azimuth):
     # The blur model sags by a third at its own border (zero padding). At the raster's edge
-    # it must see mirrored context instead, and tile offsets must not carry the sag inwards.
+    # it must see context beyond instead, and tile offsets must not carry the sag inwards.
     image = np.full((150, 170), 100, np.float32)
     image[0, 0] = 0  # percentile scaling maps the rest to 1
     heights, _, _ = predict(tmp_path, image, "blur", sun_azimuth=azimuth,

@@ -138,8 +138,9 @@ class _Run:
         # made narrower to give its edge context (turned otherwise, every tile has some).
         margin = (round(self.rotation.footprint * EDGE_MARGIN)
                   if self.rotation.quarter_turns is not None else 0)
+        self.overlap = self._overlap()
         self.grid = tile_grid(raster.width, raster.height, self.rotation.footprint,
-                              self._overlap(), margin)
+                              self.overlap, margin)
         self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
         self._weights_of: dict[tuple[int, bool], np.ndarray] = {}
         self._row_ramps: dict[int, np.ndarray] = {}
@@ -342,7 +343,8 @@ class _Run:
         """Blend strip by strip; a writer thread compresses one strip while the next blends."""
         georef = self.raster.georef
         writer = DtmWriter(output_path, self.raster.width, self.raster.height,
-                           georef.geotransform, georef.crs_wkt, georef.gcps, georef.gcp_wkt)
+                           georef.geotransform, georef.crs_wkt, georef.gcps, georef.gcp_wkt,
+                           self.provenance())
         statistics = _Statistics()
         try:
             with ThreadPoolExecutor(1) as writing:
@@ -473,6 +475,22 @@ class _Run:
             f"Output: {output_path}",
         ]
         return report
+
+    def provenance(self) -> dict[str, str]:
+        """What the DTM was made with, kept in its file (gdalinfo, QGIS's layer properties)."""
+        elevation = ("not used" if self.contract.input_scaling != "mean_ratio" else
+                     f"{self._sun_elevation_used:.1f}"
+                     + (" (assumed)" if self.sun_elevation is None else ""))
+        return {
+            "MARSDTM_MODEL": f"{self.generator.path.name}, version {self.contract.version}",
+            "MARSDTM_SUN_AZIMUTH": ("not used" if self.sun_azimuth is None
+                                    else f"{self.sun_azimuth:.1f} ({self.sun_source})"),
+            "MARSDTM_SUN_ELEVATION": elevation,
+            "MARSDTM_PIXEL_SIZE_M": f"{self.raster.georef.pixel_size_m:.6g}",
+            "MARSDTM_TILES": f"{self.contract.tile_size} px ({self.rotation.footprint} px "
+                             f"footprint), overlap {self.overlap} px",
+            "MARSDTM_HEIGHTS": "metres, relative: the scene's mean height is about 0",
+        }
 
     def setup_messages(self) -> list[str]:
         """What the run is about to do: model, provider, tiles, pixel size and sun."""

@@ -57,7 +57,8 @@ class DtmWriter:
 
     def __init__(self, path: str, width: int, height: int,
                  geotransform: tuple[float, ...] | None, crs_wkt: str,
-                 gcps: tuple[gdal.GCP, ...] = (), gcp_wkt: str = "") -> None:
+                 gcps: tuple[gdal.GCP, ...] = (), gcp_wkt: str = "",
+                 metadata: dict[str, str] | None = None) -> None:
         self.path = Path(path)
         # Unique per run, not per process: a QGIS batch runs several in one process.
         self.partial = self.path.with_name(
@@ -74,6 +75,7 @@ class DtmWriter:
                 self.dataset.SetProjection(crs_wkt)
             if gcps:
                 self.dataset.SetGCPs(gcps, gcp_wkt)
+            self.dataset.SetMetadata(metadata or {})
             self.band = self.dataset.GetRasterBand(1)
             self.band.SetNoDataValue(NODATA)
             self.band.SetDescription("height (m)")

@@ -207,12 +207,18 @@ def test_sun_from_label_is_used_when_not_given(tmp_path):
         'PDS_VERSION_ID = PDS3\nGROUP = VIEWING_PARAMETERS\n  INCIDENCE_ANGLE = 60.0 <DEG>\n'
         "  SUB_SOLAR_AZIMUTH = 180.0 <DEG>\n  NORTH_AZIMUTH = 270.0 <DEG>\n"
         "END_GROUP = VIEWING_PARAMETERS\nEND\n")
-    _, _, report = predict(tmp_path, ramp(80, 80), "ramp",
-                           contract={"sun_mode": "rotate", "sun_azimuth": 270.0,
-                                     "input_scaling": "mean_ratio"})
+    _, dataset, report = predict(tmp_path, ramp(80, 80), "ramp",
+                                 contract={"sun_mode": "rotate", "sun_azimuth": 270.0,
+                                           "input_scaling": "mean_ratio"})
     assert report.sun_source == "label"
     assert report.sun_azimuth == pytest.approx(270.0)
     assert report.sun_elevation == pytest.approx(30.0)
+    # What the DTM was made with stays in its file.
+    assert dataset.GetMetadata() == {
+        "AREA_OR_POINT": "Area", "MARSDTM_MODEL": "ramp.onnx, version test",
+        "MARSDTM_SUN_AZIMUTH": "270.0 (label)", "MARSDTM_SUN_ELEVATION": "30.0",
+        "MARSDTM_PIXEL_SIZE_M": "2", "MARSDTM_TILES": "64 px (64 px footprint), overlap 16 px",
+        "MARSDTM_HEIGHTS": "metres, relative: the scene's mean height is about 0"}
 
 
 def test_sun_from_geotiff_metadata(tmp_path):

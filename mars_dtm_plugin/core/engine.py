@@ -188,7 +188,8 @@ class _Run:
                            "the input's georeferencing.")
         georef = self.raster.georef
         in_image = georef.north_deg + (-self.sun_azimuth if georef.mirrored else self.sun_azimuth)
-        return (self.contract.sun_azimuth - in_image) % 360
+        # Rounded: a north 1e-13 degrees off up must not turn the scene by 359.9999999.
+        return round(self.contract.sun_azimuth - in_image, 6) % 360
 
     def _overlap(self) -> int:
         footprint = self.rotation.footprint

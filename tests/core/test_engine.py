@@ -182,6 +182,19 @@ def test_rotation_puts_the_sun_where_the_model_expects_it(tmp_path, azimuth):
     assert residual < 0.05 * np.ptp(heights)
 
 
+def test_a_grid_turned_against_the_sun_is_not_rotated_a_full_turn(tmp_path):
+    # Turned 30 degrees, with the sun 30 degrees off the model's: no rotation is needed, but
+    # north comes out 1e-13 degrees off, which gave "rotated by 360.0 degrees".
+    turn = math.radians(30)
+    gt = (8144343.4, 2 * math.cos(turn), 2 * math.sin(turn), -272663.6, 2 * math.sin(turn),
+          -2 * math.cos(turn))
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), gt)
+    model = write_test_model(tmp_path / "ramp.onnx", "ramp", sun_mode="rotate", sun_azimuth=270.0)
+    report = predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                         PredictOptions(model_path=str(model), sun_azimuth=240.0))
+    assert "scene rotated by 0.0 degrees" in report.messages[4]
+
+
 @pytest.mark.parametrize("flip", ["south-up", "east-left"])
 def test_a_mirrored_grid_keeps_the_sun_where_it_is_on_the_ground(tmp_path, flip):
     # Rows running north (or columns running west) turn clockwise on the ground into

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -122,18 +124,19 @@ class DtmWriter:
     def finish(self, statistics: tuple[float, float, float, float]) -> None:
         """Statistics, close, then rename into place."""
         gdal.ErrorReset()
-        try:
-            self.band.SetStatistics(*statistics)
-            self.band = None
-            self.overviews = []
-            self.dataset.FlushCache()
-            self.dataset = None
-        except RuntimeError as exc:
-            self._fail(str(exc))
-        # GDAL reports what fails while closing a file (the last blocks, the directory) but
-        # cannot raise it from there: a file closed that way is not renamed into place.
-        if gdal.GetLastErrorType() >= gdal.CE_Failure:
-            self._fail(gdal.GetLastErrorMsg())
+        with _closing_errors() as errors:
+            try:
+                self.band.SetStatistics(*statistics)
+                self.band = None
+                self.overviews = []
+                self.dataset.FlushCache()
+                self.dataset = None
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        if not errors and gdal.GetLastErrorType() >= gdal.CE_Failure:
+            errors.append(gdal.GetLastErrorMsg())
+        if errors:  # a file that failed to close is not renamed into place
+            self._fail(errors[0])
         os.replace(self.partial, self.path)
         # Statistics, overviews or a mask GDAL or QGIS kept beside an earlier output would
         # describe the old file.
@@ -146,12 +149,37 @@ class DtmWriter:
 
     def abort(self) -> None:
         """Drop the partial file: a failed or cancelled run leaves nothing behind."""
-        self.band = None
-        self.overviews = []
-        self.dataset = None
+        gdal.PushErrorHandler("CPLQuietErrorHandler")  # what a dropped file's close says
+        try:
+            with _closing_errors():
+                self.band = None
+                self.overviews = []
+                self.dataset = None
+        finally:
+            gdal.PopErrorHandler()
         for leftover in (self.partial, Path(f"{self.partial}.aux.xml"),
                          Path(f"{self.partial}.ovr")):
             leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def _closing_errors() -> Iterator[list[str]]:
+    """GDAL's errors from closing a file inside the block. A file is closed by its dataset's
+    destructor, which cannot raise: Python would print them as "Exception ignored"."""
+    errors: list[str] = []
+    previous = sys.unraisablehook
+
+    def collect(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, RuntimeError):
+            errors.append(str(unraisable.exc_value))
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = collect
+    try:
+        yield errors
+    finally:
+        sys.unraisablehook = previous
 
 
 def _overview_levels(dataset: gdal.Dataset) -> list[int]:

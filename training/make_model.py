@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -110,7 +111,9 @@ def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
                    "--version", version]) != 0:
             raise RuntimeError(f"export of {checkpoint} failed")
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(work / "onnx" / f"{shipped}.onnx", bundle)
+    partial = bundle.with_name(bundle.name + ".part")  # an interrupted copy is no model
+    shutil.copyfile(work / "onnx" / f"{shipped}.onnx", partial)
+    os.replace(partial, bundle)
     print(f"bundled model: {bundle}")
 
 
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of " + ",".join(STAGES))
     parser.add_argument("--work", help="work folder (default: the recipe's)")
     parser.add_argument("--bundle", default=str(BUNDLED),
-                        help="where the export stage copies the main model (the plugin's default)")
+                        help="where the export stage copies the shipped model: the fine-tune, "
+                             "or the main run without one (default: the plugin's model)")
     args = parser.parse_args(argv)
     stages = args.stages.split(",")
     unknown = [s for s in stages if s not in STAGES]
@@ -163,7 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     for stage in stages:
         started = time.monotonic()
         print(f"== {stage}", flush=True)
-        functions[stage](recipe, work, Path(args.bundle))
+        try:
+            functions[stage](recipe, work, Path(args.bundle))
+        except KeyError as exc:
+            print(f"error: the recipe {args.recipe} lacks the key {exc} ({stage} stage)",
+                  file=sys.stderr)
+            return 2
+        except (RuntimeError, OSError) as exc:
+            print(f"error: the {stage} stage stopped: {exc}", file=sys.stderr)
+            return 1
         print(f"== {stage} done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     return 0
 

@@ -34,7 +34,8 @@ def shading_integral(image: torch.Tensor) -> torch.Tensor:
     """Each row's running sum from the sun's side, minus the row's mean.
 
     With ``mean_ratio`` input and the sun from the image's left (azimuth 270), an input pixel
-    is the linearised slope toward the sun, so its running sum along a row is linear shape
+    is the linearised slope along its row, rising away from the sun (ground that faces the sun
+    is brighter), so its running sum along a row is linear shape
     from shading's height profile in pixel units: the long, smooth relief a U-Net's receptive
     field cannot integrate by itself. Across the sun it knows nothing; the network does the rest.
     """

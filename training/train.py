@@ -402,12 +402,13 @@ class Trainer:
         self.dataset = make_dataset(cfg.data, cfg)
         self.val = make_dataset(cfg.val_data, cfg, validation=True) if cfg.val_data else None
         self.out = Path(cfg.out)
+        own_folder = cfg.resume and Path(cfg.resume).resolve().parent == self.out.resolve()
+        if (self.out / "last.pt").exists() and not own_folder:
+            raise ValueError(f"{self.out} already holds a run; continue it with --resume "
+                             f"{self.out / 'last.pt'}, or choose another --out")
         if cfg.resume:
             self.load(cfg.resume)
             return
-        if (self.out / "last.pt").exists():
-            raise ValueError(f"{self.out} already holds a run; continue it with --resume "
-                             f"{self.out / 'last.pt'}, or choose another --out")
         if cfg.init_from:
             _check_same_architecture(cfg, saved_config(cfg.init_from), cfg.init_from)
             state = load_checkpoint(cfg.init_from, self.device)
@@ -490,7 +491,8 @@ class Trainer:
 
     @torch.no_grad()
     def _check_validation_data(self) -> None:
-        # Its own generator: drawing from torch's global one would change the run's stream.
+        # Its own generator: a loader draws a seed from torch's global one, which this check
+        # must leave as it was.
         loader = DataLoader(self.val, self.cfg.batch_size, generator=torch.Generator())
         if next(iter(loader), None) is None:
             raise NoTrainingData(
@@ -498,6 +500,7 @@ class Trainer:
                 f"azimuth, or are smaller than --patch-size {self.cfg.patch_size} once turned "
                 "to the canonical sun")
 
+    @torch.no_grad()
     def validate(self, data: IterableDataset) -> dict[str, float]:
         """L1 on heights and on slopes, unweighted, so that runs with other loss weights
         compare; no total, which would not be the training loss of the same name."""
@@ -578,7 +581,7 @@ class Trainer:
                 self._check_validation_data()
         writer = _tensorboard(self.out) if self.rank == 0 else None
         val = self.val
-        bar = _progress(cfg.steps, self.step, self.rank == 0)
+        bar = _progress(last, self.step, self.rank == 0)
         logs: dict[str, float] = {}
         if self.step >= last and self.rank == 0:  # a resumed run keeps its --stop-at
             print(f"nothing to train: the run is at step {self.step} and stops at {last} "
@@ -590,7 +593,7 @@ class Trainer:
             if writer and self.step % cfg.log_every == 0:
                 for k, v in logs.items():
                     writer.add_scalar(f"train/{k}", v, self.step)
-                writer.add_scalar("train/lr", self.lr_at(self.step), self.step)
+                writer.add_scalar("train/lr", self.lr_at(self.step - 1), self.step)  # its own
             if val is not None and self.step % cfg.val_every == 0 and self.rank == 0:
                 scores = self.validate(val)
                 for k, v in scores.items():

@@ -367,6 +367,21 @@ def test_a_new_run_does_not_write_over_another(pool, tmp_path, capsys):
     assert (tmp_path / "last.pt").read_bytes() == before
 
 
+def test_a_resumed_run_does_not_write_over_another_either(pool, tmp_path, capsys):
+    assert _tiny_run(pool, tmp_path / "a", "--steps", "2") == 0
+    assert _tiny_run(pool, tmp_path / "b", "--steps", "2", "--seed", "9") == 0
+    before = (tmp_path / "b" / "last.pt").read_bytes()
+    capsys.readouterr()
+    code = main(["--resume", str(tmp_path / "a" / "last.pt"), "--steps", "4",
+                 "--out", str(tmp_path / "b")])
+    assert code == 2
+    assert f"{tmp_path / 'b'} already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "b" / "last.pt").read_bytes() == before
+    # Into a new folder it continues there (a branch of the run).
+    assert main(["--resume", str(tmp_path / "a" / "last.pt"), "--steps", "3",
+                 "--out", str(tmp_path / "c")]) == 0
+
+
 def test_fine_tuning_weights_of_another_architecture_is_one_sentence(pool, tmp_path, capsys):
     assert _tiny_run(pool, tmp_path / "a", "--steps", "1") == 0
     capsys.readouterr()

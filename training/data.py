@@ -108,7 +108,23 @@ def _worker_rng(seed: int, epoch: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, rank, worker])
 
 
-class SyntheticPatches(IterableDataset):
+class _RenderedPatches(IterableDataset):
+    """Endless patches, each drawn by ``raw`` from this worker's own stream."""
+
+    seed: int
+    norm: Normalisation
+
+    def raw(self, rng: np.random.Generator) -> Patch:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = _worker_rng(self.seed)
+        while True:
+            patch = self.raw(rng)
+            yield to_sample(patch.image, patch.height, patch.meta, self.norm)
+
+
+class SyntheticPatches(_RenderedPatches):
     """Endless procedural terrain rendered at the canonical sun (± jitter)."""
 
     def __init__(self, size: int = 128, seed: int = 0, sun: SunRange | None = None,
@@ -129,12 +145,6 @@ class SyntheticPatches(IterableDataset):
         meta = {"source": "synthetic", "pixel_size_m": self.pixel_size_m,
                 "sun_azimuth_deg": azimuth, "sun_elevation_deg": elevation}
         return Patch("synthetic", image, (dem - dem.mean()).astype(np.float32), meta)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rng = _worker_rng(self.seed)
-        while True:
-            patch = self.raw(rng)
-            yield to_sample(patch.image, patch.height, patch.meta, self.norm)
 
 
 @dataclass
@@ -176,7 +186,7 @@ def load_dem_shapes(folder: str | os.PathLike, holdout: bool = True) -> list[Dem
     return shapes
 
 
-class DemShapePatches(IterableDataset):
+class DemShapePatches(_RenderedPatches):
     """Real DEM shapes: random crop, zoom, quarter turn or mirror, relief scale, many suns."""
 
     def __init__(self, shapes: list[DemShape], size: int = 128, seed: int = 0,
@@ -209,12 +219,6 @@ class DemShapePatches(IterableDataset):
         meta = {"source": shape.name, "pixel_size_m": pixel,
                 "sun_azimuth_deg": azimuth, "sun_elevation_deg": elevation}
         return Patch(shape.name, image, dem.astype(np.float32), meta)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rng = _worker_rng(self.seed)
-        while True:
-            patch = self.raw(rng)
-            yield to_sample(patch.image, patch.height, patch.meta, self.norm)
 
 
 def write_pool(sources: Sequence[tuple[SyntheticPatches | DemShapePatches, int]],

@@ -304,10 +304,11 @@ def louth_scenes(folder: Path, seed: int) -> list[Scene]:
     out = folder / "louth"
     out.mkdir(parents=True, exist_ok=True)
     scenes = []
+    top = HOLDOUT_ROWS[name]
     for i, c0 in enumerate((0, 308, 616)):
-        crop = dem[HOLDOUT_ROWS[name]:HOLDOUT_ROWS[name] + 384, c0:c0 + 384].astype(np.float32)
+        crop = dem[top:top + 384, c0:c0 + 384].astype(np.float32)
         sun = (float(rng.uniform(0, 360)), float(rng.uniform(20, 50)))
-        crop_gt = (gt[0] + c0 * gt[1], gt[1], 0.0, gt[3] + 600 * gt[5], 0.0, gt[5])
+        crop_gt = (gt[0] + c0 * gt[1], gt[1], 0.0, gt[3] + top * gt[5], 0.0, gt[5])
         # Polar stereographic map units are some 3 % longer than the ground at 70 N; slopes,
         # the rendering and the engine all take the ground's.
         pixel = ground_pixel_size_m(crop_gt, osr.SpatialReference(wkt=wkt), 384, 384)

@@ -23,7 +23,6 @@ from urllib.parse import unquote, urlsplit
 RESOLUTION_M = {"A": 0.25, "B": 0.5, "C": 1.0}
 
 _OBS = r"(PSP|ESP)_(\d{6})_(\d{4})"
-_OBS_RE = re.compile(rf"^{_OBS}$")
 _PAIR_RE = re.compile(rf"^{_OBS}_{_OBS}$")
 _DTM_RE = re.compile(r"^DTE([EP])([A-Z])_(\d{6})_(\d{4})_(\d{6})_(\d{4})_([A-Z])(\d{2})\.IMG$",
                      re.IGNORECASE)
@@ -94,11 +93,6 @@ class Ortho:
 
 def _observation(phase: str, orbit: str, target: str) -> Observation:
     return Observation(phase.upper(), int(orbit), target)
-
-
-def parse_observation(text: str) -> Observation | None:
-    match = _OBS_RE.match(text)
-    return _observation(*match.groups()) if match else None
 
 
 def parse_pair(text: str) -> Pair | None:

@@ -333,8 +333,8 @@ class Scraper:
 
     def _resume(self, url: str, part: Path, size: int, bar: tqdm) -> None:
         offset = part.stat().st_size if part.exists() else 0
-        if offset > size:
-            part.unlink()
+        if offset > size or not part.exists():  # an empty file is fetched as an empty .part
+            part.write_bytes(b"")
             offset = 0
         if offset < size:
             headers = {"Range": f"bytes={offset}-"} if offset else {}

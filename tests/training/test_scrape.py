@@ -23,7 +23,7 @@ from tests.training.fakesite import (
     dtm_name,
     pair_dir,
 )
-from training.scrape import USER_AGENT, Refused, local_path, main, scrape
+from training.scrape import USER_AGENT, Refused, Scraper, local_path, main, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -236,3 +236,12 @@ def test_a_local_disk_error_is_one_sentence(server: SiteServer, tmp_path: Path,
     assert code == 1
     assert err.splitlines()[-1].startswith(f"error: cannot write under {tmp_path}: ")
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_an_empty_remote_file_is_fetched_as_an_empty_file(server: SiteServer, site: Path,
+                                                          tmp_path: Path) -> None:
+    (site / "PDS" / "empty.LBL").write_bytes(b"")
+    dest = tmp_path / "empty.LBL"
+    scraper = Scraper(options(server, tmp_path))
+    assert scraper.download(server.url + "/PDS/empty.LBL", dest, 0) == "fetched"
+    assert dest.read_bytes() == b"" and not (tmp_path / "empty.LBL.part").exists()

@@ -170,6 +170,10 @@ def has_geotransform(path: str) -> bool:
             return True
 
 
+# A name only GDAL resolves (GTIFF_DIR:2:f.tif, NETCDF:..., /vsizip/...): GDAL says what is wrong.
+_GDAL_NAME = re.compile(r"^(/vsi|[A-Za-z0-9_]{2,}:)")
+
+
 def _open(path: str) -> gdal.Dataset:
     """``path`` is a file or anything else GDAL opens (``/vsizip/...``, ``NETCDF:"f.nc":v``)."""
     try:
@@ -178,7 +182,7 @@ def _open(path: str) -> gdal.Dataset:
         dataset, error = None, exc
     else:
         error = None
-    if dataset is None and not os.path.exists(path):
+    if dataset is None and not os.path.exists(path) and not _GDAL_NAME.match(path):
         raise DtmError(f"The input '{path}' does not exist.")
     if error is not None:
         raise DtmError(f"GDAL cannot read '{Path(path).name}' as a raster: {error}") from error

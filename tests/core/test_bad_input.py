@@ -97,6 +97,9 @@ def test_missing_input_and_model(tmp_path, scene):
     assert_refused(cli(str(tmp_path / "nope.tif"), str(out)), out, "does not exist")
     assert_refused(cli(str(scene), str(out), "--model", str(tmp_path / "nope.onnx")), out,
                    "does not exist")
+    # A name GDAL resolves itself: GDAL's own reason, not "does not exist".
+    assert_refused(cli(f"GTIFF_DIR:3:{scene}", str(out)), out,
+                   "scene.tif: Requested directory 3 not found")
 
 
 def test_corrupt_model(tmp_path, scene):

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -534,7 +535,7 @@ class _Run:
 class _TileStore:
     """Each tile's heights parked in a temporary file between the two passes."""
 
-    def __init__(self, file, tiles: list[Tile]) -> None:
+    def __init__(self, file: BinaryIO, tiles: list[Tile]) -> None:
         self.file = file
         sizes = [t.width * t.height * 4 for t in tiles]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])

@@ -182,7 +182,7 @@ class Generator:
         return out.reshape(x.shape[0], *x.shape[-2:])
 
 
-def _choose_providers(ort, provider: str) -> tuple[list[str], str]:
+def _choose_providers(ort: ModuleType, provider: str) -> tuple[list[str], str]:
     available = ort.get_available_providers()
     if provider not in ("auto", *PROVIDERS):
         raise DtmError(f"Unknown execution provider '{provider}'; use auto, cpu or cuda.")

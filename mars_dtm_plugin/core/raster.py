@@ -69,7 +69,8 @@ class Georeferencing:
 class InputRaster:
     """One band (or the luminance of RGB) of a raster, read in windows with its validity mask."""
 
-    def __init__(self, path: str, band: int | None = None, pixel_size: float | None = None):
+    def __init__(self, path: str, band: int | None = None,
+                 pixel_size: float | None = None) -> None:
         self.path = path
         self.dataset = _open(path)
         self.width = self.dataset.RasterXSize

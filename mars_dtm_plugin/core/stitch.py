@@ -3,12 +3,13 @@
 A monocular model knows heights only relative to its own tile, so neighbouring tiles disagree
 by a constant. Over every overlap we measure the mean difference; the offsets that best agree
 with all of them solve a sparse least-squares problem on the tile graph (a graph Laplacian),
-solved here by conjugate gradients in a few dozen matrix-free iterations.
+solved here by conjugate gradients in tens to hundreds of matrix-free iterations.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +56,7 @@ class OffsetProblem:
         self.weight.append(float(count))
 
     def solve(self, tolerance: float = 1e-20) -> np.ndarray:
-        """Offsets to add to each tile; their weighted mean is zero in each connected part."""
+        """Offsets to add to each tile; their plain mean is zero in each connected part."""
         offsets = np.zeros(self.n_tiles)
         if not self.a:
             return offsets
@@ -81,7 +82,8 @@ def _inside(start: int, end: int) -> tuple[int, int]:
     return start + trim, end - trim
 
 
-def conjugate_gradient(matvec, rhs: np.ndarray, tolerance: float) -> np.ndarray:
+def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
+                       tolerance: float) -> np.ndarray:
     x = np.zeros_like(rhs)
     r = rhs - matvec(x)
     p = r.copy()

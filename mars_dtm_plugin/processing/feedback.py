@@ -10,9 +10,8 @@ from ..core.errors import Caution
 class FeedbackAdapter:
     """Progress, cancel and log callbacks for ``predict_dtm`` that report to Processing."""
 
-    def __init__(self, feedback: QgsProcessingFeedback | None) -> None:
-        # Processing may run an algorithm without feedback (e.g. alg.run(params, context, None)).
-        self.feedback = feedback if feedback is not None else QgsProcessingFeedback()
+    def __init__(self, feedback: QgsProcessingFeedback) -> None:
+        self.feedback = feedback
 
     def progress(self, fraction: float) -> None:
         self.feedback.setProgress(100.0 * min(max(fraction, 0.0), 1.0))

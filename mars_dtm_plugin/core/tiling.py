@@ -35,7 +35,7 @@ def axis_spans(length: int, size: int, overlap: int, margin: int = 0) -> list[tu
     model's view, the raster's edge then has context beyond it (the scene's fill) instead of
     lying on the model's own border, where its zero padding shows."""
     edge = size - margin
-    if length <= size:
+    if length <= edge:  # one tile, with room for context on both sides
         return [(0, length)]
     # As few whole tiles between the two edge tiles as cover the rest, spread evenly.
     inner = max(0, math.ceil((length - 2 * edge + overlap) / (size - overlap)))

@@ -12,7 +12,8 @@ from mars_dtm_plugin.core.tiling import Rotation, Tile, axis_spans, bilinear, ti
 @pytest.mark.parametrize("length, size, overlap, margin",
                          [(1000, 64, 16, 0), (1000, 64, 16, 8), (64, 64, 16, 8), (30, 64, 8, 8),
                           (65, 64, 0, 0), (65, 64, 0, 8), (777, 100, 33, 12), (2048, 256, 96, 32),
-                          (300, 256, 96, 32), (417, 256, 127, 32)])
+                          (300, 256, 96, 32), (417, 256, 127, 32), (250, 256, 96, 32),
+                          (224, 256, 96, 32)])
 def test_axis_spans_cover_the_axis_with_edge_tiles_short_by_the_margin(length, size, overlap,
                                                                       margin):
     spans = axis_spans(length, size, overlap, margin)
@@ -23,7 +24,7 @@ def test_axis_spans_cover_the_axis_with_edge_tiles_short_by_the_margin(length, s
     assert covered.all()
     for (a, width), (b, _) in zip(spans, spans[1:]):
         assert b > a and a + width - b >= overlap  # each overlaps the next enough
-    if length > size:  # the edge tiles leave room in the model's view for context
+    if length > size - margin:  # the edge tiles leave room in the model's view for context
         assert spans[0] == (0, size - margin) and spans[-1] == (length - size + margin,
                                                                 size - margin)
         assert all(width == size for _, width in spans[1:-1])

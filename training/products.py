@@ -155,9 +155,9 @@ def select_products(pair: Pair, names: list[str], scale: str = "C",
     """Choose a pair's DTM and a RED orthoimage at ``scale`` with its label.
 
     Returns the selection, or None and the reason why there is none. Among several DTM
-    versions the highest wins. The ortho is the first observation's, else the second's (pair
-    folders also hold orthos of other observations of the site; they are never taken here);
-    one whose version matches the DTM's is preferred.
+    versions the highest wins. The ortho is one made on that DTM version if there is one,
+    and of those the first observation's, else the second's (pair folders also hold orthos of
+    other observations of the site; they are never taken here).
     """
     products = [p for p in map(parse_product, names) if p is not None]
     dtms = [p for p in products if isinstance(p, Dtm) and dtm_matches_pair(p, pair)]
@@ -169,7 +169,8 @@ def select_products(pair: Pair, names: list[str], scale: str = "C",
     images = [p for p in orthos if p.extension == "JP2"]
     if not images:
         return None, f"no RED_{scale} orthoimage of {pair.first} or {pair.second} listed"
-    ortho = max(images, key=lambda o: (o.observation == pair.first, o.version == dtm.version,
+    # Made on the chosen DTM first: an ortho made on another version may lie off it.
+    ortho = max(images, key=lambda o: (o.version == dtm.version, o.observation == pair.first,
                                        o.version))
     labels = [p for p in orthos if p.extension == "LBL" and p.product_id == ortho.product_id]
     if not labels:

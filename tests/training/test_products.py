@@ -63,6 +63,15 @@ def test_selection_depends_on_meaning_not_listing_order(scale: str, version: int
                                    f"ESP_011384_2185_RED_{scale}_{version:02d}_ORTHO.LBL")
 
 
+def test_an_ortho_made_on_the_chosen_dtm_wins_over_the_first_observation() -> None:
+    pair = parse_pair(PAIR)
+    names = ["DTEEC_011384_2185_011661_2185_A02.IMG",
+             "ESP_011384_2185_RED_C_01_ORTHO.JP2", "ESP_011384_2185_RED_C_01_ORTHO.LBL",
+             "ESP_011661_2185_RED_C_02_ORTHO.JP2", "ESP_011661_2185_RED_C_02_ORTHO.LBL"]
+    selection, _ = select_products(pair, names, "C")
+    assert selection.names[1] == "ESP_011661_2185_RED_C_02_ORTHO.JP2"
+
+
 def test_missing_products_give_a_reason() -> None:
     pair = parse_pair(PAIR)
     assert select_products(pair, LISTING[3:], "C") == (None, f"no DTM of pair {PAIR} listed")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import re
@@ -388,19 +387,26 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None) -> ProductS
     """Sun azimuth (clockwise from north) and elevation from the product: the dataset's
     metadata, else the product metadata file GDAL reads beside Earth imagery, else a PDS
     label; each angle from the first of these that has it."""
-    readers = [("label", lambda: _sun_from_label(path, dataset))]
-    imd_file, imd = "", functools.cache(lambda: _imd_suns(dataset))  # read once, if at all
+    angles: list[float | None] = [None, None]
+    sources, spread = ["", ""], 0.0
+
+    def take(source: str, values: tuple[float | None, float | None]) -> None:
+        for i, value in enumerate(values):
+            if angles[i] is None and value is not None:
+                angles[i], sources[i] = value, source
+
+    # Each source is read only while an angle is missing: a bad value in one not needed
+    # does not stop the run.
     if dataset is not None:
-        imd_file = _metadata_file(dataset)
-        readers[:0] = [("metadata", lambda: _sun_from_metadata(dataset)),
-                       (imd_file, lambda: _mean_sun(*imd()))]
-    angles, sources = [None, None], ["", ""]
-    for source, read in readers:
+        take("metadata", _sun_from_metadata(dataset))
         if None in angles:
-            for i, value in enumerate(read()):
-                if angles[i] is None and value is not None:
-                    angles[i], sources[i] = value, source
-    spread = _azimuth_spread(imd()[0]) if imd_file and sources[0] == imd_file else 0.0
+            azimuths, elevations = _imd_suns(dataset)
+            metadata_file = _metadata_file(dataset)
+            take(metadata_file, _mean_sun(azimuths, elevations))
+            if sources[0] == metadata_file:
+                spread = _azimuth_spread(azimuths)
+    if None in angles:
+        take("label", _sun_from_label(path, dataset))
     return ProductSun(*angles, *sources, spread)
 
 

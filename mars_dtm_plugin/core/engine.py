@@ -495,41 +495,46 @@ class _Run:
         }
 
     def setup_messages(self) -> list[str]:
-        """What the run is about to do: model, provider, tiles, pixel size and sun."""
+        """What the run is about to do: model, provider, tiles, pixel size and sun; and what
+        the user should check (``Caution``)."""
         generator, georef, elevation = self.generator, self.raster.georef, self.sun_elevation
         bands = self.raster.bands
-        return [
-            f"Input: {self.raster.width} x {self.raster.height} px, "
-            + ("luminance of the red, green and blue bands" if len(bands) > 1
-               else f"band {bands[0].GetBand()}"),
-            f"Model: {generator.path.name}, version {self.contract.version}",
-            f"Execution provider: {generator.provider}",
-            *([generator.provider_note] if generator.provider_note else []),
-            f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
-            f"({self.rotation.footprint} px footprint), scene rotated by "
-            f"{self.rotation.degrees:.1f} degrees",
-            *([Caution(f"{self.zero_rim:.0%} of the image's outermost pixels are 0 and it has "
-                       "no nodata value: a black collar is read as black ground; set its nodata "
-                       "(gdal_edit.py -a_nodata 0) if it is one")]
-              if self.zero_rim > 0.5 else []),
-            *([Caution(f"Pixels are {georef.aspect:.2f} times as wide as tall on the ground, "
-                       "which the model takes as square: warp the image to a grid with square "
-                       "pixels there (gdalwarp -t_srs, e.g. UTM, or equirectangular true at the "
-                       "scene's latitude) for slopes and heights at the right scale")]
-              if abs(math.log(georef.aspect)) > math.log(1.05) else []),
-            f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
-            + ("not used" if self.sun_azimuth is None
-               else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"),
-            *([f"Sun elevation: {elevation:.1f} degrees"] if elevation is not None else []),
-            *([Caution(f"The product's {self.sun_source} gives the sun of several images up "
-                       f"to {self._product_sun.azimuth_spread:.0f} degrees of azimuth from "
-                       "their mean, which is used; give the sun of the image run here")]
-              if self.sun_source not in ("user", "not needed")
-              and self._product_sun.azimuth_spread > SUN_SPREAD_DEG else []),
-            *([Caution(f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees assumed; "
-                       "give it for heights at the right scale")]
-              if elevation is None and self.contract.input_scaling == "mean_ratio" else []),
-        ]
+        said = [f"Input: {self.raster.width} x {self.raster.height} px, "
+                + ("luminance of the red, green and blue bands" if len(bands) > 1
+                   else f"band {bands[0].GetBand()}"),
+                f"Model: {generator.path.name}, version {self.contract.version}",
+                f"Execution provider: {generator.provider}"]
+        if generator.provider_note:
+            said.append(generator.provider_note)
+        said.append(f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
+                    f"({self.rotation.footprint} px footprint), scene rotated by "
+                    f"{self.rotation.degrees:.1f} degrees")
+        if self.zero_rim > 0.5:
+            said.append(Caution(
+                f"{self.zero_rim:.0%} of the image's outermost pixels are 0 and it has no "
+                "nodata value: a black collar is read as black ground; set its nodata "
+                "(gdal_edit.py -a_nodata 0) if it is one"))
+        if abs(math.log(georef.aspect)) > math.log(1.05):
+            said.append(Caution(
+                f"Pixels are {georef.aspect:.2f} times as wide as tall on the ground, which the "
+                "model takes as square: warp the image to a grid with square pixels there "
+                "(gdalwarp -t_srs, e.g. UTM, or equirectangular true at the scene's latitude) "
+                "for slopes and heights at the right scale"))
+        said.append(f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
+                    + ("not used" if self.sun_azimuth is None
+                       else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"))
+        if elevation is not None:
+            said.append(f"Sun elevation: {elevation:.1f} degrees")
+        if (self.sun_source not in ("user", "not needed")
+                and self._product_sun.azimuth_spread > SUN_SPREAD_DEG):
+            said.append(Caution(
+                f"The product's {self.sun_source} gives the sun of several images up to "
+                f"{self._product_sun.azimuth_spread:.0f} degrees of azimuth from their mean, "
+                "which is used; give the sun of the image run here"))
+        if elevation is None and self.contract.input_scaling == "mean_ratio":
+            said.append(Caution(f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees "
+                                "assumed; give it for heights at the right scale"))
+        return said
 
 
 class _TileStore:

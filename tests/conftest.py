@@ -20,3 +20,11 @@ if (BUILT / "mars_dtm_plugin").is_dir():
     assert Path(sys.modules["mars_dtm_plugin"].__file__).is_relative_to(BUILT)
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
+# Where a subprocess finds the plugin the tests import (its working folder comes first on its
+# path, so a run from the repository root would take the source tree instead).
+PLUGIN_HOME = BUILT if (BUILT / "mars_dtm_plugin").is_dir() else ROOT
+
+
+def plugin_env() -> dict[str, str]:
+    """The environment for a subprocess started in ``PLUGIN_HOME``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGIN_HOME), str(ROOT)])}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -162,24 +163,38 @@ class DtmWriter:
             leftover.unlink(missing_ok=True)
 
 
+# Errors GDAL raises while closing a file, per thread that is closing one (see below).
+_closing: dict[int, list[str]] = {}
+_hook_lock = threading.Lock()
+_other_hook = sys.unraisablehook
+
+
+def _collect_closing_error(unraisable: sys.UnraisableHookArgs) -> None:
+    errors = _closing.get(threading.get_ident())
+    if errors is not None and isinstance(unraisable.exc_value, RuntimeError) and \
+            getattr(unraisable.object, "__name__", "") == "delete_Dataset":
+        errors.append(str(unraisable.exc_value))
+    else:
+        _other_hook(unraisable)
+
+
 @contextmanager
 def _closing_errors() -> Iterator[list[str]]:
-    """GDAL's errors from closing a file inside the block. A file is closed by its dataset's
-    destructor, which cannot raise: Python would print them as "Exception ignored"."""
+    """GDAL's errors from closing a file in this thread inside the block. A file is closed by
+    its dataset's destructor, which cannot raise: Python would print them as "Exception
+    ignored". The hook stays installed (concurrent runs come and go); it takes only a GDAL
+    dataset's errors on a thread inside this block, and passes on everything else."""
+    global _other_hook
+    with _hook_lock:
+        if sys.unraisablehook is not _collect_closing_error:
+            _other_hook = sys.unraisablehook
+            sys.unraisablehook = _collect_closing_error
     errors: list[str] = []
-    previous = sys.unraisablehook
-
-    def collect(unraisable: sys.UnraisableHookArgs) -> None:
-        if isinstance(unraisable.exc_value, RuntimeError):
-            errors.append(str(unraisable.exc_value))
-        else:
-            previous(unraisable)
-
-    sys.unraisablehook = collect
+    _closing[threading.get_ident()] = errors
     try:
         yield errors
     finally:
-        sys.unraisablehook = previous
+        del _closing[threading.get_ident()]
 
 
 def _overview_levels(dataset: gdal.Dataset) -> list[int]:

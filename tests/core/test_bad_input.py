@@ -18,10 +18,10 @@ from osgeo import gdal, osr
 from mars_dtm_plugin.core.contract import REQUIRED_KEYS
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import DtmError
+from tests.conftest import PLUGIN_HOME, plugin_env
 from tests.models import contract_for_tests, write_test_model
 from tests.rasters import ramp, write_raster
 
-ROOT = Path(__file__).resolve().parents[2]
 GT = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
@@ -36,9 +36,9 @@ def model(tmp_path):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = plugin_env()
     return subprocess.run([sys.executable, "-m", "mars_dtm_plugin", "predict", *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+                          capture_output=True, text=True, env=env, cwd=PLUGIN_HOME, timeout=120)
 
 
 def assert_refused(result: subprocess.CompletedProcess, output: Path, words: str) -> None:
@@ -218,10 +218,10 @@ def test_disk_full_mid_run_leaves_nothing(tmp_path, model):
     noisy = np.random.default_rng(1).integers(0, 255, (1500, 1500)).astype(np.uint8)
     source = write_raster(tmp_path / "big.tif", noisy, GT)
     out = tmp_path / "out.tif"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = plugin_env()
     result = subprocess.run([sys.executable, "-c", DISK_FULL, "predict", str(source), str(out),
                              "--model", str(model)], capture_output=True, text=True, env=env,
-                            cwd=ROOT, timeout=300)
+                            cwd=PLUGIN_HOME, timeout=300)
     assert result.returncode == 1, result.stderr
     assert "error:" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "model.onnx"]
@@ -253,7 +253,7 @@ except DtmError as exc:
 @pytest.mark.parametrize("short_by", [64, 5000])
 def test_disk_full_while_closing_the_output_leaves_nothing(tmp_path, short_by):
     """GDAL writes the last blocks and the directory on closing and cannot raise there."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = plugin_env()
 
     def write(path: Path, limit: int) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", CLOSE_UNDER_LIMIT, str(path), str(limit)],
@@ -339,7 +339,7 @@ def test_without_onnxruntime_the_command_says_how_to_install_it_in_its_python(tm
     blocked = ("import sys; sys.modules['onnxruntime'] = None; "
                "from mars_dtm_plugin.cli import main; sys.exit(main(sys.argv[1:]))")
     out = tmp_path / "out.tif"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the built plugin first
+    env = plugin_env()
     result = subprocess.run([sys.executable, "-c", blocked, "predict", str(scene), str(out),
                              "--sun-azimuth", "270"], capture_output=True, text=True, env=env,
                             cwd=tmp_path, timeout=120)
@@ -434,13 +434,13 @@ def test_sigterm_cancels_like_ctrl_c_and_nohup_is_respected(tmp_path, model, sen
     source = write_raster(tmp_path / "big.tif", (ramp(5000, 5000) % 200).astype(np.uint8), GT)
     out = tmp_path / "out" / "dtm.tif"
     out.parent.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = plugin_env()
     # As nohup starts a program: SIGHUP ignored, which the run must leave as it is.
     ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None
     run = subprocess.Popen([sys.executable, "-m", "mars_dtm_plugin", "predict", str(source),
                             str(out), "--model", str(model)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                           cwd=ROOT, preexec_fn=ignore)
+                           cwd=PLUGIN_HOME, preexec_fn=ignore)
     deadline = time.monotonic() + 120
     while not any(out.parent.iterdir()) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # until the run writes its partial output
@@ -465,7 +465,7 @@ def test_an_onnxruntime_that_fails_to_load_is_not_called_missing(tmp_path, scene
     out = tmp_path / "out.tif"
     result = subprocess.run([sys.executable, "-m", "mars_dtm_plugin", "predict", str(scene),
                              str(out), "--model", str(model)],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+                            capture_output=True, text=True, env=env, cwd=PLUGIN_HOME, timeout=120)
     assert_refused(result, out, "installed but does not load (numpy.core.multiarray")
 
 

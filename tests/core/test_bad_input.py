@@ -269,6 +269,63 @@ def test_disk_full_while_closing_the_output_leaves_nothing(tmp_path, short_by):
     assert list(folder.iterdir()) == []
 
 
+INTERLEAVED_CLOSES = """
+import resource, signal, sys, threading
+import numpy as np
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+from osgeo import gdal
+gdal.UseExceptions()
+from mars_dtm_plugin.core.writer import _closing_errors
+
+a_inside, b_inside, a_out = threading.Event(), threading.Event(), threading.Event()
+errors = {}
+
+def run_a():  # a run that closes its file well, and is done first
+    with _closing_errors() as errors["a"]:
+        a_inside.set()
+        b_inside.wait()
+    a_out.set()
+
+def run_b():  # a run whose file fails as it closes, after run a is done
+    a_inside.wait()
+    with _closing_errors() as errors["b"]:
+        b_inside.set()
+        a_out.wait()
+        ds = gdal.GetDriverByName("GTiff").Create(f"{sys.argv[1]}/b.tif", 400, 400, 1,
+                                                  gdal.GDT_Float32)
+        try:
+            ds.GetRasterBand(1).WriteArray(np.ones((400, 400), np.float32))
+        except RuntimeError:
+            pass
+        ds = None
+
+runs = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+for t in runs:
+    t.start()
+for t in runs:
+    t.join()
+print(len(errors["a"]), len(errors["b"]) > 0)
+
+class Unrelated:
+    def __del__(self):
+        raise ValueError("not a closing error")
+
+Unrelated()  # still reported as Python reports it
+"""
+
+
+def test_closing_errors_stay_with_their_run(tmp_path):
+    # Runs in a QGIS batch close their files at once: a file that fails to close is its own
+    # run's error, whichever run started or ended first.
+    result = subprocess.run([sys.executable, "-c", INTERLEAVED_CLOSES, str(tmp_path)],
+                            capture_output=True, text=True, env=plugin_env(),
+                            cwd=PLUGIN_HOME, timeout=120)
+    assert result.stdout.split() == ["0", "True"], result.stderr
+    assert "Exception ignored" in result.stderr and "not a closing error" in result.stderr
+    assert "delete_Dataset" not in result.stderr
+
+
 def test_a_model_with_a_fixed_batch_gets_full_batches(tmp_path):
     image = np.random.default_rng(3).integers(1, 255, (64, 150)).astype(np.uint8)
     source = write_raster(tmp_path / "scene.tif", image, GT)  # 3 tiles: a short last batch

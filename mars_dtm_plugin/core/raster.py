@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+from xml.etree import ElementTree
 
 import numpy as np
 from osgeo import gdal, osr
@@ -144,20 +145,43 @@ class InputRaster:
 
     def files_read(self) -> list[str]:
         """Every file the raster is read from: a VRT's sources, theirs in turn, a label's image."""
-        files, pending = [], list(self.dataset.GetFileList() or [])
+        files: dict[str, None] = {}  # an ordered set
+        pending = list(self.dataset.GetFileList() or [])
         while pending:
-            path = pending.pop(0)
-            if path in files:
-                continue
-            files.append(path)
-            if path.lower().endswith(".vrt") and path != self.path:
-                with contextlib.suppress(RuntimeError, AttributeError):  # the run will say
-                    pending += gdal.Open(path).GetFileList() or []
-        return files
+            path = pending.pop()
+            if path not in files:
+                files[path] = None
+                pending += _vrt_sources(path)
+        return list(files)
 
     def close(self) -> None:
         self.bands = []
         self.dataset = None
+
+
+def _vrt_sources(path: str) -> list[str]:
+    """The sources a VRT file names, whatever its extension; a source only GDAL resolves
+    (``GTIFF_DIR:1:f.tif``) as the files it opens. Nothing for other files."""
+    with contextlib.suppress(RuntimeError):
+        driver = gdal.IdentifyDriver(path)
+        if driver is None or driver.ShortName != "VRT":
+            return []
+    try:
+        names = [element for element in ElementTree.parse(path).iter()
+                 if element.tag in ("SourceFilename", "SourceDataset")]
+    except (OSError, ElementTree.ParseError):
+        return []  # the run itself will say what is wrong with it
+    sources = []
+    for element in names:
+        name = element.text or ""
+        if element.get("relativeToVRT") == "1":
+            name = os.path.join(os.path.dirname(path), name)
+        if os.path.exists(name):
+            sources.append(name)
+        else:
+            with contextlib.suppress(RuntimeError, AttributeError):
+                sources += gdal.OpenEx(name).GetFileList() or []
+    return sources
 
 
 def has_geotransform(path: str) -> bool:

@@ -140,9 +140,16 @@ def test_output_that_the_input_is_read_from(tmp_path, scene, model):
     assert scene.read_bytes() == before
     outer = tmp_path / "outer.vrt"
     gdal.BuildVRT(str(outer), [str(vrt)])  # reads scene.vrt, which reads scene.tif
-    result = cli(str(outer), str(scene), "--model", str(model))
-    assert result.returncode != 0 and "which the input is read from" in result.stderr
-    assert scene.read_bytes() == before
+    inner_xml = tmp_path / "inner.xml"  # a VRT under another extension
+    inner_xml.write_text(vrt.read_text())
+    of_xml = tmp_path / "of_xml.vrt"
+    gdal.BuildVRT(str(of_xml), [str(inner_xml)])
+    by_name = tmp_path / "by_name.vrt"  # a source only GDAL resolves
+    gdal.BuildVRT(str(by_name), [f"GTIFF_DIR:1:{scene}"])
+    for source in (outer, of_xml, by_name):
+        result = cli(str(source), str(scene), "--model", str(model))
+        assert result.returncode != 0 and "which the input is read from" in result.stderr
+        assert scene.read_bytes() == before
     link = tmp_path / "link.tif"
     link.symlink_to(scene)  # the same file under another name
     result = cli(str(link), str(scene), "--model", str(model))

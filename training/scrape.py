@@ -88,7 +88,9 @@ class Http:
     """urllib with a cap on concurrent requests, a polite delay and retries with backoff."""
 
     def __init__(self, workers: int = 4, delay: float = 0.5, retries: int = 4,
-                 backoff: float = 1.0, timeout: float = 60.0) -> None:
+                 backoff: float = 1.0, timeout: float = 60.0,
+                 stopping: threading.Event | None = None) -> None:
+        self.stopping = stopping or threading.Event()  # set: no new request, no more waiting
         self.slots = threading.BoundedSemaphore(workers)
         self.delay, self.retries, self.backoff, self.timeout = delay, retries, backoff, timeout
         self._lock = threading.Lock()
@@ -99,7 +101,7 @@ class Http:
         with self._lock:
             pause = self._next_start - time.monotonic()
             if pause > 0:
-                time.sleep(pause)
+                self.stopping.wait(pause)
             self._next_start = time.monotonic() + self.delay
 
     def request(self, url: str, method: str = "GET", headers: dict | None = None,
@@ -109,6 +111,8 @@ class Http:
                                      headers={"User-Agent": USER_AGENT, **(headers or {})})
         with self.slots:
             self._wait_turn()
+            if self.stopping.is_set():
+                raise Stopped("the crawl is stopping")
             with self._opener.open(req, timeout=self.timeout) as response:
                 return consume(response)
 
@@ -120,7 +124,7 @@ class Http:
                 if not is_transient(error) or attempt == self.retries:
                     raise
                 log.debug("retrying after %s", error)
-                time.sleep(self.backoff * 2 ** attempt)
+                self.stopping.wait(self.backoff * 2 ** attempt)
         raise AssertionError("unreachable")
 
 
@@ -215,12 +219,12 @@ class Scraper:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.base_url = options.base_url.rstrip("/") + "/"
+        self.stopping = threading.Event()
         self.http = Http(options.workers, options.delay, options.retries, options.backoff,
-                         options.timeout)
+                         options.timeout, self.stopping)
         self.refused: list[str] = []
         self.unlisted: list[str] = []
         self.pairs_done: Callable[[int], object] = lambda n: None
-        self.stopping = threading.Event()
 
     def listing(self, url: str) -> list[Link]:
         body = self.http.retrying(lambda: self.http.request(url))
@@ -287,6 +291,8 @@ class Scraper:
                 record["reason"] = "; ".join(missing)
         except Exception as error:
             record.update(status="incomplete", reason=f"{type(error).__name__}: {error}")
+        if self.stopping.is_set():  # cut short: the rerun writes what it finds
+            return record
         if record["status"] != "complete":
             log.warning("pair %s: %s", pair, record["reason"])
         write_json(folder / "pair.json", record)
@@ -298,8 +304,6 @@ class Scraper:
                  "path": link.name, "size": None, "status": "failed", "action": "failed",
                  "error": None}
         try:
-            if self.stopping.is_set():
-                raise Stopped("the crawl is stopping")
             dest = local_path(folder, [link.name])
             entry["size"] = self.http.retrying(lambda: self.remote_size(link.url))
             entry["action"] = self.download(link.url, dest, entry["size"])

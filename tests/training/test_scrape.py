@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +24,16 @@ from tests.training.fakesite import (
     dtm_name,
     pair_dir,
 )
-from training.scrape import USER_AGENT, Refused, Scraper, local_path, main, scrape
+from training.scrape import (
+    USER_AGENT,
+    Http,
+    Refused,
+    Scraper,
+    Stopped,
+    local_path,
+    main,
+    scrape,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -219,6 +229,7 @@ def test_ctrl_c_stops_every_download_at_once_and_the_rerun_resumes(
     assert err.splitlines()[-1] == ("error: interrupted; what was fetched is kept (a file cut "
                                     "short as .part), and the same command resumes.")
     assert not (tmp_path / "manifest.json").exists()
+    assert not (part.parent / "pair.json").exists()  # a pair cut short is recorded by the rerun
     kept = part.stat().st_size
     full = (site / DTM_A.lstrip("/")).read_bytes()
     assert 0 < kept < len(full)
@@ -245,3 +256,15 @@ def test_an_empty_remote_file_is_fetched_as_an_empty_file(server: SiteServer, si
     scraper = Scraper(options(server, tmp_path))
     assert scraper.download(server.url + "/PDS/empty.LBL", dest, 0) == "fetched"
     assert dest.read_bytes() == b"" and not (tmp_path / "empty.LBL.part").exists()
+
+
+def test_a_stopping_crawl_starts_no_request_and_does_not_wait(server: SiteServer) -> None:
+    stopping = threading.Event()
+    http = Http(workers=1, delay=30.0, retries=3, backoff=30.0, stopping=stopping)
+    http.request(server.url + DTM_ROOT)  # the next may start only 30 s later
+    stopping.set()
+    started = time.monotonic()
+    with pytest.raises(Stopped):
+        http.retrying(lambda: http.request(server.url + DTM_ROOT))
+    assert time.monotonic() - started < 5
+    assert len(server.requests) == 1

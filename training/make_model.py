@@ -112,8 +112,11 @@ def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
             raise RuntimeError(f"export of {checkpoint} failed")
     bundle.parent.mkdir(parents=True, exist_ok=True)
     partial = bundle.with_name(bundle.name + ".part")  # an interrupted copy is no model
-    shutil.copyfile(work / "onnx" / f"{shipped}.onnx", partial)
-    os.replace(partial, bundle)
+    try:
+        shutil.copyfile(work / "onnx" / f"{shipped}.onnx", partial)
+        os.replace(partial, bundle)
+    finally:  # nothing half-copied left in the plugin's folder, to be zipped with it
+        partial.unlink(missing_ok=True)
     print(f"bundled model: {bundle}")
 
 

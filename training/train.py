@@ -238,8 +238,7 @@ def _out_of_range(cfg: TrainConfig) -> str:
             return f"--{name.replace('_', '-')} must be above 0, not {getattr(cfg, name)}"
     if cfg.mean_jitter >= 1:
         return f"--mean-jitter must be below 1 (a mean scaled by 1 - it), not {cfg.mean_jitter}"
-    low, high = [*cfg.percentiles, math.nan, math.nan][:2]
-    if len(cfg.percentiles) != 2 or not 0 <= low < high <= 100:
+    if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:
         return (f"--percentiles must be two percentiles, low then high, between 0 and 100, "
                 f"not {cfg.percentiles}")
     if cfg.input_scaling not in INPUT_SCALINGS:

@@ -480,9 +480,10 @@ class _Run:
 
     def provenance(self) -> dict[str, str]:
         """What the DTM was made with, kept in its file (gdalinfo, QGIS's layer properties)."""
-        elevation = ("not used" if self.contract.input_scaling != "mean_ratio" else
-                     f"{self._sun_elevation_used:.1f}"
-                     + (" (assumed)" if self.sun_elevation is None else ""))
+        source = ("assumed" if self.sun_elevation is None else "user"
+                  if self.options.sun_elevation is not None else self._product_sun.elevation_from)
+        elevation = ("not used" if self.contract.input_scaling != "mean_ratio"
+                     else f"{self._sun_elevation_used:.1f} ({source})")
         return {
             "MARSDTM_MODEL": f"{self.generator.path.name}, version {self.contract.version}",
             "MARSDTM_SUN_AZIMUTH": ("not used" if self.sun_azimuth is None

@@ -60,10 +60,9 @@ def band(heights: np.ndarray, fine: float, coarse: float) -> np.ndarray:
 def predict(source: Path, out: Path, model: str, overlap: int | None,
             crop: int = 0) -> np.ndarray:
     if crop:
-        cropped = out.with_name(f"crop{crop}.vrt")
-        gdal.Translate(str(cropped), str(source), format="VRT", srcWin=[
-            crop, crop, gdal.Open(str(source)).RasterXSize - crop,
-            gdal.Open(str(source)).RasterYSize - crop])
+        image, cropped = gdal.Open(str(source)), out.with_name(f"crop{crop}.vrt")
+        gdal.Translate(str(cropped), image, format="VRT",
+                       srcWin=[crop, crop, image.RasterXSize - crop, image.RasterYSize - crop])
         source = cropped
     predict_dtm(str(source), str(out), PredictOptions(
         model_path=model, overlap_px=overlap, sun_azimuth=270.0, sun_elevation=40.0))

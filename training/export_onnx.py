@@ -58,7 +58,8 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
                          f"{', '.join(sorted(missing))})")
     gen_cfg = state["generator_config"]
     model = Generator(GeneratorConfig(tuple(gen_cfg["channels"]),
-                                      bool(gen_cfg.get("shading_prior", False))))
+                                      bool(gen_cfg.get("shading_prior", False)),
+                                      int(gen_cfg.get("prior_window", 0))))
     model.load_state_dict(state["generator"])
     steps = state["step"] + state.get("prior_steps", 0)  # a fine-tune counts its start's too
     return model.eval(), {**complete_config(state["config"]), "trained_steps": int(steps)}
@@ -92,7 +93,8 @@ def build_contract(config: dict, model: Generator, version: str, training_data: 
             "marsdtm:size_multiple": model.size_multiple,
             "marsdtm:gflop_per_tile": round(conv_flops(model, tile, tile) / 1e9, 3),
             "marsdtm:architecture": {"name": "unet", "channels": list(model.config.channels),
-                                     "shading_prior": model.config.shading_prior},
+                                     "shading_prior": model.config.shading_prior,
+                                     "prior_window": model.config.prior_window},
             "marsdtm:training_steps": int(config.get("trained_steps", config["steps"])),
             "marsdtm:adversarial": bool(config["gan"]),
         },

@@ -28,10 +28,16 @@ class GeneratorConfig:
     """Feature channels per level; one stride-2 downsampling between levels."""
     shading_prior: bool = False
     """Also give the network the image integrated along the sun (see ``shading_integral``)."""
+    prior_window: int = 0
+    """Odd width in px of the running mean taken off the integrated shading; 0: the row's mean
+    over the tile (0.4.0 and before), which makes a pixel's prior depend on where its tile
+    starts."""
 
 
-def shading_integral(image: torch.Tensor) -> torch.Tensor:
-    """Each row's running sum from the sun's side, minus the row's mean.
+def shading_integral(image: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """Each row's running sum from the sun's side, minus the row's mean (``window`` 0) or
+    minus its running mean over ``window`` px (edge values repeated beyond the tile), which
+    depends only on the image within ``window // 2`` px away from the tile's edges.
 
     With ``mean_ratio`` input and the sun from the image's left (azimuth 270), an input pixel
     is the linearised slope along its row, rising away from the sun (ground that faces the sun
@@ -40,7 +46,11 @@ def shading_integral(image: torch.Tensor) -> torch.Tensor:
     field cannot integrate by itself. Across the sun it knows nothing; the network does the rest.
     """
     profile = torch.cumsum(image, dim=-1)
-    return profile - profile.mean(dim=-1, keepdim=True)
+    if not window:
+        return profile - profile.mean(dim=-1, keepdim=True)
+    half = window // 2
+    padded = F.pad(profile, (half, half, 0, 0), mode="replicate")
+    return profile - F.avg_pool2d(padded, (1, 2 * half + 1), stride=1)
 
 
 def _conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -76,7 +86,8 @@ class Generator(nn.Module):
         self.prior_gain = nn.Parameter(torch.zeros(())) if self.config.shading_prior else None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        prior = shading_integral(image) if self.config.shading_prior else None
+        prior = (shading_integral(image, self.config.prior_window)
+                 if self.config.shading_prior else None)
         if prior is not None:
             image = torch.cat([image, prior * PRIOR_INPUT_SCALE], dim=1)
         skips = [self.stem(image)]

@@ -64,6 +64,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     channels: list[int] = field(default_factory=lambda: list(GeneratorConfig().channels))
     shading_prior: bool = True
+    prior_window: int = 0
     l1: float = 1.0
     gradient: float = 5.0
     scale_invariant: float = 0.0
@@ -108,6 +109,8 @@ HELP = {
     "weight_decay": "AdamW weight decay",
     "channels": "U-Net channels per level, e.g. 8,16,32,64,96,128",
     "shading_prior": "also feed the image integrated along the sun (use with mean_ratio)",
+    "prior_window": "odd width in px of the running mean taken off the shading prior; 0: the "
+                    "tile row's mean, which ties the prior to where the tile starts",
     "l1": "weight of L1 on mean-removed heights (pixel units)",
     "gradient": "weight of L1 on height gradients (slopes)",
     "scale_invariant": "weight of the scale-aligned L1 term",
@@ -157,14 +160,15 @@ AT_LEAST = {"batch_size": 1, "steps": 1, "threads": 1, "d_channels": 1,
             "log_every": 1, "val_every": 1, "val_batches": 1, "checkpoint_every": 1,
             "workers": 0, "histogram_bins": 0, "stop_at": 0, "seed": 0, "weight_decay": 0,
             "l1": 0, "gradient": 0, "scale_invariant": 0, "distribution": 0, "adversarial": 0,
-            "max_minutes": 0, "azimuth_jitter": 0, "mean_jitter": 0, "channels": 1}
+            "max_minutes": 0, "azimuth_jitter": 0, "mean_jitter": 0, "channels": 1,
+            "prior_window": 0}
 POSITIVE = ("lr", "d_lr", "norm_std")
 # What a configuration saved before these options existed was trained with (their defaults
 # then; today's are the bundled network's).
 BEFORE_THE_OPTION = {"shading_prior": False, "input_scaling": "percentile"}
 # What a run started from another's weights (--init-from) must share with it.
-ARCHITECTURE = ("channels", "shading_prior", "input_scaling", "norm_mean", "norm_std",
-                "percentiles", "canonical_azimuth")
+ARCHITECTURE = ("channels", "shading_prior", "prior_window", "input_scaling", "norm_mean",
+                "norm_std", "percentiles", "canonical_azimuth")
 _KINDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
           "list[int]": "a list of integers", "list[float]": "a list of numbers"}
 
@@ -241,6 +245,8 @@ def _out_of_range(cfg: TrainConfig) -> str:
     if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:
         return (f"--percentiles must be two percentiles, low then high, between 0 and 100, "
                 f"not {cfg.percentiles}")
+    if cfg.prior_window % 2 == 0 and cfg.prior_window:
+        return f"--prior-window must be 0 or an odd number of pixels, not {cfg.prior_window}"
     if cfg.input_scaling not in INPUT_SCALINGS:
         return (f"--input-scaling must be one of {', '.join(INPUT_SCALINGS)}, "
                 f"not {cfg.input_scaling!r}")
@@ -376,7 +382,7 @@ class Trainer:
         self.device = _device(self.rank)
         torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        config = GeneratorConfig(tuple(cfg.channels), cfg.shading_prior)
+        config = GeneratorConfig(tuple(cfg.channels), cfg.shading_prior, cfg.prior_window)
         self.generator = Generator(config).to(self.device)
         self.weights = LossWeights(cfg.l1, cfg.gradient, cfg.scale_invariant,
                                    cfg.adversarial if cfg.gan else 0.0, cfg.histogram_bins,

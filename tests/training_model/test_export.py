@@ -18,7 +18,7 @@ def exported(pool, tmp_path_factory):
     cfg = TrainConfig(data=str(pool), out=str(out), patch_size=64, batch_size=4, steps=2,
                       channels=[4, 8, 16], threads=1, checkpoint_every=1000,
                       input_scaling="mean_ratio", norm_mean=0.0, norm_std=0.3,
-                      shading_prior=True)
+                      shading_prior=True, prior_window=15)  # the recipe's model has 0
     trainer = Trainer(cfg)
     trainer.fit()
     checkpoint = trainer.save()
@@ -37,6 +37,7 @@ def test_exported_model_passes_the_engine_contract(exported):
     assert contract.input_scaling == "mean_ratio"
     assert contract.standardization_std == [0.3]
     assert contract.extra["marsdtm:architecture"]["shading_prior"] is True
+    assert contract.extra["marsdtm:architecture"]["prior_window"] == 15
     assert [i.name for i in model.graph.input] == ["image"]
     assert [o.name for o in model.graph.output] == ["height"]
     assert model.opset_import[0].version == 17

@@ -22,6 +22,18 @@ def test_shading_integral_recovers_a_profile_from_its_slopes():
     np.testing.assert_allclose(got, np.tile(expected, (3, 1)), atol=1e-9)
 
 
+def test_a_prior_with_a_running_mean_does_not_depend_on_where_the_tile_starts():
+    image = torch.randn(1, 1, 4, 300, dtype=torch.float64)
+    whole = shading_integral(image, window=31)
+    shifted = shading_integral(image[..., 40:], window=31)
+    # Away from both tiles' edges (15 px), the same pixel gets the same prior.
+    np.testing.assert_allclose(whole[..., 55:285].numpy(), shifted[..., 15:245].numpy(),
+                               atol=1e-9)
+    # The tile row's mean (window 0) shifts with the tile's start.
+    assert not np.allclose(shading_integral(image)[..., 55:285].numpy(),
+                           shading_integral(image[..., 40:])[..., 15:245].numpy(), atol=1e-3)
+
+
 def test_generator_with_the_prior_starts_as_a_plain_unet_and_keeps_its_shape():
     torch.manual_seed(0)
     model = Generator(GeneratorConfig(channels=(4, 8, 16), shading_prior=True)).eval()

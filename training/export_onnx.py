@@ -57,9 +57,8 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
         raise ValueError(f"{checkpoint} is not a checkpoint of training.train (it lacks "
                          f"{', '.join(sorted(missing))})")
     gen_cfg = state["generator_config"]
-    model = Generator(GeneratorConfig(tuple(gen_cfg["channels"]),
-                                      bool(gen_cfg.get("shading_prior", False)),
-                                      int(gen_cfg.get("prior_window", 0))))
+    # Fields a checkpoint predates take their defaults, which are how it was trained.
+    model = Generator(GeneratorConfig(**{**gen_cfg, "channels": tuple(gen_cfg["channels"])}))
     model.load_state_dict(state["generator"])
     steps = state["step"] + state.get("prior_steps", 0)  # a fine-tune counts its start's too
     return model.eval(), {**complete_config(state["config"]), "trained_steps": int(steps)}

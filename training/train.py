@@ -245,7 +245,7 @@ def _out_of_range(cfg: TrainConfig) -> str:
     if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:
         return (f"--percentiles must be two percentiles, low then high, between 0 and 100, "
                 f"not {cfg.percentiles}")
-    if cfg.prior_window % 2 == 0 and cfg.prior_window:
+    if cfg.prior_window and cfg.prior_window % 2 == 0:
         return f"--prior-window must be 0 or an odd number of pixels, not {cfg.prior_window}"
     if cfg.input_scaling not in INPUT_SCALINGS:
         return (f"--input-scaling must be one of {', '.join(INPUT_SCALINGS)}, "

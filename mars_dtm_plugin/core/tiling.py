@@ -37,12 +37,13 @@ def axis_spans(length: int, size: int, overlap: int, margin: int = 0) -> list[tu
     edge = size - margin
     if length <= edge:  # one tile, with room for context on both sides
         return [(0, length)]
-    # As few whole tiles between the two edge tiles as cover the rest, spread evenly.
+    # As few whole tiles between the two edge tiles as cover the rest, each pair of neighbours
+    # overlapping alike: the slack is shared by every gap, so no two tiles nearly coincide.
     inner = max(0, math.ceil((length - 2 * edge + overlap) / (size - overlap)))
-    first, last = edge - overlap, length - edge + overlap - size
-    starts = np.linspace(first, last, inner) if inner > 1 else [(first + last) / 2] * inner
-    # Floored: spread no wider than size - overlap apart, as the ceiling above ensures.
-    return [(0, edge), *((int(start), size) for start in starts), (length - edge, edge)]
+    shared = (2 * edge + inner * size - length) / (inner + 1)  # >= overlap, by the ceiling
+    starts = (edge - shared + i * (size - shared) for i in range(inner))
+    # Rounded: neighbours' starts then differ by at most the integer size - overlap.
+    return [(0, edge), *((round(start), size) for start in starts), (length - edge, edge)]
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,19 @@ from mars_dtm_plugin.core.tiling import Rotation, Tile, axis_spans, bilinear, ti
                          [(1000, 64, 16, 0), (1000, 64, 16, 8), (64, 64, 16, 8), (30, 64, 8, 8),
                           (65, 64, 0, 0), (65, 64, 0, 8), (777, 100, 33, 12), (2048, 256, 96, 32),
                           (300, 256, 96, 32), (417, 256, 127, 32), (250, 256, 96, 32),
-                          (224, 256, 96, 32)])
-def test_axis_spans_cover_the_axis_with_edge_tiles_short_by_the_margin(length, size, overlap,
-                                                                      margin):
+                          (224, 256, 96, 32), (545, 256, 96, 32), (1000, 64, 16, 20)])
+def test_axis_spans_cover_the_axis_evenly_with_edge_tiles_short_by_the_margin(length, size,
+                                                                             overlap, margin):
     spans = axis_spans(length, size, overlap, margin)
     covered = np.zeros(length, bool)
     for start, width in spans:
         assert start >= 0 and start + width <= length
         covered[start : start + width] = True
     assert covered.all()
-    for (a, width), (b, _) in zip(spans, spans[1:]):
-        assert b > a and a + width - b >= overlap  # each overlaps the next enough
+    overlaps = [a + width - b for (a, width), (b, _) in zip(spans, spans[1:])]
+    assert all(b > a for (a, _), (b, _) in zip(spans, spans[1:]))
+    assert min(overlaps, default=overlap) >= overlap  # each overlaps the next enough
+    assert max(overlaps, default=0) - min(overlaps, default=0) <= 1  # and all alike
     if length > size - margin:  # the edge tiles leave room in the model's view for context
         assert spans[0] == (0, size - margin) and spans[-1] == (length - size + margin,
                                                                 size - margin)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 import sys
 import threading
 import uuid
@@ -55,6 +57,33 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+def _partial_prefix(path: Path) -> str:
+    # The host in the name: a folder shared over the network may hold another machine's runs.
+    return f".{path.name}.partial-{socket.gethostname()}-"
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Delete what a killed run (out of memory, SIGKILL) left beside ``path``: partial files
+    of this host's processes that no longer run. Others' are left alone."""
+    if os.name != "posix":  # no safe probe for a process there; os.kill(pid, 0) would end it
+        return
+    prefix = _partial_prefix(path)
+    for leftover in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = leftover.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
 class DtmWriter:
     """Writes rows of heights; only ``finish()`` makes the file appear under its final name."""
 
@@ -63,9 +92,10 @@ class DtmWriter:
                  gcps: tuple[gdal.GCP, ...] = (), gcp_wkt: str = "",
                  metadata: dict[str, str] | None = None) -> None:
         self.path = Path(path)
+        _remove_stale_partials(self.path)
         # Unique per run, not per process: a QGIS batch runs several in one process.
         self.partial = self.path.with_name(
-            f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}.tif")
+            f"{_partial_prefix(self.path)}{os.getpid()}-{uuid.uuid4().hex[:8]}.tif")
         self.dataset, self.band, self.overviews = None, None, []
         try:
             driver = gdal.GetDriverByName("GTiff")

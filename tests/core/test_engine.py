@@ -400,6 +400,26 @@ def test_two_runs_to_one_output_at_once_do_not_mix(tmp_path):
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="processes are probed only on POSIX")
+def test_a_killed_runs_partial_file_is_removed_by_the_next_run(tmp_path):
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that has ended: its partial is stale
+    host = socket.gethostname()
+    stale = [tmp_path / f".dtm.tif.partial-{host}-{gone.pid}-0123abcd.tif{tail}"
+             for tail in ("", ".aux.xml")]
+    kept = [tmp_path / f".dtm.tif.partial-{host}-{os.getpid()}-0123abcd.tif",  # running
+            tmp_path / f".dtm.tif.partial-{host}x-{gone.pid}-0123abcd.tif",  # another host's
+            tmp_path / f".other.tif.partial-{host}-{gone.pid}-0123abcd.tif"]  # another output's
+    for path in stale + kept:
+        path.write_bytes(b"partial")
+    predict(tmp_path, ramp(64, 64))
+    assert not any(path.exists() for path in stale)
+    assert all(path.read_bytes() == b"partial" for path in kept)
+
+
 def test_runs_share_a_loaded_model_until_its_file_changes(tmp_path):
     from mars_dtm_plugin.core.model import shared_generator
 

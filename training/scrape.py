@@ -333,6 +333,7 @@ class Scraper:
                   disable=not self.options.progress) as bar:
             self.http.retrying(lambda: self._resume(url, part, size, bar))
         os.replace(part, dest)
+        _validator(part).unlink(missing_ok=True)
         return "fetched"
 
     def _resume(self, url: str, part: Path, size: int, bar: tqdm) -> None:
@@ -342,6 +343,8 @@ class Scraper:
             offset = 0
         if offset < size:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
+            if offset and _validator(part).exists():  # the rest only if the file is unchanged
+                headers["If-Range"] = _validator(part).read_text()
             self.http.request(url, headers=headers,
                               consume=lambda r: self._append(r, part, offset, bar))
         if part.stat().st_size != size:
@@ -353,6 +356,8 @@ class Scraper:
         if ranged and not response.headers.get("Content-Range", "").startswith(
                 f"bytes {offset}-"):
             raise ShortRead(f"server answered a different range for {part.name}")
+        if not ranged:  # from the start (an If-Range that failed, too): remember which file
+            _remember_validator(response, part)
         bar.reset(bar.total)
         bar.update(offset if ranged else 0)
         with open(part, "ab" if ranged else "wb") as handle:
@@ -361,6 +366,22 @@ class Scraper:
                     raise Stopped("the crawl is stopping")
                 handle.write(chunk)
                 bar.update(len(chunk))
+
+
+def _validator(part: Path) -> Path:
+    """Where the ETag or Last-Modified of the file a ``.part`` holds the start of is kept."""
+    return part.with_name(part.name + ".validator")
+
+
+def _remember_validator(response: http.client.HTTPResponse, part: Path) -> None:
+    etag = response.headers.get("ETag", "")
+    # A weak ETag may not go in If-Range (RFC 9110, 13.1.5); a date may.
+    value = etag if etag and not etag.startswith("W/") else response.headers.get(
+        "Last-Modified", "")
+    if value:
+        _validator(part).write_text(value)
+    else:  # nothing to check a later resume against: it appends, as without If-Range
+        _validator(part).unlink(missing_ok=True)
 
 
 def pair_outcome(record: dict) -> str:

@@ -7,6 +7,7 @@ import html
 import math
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -227,7 +228,8 @@ class SiteServer:
     """Serves ``root`` on 127.0.0.1 and records every request.
 
     ``cuts[url_path]`` is a list of byte counts: each GET of that path takes the next one and
-    drops the connection after sending that many bytes. ``slow[url_path]`` sends that file
+    drops the connection after sending that many bytes. Files carry an ETag, and a Range
+    with an If-Range of another ETag gets the whole file. ``slow[url_path]`` sends that file
     1 kB at a time, that many seconds apart. ``extra_links[url_path]`` adds raw hrefs to a
     listing; ``redirects[url_path]`` answers with a 302 to that location.
     """
@@ -294,6 +296,7 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
             path = unquote(urlsplit(self.path).path)
             site.requests.append({"method": self.command, "path": path,
                                   "range": self.headers.get("Range"),
+                                  "if_range": self.headers.get("If-Range"),
                                   "agent": self.headers.get("User-Agent")})
             local = (site.root / path.lstrip("/")).resolve()
             if path in site.redirects:
@@ -309,12 +312,16 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
                 self._send_file(path, local.read_bytes(), body)
 
         def _send_file(self, path: str, data: bytes, body: bool) -> None:
-            start = int(self.headers.get("Range", "bytes=0-")[6:].split("-")[0])
-            if self.headers.get("Range"):
+            etag = f'"{zlib.crc32(data):08x}"'
+            ranged = self.headers.get("Range") is not None and self.headers.get(
+                "If-Range", etag) == etag  # a changed file comes whole, as Apache sends it
+            start = int(self.headers["Range"][6:].split("-")[0]) if ranged else 0
+            if ranged:
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             else:
                 self.send_response(200)
+            self.send_header("ETag", etag)
             part = data[start:]
             self.send_header("Content-Length", str(len(part)))
             self.end_headers()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,26 @@ def test_interrupted_download_resumes_on_rerun(server: SiteServer, site: Path,
     assert [r["range"] for r in server.gets(dtm_name(PAIR_A))] == ["bytes=5000-"]
     assert local.read_bytes() == (site / DTM_A.lstrip("/")).read_bytes()
     assert not local.with_name(local.name + ".part").exists()
+
+
+def test_a_file_changed_on_the_server_since_the_cut_is_fetched_whole(
+        server: SiteServer, site: Path, tmp_path: Path) -> None:
+    server.cuts[DTM_A] = [5000]
+    scrape(options(server, tmp_path, retries=0))
+    remote = site / DTM_A.lstrip("/")
+    original = remote.read_bytes()
+    changed = bytes(255 - b for b in original)  # the same size: only the ETag tells
+    remote.write_bytes(changed)
+    try:
+        server.reset()
+        assert scrape(options(server, tmp_path)).failed == 0
+    finally:
+        remote.write_bytes(original)  # the site is the session's
+    (get,) = server.gets(dtm_name(PAIR_A))
+    assert get["range"] == "bytes=5000-" and get["if_range"] == f'"{zlib.crc32(original):08x}"'
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    assert local.read_bytes() == changed
+    assert not list(local.parent.glob(local.name + ".*"))  # no .part, no .part.validator
 
 
 def test_dropped_connections_are_retried_from_where_they_broke(

@@ -28,13 +28,22 @@ DEFAULT_RECIPE = Path(__file__).parent / "configs" / "quick.json"
 BUNDLED = ROOT / "mars_dtm_plugin" / "models" / "mars_dtm_generator.onnx"
 DEM_SHAPES = ROOT.parent / "shared" / "data" / "dem_shapes"
 STAGES = ("data", "train", "export", "evaluate")
+# What a recipe must say; every other option has a default.
+REQUIRED = {"work": (), "version": (), "seed": (), "train": (), "ablation": ("stop_at",),
+            "pool": ("size", "synthetic", "dem_shapes", "val_each", "synthetic_relief")}
 
 
 def load_recipe(path: str | Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        recipe = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read the recipe {path}: {exc}") from exc
+    missing = [section for section in REQUIRED if section not in recipe]
+    missing += [f"{section}.{key}" for section, keys in REQUIRED.items() for key in keys
+                if section in recipe and key not in recipe[section]]
+    if missing:
+        raise ValueError(f"the recipe {path} lacks {', '.join(missing)}")
+    return recipe
 
 
 def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
@@ -157,10 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     try:
         recipe = load_recipe(args.recipe)
-        missing = [k for k in ("work", "version", "seed", "pool", "train", "ablation")
-                   if k not in recipe]
-        if missing:
-            raise ValueError(f"the recipe {args.recipe} lacks {', '.join(missing)}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -172,10 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {stage}", flush=True)
         try:
             functions[stage](recipe, work, Path(args.bundle))
-        except KeyError as exc:
-            print(f"error: the recipe {args.recipe} lacks the key {exc} ({stage} stage)",
-                  file=sys.stderr)
-            return 2
         except (RuntimeError, OSError) as exc:
             print(f"error: the {stage} stage stopped: {exc}", file=sys.stderr)
             return 1

@@ -4,6 +4,7 @@ BUILD := build/$(PLUGIN)
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 ZIP := dist/$(PLUGIN)-$(VERSION).zip
 PY := .venv/bin/python
+ZIP_PY ?= python3
 export QT_QPA_PLATFORM := offscreen
 
 .PHONY: venv venv-train build zip test lint demo model bench bench-training clean
@@ -24,13 +25,14 @@ build:
 
 # The installable plugin zip: exactly $(BUILD) (package, metadata, icons, licence, bundled
 # model), nothing from training/ or tests/. ALLOW_NO_MODEL=1 zips without the model (tests).
-zip: venv build
+# Any Python 3 zips it: no development environment is needed.
+zip: build
 	@test -f $(BUILD)/models/mars_dtm_generator.onnx || [ "$(ALLOW_NO_MODEL)" = 1 ] || \
 		{ echo "missing $(PLUGIN)/models/mars_dtm_generator.onnx: run make model" >&2; exit 1; }
 	mkdir -p $(dir $(ZIP))
 	rm -f $(ZIP)
-	cd $(dir $(BUILD)) && $(CURDIR)/$(PY) -m zipfile -c $(abspath $(ZIP)) $(PLUGIN)
-	@! $(PY) -m zipfile -l $(ZIP) | grep -E '/(training|tests|__pycache__)/' || \
+	cd $(dir $(BUILD)) && $(ZIP_PY) -m zipfile -c $(abspath $(ZIP)) $(PLUGIN)
+	@! $(ZIP_PY) -m zipfile -l $(ZIP) | grep -E '/(training|tests|__pycache__)/' || \
 		{ echo "$(ZIP) holds files that must not ship" >&2; rm -f $(ZIP); exit 1; }
 	@echo "built $(ZIP)"
 

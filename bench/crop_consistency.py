@@ -2,19 +2,20 @@
 
     python -m bench.crop_consistency [--model M.onnx] [--shift PX] [--overlap PX]
 
-Mosaics the 24 real HiRISE tiles of ``../shared/data/hirise_tiles`` (6 x 4 tiles of 512 px,
-placed at 1 m; sun 270 degrees, elevation 40), trimmed so that the engine's tiles fall a whole
-stride (the tile less the overlap) apart, predicts it once as it is and once cropped by
-``--shift`` pixels at the top and left, and compares the two DTMs where both have them, more
-than 300 px from every edge. A pixel's height should not depend on how the scene was cropped;
-each line gives, for one band of scales (what a Gaussian of the smaller width keeps and one of
-the larger smooths away), the correlation of the two DTMs there. A shift of one stride lays the
-grid onto itself: that line is the control, near 1.
+Mosaics the 24 real HiRISE tiles of the real-data folder's ``hirise_tiles`` (docs/data.md; 6 x 4
+tiles of 512 px, placed at 1 m; sun 270 degrees, elevation 40), trimmed so that the engine's tiles
+fall a whole stride (the tile less the overlap) apart, predicts it once as it is and once cropped
+by ``--shift`` pixels at the top and left, and compares the two DTMs where both have them, more
+than 300 px from every edge. A pixel's height should not depend on how the scene was cropped; each
+line gives, for one band of scales (what a Gaussian of the smaller width keeps and one of the
+larger smooths away), the correlation of the two DTMs there. A shift of one stride lays the grid
+onto itself: that line is the control, near 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from mars_dtm_plugin.core.model import Generator
 from mars_dtm_plugin.core.tiling import axis_spans
 from tests.rasters import write_raster
 
-TILES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hirise_tiles"
+DATA_DIR = os.environ.get("MARSDTM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+TILES = Path(DATA_DIR) / "hirise_tiles"
 BANDS_PX = ((1, 4), (4, 16), (16, 64), (64, 256))
 BORDER_PX = 300
 

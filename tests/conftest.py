@@ -10,7 +10,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "build"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MARSDTM_DATA") or ROOT.parent / "shared" / "data")
 
 if (BUILT / "mars_dtm_plugin").is_dir():
     sys.path.insert(0, str(BUILT))

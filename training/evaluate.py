@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -44,7 +45,8 @@ import numpy as np
 from training.shards import UnreadableShard, read_shard
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# The real DEM shapes and test sets (docs/data.md, "Real data for evaluation").
+DATA_DIR = Path(os.environ.get("MARSDTM_DATA") or ROOT.parent / "shared" / "data")
 HIRISE_ASSUMED_SUN = (270.0, 40.0)
 BASELINES = ("flat", "sfs")
 TILT_SUFFIX = "+true scene tilt"
@@ -393,8 +395,8 @@ def _shard_scenes(shard: Path, workdir: Path) -> Iterator[Scene]:
 
 def set_source(set_name: str) -> Path | None:
     """Where a test set's real data is read from; None for the generated synthetic set."""
-    return {"louth": SHARED / "dem_shapes", "karoo": SHARED / "karoo_quickbird",
-            "gale": SHARED / "gale_hirise", "hirise": SHARED / "hirise_tiles"}.get(set_name)
+    return {"louth": DATA_DIR / "dem_shapes", "karoo": DATA_DIR / "karoo_quickbird",
+            "gale": DATA_DIR / "gale_hirise", "hirise": DATA_DIR / "hirise_tiles"}.get(set_name)
 
 
 TEST_SETS: dict[str, Callable[[Path, int], list[Scene]]] = {

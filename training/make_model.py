@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 
 from training.data import DemShapePatches, SunRange, SyntheticPatches, load_dem_shapes, write_pool
+from training.evaluate import DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = Path(__file__).parent / "configs" / "quick.json"
 BUNDLED = ROOT / "mars_dtm_plugin" / "models" / "mars_dtm_generator.onnx"
-DEM_SHAPES = ROOT.parent / "shared" / "data" / "dem_shapes"
+DEM_SHAPES = DATA_DIR / "dem_shapes"
 STAGES = ("data", "train", "export", "evaluate")
 # What a recipe must say; every other option has a default.
 REQUIRED = {"work": (), "version": (), "seed": (), "train": (), "ablation": ("stop_at",),

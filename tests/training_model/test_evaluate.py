@@ -206,7 +206,7 @@ def test_evaluation_runs_models_through_the_engine_and_writes_a_report(tmp_path)
 def test_every_set_skipped_names_its_folder_and_fails(tmp_path, capsys, monkeypatch):
     from training import evaluate
 
-    monkeypatch.setattr(evaluate, "SHARED", tmp_path / "shared")  # as on a fresh clone
+    monkeypatch.setattr(evaluate, "DATA_DIR", tmp_path / "shared")  # as on a fresh clone
     model = write_test_model(tmp_path / "m.onnx")  # never run: there is nothing to run it on
     code = main(["--model", str(model), "--data", str(tmp_path / "d"), "--out",
                  str(tmp_path / "eval"), "--sets", "gale,hirise"])

@@ -18,7 +18,7 @@ def exported(pool, tmp_path_factory):
     cfg = TrainConfig(data=str(pool), out=str(out), patch_size=64, batch_size=4, steps=2,
                       channels=[4, 8, 16], threads=1, checkpoint_every=1000,
                       input_scaling="mean_ratio", norm_mean=0.0, norm_std=0.3,
-                      shading_prior=True, prior_window=15)  # the recipe's model has 0
+                      shading_prior=True, prior_window=15)  # a window, as the recipe has (127)
     trainer = Trainer(cfg)
     trainer.fit()
     checkpoint = trainer.save()

@@ -45,7 +45,7 @@ import numpy as np
 from training.shards import UnreadableShard, read_shard
 
 ROOT = Path(__file__).resolve().parents[1]
-# The real DEM shapes and test sets (docs/data.md, "Real data for evaluation").
+# The real DEM shapes and test sets (docs/data.md, "Real data for evaluation (and the DEM shapes)").
 DATA_DIR = Path(os.environ.get("MARSDTM_DATA") or ROOT.parent / "shared" / "data")
 HIRISE_ASSUMED_SUN = (270.0, 40.0)
 BASELINES = ("flat", "sfs")

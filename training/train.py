@@ -64,7 +64,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     channels: list[int] = field(default_factory=lambda: list(GeneratorConfig().channels))
     shading_prior: bool = True
-    prior_window: int = 0
+    prior_window: int = 127
     l1: float = 1.0
     gradient: float = 5.0
     scale_invariant: float = 0.0
@@ -110,7 +110,8 @@ HELP = {
     "channels": "U-Net channels per level, e.g. 8,16,32,64,96,128",
     "shading_prior": "also feed the image integrated along the sun (use with mean_ratio)",
     "prior_window": "odd width in px of the running mean taken off the shading prior; 0: the "
-                    "tile row's mean, which ties the prior to where the tile starts",
+                    "tile row's mean (0.4.0 and before), which ties the prior to where the tile "
+                    "starts",
     "l1": "weight of L1 on mean-removed heights (pixel units)",
     "gradient": "weight of L1 on height gradients (slopes)",
     "scale_invariant": "weight of the scale-aligned L1 term",
@@ -165,7 +166,7 @@ AT_LEAST = {"batch_size": 1, "steps": 1, "threads": 1, "d_channels": 1,
 POSITIVE = ("lr", "d_lr", "norm_std")
 # What a configuration saved before these options existed was trained with (their defaults
 # then; today's are the bundled network's).
-BEFORE_THE_OPTION = {"shading_prior": False, "input_scaling": "percentile"}
+BEFORE_THE_OPTION = {"shading_prior": False, "input_scaling": "percentile", "prior_window": 0}
 # What a run started from another's weights (--init-from) must share with it.
 ARCHITECTURE = ("channels", "shading_prior", "prior_window", "input_scaling", "norm_mean",
                 "norm_std", "percentiles", "canonical_azimuth")

@@ -250,10 +250,10 @@ def test_a_run_saved_before_an_option_existed_keeps_what_it_was_trained_with(poo
     run = tmp_path / "run"
     assert _tiny_run(pool, run, "--steps", "2", "--input-scaling", "percentile",
                      "--norm-mean", "0.5", "--norm-std", "0.25", "--shading-prior",
-                     "false") == 0
-    _strip_saved(run, "input_scaling", "shading_prior")
+                     "false", "--prior-window", "0") == 0
+    _strip_saved(run, "input_scaling", "shading_prior", "prior_window")
     cfg = parse_args(["--resume", str(run / "last.pt")])
-    assert (cfg.input_scaling, cfg.shading_prior) == ("percentile", False)
+    assert (cfg.input_scaling, cfg.shading_prior, cfg.prior_window) == ("percentile", False, 0)
     code = _tiny_run(pool, tmp_path / "tuned", "--steps", "2", "--norm-mean", "0.5",
                      "--norm-std", "0.25", "--init-from", str(run / "last.pt"))
     assert code == 2

@@ -168,8 +168,12 @@ class _Run:
 
     @cached_property
     def _product_sun(self) -> ProductSun:
-        """Sun azimuth and elevation from the product's metadata or label, read once."""
-        return sun_from_product(self.raster.path, self.raster.dataset)
+        """The angles the run needs and was not given, from the product's metadata or label,
+        read once."""
+        wanted = (self.options.sun_azimuth is None and self.contract.sun_mode != "none",
+                  self.options.sun_elevation is None
+                  and self.contract.input_scaling == "mean_ratio")
+        return sun_from_product(self.raster.path, self.raster.dataset, wanted)
 
     def _sun_elevation(self) -> float | None:
         given = self.options.sun_elevation

@@ -407,39 +407,45 @@ class ProductSun(NamedTuple):
     """How far from their mean the azimuths lie, for a product of several images."""
 
 
-def sun_from_product(path: str, dataset: gdal.Dataset | None = None) -> ProductSun:
+def sun_from_product(path: str, dataset: gdal.Dataset | None = None,
+                     wanted: tuple[bool, bool] = (True, True)) -> ProductSun:
     """Sun azimuth (clockwise from north) and elevation from the product: the dataset's
     metadata, else the product metadata file GDAL reads beside Earth imagery, else a PDS
-    label; each angle from the first of these that has it."""
+    label; each ``wanted`` angle from the first of these that has it."""
     angles: list[float | None] = [None, None]
+    missing = list(wanted)
     sources, spread = ["", ""], 0.0
 
     def take(source: str, values: tuple[float | None, float | None]) -> None:
         for i, value in enumerate(values):
-            if angles[i] is None and value is not None:
-                angles[i], sources[i] = value, source
+            if missing[i] and value is not None:
+                angles[i], sources[i], missing[i] = value, source, False
 
-    # Each source is read only while an angle is missing: a bad value in one not needed
-    # does not stop the run.
+    # Each source is read only for the angles still missing: a bad value that is not needed
+    # (an angle the user gave, or one found in an earlier source) does not stop the run.
     if dataset is not None:
-        take("metadata", _sun_from_metadata(dataset))
-        if None in angles:
-            azimuths, elevations = _imd_suns(dataset)
+        take("metadata", _sun_from_metadata(dataset, missing))
+        if any(missing):
+            azimuths, elevations = _imd_suns(dataset, missing)
             metadata_file = _metadata_file(dataset)
             take(metadata_file, _mean_sun(azimuths, elevations))
             if sources[0] == metadata_file:
                 spread = _azimuth_spread(azimuths)
-    if None in angles:
+    if any(missing):
         take("label", _sun_from_label(path, dataset))
     return ProductSun(*angles, *sources, spread)
 
 
-def _sun_from_metadata(dataset: gdal.Dataset) -> tuple[float | None, float | None]:
+def _sun_from_metadata(dataset: gdal.Dataset, wanted: list[bool]
+                       ) -> tuple[float | None, float | None]:
     """``SUN_AZIMUTH``/``SUN_ELEVATION``, or NITF's USE00A ``SUN_AZ``/``SUN_EL``."""
     meta = {k.upper(): v for k, v in (dataset.GetMetadata() or {}).items()}
-    angles = []
-    for key, nitf in (("SUN_AZIMUTH", "NITF_USE00A_SUN_AZ"),
-                      ("SUN_ELEVATION", "NITF_USE00A_SUN_EL")):
+    angles: list[float | None] = []
+    for key, nitf, want in (("SUN_AZIMUTH", "NITF_USE00A_SUN_AZ", wanted[0]),
+                            ("SUN_ELEVATION", "NITF_USE00A_SUN_EL", wanted[1])):
+        if not want:
+            angles.append(None)
+            continue
         value = _number(meta, key)
         if value is None and (value := _number(meta, nitf)) == _NITF_UNKNOWN:
             value = None
@@ -447,14 +453,14 @@ def _sun_from_metadata(dataset: gdal.Dataset) -> tuple[float | None, float | Non
     return angles[0], angles[1]
 
 
-def _imd_suns(dataset: gdal.Dataset) -> tuple[list[float], list[float]]:
-    """Every sun azimuth and elevation in GDAL's IMD domain (Maxar, Landsat and other Earth
-    products' sidecar files): one per image or point of the product."""
+def _imd_suns(dataset: gdal.Dataset, wanted: list[bool]) -> tuple[list[float], list[float]]:
+    """Every ``wanted`` sun azimuth and elevation in GDAL's IMD domain (Maxar, Landsat and
+    other Earth products' sidecar files): one per image or point of the product."""
     values: tuple[list[float], list[float]] = ([], [])
     imd = dataset.GetMetadata("IMD") or {}
     for key in imd:
         name = re.sub(r"[^a-z]", "", key.rsplit(".", 1)[-1].rsplit(":", 1)[-1].lower())
-        if name in _IMD_SUN_KEYS:
+        if name in _IMD_SUN_KEYS and wanted[_IMD_SUN_KEYS[name]]:
             values[_IMD_SUN_KEYS[name]].append(_number(imd, key))
     return values
 

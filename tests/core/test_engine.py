@@ -282,6 +282,19 @@ def test_a_model_that_needs_no_sun_does_not_read_it(tmp_path):
             sun_azimuth=270))
 
 
+def test_a_bad_sun_angle_the_user_gave_instead_does_not_stop_the_run(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT,
+                          metadata={"SUN_AZIMUTH": "west", "SUN_ELEVATION": "30"})
+    model = write_test_model(tmp_path / "m.onnx", input_scaling="mean_ratio",
+                             sun_mode="rotate", sun_azimuth=270.0)
+    report = predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                         PredictOptions(model_path=str(model), sun_azimuth=270))
+    assert (report.sun_azimuth, report.sun_source, report.sun_elevation) == (270, "user", 30)
+    with pytest.raises(DtmError, match="SUN_AZIMUTH is not a number"):  # when it is needed
+        predict_dtm(str(source), str(tmp_path / "dtm2.tif"), PredictOptions(
+            model_path=str(model), sun_elevation=30))
+
+
 def test_rerun_drops_statistics_and_overviews_cached_for_the_old_output(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT)
     model = write_test_model(tmp_path / "m.onnx")

@@ -15,7 +15,6 @@ onto itself: that line is the control, near 1.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
@@ -32,9 +31,9 @@ from mars_dtm_plugin.core.engine import (
 from mars_dtm_plugin.core.model import Generator
 from mars_dtm_plugin.core.tiling import axis_spans
 from tests.rasters import write_raster
+from training.evaluate import DATA_DIR
 
-DATA_DIR = os.environ.get("MARSDTM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-TILES = Path(DATA_DIR) / "hirise_tiles"
+TILES = DATA_DIR / "hirise_tiles"
 BANDS_PX = ((1, 4), (4, 16), (16, 64), (64, 256))
 BORDER_PX = 300
 

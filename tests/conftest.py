@@ -10,7 +10,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "build"
-SHARED_DATA = Path(os.environ.get("MARSDTM_DATA") or ROOT.parent / "shared" / "data")
 
 if (BUILT / "mars_dtm_plugin").is_dir():
     sys.path.insert(0, str(BUILT))
@@ -20,6 +19,10 @@ if (BUILT / "mars_dtm_plugin").is_dir():
     assert Path(sys.modules["mars_dtm_plugin"].__file__).is_relative_to(BUILT)
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
+
+from training.evaluate import DATA_DIR  # noqa: E402  (after the paths above)
+
+SHARED_DATA = DATA_DIR  # the real-data folder (docs/data.md)
 # Where a subprocess finds the plugin the tests import (its working folder comes first on its
 # path, so a run from the repository root would take the source tree instead).
 PLUGIN_HOME = BUILT if (BUILT / "mars_dtm_plugin").is_dir() else ROOT

@@ -180,9 +180,7 @@ class _Run:
         if given is not None and not 0 < given < 90:  # a label's is checked where it is used
             raise DtmError(f"The sun elevation (given) must be above 0 and below 90 degrees, "
                            f"not {given}.")
-        if given is not None or self.contract.input_scaling != "mean_ratio":
-            return given  # a model that does not use the product's elevation leaves it unread
-        return self._product_sun.elevation
+        return given if given is not None else self._product_sun.elevation
 
     def _rotation_degrees(self) -> float:
         if self.contract.sun_mode != "rotate" or self.sun_azimuth is None:

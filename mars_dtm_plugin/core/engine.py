@@ -56,6 +56,8 @@ class PredictOptions:
     """auto, cpu or cuda."""
     pixel_size: float | None = None
     """Metres per pixel, for rasters without georeferencing."""
+    crs_wkt: str | None = None
+    """The input's CRS in place of its file's: a QGIS layer may carry one its file lacks."""
     batch_size: int | None = None
     """Tiles per model call; None: about half a megapixel (32 tiles of 128 px)."""
     threads: int | None = None
@@ -89,7 +91,7 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     started = time.perf_counter()
     input_path, output_path = str(input_path), str(output_path)
     with gdal_exceptions():
-        raster = InputRaster(input_path, options.band, options.pixel_size)
+        raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt)
         try:
             check_output_path(input_path, output_path, raster.files_read())
             generator = shared_generator(options.model_path or default_model_path(),

@@ -70,13 +70,13 @@ class InputRaster:
     """One band (or the luminance of RGB) of a raster, read in windows with its validity mask."""
 
     def __init__(self, path: str, band: int | None = None,
-                 pixel_size: float | None = None) -> None:
+                 pixel_size: float | None = None, crs_wkt: str | None = None) -> None:
         self.path = path
         self.dataset = _open(path)
         self.width = self.dataset.RasterXSize
         self.height = self.dataset.RasterYSize
         self.bands, self.weights = _select_bands(self.dataset, band)
-        self.georef = _georeferencing(self.dataset, pixel_size, path)
+        self.georef = _georeferencing(self.dataset, pixel_size, path, crs_wkt)
 
     def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Values (float32) and validity of a window; outside the raster, 0 and invalid."""
@@ -240,13 +240,13 @@ def _select_bands(dataset: gdal.Dataset, band: int | None) -> tuple[list, tuple[
     return [dataset.GetRasterBand(band)], (1.0,)
 
 
-def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None,
-                    path: str) -> Georeferencing:
+def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None, path: str,
+                    crs_wkt: str | None = None) -> Georeferencing:
     geotransform = dataset.GetGeoTransform(can_return_null=True)
     if geotransform is not None and gdal.InvGeoTransform(geotransform) is None:
         raise DtmError("The input's geotransform is degenerate (its pixels have no size); "
                        "fix its georeferencing or remove it and give the pixel size.")
-    wkt = dataset.GetProjection() or ""
+    wkt = crs_wkt or dataset.GetProjection() or ""
     srs = osr.SpatialReference()
     if wkt:
         srs.ImportFromWkt(wkt)

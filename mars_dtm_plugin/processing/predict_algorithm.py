@@ -8,6 +8,7 @@ from typing import Any
 
 from qgis.core import (
     NULL,
+    QgsCoordinateReferenceSystem,
     QgsMapLayer,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -205,7 +206,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(missing)
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
         options = self._options(parameters, context)
-        input_path = self._input_path(parameters, context, options.pixel_size is not None)
+        input_path, options.crs_wkt = self._input(parameters, context,
+                                                  options.pixel_size is not None)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         report = self._run_engine(input_path, output, options, FeedbackAdapter(feedback))
         # The engine has logged provider (and why not a GPU), tiles, sun, heights and output.
@@ -216,9 +218,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                 DtmStyler.create(output, report.height_min, report.height_max))
         return {self.OUTPUT: output}
 
-    def _input_path(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                    pixel_size_given: bool) -> str:
-        """The file behind INPUT, after the checks QGIS can make better than the engine."""
+    def _input(self, parameters: dict[str, Any], context: QgsProcessingContext,
+               pixel_size_given: bool) -> tuple[str, str | None]:
+        """The file behind INPUT, after the checks QGIS can make better than the engine, and
+        the layer's CRS where it is not the file's (set in QGIS, or given to a file without)."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
@@ -229,14 +232,17 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         # The GDAL dataset name, as /vsizip/..., GPKG:file:table or NETCDF:"file":variable;
         # QGIS may append its own "|option" parts.
         source = layer.source().split("|")[0]
+        crs = layer.crs()
+        # The DTM lies where QGIS shows the image: in the layer's CRS.
+        crs_wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL) \
+            if crs.isValid() and crs != layer.dataProvider().crs() else None
         if pixel_size_given:  # the engine then needs no georeferencing
-            return source
-        # The engine reads the file, so the file itself must be georeferenced.
-        if not layer.dataProvider().crs().isValid():
+            return source, crs_wkt
+        if not crs.isValid():
             raise QgsProcessingException(tr(
-                "The input image '{0}' has no coordinate reference system; give its pixel "
-                "size in metres (the DTM then has none either), or georeference it first "
-                "(Raster > Projections > Assign Projection, or the Georeferencer)."
+                "The input image '{0}' has no coordinate reference system; set the layer's "
+                "(Layer Properties > Source), or give its pixel size in metres (the DTM then "
+                "has none either)."
             ).format(layer.name()))
         if not has_geotransform(source):
             raise QgsProcessingException(tr(
@@ -244,7 +250,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                 "alone do not place it); warp it onto a grid first (Raster > Projections > "
                 "Warp, or the Georeferencer), or give its pixel size in metres."
             ).format(layer.name()))
-        return source
+        return source, crs_wkt
 
     def _options(self, parameters: dict[str, Any],
                  context: QgsProcessingContext) -> PredictOptions:

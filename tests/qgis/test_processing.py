@@ -10,6 +10,7 @@ import processing
 import pytest
 from qgis.core import (
     QgsApplication,
+    QgsCoordinateReferenceSystem,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -100,6 +101,25 @@ def test_run_gives_a_dtm_on_the_input_grid(provider, identity_model, image_facto
     assert "CPUExecutionProvider" in log and "Tiles:" in log and str(output) in log
     assert not warnings  # Auto without a GPU is no cause for a warning
     assert "Finished in" in log and "progress 100" in log
+
+
+def test_a_crs_set_on_the_layer_is_the_dtms(provider, identity_model, image_factory, tmp_path):
+    image = image_factory("no_crs.tif", wkt=None)  # a grid (as from a world file), no CRS
+    layer = QgsRasterLayer(str(image), "no crs")
+    assert layer.isValid() and not layer.crs().isValid()
+    crs = QgsCoordinateReferenceSystem.fromWkt(MARS_EQC_WKT)
+    layer.setCrs(crs)
+    output = tmp_path / "dtm.tif"
+
+    run({"INPUT": layer, "MODEL": str(identity_model), "OUTPUT": str(output)})
+
+    heights, geotransform, wkt, _ = read_raster(output)
+    source, _, source_wkt, _ = read_raster(image)
+    assert same_crs(wkt, MARS_EQC_WKT) and geotransform == pytest.approx(GEOTRANSFORM)
+    assert source_wkt == ""  # the input file is left as it was
+    # Heights in ground pixels measured in the layer's CRS, not in map units.
+    expected = expected_identity_heights(source, GROUND_PIXEL_M)
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
 
 
 def test_what_to_check_in_the_input_is_a_warning(provider, identity_model, tmp_path):

@@ -30,6 +30,7 @@ from training.shards import Patch, ShardWriter, read_shard
 # Rows of a DEM shape kept out of training because the evaluation renders its test set there.
 HOLDOUT_ROWS = {"mars_louth_crater_ice_mound_hirise.tif": 600}
 EARTH_DEG_M = 111_320.0
+EARTH_RADIUS_M = 6_378_137.0
 
 
 @dataclass(frozen=True)
@@ -154,11 +155,15 @@ class DemShape:
     pixel_size_m: float
 
 
-def pixel_size_metres(geotransform: Sequence[float], geographic: bool, lat_deg: float) -> float:
-    """Mean pixel side in metres; geographic pixels (degrees) converted on the Earth."""
+def pixel_size_metres(geotransform: Sequence[float], radius_m: float | None,
+                      lat_deg: float) -> float:
+    """Mean pixel side in metres. ``radius_m``: the body's, for geographic pixels (degrees)."""
     dx, dy = abs(geotransform[1]), abs(geotransform[5])
-    if geographic:
-        dx, dy = dx * EARTH_DEG_M * math.cos(math.radians(lat_deg)), dy * EARTH_DEG_M
+    if radius_m:
+        # Earth's metres per degree scaled to the body: exactly Earth's on an Earth datum, so
+        # the recipe's Earth DEMs keep the pixel sizes the bundled model was trained with.
+        degree_m = EARTH_DEG_M * (radius_m / EARTH_RADIUS_M)
+        dx, dy = dx * degree_m * math.cos(math.radians(lat_deg)), dy * degree_m
     return math.sqrt(dx * dy)
 
 
@@ -178,11 +183,11 @@ def load_dem_shapes(folder: str | os.PathLike, holdout: bool = True) -> list[Dem
                              "(gdal_fillnodata.py) or crop them out first")
         gt = ds.GetGeoTransform()
         srs = ds.GetSpatialRef()
-        geographic = bool(srs and srs.IsGeographic())
+        radius = srs.GetSemiMajor() if srs and srs.IsGeographic() else None
         lat = gt[3] + gt[5] * ds.RasterYSize / 2
         if holdout and path.name in HOLDOUT_ROWS:
             heights = heights[:HOLDOUT_ROWS[path.name]]
-        shapes.append(DemShape(path.stem, heights, pixel_size_metres(gt, geographic, lat)))
+        shapes.append(DemShape(path.stem, heights, pixel_size_metres(gt, radius, lat)))
     return shapes
 
 

@@ -5,6 +5,7 @@ from training.data import (
     Normalisation,
     ShardPatches,
     list_shards,
+    load_dem_shapes,
     pixel_size_metres,
     to_canonical,
 )
@@ -99,10 +100,24 @@ def test_a_damaged_shard_is_never_read_as_a_shorter_one(pool, tmp_path, how, rea
         list(read_shard(shard))
 
 
-def test_geographic_pixels_are_converted_to_metres():
-    gt = (0.0, 1 / 1200, 0.0, 0.0, 0.0, -1 / 1200)  # 3 arc-seconds
-    assert 92.0 < pixel_size_metres(gt, True, 0.0) < 93.5
-    assert pixel_size_metres((0, 2.0, 0, 0, 0, -2.0), False, 45.0) == 2.0
+def test_geographic_pixels_are_converted_to_metres_on_their_body(tmp_path):
+    from osgeo import gdal, osr
+
+    gt = (0.0, 1 / 1200, 0.0, 0.0, 0.0, -1 / 1200)  # 3 arc-seconds at the equator
+    for name, radius in (("earth", 6_378_137.0), ("mars", 3_396_190.0)):
+        srs = osr.SpatialReference()
+        srs.SetGeogCS(name, name, name, radius, 0.0)
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / f"{name}.tif"), 8, 8, 1,
+                                                  gdal.GDT_Float32)
+        ds.SetGeoTransform(gt)
+        ds.SetSpatialRef(srs)
+        ds.GetRasterBand(1).Fill(1.0)
+        ds = None
+    sizes = {s.name: s.pixel_size_m for s in load_dem_shapes(tmp_path)}
+    # A degree is 2 pi r / 360 long: 111.3 km on the Earth, 59.3 km on Mars.
+    assert sizes["earth"] == pytest.approx(92.77, abs=0.01)
+    assert sizes["mars"] == pytest.approx(49.40, abs=0.01)
+    assert pixel_size_metres((0, 2.0, 0, 0, 0, -2.0), None, 45.0) == 2.0
 
 
 def test_shard_patches_turn_the_sun_from_north_into_the_grid(pool):

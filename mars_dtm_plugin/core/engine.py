@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -90,6 +91,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     options = options or PredictOptions()
     started = time.perf_counter()
     input_path, output_path = str(input_path), str(output_path)
+    if os.path.islink(output_path):  # written through, as GDAL does: the link stays a link
+        output_path = os.path.realpath(output_path)
     with gdal_exceptions():
         raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt)
         try:

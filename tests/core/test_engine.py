@@ -323,6 +323,20 @@ def test_existing_output_is_replaced_only_on_success(tmp_path):
     assert gdal.Open(str(out)).RasterXSize == 100
 
 
+def test_an_output_that_is_a_link_is_written_through(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT)
+    model = write_test_model(tmp_path / "m.onnx")
+    (tmp_path / "results").mkdir()
+    target = tmp_path / "results" / "dtm.tif"
+    target.write_bytes(b"previous result")
+    link = tmp_path / "latest.tif"
+    link.symlink_to(target)
+    report = predict_dtm(str(source), str(link), PredictOptions(model_path=str(model)))
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert report.output_path == str(target.resolve())
+    assert gdal.Open(str(target)).RasterXSize == 100
+
+
 def test_progress_reaches_one_and_increases(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(300, 300), GT)
     model = write_test_model(tmp_path / "m.onnx")

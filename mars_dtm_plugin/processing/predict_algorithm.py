@@ -242,8 +242,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if not crs.isValid():
             raise QgsProcessingException(tr(
                 "The input image '{0}' has no coordinate reference system; set the layer's "
-                "(Layer Properties > Source), or give its pixel size in metres (the DTM then "
-                "has none either)."
+                "CRS (Layer Properties > Source), or give its pixel size in metres (the DTM "
+                "then has none either)."
             ).format(layer.name()))
         if not has_geotransform(source):
             raise QgsProcessingException(tr(

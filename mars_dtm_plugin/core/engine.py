@@ -91,12 +91,12 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     options = options or PredictOptions()
     started = time.perf_counter()
     input_path, output_path = str(input_path), str(output_path)
-    if os.path.islink(output_path):  # written through, as GDAL does: the link stays a link
-        output_path = os.path.realpath(output_path)
     with gdal_exceptions():
         raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt)
         try:
             check_output_path(input_path, output_path, raster.files_read())
+            if os.path.islink(output_path):  # written through, as GDAL does: the link stays
+                output_path = os.path.realpath(output_path)
             generator = shared_generator(options.model_path or default_model_path(),
                                          options.provider, options.threads)
             run = _Run(raster, generator, options, progress, is_cancelled)

@@ -248,8 +248,8 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None, path: str,
                        "fix its georeferencing or remove it and give the pixel size.")
     wkt = crs_wkt or dataset.GetProjection() or ""
     srs = osr.SpatialReference()
-    if wkt:
-        srs.ImportFromWkt(wkt)
+    if wkt and srs.ImportFromWkt(wkt) != 0:
+        raise DtmError("The CRS given for the input is not valid WKT.")
     cols, rows = dataset.RasterXSize, dataset.RasterYSize
     if pixel_size is not None:
         if not 0 < pixel_size < math.inf:

@@ -43,7 +43,7 @@ def check_output_path(input_path: str, output_path: str, input_files: Iterable[s
         raise DtmError(f"The output folder '{out.parent}' does not exist.")
     if out.is_dir():
         raise DtmError(f"The output '{out}' is a folder; give a file name ending in .tif.")
-    if out.is_file() and not out.is_symlink() and not out.stat().st_mode & 0o222:
+    if out.is_file() and not out.stat().st_mode & 0o222:  # through a link: its target's
         raise DtmError(f"The output '{out.name}' exists and is write-protected; choose another "
                        "file name, or make it writable to replace it.")
     if not os.access(out.parent, os.W_OK):

@@ -207,8 +207,11 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(missing)
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
         options = self._options(parameters, context)
-        input_path, options.crs_wkt = self._input(parameters, context,
-                                                  options.pixel_size is not None)
+        input_path, layer_crs = self._input(parameters, context, options.pixel_size is not None)
+        if layer_crs is not None:  # QGIS may have given it from its settings: say so
+            options.crs_wkt = layer_crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+            feedback.pushInfo(tr("CRS: the layer's, {0}, not the file's").format(
+                layer_crs.userFriendlyIdentifier()))
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         report = self._run_engine(input_path, output, options, FeedbackAdapter(feedback))
         # The engine has logged provider (and why not a GPU), tiles, sun, heights and output.
@@ -220,7 +223,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         return {self.OUTPUT: output}
 
     def _input(self, parameters: dict[str, Any], context: QgsProcessingContext,
-               pixel_size_given: bool) -> tuple[str, str | None]:
+               pixel_size_given: bool) -> tuple[str, QgsCoordinateReferenceSystem | None]:
         """The file behind INPUT, after the checks QGIS can make better than the engine, and
         the layer's CRS where it is not the file's (set in QGIS, or given to a file without)."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -235,15 +238,15 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         source = layer.source().split("|")[0]
         crs = layer.crs()
         # The DTM lies where QGIS shows the image: in the layer's CRS.
-        crs_wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL) \
-            if crs.isValid() and crs != layer.dataProvider().crs() else None
+        layer_crs = crs if crs.isValid() and crs != layer.dataProvider().crs() else None
         if pixel_size_given:  # the engine then needs no georeferencing
-            return source, crs_wkt
+            return source, layer_crs
         if not crs.isValid():
             raise QgsProcessingException(tr(
                 "The input image '{0}' has no coordinate reference system; set the layer's "
-                "CRS (Layer Properties > Source), or give its pixel size in metres (the DTM "
-                "then has none either)."
+                "CRS (Layer Properties > Source) if a world file places it, georeference it "
+                "(the Georeferencer) if nothing does, or give its pixel size in metres (the "
+                "DTM then has none either)."
             ).format(layer.name()))
         if not has_geotransform(source):
             raise QgsProcessingException(tr(
@@ -251,7 +254,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                 "alone do not place it); warp it onto a grid first (Raster > Projections > "
                 "Warp, or the Georeferencer), or give its pixel size in metres."
             ).format(layer.name()))
-        return source, crs_wkt
+        return source, layer_crs
 
     def _options(self, parameters: dict[str, Any],
                  context: QgsProcessingContext) -> PredictOptions:

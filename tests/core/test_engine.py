@@ -111,6 +111,20 @@ def test_mars_crs_without_epsg_and_geotransform_survive(tmp_path):
     assert band.GetBlockSize() == [256, 256]
 
 
+def test_a_crs_given_for_an_input_without_one_is_the_dtms(tmp_path):
+    image = ramp(100, 120)
+    heights, ds, _ = predict(tmp_path, image, raster={"wkt": ""}, crs_wkt=mars_eqc_wkt())
+    out_srs, mars = osr.SpatialReference(), osr.SpatialReference()
+    out_srs.ImportFromWkt(ds.GetProjection())
+    mars.ImportFromWkt(mars_eqc_wkt())
+    assert out_srs.IsSame(mars) and ds.GetGeoTransform() == GT
+    expected = 2.0 * (image - image.min()) / (image.max() - image.min())  # 2 m pixels
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=2e-4)
+    with pytest.raises(DtmError, match="not valid WKT"):
+        predict(tmp_path, image, name="bad.tif", raster={"wkt": ""}, crs_wkt="PROJCS[oops")
+    assert not (tmp_path / "bad.tif").exists()
+
+
 def test_nodata_value_nan_and_alpha_stay_nodata(tmp_path):
     image = ramp(200, 260) + 10
     image[20:60, 30:90] = -5  # nodata value
@@ -330,11 +344,12 @@ def test_an_output_that_is_a_link_is_written_through(tmp_path):
     target = tmp_path / "results" / "dtm.tif"
     target.write_bytes(b"previous result")
     link = tmp_path / "latest.tif"
-    link.symlink_to(target)
+    link.symlink_to(os.path.join("results", "dtm.tif"))  # relative, as links often are
     report = predict_dtm(str(source), str(link), PredictOptions(model_path=str(model)))
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert report.output_path == str(target.resolve())
     assert gdal.Open(str(target)).RasterXSize == 100
+    assert sorted(p.name for p in target.parent.iterdir()) == ["dtm.tif"]  # no partial left
 
 
 def test_progress_reaches_one_and_increases(tmp_path):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import processing
 import pytest
+from osgeo import osr
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
@@ -103,23 +105,39 @@ def test_run_gives_a_dtm_on_the_input_grid(provider, identity_model, image_facto
     assert "Finished in" in log and "progress 100" in log
 
 
-def test_a_crs_set_on_the_layer_is_the_dtms(provider, identity_model, image_factory, tmp_path):
-    image = image_factory("no_crs.tif", wkt=None)  # a grid (as from a world file), no CRS
-    layer = QgsRasterLayer(str(image), "no crs")
-    assert layer.isValid() and not layer.crs().isValid()
-    crs = QgsCoordinateReferenceSystem.fromWkt(MARS_EQC_WKT)
-    layer.setCrs(crs)
+@pytest.mark.parametrize("file_crs", [None, "EPSG:4087"])  # none, or Earth's in place of Mars's
+def test_a_crs_set_on_the_layer_is_the_dtms(provider, identity_model, image_factory, tmp_path,
+                                            file_crs):
+    # A grid far enough south that a Mars and an Earth pixel differ by 7 % on the ground.
+    top = -2_000_000.0
+    wkt = QgsCoordinateReferenceSystem(file_crs).toWkt() if file_crs else None
+    image = image_factory("scene.tif", wkt=wkt, geotransform=(1_250_000.0, 2.0, 0.0, top, 0.0,
+                                                              -2.0))
+    layer = QgsRasterLayer(str(image), "scene")
+    assert layer.isValid() and layer.crs().isValid() == bool(file_crs)
+    layer.setCrs(QgsCoordinateReferenceSystem.fromWkt(MARS_EQC_WKT))
     output = tmp_path / "dtm.tif"
+    messages: list[str] = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = lambda text: messages.append(text)
 
-    run({"INPUT": layer, "MODEL": str(identity_model), "OUTPUT": str(output)})
+    run({"INPUT": layer, "MODEL": str(identity_model), "OUTPUT": str(output)}, feedback)
 
-    heights, geotransform, wkt, _ = read_raster(output)
+    heights, geotransform, out_wkt, _ = read_raster(output)
     source, _, source_wkt, _ = read_raster(image)
-    assert same_crs(wkt, MARS_EQC_WKT) and geotransform == pytest.approx(GEOTRANSFORM)
-    assert source_wkt == ""  # the input file is left as it was
-    # Heights in ground pixels measured in the layer's CRS, not in map units.
-    expected = expected_identity_heights(source, GROUND_PIXEL_M)
+    assert same_crs(out_wkt, MARS_EQC_WKT) and geotransform[3] == top
+    assert source_wkt == (gdal_wkt(wkt) if wkt else "")  # the input file is left as it was
+    assert any(line.startswith("CRS: the layer's") for line in messages)
+    # Heights in ground pixels of Mars at the scene's centre (row 55 of 110).
+    ground_pixel = 2.0 * math.sqrt(math.cos((top - 110.0) / 3_396_190.0))
+    expected = expected_identity_heights(source, ground_pixel)
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
+
+
+def gdal_wkt(wkt: str) -> str:
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(wkt)
+    return srs.ExportToWkt()
 
 
 def test_what_to_check_in_the_input_is_a_warning(provider, identity_model, tmp_path):

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -117,6 +119,9 @@ def test_geographic_pixels_are_converted_to_metres_on_their_body(tmp_path):
     # A degree is 2 pi r / 360 long: 111.3 km on the Earth, 59.3 km on Mars.
     assert sizes["earth"] == pytest.approx(92.77, abs=0.01)
     assert sizes["mars"] == pytest.approx(49.40, abs=0.01)
+    # On an Earth datum exactly the metres per degree the bundled model's pool was made with.
+    width = gt[1] * 111_320.0 * math.cos(math.radians(gt[5] * 8 / 2))  # at the centre row
+    assert sizes["earth"] == math.sqrt(width * (-gt[5] * 111_320.0))
     assert pixel_size_metres((0, 2.0, 0, 0, 0, -2.0), None, 45.0) == 2.0
 
 

@@ -57,6 +57,7 @@ model: venv-train
 bench: venv build
 	PYTHONPATH=build $(PY) -m bench.throughput
 	PYTHONPATH=build $(PY) -m bench.memory
+	PYTHONPATH=build $(PY) -m bench.providers
 
 # Training steps per second on the CPU (and a GPU, if there is one).
 bench-training: venv-train

@@ -2,8 +2,8 @@
 
     python -m bench.training [--recipe training/configs/quick.json] [--batch-size 16]
 
-Each variant runs in its own process (an empty CUDA_VISIBLE_DEVICES hides any GPU from the
-CPU baseline) and times ``Trainer.train_step`` on one fixed batch of rendered patches after
+Each variant runs in its own process (deterministic kernels are set for a whole process)
+and times ``Trainer.train_step`` on one fixed batch of rendered patches after
 warm-up steps, with the recipe's network, patch size and losses: data loading is left out.
 The rate at which one process renders training patches is printed beside it, to size the
 DataLoader workers that keep a device busy (steps/s x batch / patches/s per worker).
@@ -21,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = {  # name: (hide the GPU, mixed precision)
-    "cpu": (True, False),
-    "cuda fp32": (False, False),
-    "cuda amp": (False, True),
+VARIANTS = {  # name: training options
+    "cpu": {"device": "cpu", "amp": False},
+    "cuda fp32": {"device": "cuda", "amp": False},
+    "cuda amp": {"device": "cuda", "amp": True},
+    "cuda amp, deterministic": {"device": "cuda", "amp": True, "deterministic": True},
 }
 
 
@@ -62,13 +63,11 @@ def render_rate(size: int, count: int = 8) -> float:
 
 def child(variant: str, options: dict, warmup: int, steps: int) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    hide_gpu, amp = VARIANTS[variant]
-    if hide_gpu:
-        env["CUDA_VISIBLE_DEVICES"] = ""
     code = ("import json, sys; from bench.training import steps_per_second; "
             "a = json.loads(sys.argv[1]); "
             "print(json.dumps(steps_per_second(a['options'], a['warmup'], a['steps'])))")
-    payload = json.dumps({"options": {**options, "amp": amp}, "warmup": warmup, "steps": steps})
+    payload = json.dumps({"options": {**options, **VARIANTS[variant]}, "warmup": warmup,
+                          "steps": steps})
     result = subprocess.run([sys.executable, "-c", code, payload], env=env, text=True,
                             capture_output=True)
     if result.returncode:

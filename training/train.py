@@ -3,14 +3,15 @@
 One process per device; with ``torchrun --nproc-per-node G [--nnodes N ...]`` it trains with
 DDP (NCCL on GPUs, gloo on CPU), each rank streaming its own share of the shards. Every
 checkpoint has the fully resolved configuration beside it (``config.json``); ``--resume``
-continues bit-for-bit on CPU (model, optimisers, random states and data position).
+continues bit-for-bit on CPU, and on a GPU with ``--deterministic true`` (model, optimisers,
+random states and data position).
 
 ``--resume CKPT`` takes every option from the checkpoint's saved configuration and writes
 into the checkpoint's folder; flags (or a ``--config``) may change only how long and how the
 run goes on: --steps, --max-minutes, --stop-at, --keep-steps, --workers, --threads,
---log-every, --val-every, --val-batches, --checkpoint-every and --out. A run stopped by
-``--max-minutes`` before ``--steps`` says so and exits 0 (the limit is a safety stop, and
-its checkpoint is valid); continue it with ``--resume``.
+--device, --deterministic, --log-every, --val-every, --val-batches, --checkpoint-every and
+--out. A run stopped by ``--max-minutes`` before ``--steps`` says so and exits 0 (the limit is
+a safety stop, and its checkpoint is valid); continue it with ``--resume``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class TrainConfig:
     workers: int = 0
     threads: int = 2
     amp: bool = True
+    device: str = "auto"
+    deterministic: bool = False
     log_every: int = 25
     val_every: int = 250
     val_batches: int = 8
@@ -126,6 +129,9 @@ HELP = {
     "workers": "DataLoader worker processes per rank",
     "threads": "torch CPU threads per process",
     "amp": "mixed precision on CUDA (ignored on CPU)",
+    "device": "'auto' (this rank's GPU when PyTorch sees one, else the CPU), 'cuda' or 'cpu'",
+    "deterministic": "GPU kernels that give the same weights on every rerun and resume, at some "
+                     "cost in speed (CPU runs always do)",
     "log_every": "steps between TensorBoard scalars",
     "val_every": "steps between validations",
     "val_batches": "batches per validation",
@@ -152,8 +158,10 @@ HELP = {
 
 # What a resumed run may change (listed in the module's doc): how long and how it runs,
 # never what or how it learns.
-RESUMABLE = ("steps", "max_minutes", "stop_at", "keep_steps", "workers", "threads",
+RESUMABLE = ("steps", "max_minutes", "stop_at", "keep_steps", "workers", "threads", "device",
+             "deterministic",
              "log_every", "val_every", "val_batches", "checkpoint_every", "out")
+DEVICES = ("auto", "cuda", "cpu")
 PATH_OPTIONS = {"data", "val_data", "init_from"}
 # Lowest value of each numeric option: counts and intervals of steps start at 1, weights at 0;
 # ``POSITIVE`` ones must be above 0.
@@ -251,6 +259,8 @@ def _out_of_range(cfg: TrainConfig) -> str:
     if cfg.input_scaling not in INPUT_SCALINGS:
         return (f"--input-scaling must be one of {', '.join(INPUT_SCALINGS)}, "
                 f"not {cfg.input_scaling!r}")
+    if cfg.device not in DEVICES:
+        return f"--device must be one of {', '.join(DEVICES)}, not {cfg.device!r}"
     return ""
 
 
@@ -379,8 +389,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world = _init_distributed()
-        self.device = _device(self.rank)
+        if cfg.deterministic:
+            _use_deterministic_kernels()
+        self.device = _device(cfg.device)
+        self.rank, self.world = _init_distributed(self.device)
         torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         config = GeneratorConfig(tuple(cfg.channels), cfg.shading_prior, cfg.prior_window)
@@ -628,19 +640,31 @@ def _unwrap(module: torch.nn.Module | None) -> torch.nn.Module | None:
     return getattr(module, "module", module)
 
 
-def _init_distributed() -> tuple[int, int]:
+def _init_distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return int(os.environ.get("RANK", "0")), world
 
 
-def _device(rank: int) -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+def _device(choice: str) -> torch.device:
+    """This process's device: under torchrun, the GPU of its local rank."""
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda was given, but PyTorch sees no CUDA GPU here; "
+                         "choose cpu or auto")
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def _use_deterministic_kernels() -> None:
+    """For the whole process, as PyTorch has it; cuBLAS needs its workspace size fixed before
+    its first call."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def _tensorboard(out: Path):

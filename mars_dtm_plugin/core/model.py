@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shlex
 import subprocess
@@ -189,9 +191,26 @@ def _choose_providers(ort: ModuleType, provider: str) -> tuple[list[str], str]:
     if provider == "cpu":
         return [PROVIDERS["cpu"]], ""
     if PROVIDERS["cuda"] in available:
+        _preload_cuda_libraries(ort)
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]], ""
     if provider == "cuda":
         raise DtmError("CUDA was requested, but this onnxruntime has no CUDA support; install "
                        "onnxruntime-gpu (and the CUDA libraries) or choose the CPU.")
     return [PROVIDERS["cpu"]], ("No CUDA provider in this onnxruntime (install onnxruntime-gpu "
                                 "to use an NVIDIA GPU); running on CPUExecutionProvider.")
+
+
+def _preload_cuda_libraries(ort: ModuleType) -> None:
+    """Load the CUDA and cuDNN libraries of pip's NVIDIA packages, if there are any.
+
+    ``pip install onnxruntime-gpu[cuda,cudnn]`` puts them beside onnxruntime, where its CUDA
+    provider does not look: without this, it would not start and the run would fall back to
+    the CPU. Libraries on the system's search path are loaded as before. onnxruntime prints
+    what it cannot load; the session's start decides, and the provider note says why.
+    """
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime 1.21 and later
+    if preload is None:
+        return
+    # A failed preload only means that the GPU may not start.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+        preload()

@@ -12,6 +12,7 @@ from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.engine import MODEL_SHARE, PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import Caution, DtmCancelled, DtmError
+from mars_dtm_plugin.core.model import _choose_providers
 from mars_dtm_plugin.core.writer import BLOCK, NODATA, DtmWriter
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, plane_fit, ramp, read_raster, write_raster
@@ -389,6 +390,34 @@ def test_report_names_the_provider(tmp_path):
     assert "CUDA" in report.provider_note  # says why the GPU is not used
     _, _, report = predict(tmp_path, ramp(50, 50), name="cpu.tif", provider="cpu")
     assert report.provider_note == ""
+
+
+class _GpuOnnxruntime:
+    """What a GPU build of onnxruntime shows the provider choice; a GPU cannot exist here."""
+
+    def __init__(self, preload_fails: bool = False) -> None:
+        self.preloads, self.preload_fails = 0, preload_fails
+
+    def get_available_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def preload_dlls(self) -> None:
+        self.preloads += 1
+        print("Failed to load libcublasLt.so.13")  # what onnxruntime prints for a missing one
+        if self.preload_fails:
+            raise RuntimeError("Invalid parameter of directory")
+
+
+@pytest.mark.parametrize("preload_fails", [False, True])
+def test_cuda_libraries_from_pip_are_loaded_quietly_before_the_gpu_is_tried(
+        preload_fails, capsys):
+    ort = _GpuOnnxruntime(preload_fails)
+    assert _choose_providers(ort, "auto") == (["CUDAExecutionProvider",
+                                               "CPUExecutionProvider"], "")
+    assert ort.preloads == 1
+    assert _choose_providers(ort, "cpu") == (["CPUExecutionProvider"], "")
+    assert ort.preloads == 1  # not for a CPU run
+    assert capsys.readouterr().out == ""
 
 
 def test_overviews_average_the_full_resolution_heights(tmp_path):

@@ -41,19 +41,56 @@ def test_validation_scores_a_fixed_set(pool, tmp_path):
     assert set(first) == {"l1", "gradient"}  # unweighted: runs with other weights compare
 
 
-@pytest.mark.parametrize("gan", [False, True])
-def test_resume_continues_bit_for_bit(pool, tmp_path, gan):
-    straight = Trainer(_config(pool, tmp_path / "a", gan=gan, keep_steps=[3]))
+def _straight_and_resumed(pool, tmp_path, **options) -> tuple[Trainer, Trainer]:
+    """Six steps in one go, and the same run stopped after three and resumed."""
+    straight = Trainer(_config(pool, tmp_path / "a", keep_steps=[3], **options))
     straight.fit()
-    resumed = Trainer(_config(pool, tmp_path / "b", gan=gan,
-                              resume=str(tmp_path / "a" / "step_3.pt")))
+    resumed = Trainer(_config(pool, tmp_path / "b", resume=str(tmp_path / "a" / "step_3.pt"),
+                              **options))
     assert resumed.step == 3
     resumed.fit()
+    return straight, resumed
+
+
+_GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                     reason="needs a CUDA GPU"))
+
+
+@pytest.fixture
+def deterministic_kernels_reset():
+    yield
+    torch.use_deterministic_algorithms(False)  # process-wide: not for the tests after
+
+
+@pytest.mark.parametrize("device", ["cpu", _GPU])
+@pytest.mark.parametrize("gan", [False, True])
+def test_resume_continues_bit_for_bit(pool, tmp_path, gan, device, deterministic_kernels_reset):
+    # On a GPU, some kernels (the shading prior's among them) add up in no fixed order unless
+    # told to; the CPU's always do.
+    straight, resumed = _straight_and_resumed(pool, tmp_path, gan=gan, device=device,
+                                              deterministic=device == "cuda")
+    assert resumed.device.type == device
     a, b = straight.generator.state_dict(), resumed.generator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     if gan:
         da, db = straight.disc.state_dict(), resumed.disc.state_dict()
         assert all(torch.equal(da[k], db[k]) for k in da)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_asking_for_a_gpu_without_one_is_one_clear_error(pool, tmp_path, capsys):
+    code = main(["--data", str(pool), "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --device cuda was given, but PyTorch sees no CUDA GPU here; choose cpu or auto")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unknown_device_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--data", str(tmp_path), "--device", "gpu"])
+    assert exit_info.value.code == 2
+    assert "--device must be one of auto, cuda, cpu, not 'gpu'" in capsys.readouterr().err
 
 
 def test_fine_tuning_starts_from_the_weights_with_a_fresh_schedule(pool, tmp_path):

@@ -26,7 +26,8 @@ from .models import benchmark_model
 
 
 def tiles(count: int, size: int) -> np.ndarray:
-    """Standardised tiles of smooth relief and noise, as the engine gives the model."""
+    """Tiles of smooth shading and noise around 0, of the model's input size (made up, not
+    an image's)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size]
     out = np.empty((count, size, size), np.float32)
@@ -36,14 +37,18 @@ def tiles(count: int, size: int) -> np.ndarray:
     return out
 
 
+def heights(generator: Generator, data: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([generator.run(data[start : start + batch])
+                           for start in range(0, len(data), batch)])
+
+
 def seconds(generator: Generator, data: np.ndarray, batch: int, repeats: int) -> float:
     """Best time of ``repeats`` passes over ``data`` in calls of ``batch`` tiles."""
-    generator.run(data[:batch])  # outside the clock: a warm session (and cuDNN's choices)
+    heights(generator, data, batch)  # outside the clock: warm, with every shape's kernels
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        for start in range(0, len(data), batch):
-            generator.run(data[start : start + batch])
+        heights(generator, data, batch)
         best = min(best, time.perf_counter() - started)
     return best
 
@@ -56,6 +61,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=64, help="tiles per pass")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if max(args.batches) > args.tiles:
+        parser.error(f"--tiles {args.tiles} is fewer than a batch of {max(args.batches)}")
     with tempfile.TemporaryDirectory() as tmp:
         model, label = (args.model, str(args.model)) if args.model else benchmark_model(Path(tmp))
         generators = {"cpu": Generator(model, "cpu")}
@@ -75,10 +82,8 @@ def main() -> None:
                   + (f"; cuda / cpu {rates['cuda'] / rates['cpu']:.1f}x" if "cuda" in rates
                      else ""))
         if "cuda" in generators:
-            batch = args.batches[0]
-            cpu, gpu = (np.concatenate([g.run(data[i : i + batch])
-                                        for i in range(0, len(data), batch)])
-                        for g in (generators["cpu"], generators["cuda"]))
+            cpu, gpu = (heights(generators[name], data, args.batches[0])
+                        for name in ("cpu", "cuda"))
             largest = float(np.abs(gpu - cpu).max())
             print(f"largest |cuda - cpu| height: {largest:.3g} pixel sizes "
                   f"({largest / float(cpu.std()):.2g} of the heights' standard deviation)")

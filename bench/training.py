@@ -7,6 +7,11 @@ and times ``Trainer.train_step`` on one fixed batch of rendered patches after
 warm-up steps, with the recipe's network, patch size and losses: data loading is left out.
 The rate at which one process renders training patches is printed beside it, to size the
 DataLoader workers that keep a device busy (steps/s x batch / patches/s per worker).
+
+With ``--reader-workers 4 8``, a pool of ``--pool`` patches is rendered into shards (one
+process per core) and, for each number of DataLoader workers, the shard reader is timed alone
+and feeding training on the default device (steps across an epoch's end, where the workers
+restart): whether the reader or the network limits a run from shards.
 """
 
 from __future__ import annotations
@@ -48,6 +53,51 @@ def steps_per_second(options: dict, warmup: int, steps: int) -> float:
     return steps / (time.perf_counter() - started)
 
 
+def render_shards(folder: Path, size: int, count: int) -> int:
+    """About ``count`` synthetic patches in shards, rendered by one process per core; how many."""
+    from multiprocessing import Pool
+
+    processes = os.cpu_count() or 1
+    each = max(1, count // processes)
+    with Pool(processes) as pool:
+        pool.starmap(_render_part, [(folder, size, each, i) for i in range(processes)])
+    return each * processes
+
+
+def _render_part(folder: Path, size: int, count: int, part: int) -> None:
+    from training.data import SunRange, SyntheticPatches, write_pool
+
+    out = folder / f"part{part}"
+    write_pool([(SyntheticPatches(size, sun=SunRange()), count)], out, seed=100 + part,
+               per_shard=100)
+    for i, shard in enumerate(sorted(out.glob("*.tar"))):
+        shard.rename(folder / f"pool-{part:03d}-{i:03d}.tar")
+
+
+def feeding(options: dict, steps: int) -> tuple[float, float]:
+    """Patches per second from the trainer's shard reader alone, then training steps per
+    second fed by it: ``steps`` batches of each, after warm-up."""
+    import torch
+
+    from training.train import TrainConfig, Trainer
+
+    trainer = Trainer(TrainConfig(**options))
+    batches = trainer.batches()  # endless: epochs restart their workers, as in a long run
+    for _ in range(5):
+        trainer.train_step(*next(batches))
+    started = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    read = steps * trainer.cfg.batch_size / (time.perf_counter() - started)
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else lambda: None
+    sync()
+    started = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(*next(batches))
+    sync()
+    return read, steps / (time.perf_counter() - started)
+
+
 def render_rate(size: int, count: int = 8) -> float:
     """Training patches rendered per second by one process (synthetic terrain)."""
     import numpy as np
@@ -83,6 +133,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="timed steps (CPU: a quarter)")
     parser.add_argument("--gan", action="store_true", help="with the PatchGAN discriminator")
+    parser.add_argument("--reader-workers", type=int, nargs="*", default=[],
+                        help="DataLoader workers to time the shard reader with")
+    parser.add_argument("--pool", type=int, default=3200,
+                        help="patches rendered for the reader (about one epoch of "
+                             "--reader-steps)")
+    parser.add_argument("--reader-steps", type=int, default=150)
     args = parser.parse_args()
 
     import torch
@@ -117,6 +173,24 @@ def main() -> None:
         rate = row["steps_per_s"]
         ratio = f"{rate / base:.1f}x" if base else "-"
         print(f"| {name} | {rate:.2f} | {rate * args.batch_size:.0f} | {ratio} |")
+    if args.reader_workers:
+        print_feeding(args, train)
+
+
+def print_feeding(args: argparse.Namespace, train: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        count = render_shards(Path(tmp), train["patch_size"], args.pool)
+        print(f"\nrendered {count} patches into shards in "
+              f"{time.perf_counter() - started:.0f} s\n")
+        print("| workers | reader alone (patches/s) | training fed by it (steps/s, patches/s) |"
+              "\n|---|---|---|")
+        for workers in args.reader_workers:
+            options = {**train, "data": tmp, "out": str(Path(tmp) / f"run{workers}"),
+                       "workers": workers, "batch_size": args.batch_size, "gan": args.gan,
+                       "steps": 10 * args.reader_steps}
+            read, rate = feeding(options, args.reader_steps)
+            print(f"| {workers} | {read:.0f} | {rate:.1f}, {rate * args.batch_size:.0f} |")
 
 
 if __name__ == "__main__":

@@ -159,8 +159,7 @@ HELP = {
 # What a resumed run may change (listed in the module's doc): how long and how it runs,
 # never what or how it learns.
 RESUMABLE = ("steps", "max_minutes", "stop_at", "keep_steps", "workers", "threads", "device",
-             "deterministic",
-             "log_every", "val_every", "val_batches", "checkpoint_every", "out")
+             "deterministic", "log_every", "val_every", "val_batches", "checkpoint_every", "out")
 DEVICES = ("auto", "cuda", "cpu")
 PATH_OPTIONS = {"data", "val_data", "init_from"}
 # Lowest value of each numeric option: counts and intervals of steps start at 1, weights at 0;
@@ -389,9 +388,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        if cfg.deterministic:
-            _use_deterministic_kernels()
         self.device = _device(cfg.device)
+        _use_deterministic_kernels(cfg.deterministic)
         self.rank, self.world = _init_distributed(self.device)
         torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
@@ -652,19 +650,21 @@ def _device(choice: str) -> torch.device:
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("--device cuda was given, but PyTorch sees no CUDA GPU here; "
-                         "choose cpu or auto")
+        raise ValueError("the run's device is cuda (--device, or the saved options of a "
+                         "resumed run), but PyTorch sees no CUDA GPU here; give --device cpu "
+                         "or auto")
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     torch.cuda.set_device(local)
     return torch.device("cuda", local)
 
 
-def _use_deterministic_kernels() -> None:
-    """For the whole process, as PyTorch has it; cuBLAS needs its workspace size fixed before
-    its first call."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
+def _use_deterministic_kernels(on: bool) -> None:
+    """On or off for the whole process, as PyTorch has it: the latest trainer's choice holds.
+    cuBLAS reads its workspace setting when first used: a process that used it before keeps
+    its own (this network runs convolutions only)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
 
 
 def _tensorboard(out: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import shlex
@@ -25,7 +26,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 INSTALL_HELP = (
     "The Python package onnxruntime is not installed in the Python that runs this program "
     "({python}); install it there, without upgrading numpy: {python} -m pip install "
-    "onnxruntime (onnxruntime-gpu for an NVIDIA GPU)."
+    "onnxruntime (onnxruntime-gpu[cuda,cudnn] for an NVIDIA GPU)."
 )
 
 _BROKEN_INSTALL = (
@@ -119,6 +120,7 @@ class Generator:
             raise DtmError(f"The model file '{self.path}' "
                            f"{'is a folder' if self.path.is_dir() else 'does not exist'}.")
         providers, self.provider_note = _choose_providers(ort, provider)
+        missing = preload_cuda_libraries(ort) if providers[0] == PROVIDERS["cuda"] else ""
         options = ort.SessionOptions()
         options.log_severity_level = 4  # fatal only: errors reach the user as DtmError
         if threads:
@@ -129,12 +131,13 @@ class Generator:
             raise DtmError(f"The model file '{self.path.name}' is not a valid ONNX model: "
                            f"{str(exc).splitlines()[0]}") from exc
         self.provider = self.session.get_providers()[0]
+        why = f"no usable GPU or CUDA libraries{'; ' + missing if missing else ''}"
         if provider == "cuda" and self.provider != PROVIDERS["cuda"]:
-            raise DtmError("CUDA was requested, but it could not start (no usable GPU or "
-                           "CUDA libraries); choose the CPU or auto.")
+            raise DtmError(f"CUDA was requested, but it could not start ({why}); choose the "
+                           "CPU or auto.")
         if providers[0] != self.provider:
-            self.provider_note = (f"{providers[0]} could not start (no usable GPU or CUDA "
-                                  f"libraries); running on {self.provider}.")
+            self.provider_note = (f"{providers[0]} could not start ({why}); running on "
+                                  f"{self.provider}.")
         meta = self.session.get_modelmeta().custom_metadata_map
         self.contract = parse_contract(meta, source=f"The model '{self.path.name}'")
         self.input_name, self.max_batch = self._check_io()
@@ -191,26 +194,37 @@ def _choose_providers(ort: ModuleType, provider: str) -> tuple[list[str], str]:
     if provider == "cpu":
         return [PROVIDERS["cpu"]], ""
     if PROVIDERS["cuda"] in available:
-        _preload_cuda_libraries(ort)
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]], ""
     if provider == "cuda":
         raise DtmError("CUDA was requested, but this onnxruntime has no CUDA support; install "
-                       "onnxruntime-gpu (and the CUDA libraries) or choose the CPU.")
-    return [PROVIDERS["cpu"]], ("No CUDA provider in this onnxruntime (install onnxruntime-gpu "
-                                "to use an NVIDIA GPU); running on CPUExecutionProvider.")
+                       "onnxruntime-gpu[cuda,cudnn] or choose the CPU.")
+    return [PROVIDERS["cpu"]], ("No CUDA provider in this onnxruntime (install "
+                                "onnxruntime-gpu[cuda,cudnn] to use an NVIDIA GPU); running on "
+                                "CPUExecutionProvider.")
 
 
-def _preload_cuda_libraries(ort: ModuleType) -> None:
-    """Load the CUDA and cuDNN libraries of pip's NVIDIA packages, if there are any.
+_PRELOAD_LOCK = threading.Lock()
+
+
+def preload_cuda_libraries(ort: ModuleType) -> str:
+    """Load the CUDA and cuDNN libraries of pip's NVIDIA packages, once per process; the first
+    library it could not load, or ''.
 
     ``pip install onnxruntime-gpu[cuda,cudnn]`` puts them beside onnxruntime, where its CUDA
     provider does not look: without this, it would not start and the run would fall back to
-    the CPU. Libraries on the system's search path are loaded as before. onnxruntime prints
-    what it cannot load; the session's start decides, and the provider note says why.
+    the CPU. Libraries on the system's search path are loaded as before.
     """
+    with _PRELOAD_LOCK:  # onnxruntime prints what it cannot load: one thread at a time
+        return _preload_report(ort)
+
+
+@functools.cache
+def _preload_report(ort: ModuleType) -> str:
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime 1.21 and later
-    if preload is None:
-        return
-    # A failed preload only means that the GPU may not start.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
-        preload()
+    printed = io.StringIO()
+    # A failed preload only means that the GPU may not start; the session's start decides.
+    with contextlib.redirect_stdout(printed), contextlib.suppress(Exception):
+        if preload is not None:
+            preload()
+    failures = [line for line in printed.getvalue().splitlines() if line.startswith("Failed")]
+    return failures[0] if failures else ""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.engine import MODEL_SHARE, PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import Caution, DtmCancelled, DtmError
-from mars_dtm_plugin.core.model import _choose_providers
+from mars_dtm_plugin.core.model import preload_cuda_libraries
 from mars_dtm_plugin.core.writer import BLOCK, NODATA, DtmWriter
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, plane_fit, ramp, read_raster, write_raster
@@ -393,31 +396,31 @@ def test_report_names_the_provider(tmp_path):
 
 
 class _GpuOnnxruntime:
-    """What a GPU build of onnxruntime shows the provider choice; a GPU cannot exist here."""
+    """What the CUDA preload sees of a GPU build of onnxruntime; a GPU cannot exist here."""
 
     def __init__(self, preload_fails: bool = False) -> None:
         self.preloads, self.preload_fails = 0, preload_fails
 
-    def get_available_providers(self) -> list[str]:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
     def preload_dlls(self) -> None:
         self.preloads += 1
-        print("Failed to load libcublasLt.so.13")  # what onnxruntime prints for a missing one
+        time.sleep(0.05)  # long enough for another thread to come in
+        print("Failed to load libcublasLt.so.13: cannot open shared object file")
         if self.preload_fails:
             raise RuntimeError("Invalid parameter of directory")
 
 
 @pytest.mark.parametrize("preload_fails", [False, True])
-def test_cuda_libraries_from_pip_are_loaded_quietly_before_the_gpu_is_tried(
-        preload_fails, capsys):
-    ort = _GpuOnnxruntime(preload_fails)
-    assert _choose_providers(ort, "auto") == (["CUDAExecutionProvider",
-                                               "CPUExecutionProvider"], "")
-    assert ort.preloads == 1
-    assert _choose_providers(ort, "cpu") == (["CPUExecutionProvider"], "")
-    assert ort.preloads == 1  # not for a CPU run
+def test_cuda_libraries_from_pip_are_preloaded_once_and_quietly(preload_fails, capsys):
+    ort, stdout = _GpuOnnxruntime(preload_fails), sys.stdout
+    with ThreadPoolExecutor(2) as pool:  # as two layers' runs may start at once
+        reports = list(pool.map(lambda _: preload_cuda_libraries(ort), range(2)))
+    assert reports == ["Failed to load libcublasLt.so.13: cannot open shared object file"] * 2
+    assert ort.preloads == 1 and sys.stdout is stdout
     assert capsys.readouterr().out == ""
+
+
+def test_an_onnxruntime_without_the_preload_is_left_as_it_is():
+    assert preload_cuda_libraries(object()) == ""
 
 
 def test_overviews_average_the_full_resolution_heights(tmp_path):

@@ -57,7 +57,8 @@ _GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 
 @pytest.fixture
-def deterministic_kernels_reset():
+def deterministic_kernels_reset(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored afterwards
     yield
     torch.use_deterministic_algorithms(False)  # process-wide: not for the tests after
 
@@ -82,8 +83,21 @@ def test_asking_for_a_gpu_without_one_is_one_clear_error(pool, tmp_path, capsys)
     code = main(["--data", str(pool), "--out", str(tmp_path / "o"), "--device", "cuda"])
     assert code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --device cuda was given, but PyTorch sees no CUDA GPU here; choose cpu or auto")
+        "error: the run's device is cuda (--device, or the saved options of a resumed run), "
+        "but PyTorch sees no CUDA GPU here; give --device cpu or auto")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_may_resume_on_another_device_with_other_kernels(pool, tmp_path,
+                                                              deterministic_kernels_reset):
+    Trainer(_config(pool, tmp_path, steps=2)).fit()
+    cfg = parse_args(["--resume", str(tmp_path / "last.pt"), "--device", "cpu",
+                      "--deterministic", "true"])
+    assert (cfg.device, cfg.deterministic, cfg.channels) == ("cpu", True, [4, 8, 16])
+    Trainer(cfg)
+    assert torch.are_deterministic_algorithms_enabled()
+    Trainer(dataclasses.replace(cfg, deterministic=False))  # the latest trainer's choice holds
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_an_unknown_device_is_refused(tmp_path, capsys):
@@ -208,8 +222,8 @@ def _ddp(pool, out, *options: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                "-m", "training.train", "--data", str(pool), "--out", str(out),
                "--patch-size", "64", "--batch-size", "2", "--channels", "4,8,16",
-               "--threads", "1", *options]
-    env = {**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": ""}  # gloo, on CPU
+               "--threads", "1", "--device", "cpu", *options]  # gloo, also beside a GPU
+    env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
                           timeout=300)
 

@@ -653,7 +653,9 @@ def _device(choice: str) -> torch.device:
         raise ValueError("the run's device is cuda (--device, or the saved options of a "
                          "resumed run), but PyTorch sees no CUDA GPU here; give --device cpu "
                          "or auto")
-    local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    # torchrun sets LOCAL_RANK; without it, ranks fill each node's GPUs in turn.
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
     torch.cuda.set_device(local)
     return torch.device("cuda", local)
 

@@ -136,8 +136,8 @@ def main() -> None:
     parser.add_argument("--reader-workers", type=int, nargs="*", default=[],
                         help="DataLoader workers to time the shard reader with")
     parser.add_argument("--pool", type=int, default=3200,
-                        help="patches rendered for the reader (about one epoch of "
-                             "--reader-steps)")
+                        help="patches rendered for the reader (an epoch should end within "
+                             "--reader-steps batches)")
     parser.add_argument("--reader-steps", type=int, default=150)
     args = parser.parse_args()
 

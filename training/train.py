@@ -567,7 +567,8 @@ class Trainer:
         if self.disc and state["disc"] is not None:
             _unwrap(self.disc).load_state_dict(state["disc"])
             self.d_opt.load_state_dict(state["d_opt"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty from a run without mixed precision (on the CPU)
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
         self.prior_steps = state.get("prior_steps", 0)
         torch.set_rng_state(state["rng"]["torch"].cpu())  # loaded onto the GPU with the rest
@@ -653,7 +654,8 @@ def _device(choice: str) -> torch.device:
         raise ValueError("the run's device is cuda (--device, or the saved options of a "
                          "resumed run), but PyTorch sees no CUDA GPU here; give --device cpu "
                          "or auto")
-    # torchrun sets LOCAL_RANK; without it, ranks fill each node's GPUs in turn.
+    # torchrun sets LOCAL_RANK; without it, ranks are taken to fill each node's GPUs in
+    # blocks (ranks 0 to G-1 on the first node, and so on).
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
     torch.cuda.set_device(local)

@@ -26,7 +26,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 INSTALL_HELP = (
     "The Python package onnxruntime is not installed in the Python that runs this program "
     "({python}); install it there, without upgrading numpy: {python} -m pip install "
-    "onnxruntime (onnxruntime-gpu[cuda,cudnn] for an NVIDIA GPU)."
+    "onnxruntime (\"onnxruntime-gpu[cuda,cudnn]\" for an NVIDIA GPU)."
 )
 
 _BROKEN_INSTALL = (
@@ -197,9 +197,9 @@ def _choose_providers(ort: ModuleType, provider: str) -> tuple[list[str], str]:
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]], ""
     if provider == "cuda":
         raise DtmError("CUDA was requested, but this onnxruntime has no CUDA support; install "
-                       "onnxruntime-gpu[cuda,cudnn] or choose the CPU.")
+                       "\"onnxruntime-gpu[cuda,cudnn]\" or choose the CPU.")
     return [PROVIDERS["cpu"]], ("No CUDA provider in this onnxruntime (install "
-                                "onnxruntime-gpu[cuda,cudnn] to use an NVIDIA GPU); running on "
+                                "\"onnxruntime-gpu[cuda,cudnn]\" to use an NVIDIA GPU); running on "
                                 "CPUExecutionProvider.")
 
 
@@ -212,9 +212,11 @@ def preload_cuda_libraries(ort: ModuleType) -> str:
 
     ``pip install onnxruntime-gpu[cuda,cudnn]`` puts them beside onnxruntime, where its CUDA
     provider does not look: without this, it would not start and the run would fall back to
-    the CPU. Libraries on the system's search path are loaded as before.
+    the CPU. What is not there is looked for on the system's search path.
     """
-    with _PRELOAD_LOCK:  # onnxruntime prints what it cannot load: one thread at a time
+    # onnxruntime prints what it cannot load, and stdout is swapped for the whole process to
+    # keep it: one thread at a time (another thread's prints in that moment are lost too).
+    with _PRELOAD_LOCK:
         return _preload_report(ort)
 
 

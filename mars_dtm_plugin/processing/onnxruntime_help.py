@@ -13,7 +13,7 @@ QGIS_INSTALL_HELP = (
     "QGIS-LTR.app/Contents/MacOS/bin/python3 -m pip install --user onnxruntime' (QGIS.app for "
     "the latest release); on Linux, run 'python3 -m pip install --user onnxruntime' (on "
     "Debian 12 or Ubuntu 23.04 and newer add --break-system-packages). For an NVIDIA GPU, "
-    "install onnxruntime-gpu[cuda,cudnn] instead."
+    "install \"onnxruntime-gpu[cuda,cudnn]\" instead."
 )
 
 

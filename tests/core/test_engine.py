@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
+from mars_dtm_plugin.core import model as model_module
 from mars_dtm_plugin.core.engine import MODEL_SHARE, PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import Caution, DtmCancelled, DtmError
 from mars_dtm_plugin.core.model import preload_cuda_libraries
@@ -421,6 +422,37 @@ def test_cuda_libraries_from_pip_are_preloaded_once_and_quietly(preload_fails, c
 
 def test_an_onnxruntime_without_the_preload_is_left_as_it_is():
     assert preload_cuda_libraries(object()) == ""
+
+
+class _GpuBuildWithoutItsLibraries(_GpuOnnxruntime):
+    """A GPU build of onnxruntime whose CUDA provider cannot start: its sessions run on the
+    CPU, as onnxruntime's own fall back does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import onnxruntime
+
+        self.real, self.SessionOptions = onnxruntime, onnxruntime.SessionOptions
+
+    def get_available_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def InferenceSession(self, path, options, providers):  # onnxruntime's name
+        assert providers[0] == "CUDAExecutionProvider"
+        return self.real.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def test_a_gpu_that_cannot_start_is_explained_by_the_library_it_lacks(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_module, "_onnxruntime", lambda: _GpuBuildWithoutItsLibraries())
+    path = write_test_model(tmp_path / "m.onnx")
+    lacking = "Failed to load libcublasLt.so.13: cannot open shared object file"
+    generator = model_module.Generator(path, "auto")
+    assert generator.provider == "CPUExecutionProvider"
+    assert generator.provider_note == (
+        f"CUDAExecutionProvider could not start (no usable GPU or CUDA libraries; {lacking}); "
+        "running on CPUExecutionProvider.")
+    with pytest.raises(DtmError, match=f"CUDA was requested, but it could not start .*{lacking}"):
+        model_module.Generator(path, "cuda")
 
 
 def test_overviews_average_the_full_resolution_heights(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.train import TrainConfig, Trainer, main, make_dataset, parse_args
+from training.train import TrainConfig, Trainer, _device, main, make_dataset, parse_args
 
 
 def _config(pool, out, **kw) -> TrainConfig:
@@ -88,8 +88,8 @@ def test_asking_for_a_gpu_without_one_is_one_clear_error(pool, tmp_path, capsys)
     assert not (tmp_path / "o").exists()
 
 
-def test_a_run_may_resume_on_another_device_with_other_kernels(pool, tmp_path,
-                                                              deterministic_kernels_reset):
+def test_a_resumed_run_may_change_its_device_and_kernels(pool, tmp_path,
+                                                        deterministic_kernels_reset):
     Trainer(_config(pool, tmp_path, steps=2)).fit()
     cfg = parse_args(["--resume", str(tmp_path / "last.pt"), "--device", "cpu",
                       "--deterministic", "true"])
@@ -98,6 +98,29 @@ def test_a_run_may_resume_on_another_device_with_other_kernels(pool, tmp_path,
     assert torch.are_deterministic_algorithms_enabled()
     Trainer(dataclasses.replace(cfg, deterministic=False))  # the latest trainer's choice holds
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_started_on_the_cpu_goes_on_on_the_gpu(pool, tmp_path):
+    # Its mixed-precision scaler starts afresh: the CPU run saved none.
+    Trainer(_config(pool, tmp_path, steps=2, device="cpu")).fit()
+    resumed = Trainer(parse_args(["--resume", str(tmp_path / "last.pt"), "--steps", "4",
+                                  "--device", "cuda"]))
+    assert resumed.step == 2 and resumed.amp
+    resumed.fit()
+    assert resumed.step == 4
+
+
+def test_without_local_rank_ranks_fill_each_nodes_gpus_in_blocks(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU cannot exist here
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("RANK", "6")  # the third GPU of the second node of four GPUs
+    assert _device("auto") == torch.device("cuda", 2) and chosen == [2]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _device("cuda") == torch.device("cuda", 1)
 
 
 def test_an_unknown_device_is_refused(tmp_path, capsys):

@@ -55,6 +55,11 @@ DETAIL_SIGMA_PX = 4.0
 """The detail ratio compares what a Gaussian of this many truth pixels smooths away."""
 FIGURE_SCENES = 3
 """Scenes of each set shown in its figure."""
+SYNTHETIC_SCENES = 48
+INTERVAL_KEYS = ("rmse_m", "mae_m", "slope_err_deg", "delta1", "delta2", "delta3")
+"""The metrics the bar compares with the baselines, given a confidence interval."""
+INTERVAL_MIN_SCENES = 10
+"""Scenes, not tiles, are resampled: a scene's tiles share its tilt, its sun and its render."""
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -267,7 +272,7 @@ def write_tif(path: Path, array: np.ndarray, gt: tuple, wkt: str, nodata: float 
     return path
 
 
-def synthetic_scenes(folder: Path, seed: int, count: int = 12) -> list[Scene]:
+def synthetic_scenes(folder: Path, seed: int, count: int = SYNTHETIC_SCENES) -> list[Scene]:
     from training import synth
 
     out = folder / "synthetic"
@@ -492,6 +497,26 @@ def table(metrics: dict[str, dict], order: list[str]) -> str:
     return "\n".join(lines)
 
 
+def interval_table(found: dict[str, dict], model: str, scenes: int) -> str:
+    """The first model less each baseline, with 95 % intervals; bold where 0 lies outside."""
+    lines = [f"`{model}` less each baseline, paired scene by scene, with 95 % bootstrap "
+             f"intervals over the {scenes} scenes (bold: the interval leaves out 0; errors "
+             "want negative differences, δ positive ones):", "",
+             "| against | " + " | ".join(COLUMNS[k] for k in INTERVAL_KEYS) + " |",
+             "|---|" + "---|" * len(INTERVAL_KEYS)]
+    for name, cells in found.items():
+        shown = []
+        for key in INTERVAL_KEYS:
+            if cells[key] is None:
+                shown.append("–")
+                continue
+            diff, low, high = cells[key]
+            text = f"{diff:+.3g} [{low:+.3g}, {high:+.3g}]"
+            shown.append(f"**{text}**" if low > 0 or high < 0 else text)
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -517,7 +542,10 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
                   "truth's.", ""]
     for set_name, metrics in results["sets"].items():
         lines += [f"## {SET_TITLES[set_name]}", "", results["notes"].get(set_name, ""), "",
-                  table(metrics, order), "", f"![{set_name}]({set_name}.png)", ""]
+                  table(metrics, order), ""]
+        if found := results.get("intervals", {}).get(set_name):
+            lines += [interval_table(found["against"], models[0], found["scenes"]), ""]
+        lines += [f"![{set_name}]({set_name}.png)", ""]
     skipped = {k: v for k, v in results["notes"].items() if k not in results["sets"]}
     for set_name, note in skipped.items():
         lines += [f"## {SET_TITLES[set_name]}", "", note, ""]
@@ -616,6 +644,35 @@ def average(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def difference_interval(rows: list[dict], baseline_rows: list[dict], key: str, seed: int,
+                        resamples: int = 2000) -> tuple[float, float, float] | None:
+    """Mean of ``key`` in ``rows`` less in ``baseline_rows`` (scene by scene, weighted by
+    tiles as ``average`` does) and its 95 % paired bootstrap interval over scenes; None with
+    fewer than ``INTERVAL_MIN_SCENES`` scenes scored by both."""
+    a, b = (np.array([r.get(key, np.nan) for r in x], float) for x in (rows, baseline_rows))
+    weights = np.array([r.get("tiles", 1) for r in rows], float)
+    kept = np.isfinite(a) & np.isfinite(b) & (weights > 0)
+    if kept.sum() < INTERVAL_MIN_SCENES:
+        return None
+    difference, weights = (a - b)[kept], weights[kept]
+    picks = np.random.default_rng(seed).integers(0, len(difference), (resamples, len(difference)))
+    means = (difference[picks] * weights[picks]).sum(1) / weights[picks].sum(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(np.average(difference, weights=weights)), float(low), float(high)
+
+
+def intervals(by_method: dict[str, list[dict]], model: str, seed: int) -> dict:
+    """{baseline: {metric: (difference, low, high)}} for ``model``, where there are enough
+    scenes."""
+    found = {}
+    for name in BASELINES:
+        cells = {key: difference_interval(by_method[model], by_method[name], key, seed)
+                 for key in INTERVAL_KEYS}
+        if any(cells.values()):
+            found[name] = cells
+    return found
+
+
 def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
              sets: list[str], speed: bool = True, roughness_px: float = 0.0,
              tilt_control: bool = False, test_shards: Path | None = None) -> dict:
@@ -633,7 +690,8 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
     tilted = [first, *BASELINES] if tilt_control else []
     controls = ([control] if control else []) + [f"{name}{TILT_SUFFIX}" for name in tilted] \
         + ([DETILTED_TRUTH] if tilt_control else [])
-    results: dict = {"sets": {}, "notes": {}, "speed": {}, "controls": controls}
+    results: dict = {"sets": {}, "notes": {}, "speed": {}, "controls": controls,
+                     "intervals": {}}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         for set_name in sets:
@@ -665,6 +723,8 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 results["notes"][set_name] = note
                 continue
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
+            if found := intervals(by_method, first, seed):
+                results["intervals"][set_name] = {"scenes": len(notes), "against": found}
             results["notes"][set_name] = _set_note(notes)
             figures(set_name, figure_rows, first, out)
         if speed and results["sets"]:

@@ -10,8 +10,10 @@ from training.evaluate import (
     Scene,
     average,
     block_mean,
+    difference_interval,
     estimate_sun,
     flat,
+    interval_table,
     main,
     reshading_correlation,
     scene_metrics,
@@ -144,6 +146,51 @@ def test_block_mean_and_tile_weighted_average():
     rows = [{"tiles": 0}, {"tiles": 1, "rmse_m": 1.0, "relief_ratio": math.nan},
             {"tiles": 3, "rmse_m": 2.0, "relief_ratio": 0.5}]
     assert average(rows) == {"rmse_m": 1.75, "relief_ratio": 0.5, "tiles": 4}
+
+
+def _scenes(values, tiles=None) -> list[dict]:
+    tiles = tiles or [4] * len(values)
+    return [{"tiles": t, "delta1": v} for v, t in zip(values, tiles)]
+
+
+def test_difference_interval_pairs_scenes_and_weights_them_by_tiles():
+    rng = np.random.default_rng(0)
+    base, tiles = rng.uniform(0, 1, 12), list(range(1, 13))
+    # A model ahead by the same amount on every scene: no spread, whichever scenes are drawn.
+    diff, low, high = difference_interval(_scenes(base + 0.05), _scenes(base), "delta1", seed=1)
+    assert (diff, low, high) == pytest.approx((0.05, 0.05, 0.05))
+    # The estimate is the difference of the tile-weighted averages the tables show.
+    model = rng.uniform(0, 1, 12)
+    diff, low, high = difference_interval(_scenes(model, tiles), _scenes(base, tiles), "delta1",
+                                          seed=1)
+    shown = average(_scenes(model, tiles))["delta1"] - average(_scenes(base, tiles))["delta1"]
+    assert diff == pytest.approx(shown) and low < diff < high
+
+
+def test_difference_interval_has_the_width_of_the_mean_over_scenes():
+    # Ten scenes, five ahead by 1 and five behind by 1: the mean's standard error is
+    # 1 / sqrt(10), so the 95 % interval is about 0 ± 1.96 / sqrt(10) = ± 0.62.
+    ahead = np.array([1.0, -1.0] * 5)
+    diff, low, high = difference_interval(_scenes(ahead), _scenes(np.zeros(10)), "delta1", seed=3)
+    assert diff == 0.0
+    assert low == pytest.approx(-0.62, abs=0.07) and high == pytest.approx(0.62, abs=0.07)
+
+
+def test_no_interval_from_fewer_than_ten_scenes_scored_by_both():
+    values = np.linspace(0, 1, 10)
+    assert difference_interval(_scenes(values), _scenes(values), "delta1", seed=0) is not None
+    values[3] = np.nan  # a scene the model could not score leaves nine
+    assert difference_interval(_scenes(values), _scenes(values * 0), "delta1", seed=0) is None
+
+
+def test_interval_table_marks_differences_whose_interval_leaves_out_zero():
+    cells = {"rmse_m": (-0.6, -0.8, -0.4), "mae_m": (-0.1, -0.3, 0.1), "slope_err_deg": None,
+             "delta1": (0.02, 0.01, 0.03), "delta2": (0.0, -0.01, 0.01),
+             "delta3": (-0.02, -0.03, -0.01)}
+    row = interval_table({"sfs": cells}, "m", 12).splitlines()[-1]
+    assert row == ("| sfs | **-0.6 [-0.8, -0.4]** | -0.1 [-0.3, +0.1] | – | "
+                   "**+0.02 [+0.01, +0.03]** | +0 [-0.01, +0.01] | **-0.02 [-0.03, -0.01]** |")
+    assert "over the 12 scenes" in interval_table({"sfs": cells}, "m", 12)
 
 
 def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
@@ -279,6 +326,7 @@ def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
         f"2 patch(es) of 512 x 512 px from 2 pair(s) in {tmp_path / 'shards'}, each scored on "
         "tiles of 256 px from its top-left corner")
     assert pairs["flat"]["tiles"] == pairs["ident"]["tiles"] == 8  # 4 tiles of 256 px each
+    assert metrics["intervals"] == {}  # two scenes are too few to resample
     # The flat surface's RMSE is the truth's relief in each 256 px tile.
     relief = [np.std(p["truth"][r:r + 256, c:c + 256]) for p in made
               for r in (0, 256) for c in (0, 256)]

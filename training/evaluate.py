@@ -23,7 +23,9 @@ and the detail ratio (the same for what a 4-pixel Gaussian smooths away: 1 is th
 and the RMSE split in two: the error's best-fit plane over the tile (tilt) and the rest
 (detrended), whose squares add up in each tile. The flat row's two values are the truth's tilt
 and its relief beyond the tilt.
-Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland).
+Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland). On a set of
+at least 10 scenes, the first model's difference from each baseline in the metrics the bar
+compares comes with a 95 % paired bootstrap interval over scenes.
 """
 
 from __future__ import annotations

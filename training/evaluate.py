@@ -5,7 +5,7 @@
 Each model runs through ``mars_dtm_plugin.core.engine.predict_dtm`` on GeoTIFFs (what is
 measured is what ships). Test sets, written under ``--data`` when missing:
 
-- ``synthetic``: procedural scenes (512 px, 1 m, sun from any azimuth), a seed never used for
+- ``synthetic``: 48 procedural scenes (512 px, 1 m, sun from any azimuth), a seed never used for
   training;
 - ``louth``: the rows of the real Louth crater HiRISE DTM held out of training, rendered;
 - ``karoo``: the real QuickBird 8 m image, predictions averaged 3 x 3 onto the real 24 m DEM;

@@ -343,6 +343,29 @@ def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
     assert "## Held-out real image / DTM pairs (test shards)" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_ten_scenes_give_the_report_intervals_of_the_lead_over_each_baseline(tmp_path):
+    _polar_pairs(tmp_path / "shards", count=10, per_shard=5)
+    model = write_test_model(tmp_path / "m.onnx", "identity")
+    out = tmp_path / "report"
+    assert main(["--model", f"ident={model}", "--data", str(tmp_path / "d"), "--out", str(out),
+                 "--sets", "pairs", "--test-shards", str(tmp_path / "shards"),
+                 "--no-speed"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    found, table = metrics["intervals"]["pairs"], metrics["sets"]["pairs"]
+    assert found["scenes"] == 10 and set(found["against"]) == {"flat", "sfs"}
+    for name, cells in found["against"].items():
+        for key, (diff, low, high) in cells.items():
+            assert diff == pytest.approx(table["ident"][key] - table[name][key])
+            assert low <= diff <= high
+    # Brightness in units of pixel size is a surface nearly as flat as flat (RMSE: no telling
+    # them apart) and, surely, far from SFS's shapes (every δ behind).
+    low, high = found["against"]["flat"]["rmse_m"][1:]
+    assert low < 0 < high
+    assert all(found["against"]["sfs"][key][2] < 0 for key in ("delta1", "delta2", "delta3"))
+    assert "intervals over the 10 scenes" in (out / "report.md").read_text()
+
+
 def test_each_pair_and_its_prediction_leave_the_disk_once_scored(tmp_path):
     """A test split has thousands of patches: none may pile up in the work folder."""
     from training.evaluate import pair_scenes, predict

@@ -61,7 +61,8 @@ SYNTHETIC_SCENES = 48
 INTERVAL_KEYS = ("rmse_m", "mae_m", "slope_err_deg", "delta1", "delta2", "delta3")
 """The metrics the bar compares with the baselines, given a confidence interval."""
 INTERVAL_MIN_SCENES = 10
-"""Scenes, not tiles, are resampled: a scene's tiles share its tilt, its sun and its render."""
+"""Scenes, not tiles, are resampled (a scene's tiles share its tilt, its sun and its render),
+and the patches of one stereo pair are resampled together."""
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -499,10 +500,10 @@ def table(metrics: dict[str, dict], order: list[str]) -> str:
     return "\n".join(lines)
 
 
-def interval_table(found: dict[str, dict], model: str, scenes: int) -> str:
+def interval_table(found: dict[str, dict], model: str, drawn: str) -> str:
     """The first model less each baseline, with 95 % intervals; bold where 0 lies outside."""
     lines = [f"`{model}` less each baseline, paired scene by scene, with 95 % bootstrap "
-             f"intervals over the {scenes} scenes (bold: the interval leaves out 0; errors "
+             f"intervals over the {drawn} (bold: the interval leaves out 0; errors "
              "want negative differences, δ positive ones):", "",
              "| against | " + " | ".join(COLUMNS[k] for k in INTERVAL_KEYS) + " |",
              "|---|" + "---|" * len(INTERVAL_KEYS)]
@@ -546,7 +547,7 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
         lines += [f"## {SET_TITLES[set_name]}", "", results["notes"].get(set_name, ""), "",
                   table(metrics, order), ""]
         if found := results.get("intervals", {}).get(set_name):
-            lines += [interval_table(found["against"], models[0], found["scenes"]), ""]
+            lines += [interval_table(found["against"], models[0], found["drawn"]), ""]
         lines += [f"![{set_name}]({set_name}.png)", ""]
     skipped = {k: v for k, v in results["notes"].items() if k not in results["sets"]}
     for set_name, note in skipped.items():
@@ -647,28 +648,37 @@ def average(rows: list[dict]) -> dict[str, float]:
 
 
 def difference_interval(rows: list[dict], baseline_rows: list[dict], key: str, seed: int,
+                        groups: list | None = None,
                         resamples: int = 2000) -> tuple[float, float, float] | None:
     """Mean of ``key`` in ``rows`` less in ``baseline_rows`` (scene by scene, weighted by
-    tiles as ``average`` does) and its 95 % paired bootstrap interval over scenes; None with
-    fewer than ``INTERVAL_MIN_SCENES`` scenes scored by both."""
+    tiles as ``average`` does) and its 95 % paired bootstrap interval.
+
+    What is drawn with replacement is each scene, or each of ``groups`` (one label per scene:
+    the scenes that share one are drawn together); None with fewer than
+    ``INTERVAL_MIN_SCENES`` of them scored by both.
+    """
     a, b = (np.array([r.get(key, np.nan) for r in x], float) for x in (rows, baseline_rows))
     weights = np.array([r.get("tiles", 1) for r in rows], float)
     kept = np.isfinite(a) & np.isfinite(b) & (weights > 0)
-    if kept.sum() < INTERVAL_MIN_SCENES:
+    labels = np.arange(len(rows)) if groups is None else np.array(groups, object)
+    _, group = np.unique(labels[kept].astype(str), return_inverse=True)
+    if group.size == 0 or group.max() + 1 < INTERVAL_MIN_SCENES:
         return None
-    difference, weights = (a - b)[kept], weights[kept]
-    picks = np.random.default_rng(seed).integers(0, len(difference), (resamples, len(difference)))
-    means = (difference[picks] * weights[picks]).sum(1) / weights[picks].sum(1)
+    weighted = np.bincount(group, ((a - b) * weights)[kept])  # per drawn unit
+    weights = np.bincount(group, weights[kept])
+    picks = np.random.default_rng(seed).integers(0, len(weights), (resamples, len(weights)))
+    means = weighted[picks].sum(1) / weights[picks].sum(1)
     low, high = np.percentile(means, [2.5, 97.5])
-    return float(np.average(difference, weights=weights)), float(low), float(high)
+    return float(weighted.sum() / weights.sum()), float(low), float(high)
 
 
-def intervals(by_method: dict[str, list[dict]], model: str, seed: int) -> dict:
+def intervals(by_method: dict[str, list[dict]], model: str, seed: int,
+              groups: list | None = None) -> dict:
     """{baseline: {metric: (difference, low, high)}} for ``model``, where there are enough
-    scenes."""
+    scenes (or ``groups``)."""
     found = {}
     for name in BASELINES:
-        cells = {key: difference_interval(by_method[model], by_method[name], key, seed)
+        cells = {key: difference_interval(by_method[model], by_method[name], key, seed, groups)
                  for key in INTERVAL_KEYS}
         if any(cells.values()):
             found[name] = cells
@@ -725,8 +735,10 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 results["notes"][set_name] = note
                 continue
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
-            if found := intervals(by_method, first, seed):
-                results["intervals"][set_name] = {"scenes": len(notes), "against": found}
+            pairs = [n["pair"] for n in notes] if set_name == "pairs" else None
+            if found := intervals(by_method, first, seed, pairs):
+                drawn = f"{len(set(pairs))} pairs" if pairs else f"{len(notes)} scenes"
+                results["intervals"][set_name] = {"drawn": drawn, "against": found}
             results["notes"][set_name] = _set_note(notes)
             figures(set_name, figure_rows, first, out)
         if speed and results["sets"]:

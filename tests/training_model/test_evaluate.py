@@ -176,6 +176,20 @@ def test_difference_interval_has_the_width_of_the_mean_over_scenes():
     assert low == pytest.approx(-0.62, abs=0.07) and high == pytest.approx(0.62, abs=0.07)
 
 
+def test_scenes_of_one_group_are_drawn_together():
+    # Twenty patches of ten stereo pairs; each pair's two patches err in opposite directions,
+    # so each pair's mean difference is 0: drawn by pair, no spread; drawn by patch, a wide one.
+    ahead = np.array([1.0, -1.0] * 10)
+    pairs = [f"PAIR_{i // 2}" for i in range(20)]
+    by_pair = difference_interval(_scenes(ahead), _scenes(np.zeros(20)), "delta1", 3, pairs)
+    assert by_pair == pytest.approx((0.0, 0.0, 0.0))
+    _, low, high = difference_interval(_scenes(ahead), _scenes(np.zeros(20)), "delta1", 3)
+    assert low < -0.3 and high > 0.3
+    # Twenty patches of five pairs are five draws: too few.
+    few = [f"PAIR_{i // 4}" for i in range(20)]
+    assert difference_interval(_scenes(ahead), _scenes(ahead), "delta1", 3, few) is None
+
+
 def test_no_interval_from_fewer_than_ten_scenes_scored_by_both():
     values = np.linspace(0, 1, 10)
     assert difference_interval(_scenes(values), _scenes(values), "delta1", seed=0) is not None
@@ -187,10 +201,10 @@ def test_interval_table_marks_differences_whose_interval_leaves_out_zero():
     cells = {"rmse_m": (-0.6, -0.8, -0.4), "mae_m": (-0.1, -0.3, 0.1), "slope_err_deg": None,
              "delta1": (0.02, 0.01, 0.03), "delta2": (0.0, -0.01, 0.01),
              "delta3": (-0.02, -0.03, -0.01)}
-    row = interval_table({"sfs": cells}, "m", 12).splitlines()[-1]
+    row = interval_table({"sfs": cells}, "m", "12 scenes").splitlines()[-1]
     assert row == ("| sfs | **-0.6 [-0.8, -0.4]** | -0.1 [-0.3, +0.1] | – | "
                    "**+0.02 [+0.01, +0.03]** | +0 [-0.01, +0.01] | **-0.02 [-0.03, -0.01]** |")
-    assert "over the 12 scenes" in interval_table({"sfs": cells}, "m", 12)
+    assert "over the 12 scenes" in interval_table({"sfs": cells}, "m", "12 scenes")
 
 
 def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
@@ -353,7 +367,7 @@ def test_ten_scenes_give_the_report_intervals_of_the_lead_over_each_baseline(tmp
                  "--no-speed"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     found, table = metrics["intervals"]["pairs"], metrics["sets"]["pairs"]
-    assert found["scenes"] == 10 and set(found["against"]) == {"flat", "sfs"}
+    assert found["drawn"] == "10 pairs" and set(found["against"]) == {"flat", "sfs"}
     for name, cells in found["against"].items():
         for key, (diff, low, high) in cells.items():
             assert diff == pytest.approx(table["ident"][key] - table[name][key])
@@ -363,7 +377,7 @@ def test_ten_scenes_give_the_report_intervals_of_the_lead_over_each_baseline(tmp
     low, high = found["against"]["flat"]["rmse_m"][1:]
     assert low < 0 < high
     assert all(found["against"]["sfs"][key][2] < 0 for key in ("delta1", "delta2", "delta3"))
-    assert "intervals over the 10 scenes" in (out / "report.md").read_text()
+    assert "intervals over the 10 pairs" in (out / "report.md").read_text()
 
 
 def test_each_pair_and_its_prediction_leave_the_disk_once_scored(tmp_path):

@@ -660,8 +660,8 @@ def difference_interval(rows: list[dict], baseline_rows: list[dict], key: str, s
     a, b = (np.array([r.get(key, np.nan) for r in x], float) for x in (rows, baseline_rows))
     weights = np.array([r.get("tiles", 1) for r in rows], float)
     kept = np.isfinite(a) & np.isfinite(b) & (weights > 0)
-    labels = np.arange(len(rows)) if groups is None else np.array(groups, object)
-    _, group = np.unique(labels[kept].astype(str), return_inverse=True)
+    group = np.arange(kept.sum()) if groups is None else \
+        np.unique(np.asarray(groups, str)[kept], return_inverse=True)[1]
     if group.size == 0 or group.max() + 1 < INTERVAL_MIN_SCENES:
         return None
     weighted = np.bincount(group, ((a - b) * weights)[kept])  # per drawn unit

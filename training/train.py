@@ -66,6 +66,7 @@ class TrainConfig:
     channels: list[int] = field(default_factory=lambda: list(GeneratorConfig().channels))
     shading_prior: bool = True
     prior_window: int = 127
+    prior_gain: float = -1.0
     l1: float = 1.0
     gradient: float = 5.0
     scale_invariant: float = 0.0
@@ -115,6 +116,9 @@ HELP = {
     "prior_window": "odd width in px of the running mean taken off the shading prior; 0: the "
                     "tile row's mean (0.4.0 and before), which ties the prior to where the tile "
                     "starts",
+    "prior_gain": "gain of the shading prior added to the output, held fixed (0.3 adds it "
+                  "whole: linear shape from shading along the sun, which the network then "
+                  "corrects); below 0: learned, from 0 or from --init-from's weights",
     "l1": "weight of L1 on mean-removed heights (pixel units)",
     "gradient": "weight of L1 on height gradients (slopes)",
     "scale_invariant": "weight of the scale-aligned L1 term",
@@ -253,6 +257,8 @@ def _out_of_range(cfg: TrainConfig) -> str:
     if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:
         return (f"--percentiles must be two percentiles, low then high, between 0 and 100, "
                 f"not {cfg.percentiles}")
+    if cfg.prior_gain >= 0 and not cfg.shading_prior:
+        return f"--prior-gain {cfg.prior_gain} needs --shading-prior true: it weighs that prior"
     if cfg.prior_window and cfg.prior_window % 2 == 0:
         return f"--prior-window must be 0 or an odd number of pixels, not {cfg.prior_window}"
     if cfg.input_scaling not in INPUT_SCALINGS:
@@ -395,6 +401,8 @@ class Trainer:
         seed_everything(cfg.seed)
         config = GeneratorConfig(tuple(cfg.channels), cfg.shading_prior, cfg.prior_window)
         self.generator = Generator(config).to(self.device)
+        if cfg.prior_gain >= 0:  # held: without a gradient, neither AdamW nor DDP touch it
+            self.generator.prior_gain.requires_grad_(False)
         self.weights = LossWeights(cfg.l1, cfg.gradient, cfg.scale_invariant,
                                    cfg.adversarial if cfg.gan else 0.0, cfg.histogram_bins,
                                    cfg.distribution)
@@ -424,12 +432,13 @@ class Trainer:
                              f"{self.out / 'last.pt'}, or choose another --out")
         if cfg.resume:
             self.load(cfg.resume)
-            return
-        if cfg.init_from:
+        elif cfg.init_from:
             _check_same_architecture(cfg, saved_config(cfg.init_from), cfg.init_from)
             state = load_checkpoint(cfg.init_from, self.device)
             self.generator.load_state_dict(state["generator"])
             self.prior_steps = state["step"] + state.get("prior_steps", 0)
+        if cfg.prior_gain >= 0:
+            self.generator.prior_gain.data.fill_(cfg.prior_gain)
 
     # -- data -----------------------------------------------------------------------------
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

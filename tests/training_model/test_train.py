@@ -143,6 +143,27 @@ def test_fine_tuning_starts_from_the_weights_with_a_fresh_schedule(pool, tmp_pat
     assert logs["adversarial"] > 0 and logs["d_loss"] > 0
 
 
+def test_a_held_prior_gain_stays_put_while_the_rest_learns(pool, tmp_path):
+    first = Trainer(_config(pool, tmp_path / "a", steps=3))
+    first.fit()
+    assert first.generator.prior_gain.item() != 0.0  # learned
+    straight, resumed = _straight_and_resumed(pool, tmp_path / "held", prior_gain=0.3,
+                                              init_from=str(tmp_path / "a" / "last.pt"))
+    for trainer in (straight, resumed):  # held through a resume too
+        assert trainer.generator.prior_gain.item() == np.float32(0.3)  # exactly
+        assert not trainer.generator.prior_gain.requires_grad
+    a, b = straight.generator.state_dict(), resumed.generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = first.generator.state_dict()
+    assert not torch.equal(start["stem.0.0.weight"], a["stem.0.0.weight"])
+
+
+def test_a_prior_gain_without_the_prior_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--shading-prior", "false", "--prior-gain", "0.3"])
+    assert "--prior-gain 0.3 needs --shading-prior true" in capsys.readouterr().err
+
+
 def test_ranks_of_a_run_read_disjoint_shares_and_validation_reads_all(pool, tmp_path,
                                                                       monkeypatch):
     cfg = _config(pool, tmp_path, seed=3)
@@ -253,10 +274,12 @@ def _ddp(pool, out, *options: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(pool, tmp_path):
-    result = _ddp(pool, tmp_path, "--steps", "3", "--gan", "true", "--checkpoint-every", "3")
+    result = _ddp(pool, tmp_path, "--steps", "3", "--gan", "true", "--checkpoint-every", "3",
+                  "--prior-gain", "0.3")  # a parameter without gradient beside DDP's
     assert result.returncode == 0, result.stderr[-2000:]
     state = torch.load(tmp_path / "last.pt", weights_only=False)
     assert state["step"] == 3 and state["disc"] is not None
+    assert state["generator"]["prior_gain"].item() == np.float32(0.3)
 
 
 @pytest.mark.slow

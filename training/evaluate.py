@@ -658,8 +658,10 @@ def difference_interval(rows: list[dict], baseline_rows: list[dict], key: str, s
     ``INTERVAL_MIN_SCENES`` of them scored by both.
     """
     a, b = (np.array([r.get(key, np.nan) for r in x], float) for x in (rows, baseline_rows))
-    weights = np.array([r.get("tiles", 1) for r in rows], float)
-    kept = np.isfinite(a) & np.isfinite(b) & (weights > 0)
+    weights, baseline_weights = (np.array([r.get("tiles", 1) for r in x], float)
+                                 for x in (rows, baseline_rows))
+    # Paired: a scene counts where both were scored on the same number of its tiles.
+    kept = np.isfinite(a) & np.isfinite(b) & (weights > 0) & (weights == baseline_weights)
     group = np.arange(kept.sum()) if groups is None else \
         np.unique(np.asarray(groups, str)[kept], return_inverse=True)[1]
     if group.size == 0 or group.max() + 1 < INTERVAL_MIN_SCENES:

@@ -257,6 +257,8 @@ def _out_of_range(cfg: TrainConfig) -> str:
     if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:
         return (f"--percentiles must be two percentiles, low then high, between 0 and 100, "
                 f"not {cfg.percentiles}")
+    if math.isnan(cfg.prior_gain):
+        return "--prior-gain must be a number (below 0: learned), not nan"
     if cfg.prior_gain >= 0 and not cfg.shading_prior:
         return f"--prior-gain {cfg.prior_gain} needs --shading-prior true: it weighs that prior"
     if cfg.prior_window and cfg.prior_window % 2 == 0:

@@ -185,6 +185,13 @@ def test_scenes_of_one_group_are_drawn_together():
     assert by_pair == pytest.approx((0.0, 0.0, 0.0))
     _, low, high = difference_interval(_scenes(ahead), _scenes(np.zeros(20)), "delta1", 3)
     assert low < -0.3 and high > 0.3
+    # A patch left unscored leaves its pair's other one (ahead by 1) to stand for the pair,
+    # the other nine pairs still cancel: a draw without that pair (a third do) is level.
+    lost = ahead.copy()
+    lost[1] = np.nan
+    diff, low, high = difference_interval(_scenes(lost), _scenes(np.zeros(20)), "delta1", 3,
+                                          pairs)
+    assert diff == pytest.approx(1 / 19) and low == 0.0 and 0.1 < high < 0.3
     # Twenty patches of five pairs are five draws: too few.
     few = [f"PAIR_{i // 4}" for i in range(20)]
     assert difference_interval(_scenes(ahead), _scenes(ahead), "delta1", 3, few) is None
@@ -194,7 +201,20 @@ def test_no_interval_from_fewer_than_ten_scenes_scored_by_both():
     values = np.linspace(0, 1, 10)
     assert difference_interval(_scenes(values), _scenes(values), "delta1", seed=0) is not None
     values[3] = np.nan  # a scene the model could not score leaves nine
-    assert difference_interval(_scenes(values), _scenes(values * 0), "delta1", seed=0) is None
+    assert difference_interval(_scenes(values), _scenes(np.zeros(10)), "delta1", seed=0) is None
+    # ... as does a scene the model scored on fewer tiles than the baseline: not a pair.
+    values[3], tiles = 0.5, [4] * 10
+    assert difference_interval(_scenes(values, [3, *tiles[1:]]), _scenes(values, tiles),
+                               "delta1", seed=0) is None
+
+
+def test_each_draw_weights_its_scenes_by_their_tiles():
+    # One scene of 1 000 tiles ahead by 1, nine of one tile level: a draw holding the big scene
+    # (two in three do) is ahead by about 1, one without it by 0.
+    ahead, tiles = np.array([1.0] + [0.0] * 9), [1000] + [1] * 9
+    diff, low, high = difference_interval(_scenes(ahead, tiles), _scenes(np.zeros(10), tiles),
+                                          "delta1", seed=2)
+    assert diff == pytest.approx(1000 / 1009) and low == 0.0 and high > 0.99
 
 
 def test_interval_table_marks_differences_whose_interval_leaves_out_zero():

@@ -162,6 +162,9 @@ def test_a_prior_gain_without_the_prior_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--shading-prior", "false", "--prior-gain", "0.3"])
     assert "--prior-gain 0.3 needs --shading-prior true" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--prior-gain", "nan"])
+    assert "--prior-gain must be a number (below 0: learned), not nan" in capsys.readouterr().err
 
 
 def test_ranks_of_a_run_read_disjoint_shares_and_validation_reads_all(pool, tmp_path,

@@ -1,6 +1,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,14 +348,20 @@ def test_test_shards_become_georeferenced_scenes_with_the_sun_in_the_image_frame
     assert pairs == ["PAIR_0", "PAIR_1"]
 
 
-def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
-    made = _polar_pairs(tmp_path / "shards")
+def _score_pairs(tmp_path) -> tuple[dict, Path]:
+    """The identity model and both baselines on the shards in ``tmp_path / "shards"``: the
+    metrics and the report folder."""
     model = write_test_model(tmp_path / "m.onnx", "identity")
     out = tmp_path / "report"
     assert main(["--model", f"ident={model}", "--data", str(tmp_path / "d"), "--out", str(out),
                  "--sets", "pairs", "--test-shards", str(tmp_path / "shards"),
                  "--no-speed"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    return json.loads((out / "metrics.json").read_text()), out
+
+
+def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
+    made = _polar_pairs(tmp_path / "shards")
+    metrics, out = _score_pairs(tmp_path)
     pairs = metrics["sets"]["pairs"]
     assert metrics["notes"]["pairs"] == (
         f"2 patch(es) of 512 x 512 px from 2 pair(s) in {tmp_path / 'shards'}, each scored on "
@@ -380,12 +387,7 @@ def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
 @pytest.mark.slow
 def test_ten_scenes_give_the_report_intervals_of_the_lead_over_each_baseline(tmp_path):
     _polar_pairs(tmp_path / "shards", count=10, per_shard=5)
-    model = write_test_model(tmp_path / "m.onnx", "identity")
-    out = tmp_path / "report"
-    assert main(["--model", f"ident={model}", "--data", str(tmp_path / "d"), "--out", str(out),
-                 "--sets", "pairs", "--test-shards", str(tmp_path / "shards"),
-                 "--no-speed"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics, out = _score_pairs(tmp_path)
     found, table = metrics["intervals"]["pairs"], metrics["sets"]["pairs"]
     assert found["drawn"] == "10 pairs" and set(found["against"]) == {"flat", "sfs"}
     for name, cells in found["against"].items():

@@ -481,7 +481,8 @@ class Trainer:
         if step < warm:
             return self.cfg.lr * (step + 1) / warm
         progress = (step - warm) / max(1, self.cfg.steps - warm)
-        return self.cfg.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0))))
+        cosine = float(np.cos(np.pi * min(progress, 1.0)))  # a plain float: see _numpy_rng_state
+        return self.cfg.lr * (0.02 + 0.98 * 0.5 * (1 + cosine))
 
     def train_step(self, image: torch.Tensor, height: torch.Tensor) -> dict[str, float]:
         image, height = image.to(self.device), height.to(self.device)
@@ -556,7 +557,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "consumed": self.consumed,
             "prior_steps": self.prior_steps,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(),
                     "random": random.getstate()},
         }
 
@@ -583,7 +584,8 @@ class Trainer:
         self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
         self.prior_steps = state.get("prior_steps", 0)
         torch.set_rng_state(state["rng"]["torch"].cpu())  # loaded onto the GPU with the rest
-        np.random.set_state(state["rng"]["numpy"])
+        kind, key, *rest = state["rng"]["numpy"]
+        np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
         random.setstate(state["rng"]["random"])
 
     # -- loop ----------------------------------------------------------------------------
@@ -644,6 +646,14 @@ class Trainer:
         if writer:
             writer.close()
         return logs
+
+
+def _numpy_rng_state() -> tuple:
+    """numpy's global generator state in plain Python types: a pickled array names numpy's
+    internal modules, which differ between numpy 1 and 2, so a checkpoint saved under one
+    could not be read under the other (a GPU machine's numpy 2, the plugin's numpy 1)."""
+    kind, key, position, has_gauss, gauss = np.random.get_state()
+    return kind, key.tolist(), int(position), int(has_gauss), float(gauss)
 
 
 def _unwrap(module: torch.nn.Module | None) -> torch.nn.Module | None:

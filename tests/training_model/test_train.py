@@ -52,6 +52,14 @@ def _straight_and_resumed(pool, tmp_path, **options) -> tuple[Trainer, Trainer]:
     return straight, resumed
 
 
+def test_a_checkpoint_holds_only_tensors_and_plain_values(pool, tmp_path):
+    # A pickled numpy array names numpy's internal modules, which numpy 2 renamed: a run saved
+    # on a numpy 2 machine (a GPU cluster) could not be resumed or exported under numpy 1.
+    Trainer(_config(pool, tmp_path, steps=2, gan=True)).fit()
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # refuses any other object
+    assert state["step"] == 2 and len(state["rng"]["numpy"][1]) == 624
+
+
 _GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                      reason="needs a CUDA GPU"))
 

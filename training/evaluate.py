@@ -501,8 +501,9 @@ def table(metrics: dict[str, dict], order: list[str]) -> str:
 
 
 def interval_table(found: dict[str, dict], model: str, drawn: str) -> str:
-    """The first model less each baseline, with 95 % intervals; bold where 0 lies outside."""
-    lines = [f"`{model}` less each baseline, paired scene by scene, with 95 % bootstrap "
+    """The first model less each baseline (and each other model), with 95 % intervals; bold
+    where 0 lies outside."""
+    lines = [f"`{model}` less each other method, paired scene by scene, with 95 % bootstrap "
              f"intervals over the {drawn} (bold: the interval leaves out 0; errors "
              "want negative differences, δ positive ones):", "",
              "| against | " + " | ".join(COLUMNS[k] for k in INTERVAL_KEYS) + " |",
@@ -675,11 +676,11 @@ def difference_interval(rows: list[dict], baseline_rows: list[dict], key: str, s
 
 
 def intervals(by_method: dict[str, list[dict]], model: str, seed: int,
-              groups: list | None = None) -> dict:
-    """{baseline: {metric: (difference, low, high)}} for ``model``, where there are enough
-    scenes (or ``groups``)."""
+              groups: list | None = None, against: Iterable[str] = BASELINES) -> dict:
+    """{other method: {metric: (difference, low, high)}} for ``model`` against each of
+    ``against``, where there are enough scenes (or ``groups``)."""
     found = {}
-    for name in BASELINES:
+    for name in against:
         cells = {key: difference_interval(by_method[model], by_method[name], key, seed, groups)
                  for key in INTERVAL_KEYS}
         if any(cells.values()):
@@ -738,7 +739,8 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 continue
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
             pairs = [n["pair"] for n in notes] if set_name == "pairs" else None
-            if found := intervals(by_method, first, seed, pairs):
+            others = [*BASELINES, *list(models)[1:]]
+            if found := intervals(by_method, first, seed, pairs, others):
                 drawn = f"{len(set(pairs))} pairs" if pairs else f"{len(notes)} scenes"
                 results["intervals"][set_name] = {"drawn": drawn, "against": found}
             results["notes"][set_name] = _set_note(notes)

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -348,12 +349,14 @@ def test_test_shards_become_georeferenced_scenes_with_the_sun_in_the_image_frame
     assert pairs == ["PAIR_0", "PAIR_1"]
 
 
-def _score_pairs(tmp_path) -> tuple[dict, Path]:
-    """The identity model and both baselines on the shards in ``tmp_path / "shards"``: the
-    metrics and the report folder."""
-    model = write_test_model(tmp_path / "m.onnx", "identity")
+def _score_pairs(tmp_path, *more: str) -> tuple[dict, Path]:
+    """The identity model (then test models of the kinds ``more``, each named by its kind) and
+    both baselines on the shards in ``tmp_path / "shards"``: the metrics and the report folder."""
+    models = ["--model", f"ident={write_test_model(tmp_path / 'm.onnx', 'identity')}"]
+    for kind in more:
+        models += ["--model", f"{kind}={write_test_model(tmp_path / f'{kind}.onnx', kind)}"]
     out = tmp_path / "report"
-    assert main(["--model", f"ident={model}", "--data", str(tmp_path / "d"), "--out", str(out),
+    assert main([*models, "--data", str(tmp_path / "d"), "--out", str(out),
                  "--sets", "pairs", "--test-shards", str(tmp_path / "shards"),
                  "--no-speed"]) == 0
     return json.loads((out / "metrics.json").read_text()), out
@@ -385,11 +388,12 @@ def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
 
 
 @pytest.mark.slow
-def test_ten_scenes_give_the_report_intervals_of_the_lead_over_each_baseline(tmp_path):
+def test_ten_scenes_give_the_report_intervals_of_the_lead_over_each_other_method(tmp_path):
     _polar_pairs(tmp_path / "shards", count=10, per_shard=5)
-    metrics, out = _score_pairs(tmp_path)
+    metrics, out = _score_pairs(tmp_path, "blur")
     found, table = metrics["intervals"]["pairs"], metrics["sets"]["pairs"]
-    assert found["drawn"] == "10 pairs" and set(found["against"]) == {"flat", "sfs"}
+    assert found["drawn"] == "10 pairs" and list(found["against"]) == ["flat", "sfs", "blur"]
+    assert found["against"]["blur"]["rmse_m"][0] != 0  # a model unlike the first
     for name, cells in found["against"].items():
         for key, (diff, low, high) in cells.items():
             assert diff == pytest.approx(table["ident"][key] - table[name][key])
@@ -399,7 +403,9 @@ def test_ten_scenes_give_the_report_intervals_of_the_lead_over_each_baseline(tmp
     low, high = found["against"]["flat"]["rmse_m"][1:]
     assert low < 0 < high
     assert all(found["against"]["sfs"][key][2] < 0 for key in ("delta1", "delta2", "delta3"))
-    assert "intervals over the 10 pairs" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "intervals over the 10 pairs" in report
+    assert re.search(r"\n\| blur \| \**[+-][0-9.e+-]+ \[", report)  # its interval row
 
 
 def test_each_pair_and_its_prediction_leave_the_disk_once_scored(tmp_path):

@@ -35,7 +35,7 @@ def runs(options: dict, folder: Path, half: int) -> dict[str, dict]:
     if main(["--resume", str(folder / "first" / f"step_{half}.pt"),
              "--out", str(folder / "resumed")]) != 0:
         raise SystemExit("the resumed run failed")
-    return {name: torch.load(folder / name / "last.pt", weights_only=False)["generator"]
+    return {name: torch.load(folder / name / "last.pt", weights_only=True)["generator"]
             for name in ("first", "rerun", "resumed")}
 
 

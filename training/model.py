@@ -156,9 +156,40 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         raise ValueError(f"{path} is an exported ONNX model, not a training checkpoint: give "
                          "a training run's last.pt instead")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        # Tensors and plain values only: unpickling anything else can run code from the file.
+        with torch.serialization.safe_globals(_older_checkpoints_numpy()):
+            state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(_refusal(path)) from exc
+    except (OSError, RuntimeError, EOFError) as exc:
         raise ValueError(f"cannot read the checkpoint {path}: {exc}") from exc
     if not isinstance(state, dict) or "generator" not in state:
         raise ValueError(f"{path} is not a training checkpoint (no generator weights)")
     return state
+
+
+def _refusal(path: str | Path) -> str:
+    """Why a file that ``torch.load`` refused to unpickle was not loaded, in one sentence."""
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, pickle.UnpicklingError):
+        unsafe = []
+    if not unsafe:
+        return f"cannot read the checkpoint {path}: it is no file that torch.save wrote"
+    return (f"{path} holds objects that are neither tensors nor plain values "
+            f"({', '.join(unsafe)}), which no training checkpoint does and which could run code "
+            "when read: not loaded")
+
+
+def _older_checkpoints_numpy() -> list:
+    """The numpy types in checkpoints saved before they held plain values only (the numpy
+    random state, a learning rate as a numpy float), by this numpy's own names: an older
+    checkpoint reads under the numpy it was saved with."""
+    import importlib
+
+    import numpy as np
+
+    numpy2 = int(np.__version__.split(".")[0]) >= 2
+    core = importlib.import_module(f"numpy.{'_core' if numpy2 else 'core'}.multiarray")
+    return [np.ndarray, np.dtype, core.scalar, core._reconstruct,
+            type(np.dtype(np.uint32)), type(np.dtype(np.float64))]

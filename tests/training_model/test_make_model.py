@@ -48,8 +48,8 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     # Deterministic: the same recipe again gives the same pool and the same weights.
     again = tmp_path / "again"
     assert main(["--recipe", str(path), "--work", str(again), "--stages", "data,train"]) == 0
-    first = torch.load(tmp_path / "work" / "main" / "last.pt", weights_only=False)
-    second = torch.load(again / "main" / "last.pt", weights_only=False)
+    first = torch.load(tmp_path / "work" / "main" / "last.pt", weights_only=True)
+    second = torch.load(again / "main" / "last.pt", weights_only=True)
     assert all(torch.equal(first["generator"][k], second["generator"][k])
                for k in first["generator"])
 
@@ -120,4 +120,4 @@ def test_a_rerun_resumes_each_run_from_its_config_and_checkpoint(pool, tmp_path)
     recipe["train"]["steps"] = 3  # a longer run, continued from the first
     args = _train_args(recipe, work, "main", {"gan": False})
     assert "--resume" in args and train(args) == 0
-    assert torch.load(work / "main" / "last.pt", weights_only=False)["step"] == 3
+    assert torch.load(work / "main" / "last.pt", weights_only=True)["step"] == 3

@@ -60,6 +60,44 @@ def test_a_checkpoint_holds_only_tensors_and_plain_values(pool, tmp_path):
     assert state["step"] == 2 and len(state["rng"]["numpy"][1]) == 624
 
 
+class _OpensAFile:
+    """Unpickled, it would create a file: what a hostile checkpoint could do instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unread(pool, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    torch.save({"generator": {}, "payload": _OpensAFile(marker)}, tmp_path / "hostile.pt")
+    code = main(["--data", str(pool), "--out", str(tmp_path / "o"),
+                 "--init-from", str(tmp_path / "hostile.pt")])
+    assert code == 2 and not marker.exists()
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'hostile.pt'} holds objects that are neither tensors nor plain "
+        "values (io.open), which no training checkpoint does and which could run code "
+        "when read: not loaded")
+
+
+def test_a_checkpoint_saved_with_numpy_values_still_resumes(pool, tmp_path):
+    # As checkpoints were saved before they held plain values only.
+    Trainer(_config(pool, tmp_path, steps=4, keep_steps=[2])).fit()
+    state = torch.load(tmp_path / "step_2.pt", weights_only=True)
+    kind, key, *rest = state["rng"]["numpy"]
+    state["rng"]["numpy"] = (kind, np.array(key, np.uint32), *rest)
+    state["g_opt"]["param_groups"][0]["lr"] = np.float64(state["g_opt"]["param_groups"][0]["lr"])
+    older = tmp_path / "older"
+    older.mkdir()
+    torch.save(state, older / "step_2.pt")
+    resumed = Trainer(_config(pool, older, steps=4, resume=str(older / "step_2.pt")))
+    resumed.fit()
+    straight = torch.load(tmp_path / "last.pt", weights_only=True)["generator"]
+    assert all(torch.equal(straight[k], v) for k, v in resumed.generator.state_dict().items())
+
+
 _GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                      reason="needs a CUDA GPU"))
 
@@ -288,7 +326,7 @@ def test_ddp_on_cpu_with_two_processes(pool, tmp_path):
     result = _ddp(pool, tmp_path, "--steps", "3", "--gan", "true", "--checkpoint-every", "3",
                   "--prior-gain", "0.3")  # a parameter without gradient beside DDP's
     assert result.returncode == 0, result.stderr[-2000:]
-    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["step"] == 3 and state["disc"] is not None
     assert state["generator"]["prior_gain"].item() == np.float32(0.3)
 
@@ -300,7 +338,7 @@ def test_ddp_ranks_stop_together_when_time_is_up(pool, tmp_path):
                   "--checkpoint-every", "100000")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("--max-minutes 0.01 reached; continue with --resume") == 1
-    assert 0 < torch.load(tmp_path / "last.pt", weights_only=False)["step"] < 100000
+    assert 0 < torch.load(tmp_path / "last.pt", weights_only=True)["step"] < 100000
 
 
 def test_missing_validation_folder_is_one_clear_error(pool, tmp_path, capsys):
@@ -321,7 +359,7 @@ def test_resume_alone_takes_the_saved_options_and_folder(pool, tmp_path, monkeyp
     assert _tiny_run(pool, run, "--steps", "2") == 0
     monkeypatch.chdir(tmp_path)  # the default --out would be runs/model here
     assert main(["--resume", str(run / "last.pt"), "--steps", "3"]) == 0
-    assert torch.load(run / "last.pt", weights_only=False)["step"] == 3
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
     saved = json.loads((run / "config.json").read_text())
     assert (saved["data"], saved["channels"], saved["lr"]) == (str(pool), [4, 8, 16], 0.003)
     assert saved["steps"] == 3 and not (tmp_path / "runs").exists()
@@ -334,7 +372,7 @@ def test_resuming_a_run_stopped_early_says_it_has_nothing_to_train(pool, tmp_pat
     assert main(["--resume", str(run / "last.pt")]) == 0  # the saved --stop-at 2 holds
     assert "nothing to train: the run is at step 2 and stops at 2" in capsys.readouterr().err
     assert main(["--resume", str(run / "last.pt"), "--stop-at", "0"]) == 0
-    assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 4
 
 
 def test_the_defaults_are_the_bundled_recipes_network():
@@ -348,7 +386,7 @@ def test_the_defaults_are_the_bundled_recipes_network():
 
 def _strip_saved(run: Path, *names: str) -> None:
     """Make ``run`` look saved before ``names`` were options."""
-    state = torch.load(run / "last.pt", weights_only=False)
+    state = torch.load(run / "last.pt", weights_only=True)
     state["config"] = {k: v for k, v in state["config"].items() if k not in names}
     torch.save(state, run / "last.pt")
 
@@ -386,7 +424,7 @@ def test_resume_refuses_to_change_what_the_run_learns(pool, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--lr cannot change" in err and "Traceback" not in err
-    assert torch.load(run / "last.pt", weights_only=False)["step"] == 2
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
 
 
 def test_an_onnx_model_given_as_weights_is_named_as_such(tmp_path, capsys):

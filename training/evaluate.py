@@ -24,8 +24,8 @@ and the RMSE split in two: the error's best-fit plane over the tile (tilt) and t
 (detrended), whose squares add up in each tile. The flat row's two values are the truth's tilt
 and its relief beyond the tilt.
 Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland). On a set of
-at least 10 scenes, the first model's difference from each baseline in the metrics the bar
-compares comes with a 95 % paired bootstrap interval over scenes.
+at least 10 scenes, the first model's difference from each baseline and each other model in
+the metrics the bar compares comes with a 95 % paired bootstrap interval over scenes.
 """
 
 from __future__ import annotations
@@ -676,7 +676,7 @@ def difference_interval(rows: list[dict], baseline_rows: list[dict], key: str, s
 
 
 def intervals(by_method: dict[str, list[dict]], model: str, seed: int,
-              groups: list | None = None, against: Iterable[str] = BASELINES) -> dict:
+              groups: list | None, against: Iterable[str]) -> dict:
     """{other method: {metric: (difference, low, high)}} for ``model`` against each of
     ``against``, where there are enough scenes (or ``groups``)."""
     found = {}
@@ -700,7 +700,8 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
     scene tilt (``truth_without_scene_tilt``): what being right but for that tilt scores.
     ``test_shards`` is the folder the ``pairs`` set reads.
     """
-    first = next(iter(models))
+    first, *more = models
+    others = [*BASELINES, *more]  # what the first model's lead is measured against
     control = f"{first}+noise{roughness_px:g}px" if roughness_px > 0 else None
     tilted = [first, *BASELINES] if tilt_control else []
     controls = ([control] if control else []) + [f"{name}{TILT_SUFFIX}" for name in tilted] \
@@ -739,7 +740,6 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 continue
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
             pairs = [n["pair"] for n in notes] if set_name == "pairs" else None
-            others = [*BASELINES, *list(models)[1:]]
             if found := intervals(by_method, first, seed, pairs, others):
                 drawn = f"{len(set(pairs))} pairs" if pairs else f"{len(notes)} scenes"
                 results["intervals"][set_name] = {"drawn": drawn, "against": found}

@@ -9,9 +9,11 @@ on a laptop CPU.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -155,41 +157,46 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if str(path).lower().endswith(".onnx"):
         raise ValueError(f"{path} is an exported ONNX model, not a training checkpoint: give "
                          "a training run's last.pt instead")
+    if not Path(path).is_file():
+        raise ValueError(f"cannot read the checkpoint {path}: there is no such file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"cannot read the checkpoint {path}: it is no file that torch.save "
+                         "wrote")
     try:
         # Tensors and plain values only: unpickling anything else can run code from the file.
-        with torch.serialization.safe_globals(_older_checkpoints_numpy()):
+        with torch.serialization.safe_globals(OLDER_CHECKPOINTS_NUMPY):
             state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(_refusal(path)) from exc
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, KeyError, IndexError, TypeError) as exc:
         raise ValueError(f"cannot read the checkpoint {path}: {exc}") from exc
     if not isinstance(state, dict) or "generator" not in state:
         raise ValueError(f"{path} is not a training checkpoint (no generator weights)")
     return state
 
 
-def _refusal(path: str | Path) -> str:
-    """Why a file that ``torch.load`` refused to unpickle was not loaded, in one sentence."""
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except (ValueError, RuntimeError, pickle.UnpicklingError):
-        unsafe = []
-    if not unsafe:
-        return f"cannot read the checkpoint {path}: it is no file that torch.save wrote"
-    return (f"{path} holds objects that are neither tensors nor plain values "
-            f"({', '.join(unsafe)}), which no training checkpoint does and which could run code "
-            "when read: not loaded")
-
-
 def _older_checkpoints_numpy() -> list:
-    """The numpy types in checkpoints saved before they held plain values only (the numpy
-    random state, a learning rate as a numpy float), by this numpy's own names: an older
-    checkpoint reads under the numpy it was saved with."""
-    import importlib
+    """What checkpoints saved before they held plain values only carry: numpy's random state
+    (a uint32 array) and a learning rate (a float64), under numpy 1's names and numpy 2's."""
+    rebuild_array, rebuild_scalar = np.zeros(0).__reduce__()[0], np.float64(0).__reduce__()[0]
+    allowed: list = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.float64))]
+    for package in ("numpy.core", "numpy._core"):
+        allowed += [(rebuild_array, f"{package}.multiarray._reconstruct"),
+                    (rebuild_scalar, f"{package}.multiarray.scalar")]
+    return allowed
 
-    import numpy as np
 
-    numpy2 = int(np.__version__.split(".")[0]) >= 2
-    core = importlib.import_module(f"numpy.{'_core' if numpy2 else 'core'}.multiarray")
-    return [np.ndarray, np.dtype, core.scalar, core._reconstruct,
-            type(np.dtype(np.uint32)), type(np.dtype(np.float64))]
+OLDER_CHECKPOINTS_NUMPY = _older_checkpoints_numpy()
+
+
+def _refusal(path: str | Path) -> str:
+    """Why a checkpoint that ``torch.load`` refused to unpickle was not loaded: one sentence."""
+    allowed = {name for item in OLDER_CHECKPOINTS_NUMPY if isinstance(item, tuple)
+               for name in item[1:]} | {"numpy.ndarray", "numpy.dtype"}
+    named = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+             if name not in allowed]
+    if not named:
+        return f"{path} holds numpy values that no checkpoint of this trainer holds: not loaded"
+    return (f"{path} holds objects that are neither tensors nor plain values "
+            f"({', '.join(named)}), which no training checkpoint does and which could run code "
+            "when read: not loaded")

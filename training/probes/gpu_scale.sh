@@ -1,6 +1,8 @@
+#!/usr/bin/env bash
 # Three trainings at once on one GPU, over the pools of `python -m training.probes.gpu_scale W`.
-# Each variant: its main run, then the recipe's fine-tune from it; WORK/status gets the exits.
-W=$1
+# Each variant: its main run, then the recipe's fine-tune from it; W/status gets the exits.
+set -u
+W=${1:?usage: bash training/probes/gpu_scale.sh WORK (the folder gpu_scale.py filled)}
 T="python3 -m training.train --device cuda"
 variant() {  # name, pool, main-run flags; $FT: the fine-tune's extra flags
   name=$1; data=$2; shift 2

@@ -164,7 +164,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
                          "wrote")
     try:
         # Tensors and plain values only: unpickling anything else can run code from the file.
-        with torch.serialization.safe_globals(OLDER_CHECKPOINTS_NUMPY):
+        with torch.serialization.safe_globals(_OLDER_CHECKPOINTS_NUMPY):
             state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(_refusal(path)) from exc
@@ -186,12 +186,12 @@ def _older_checkpoints_numpy() -> list:
     return allowed
 
 
-OLDER_CHECKPOINTS_NUMPY = _older_checkpoints_numpy()
+_OLDER_CHECKPOINTS_NUMPY = _older_checkpoints_numpy()
 
 
 def _refusal(path: str | Path) -> str:
     """Why a checkpoint that ``torch.load`` refused to unpickle was not loaded: one sentence."""
-    allowed = {name for item in OLDER_CHECKPOINTS_NUMPY if isinstance(item, tuple)
+    allowed = {name for item in _OLDER_CHECKPOINTS_NUMPY if isinstance(item, tuple)
                for name in item[1:]} | {"numpy.ndarray", "numpy.dtype"}
     named = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)
              if name not in allowed]

@@ -649,9 +649,9 @@ class Trainer:
 
 
 def _numpy_rng_state() -> tuple:
-    """numpy's global generator state in plain Python types: a pickled array names numpy's
-    internal modules, which differ between numpy 1 and 2, so a checkpoint saved under one
-    could not be read under the other (a GPU machine's numpy 2, the plugin's numpy 1)."""
+    """numpy's global generator state in plain Python types, which ``torch.load`` reads with
+    ``weights_only`` under numpy 1 and 2 alike (a pickled array names numpy's internal modules,
+    renamed in numpy 2: a GPU machine's numpy 2, the plugin's numpy 1)."""
     kind, key, position, has_gauss, gauss = np.random.get_state()
     return kind, key.tolist(), int(position), int(has_gauss), float(gauss)
 

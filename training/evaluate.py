@@ -648,21 +648,22 @@ def average(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def difference_interval(rows: list[dict], baseline_rows: list[dict], key: str, seed: int,
+def difference_interval(rows: list[dict], other_rows: list[dict], key: str, seed: int,
                         groups: list | None = None,
                         resamples: int = 2000) -> tuple[float, float, float] | None:
-    """Mean of ``key`` in ``rows`` less in ``baseline_rows`` (scene by scene, weighted by
-    tiles as ``average`` does) and its 95 % paired bootstrap interval.
+    """Mean of ``key`` in ``rows`` less in ``other_rows`` (a baseline's or another model's;
+    scene by scene, weighted by tiles as ``average`` does) and its 95 % paired bootstrap
+    interval.
 
     What is drawn with replacement is each scene, or each of ``groups`` (one label per scene:
     the scenes that share one are drawn together); None with fewer than
     ``INTERVAL_MIN_SCENES`` of them scored by both.
     """
-    a, b = (np.array([r.get(key, np.nan) for r in x], float) for x in (rows, baseline_rows))
-    weights, baseline_weights = (np.array([r.get("tiles", 1) for r in x], float)
-                                 for x in (rows, baseline_rows))
+    a, b = (np.array([r.get(key, np.nan) for r in x], float) for x in (rows, other_rows))
+    weights, other_weights = (np.array([r.get("tiles", 1) for r in x], float)
+                                 for x in (rows, other_rows))
     # Paired: a scene counts where both were scored on the same number of its tiles.
-    kept = np.isfinite(a) & np.isfinite(b) & (weights > 0) & (weights == baseline_weights)
+    kept = np.isfinite(a) & np.isfinite(b) & (weights > 0) & (weights == other_weights)
     group = np.arange(kept.sum()) if groups is None else \
         np.unique(np.asarray(groups, str)[kept], return_inverse=True)[1]
     if group.size == 0 or group.max() + 1 < INTERVAL_MIN_SCENES:

@@ -224,6 +224,44 @@ def build_site(root: Path, terrain: Terrain) -> dict[str, Path]:
     return folders
 
 
+@dataclass(frozen=True)
+class RenderedPair:
+    """A pair of :func:`build_rendered_site`: its heights (the DTM's grid) and ortho pixels."""
+
+    pair_id: str
+    heights: np.ndarray
+    image: np.ndarray
+    geotransform: tuple
+
+
+def build_rendered_site(root: Path, count: int, size: int, sun: tuple[float, float],
+                        seed: int = 0) -> list[RenderedPair]:
+    """``count`` pairs of synthetic Mars terrain under ``root/PDS/DTM``: each a ``size`` px DTM
+    at 1 m and its C ortho rendered under ``sun`` (azimuth from north, elevation) on the same
+    grid, with the label's viewing geometry saying where that sun and north lie."""
+    from training.synth import render, synthetic_dem
+
+    rng = np.random.default_rng(seed)
+    made = []
+    for i in range(count):
+        orbit = 20000 + 300 * i
+        pair = f"ESP_{orbit:06d}_2185_ESP_{orbit + 277:06d}_2185"
+        folder = root / DTM_ROOT.strip("/") / pair_dir(pair)
+        folder.mkdir(parents=True)
+        heights = (synthetic_dem(rng, size) - 2000.0).astype(np.float32)
+        ulx, uly = 350000.0 + 1000.0 * i, -120000.0
+        dtm = folder / dtm_name(pair)
+        write_pds_dtm(dtm, heights, ulx, uly, (pair[:15], pair[16:]))
+        gt = (ulx, 1.0, 0.0, uly, 0.0, -1.0)
+        image = np.maximum(render(heights, 1.0, *sun, rng), 1)  # 0 is the orthos' nodata
+        # HiRISE measures both azimuths clockwise from the image's +sample axis (east here).
+        write_ortho(folder / f"{pair[:15]}_RED_C_01_ORTHO.JP2", image, gt,
+                    gdal.Open(str(dtm)).GetProjection(), incidence=90.0 - sun[1],
+                    sub_solar=(sun[0] + 270.0) % 360.0, north=270.0)
+        made.append(RenderedPair(pair, heights, image, gt))
+    return made
+
+
 class SiteServer:
     """Serves ``root`` on 127.0.0.1 and records every request.
 

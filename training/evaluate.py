@@ -500,12 +500,14 @@ def table(metrics: dict[str, dict], order: list[str]) -> str:
     return "\n".join(lines)
 
 
-def interval_table(found: dict[str, dict], model: str, drawn: str) -> str:
+def interval_table(found: dict[str, dict], model: str, drawn: str, count: int) -> str:
     """The first model less each baseline (and each other model), with 95 % intervals; bold
-    where 0 lies outside."""
+    where 0 lies outside. A cell drawn from fewer than the ``count`` scenes (or pairs) that
+    ``drawn`` names says from how many."""
     lines = [f"`{model}` less each other method, paired scene by scene, with 95 % bootstrap "
              f"intervals over the {drawn} (bold: the interval leaves out 0; errors "
-             "want negative differences, δ positive ones):", "",
+             "want negative differences, δ positive ones; a cell drawn over fewer, where a "
+             "method left some unscored, says over how many):", "",
              "| against | " + " | ".join(COLUMNS[k] for k in INTERVAL_KEYS) + " |",
              "|---|" + "---|" * len(INTERVAL_KEYS)]
     for name, cells in found.items():
@@ -514,9 +516,10 @@ def interval_table(found: dict[str, dict], model: str, drawn: str) -> str:
             if cells[key] is None:
                 shown.append("–")
                 continue
-            diff, low, high = cells[key]
+            diff, low, high, units = cells[key]
             text = f"{diff:+.3g} [{low:+.3g}, {high:+.3g}]"
-            shown.append(f"**{text}**" if low > 0 or high < 0 else text)
+            text = f"**{text}**" if low > 0 or high < 0 else text
+            shown.append(f"{text} (over {units})" if units < count else text)
         lines.append(f"| {name} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
@@ -548,7 +551,8 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
         lines += [f"## {SET_TITLES[set_name]}", "", results["notes"].get(set_name, ""), "",
                   table(metrics, order), ""]
         if found := results.get("intervals", {}).get(set_name):
-            lines += [interval_table(found["against"], models[0], found["drawn"]), ""]
+            lines += [interval_table(found["against"], models[0], found["drawn"],
+                                     found["count"]), ""]
         lines += [f"![{set_name}]({set_name}.png)", ""]
     skipped = {k: v for k, v in results["notes"].items() if k not in results["sets"]}
     for set_name, note in skipped.items():
@@ -650,10 +654,10 @@ def average(rows: list[dict]) -> dict[str, float]:
 
 def difference_interval(rows: list[dict], other_rows: list[dict], key: str, seed: int,
                         groups: list | None = None,
-                        resamples: int = 2000) -> tuple[float, float, float] | None:
+                        resamples: int = 2000) -> tuple[float, float, float, int] | None:
     """Mean of ``key`` in ``rows`` less in ``other_rows`` (a baseline's or another model's;
-    scene by scene, weighted by tiles as ``average`` does) and its 95 % paired bootstrap
-    interval.
+    scene by scene, weighted by tiles as ``average`` does), its 95 % paired bootstrap
+    interval, and how many scenes (or groups) were drawn from.
 
     What is drawn with replacement is each scene, or each of ``groups`` (one label per scene:
     the scenes that share one are drawn together); None with fewer than
@@ -673,7 +677,7 @@ def difference_interval(rows: list[dict], other_rows: list[dict], key: str, seed
     picks = np.random.default_rng(seed).integers(0, len(weights), (resamples, len(weights)))
     means = weighted[picks].sum(1) / weights[picks].sum(1)
     low, high = np.percentile(means, [2.5, 97.5])
-    return float(weighted.sum() / weights.sum()), float(low), float(high)
+    return float(weighted.sum() / weights.sum()), float(low), float(high), len(weights)
 
 
 def intervals(by_method: dict[str, list[dict]], model: str, seed: int,
@@ -742,8 +746,10 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
             pairs = [n["pair"] for n in notes] if set_name == "pairs" else None
             if found := intervals(by_method, first, seed, pairs, others):
-                drawn = f"{len(set(pairs))} pairs" if pairs else f"{len(notes)} scenes"
-                results["intervals"][set_name] = {"drawn": drawn, "against": found}
+                count = len(set(pairs)) if pairs else len(notes)
+                drawn = f"{count} pairs" if pairs else f"{count} scenes"
+                results["intervals"][set_name] = {"drawn": drawn, "count": count,
+                                                  "against": found}
             results["notes"][set_name] = _set_note(notes)
             figures(set_name, figure_rows, first, out)
         if speed and results["sets"]:

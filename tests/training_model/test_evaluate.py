@@ -159,12 +159,12 @@ def test_difference_interval_pairs_scenes_and_weights_them_by_tiles():
     rng = np.random.default_rng(0)
     base, tiles = rng.uniform(0, 1, 12), list(range(1, 13))
     # A model ahead by the same amount on every scene: no spread, whichever scenes are drawn.
-    diff, low, high = difference_interval(_scenes(base + 0.05), _scenes(base), "delta1", seed=1)
-    assert (diff, low, high) == pytest.approx((0.05, 0.05, 0.05))
+    found = difference_interval(_scenes(base + 0.05), _scenes(base), "delta1", seed=1)
+    assert found == pytest.approx((0.05, 0.05, 0.05, 12))
     # The estimate is the difference of the tile-weighted averages the tables show.
     model = rng.uniform(0, 1, 12)
-    diff, low, high = difference_interval(_scenes(model, tiles), _scenes(base, tiles), "delta1",
-                                          seed=1)
+    diff, low, high, _ = difference_interval(_scenes(model, tiles), _scenes(base, tiles),
+                                             "delta1", seed=1)
     shown = average(_scenes(model, tiles))["delta1"] - average(_scenes(base, tiles))["delta1"]
     assert diff == pytest.approx(shown) and low < diff < high
 
@@ -173,7 +173,7 @@ def test_difference_interval_has_the_width_of_the_mean_over_scenes():
     # Ten scenes, five ahead by 1 and five behind by 1: the mean's standard error is
     # 1 / sqrt(10), so the 95 % interval is about 0 ± 1.96 / sqrt(10) = ± 0.62.
     ahead = np.array([1.0, -1.0] * 5)
-    diff, low, high = difference_interval(_scenes(ahead), _scenes(np.zeros(10)), "delta1", seed=3)
+    diff, low, high, _ = difference_interval(_scenes(ahead), _scenes(np.zeros(10)), "delta1", 3)
     assert diff == 0.0
     assert low == pytest.approx(-0.62, abs=0.07) and high == pytest.approx(0.62, abs=0.07)
 
@@ -184,16 +184,16 @@ def test_scenes_of_one_group_are_drawn_together():
     ahead = np.array([1.0, -1.0] * 10)
     pairs = [f"PAIR_{i // 2}" for i in range(20)]
     by_pair = difference_interval(_scenes(ahead), _scenes(np.zeros(20)), "delta1", 3, pairs)
-    assert by_pair == pytest.approx((0.0, 0.0, 0.0))
-    _, low, high = difference_interval(_scenes(ahead), _scenes(np.zeros(20)), "delta1", 3)
+    assert by_pair == pytest.approx((0.0, 0.0, 0.0, 10))  # ten pairs drawn
+    _, low, high, _ = difference_interval(_scenes(ahead), _scenes(np.zeros(20)), "delta1", 3)
     assert low < -0.3 and high > 0.3
     # A patch left unscored leaves its pair's other one (ahead by 1) to stand for the pair,
     # the other nine pairs still cancel: a draw without that pair (a third do) is level.
     lost = ahead.copy()
     lost[1] = np.nan
-    diff, low, high = difference_interval(_scenes(lost), _scenes(np.zeros(20)), "delta1", 3,
-                                          pairs)
-    assert diff == pytest.approx(1 / 19) and low == 0.0 and 0.1 < high < 0.3
+    diff, low, high, drawn = difference_interval(_scenes(lost), _scenes(np.zeros(20)),
+                                                 "delta1", 3, pairs)
+    assert diff == pytest.approx(1 / 19) and low == 0.0 and 0.1 < high < 0.3 and drawn == 10
     # Twenty patches of five pairs are five draws: too few.
     few = [f"PAIR_{i // 4}" for i in range(20)]
     assert difference_interval(_scenes(ahead), _scenes(ahead), "delta1", 3, few) is None
@@ -214,19 +214,20 @@ def test_each_draw_weights_its_scenes_by_their_tiles():
     # One scene of 1 000 tiles ahead by 1, nine of one tile level: a draw holding the big scene
     # (two in three do) is ahead by about 1, one without it by 0.
     ahead, tiles = np.array([1.0] + [0.0] * 9), [1000] + [1] * 9
-    diff, low, high = difference_interval(_scenes(ahead, tiles), _scenes(np.zeros(10), tiles),
-                                          "delta1", seed=2)
+    diff, low, high, _ = difference_interval(_scenes(ahead, tiles),
+                                             _scenes(np.zeros(10), tiles), "delta1", seed=2)
     assert diff == pytest.approx(1000 / 1009) and low == 0.0 and high > 0.99
 
 
 def test_interval_table_marks_differences_whose_interval_leaves_out_zero():
-    cells = {"rmse_m": (-0.6, -0.8, -0.4), "mae_m": (-0.1, -0.3, 0.1), "slope_err_deg": None,
-             "delta1": (0.02, 0.01, 0.03), "delta2": (0.0, -0.01, 0.01),
-             "delta3": (-0.02, -0.03, -0.01)}
-    row = interval_table({"sfs": cells}, "m", "12 scenes").splitlines()[-1]
-    assert row == ("| sfs | **-0.6 [-0.8, -0.4]** | -0.1 [-0.3, +0.1] | – | "
-                   "**+0.02 [+0.01, +0.03]** | +0 [-0.01, +0.01] | **-0.02 [-0.03, -0.01]** |")
-    assert "over the 12 scenes" in interval_table({"sfs": cells}, "m", "12 scenes")
+    cells = {"rmse_m": (-0.6, -0.8, -0.4, 12), "mae_m": (-0.1, -0.3, 0.1, 12),
+             "slope_err_deg": None, "delta1": (0.02, 0.01, 0.03, 11),
+             "delta2": (0.0, -0.01, 0.01, 12), "delta3": (-0.02, -0.03, -0.01, 12)}
+    table = interval_table({"sfs": cells}, "m", "12 scenes", 12)
+    assert table.splitlines()[-1] == (
+        "| sfs | **-0.6 [-0.8, -0.4]** | -0.1 [-0.3, +0.1] | – | "
+        "**+0.02 [+0.01, +0.03]** (over 11) | +0 [-0.01, +0.01] | **-0.02 [-0.03, -0.01]** |")
+    assert "over the 12 scenes" in table
 
 
 def test_missing_model_file_is_one_clear_error(tmp_path, capsys):
@@ -392,15 +393,16 @@ def test_ten_scenes_give_the_report_intervals_of_the_lead_over_each_other_method
     _polar_pairs(tmp_path / "shards", count=10, per_shard=5)
     metrics, out = _score_pairs(tmp_path, "blur")
     found, table = metrics["intervals"]["pairs"], metrics["sets"]["pairs"]
-    assert found["drawn"] == "10 pairs" and list(found["against"]) == ["flat", "sfs", "blur"]
+    assert (found["drawn"], found["count"]) == ("10 pairs", 10)
+    assert list(found["against"]) == ["flat", "sfs", "blur"]
     assert found["against"]["blur"]["rmse_m"][0] != 0  # a model unlike the first
     for name, cells in found["against"].items():
-        for key, (diff, low, high) in cells.items():
+        for key, (diff, low, high, drawn) in cells.items():
             assert diff == pytest.approx(table["ident"][key] - table[name][key])
-            assert low <= diff <= high
+            assert low <= diff <= high and drawn == 10
     # Brightness in units of pixel size is a surface nearly as flat as flat (RMSE: no telling
     # them apart) and, surely, far from SFS's shapes (every δ behind).
-    low, high = found["against"]["flat"]["rmse_m"][1:]
+    low, high = found["against"]["flat"]["rmse_m"][1:3]
     assert low < 0 < high
     assert all(found["against"]["sfs"][key][2] < 0 for key in ("delta1", "delta2", "delta3"))
     report = (out / "report.md").read_text()

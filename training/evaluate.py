@@ -516,10 +516,10 @@ def interval_table(found: dict[str, dict], model: str, drawn: str, count: int) -
             if cells[key] is None:
                 shown.append("–")
                 continue
-            diff, low, high, units = cells[key]
+            diff, low, high, drawn_from = cells[key]
             text = f"{diff:+.3g} [{low:+.3g}, {high:+.3g}]"
             text = f"**{text}**" if low > 0 or high < 0 else text
-            shown.append(f"{text} (over {units})" if units < count else text)
+            shown.append(f"{text} (over {drawn_from})" if drawn_from < count else text)
         lines.append(f"| {name} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
@@ -682,8 +682,8 @@ def difference_interval(rows: list[dict], other_rows: list[dict], key: str, seed
 
 def intervals(by_method: dict[str, list[dict]], model: str, seed: int,
               groups: list | None, against: Iterable[str]) -> dict:
-    """{other method: {metric: (difference, low, high)}} for ``model`` against each of
-    ``against``, where there are enough scenes (or ``groups``)."""
+    """{other method: {metric: (difference, low, high, count drawn)}} for ``model`` against
+    each of ``against``, where there are enough scenes (or ``groups``)."""
     found = {}
     for name in against:
         cells = {key: difference_interval(by_method[model], by_method[name], key, seed, groups)
@@ -747,7 +747,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
             pairs = [n["pair"] for n in notes] if set_name == "pairs" else None
             if found := intervals(by_method, first, seed, pairs, others):
                 count = len(set(pairs)) if pairs else len(notes)
-                drawn = f"{count} pairs" if pairs else f"{count} scenes"
+                drawn = f"{count} {'pairs' if pairs else 'scenes'}"
                 results["intervals"][set_name] = {"drawn": drawn, "count": count,
                                                   "against": found}
             results["notes"][set_name] = _set_note(notes)

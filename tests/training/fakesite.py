@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from osgeo import gdal
 
+from training.synth import render, synthetic_dem
+
 gdal.UseExceptions()
 DTM_ROOT = "/PDS/DTM/"
 MISSING_BITS = 0xFF7FFFFB
@@ -239,8 +241,6 @@ def build_rendered_site(root: Path, count: int, size: int, sun: tuple[float, flo
     """``count`` pairs of synthetic Mars terrain under ``root/PDS/DTM``: each a ``size`` px DTM
     at 1 m and its C ortho rendered under ``sun`` (azimuth from north, elevation) on the same
     grid, with the label's viewing geometry saying where that sun and north lie."""
-    from training.synth import render, synthetic_dem
-
     rng = np.random.default_rng(seed)
     made = []
     for i in range(count):

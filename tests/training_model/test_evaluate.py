@@ -173,7 +173,8 @@ def test_difference_interval_has_the_width_of_the_mean_over_scenes():
     # Ten scenes, five ahead by 1 and five behind by 1: the mean's standard error is
     # 1 / sqrt(10), so the 95 % interval is about 0 ± 1.96 / sqrt(10) = ± 0.62.
     ahead = np.array([1.0, -1.0] * 5)
-    diff, low, high, _ = difference_interval(_scenes(ahead), _scenes(np.zeros(10)), "delta1", 3)
+    diff, low, high, _ = difference_interval(_scenes(ahead), _scenes(np.zeros(10)), "delta1",
+                                             seed=3)
     assert diff == 0.0
     assert low == pytest.approx(-0.62, abs=0.07) and high == pytest.approx(0.62, abs=0.07)
 

@@ -15,6 +15,8 @@ from tests.training.fakesite import DTM_ROOT, SiteServer, build_rendered_site
 from training import evaluate, export_onnx, scrape, splits, tiles, train
 from training.shards import read_shard
 
+pytestmark = pytest.mark.slow
+
 SUN = (200.0, 35.0)  # from north, the renderer's
 # Each pair cut into 2 x 2 tiles of 96 px; training crops 64 px from them, turned to the sun.
 SIZE, TILE, PATCH = 192, 96, 64

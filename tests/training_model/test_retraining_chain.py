@@ -108,4 +108,3 @@ def test_held_out_pairs_are_scored_on_their_own_heights_and_sun(chain):
     # The flat surface's RMSE is the tiles' height spread: computed here from the site's DTM.
     assert scores["flat"]["rmse_m"] == pytest.approx(np.mean(squares), rel=1e-3)
     assert np.isfinite(scores["m"]["rmse_m"])
-

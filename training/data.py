@@ -130,9 +130,10 @@ class SyntheticPatches(_RenderedPatches):
 
     def __init__(self, size: int = 128, seed: int = 0, sun: SunRange | None = None,
                  norm: Normalisation | None = None, pixel_size_m: float = 1.0,
-                 relief: tuple[float, float] = (1.0, 1.0)) -> None:
+                 relief: tuple[float, float] = (1.0, 1.0), photometry: float = 1.0) -> None:
         self.size, self.seed, self.pixel_size_m = size, seed, pixel_size_m
         self.sun, self.norm, self.relief = sun or SunRange(), norm or Normalisation(), relief
+        self.photometry = photometry  # synth.render's spread of albedo, haze, gamma...
 
     def raw(self, rng: np.random.Generator) -> Patch:
         from training import synth  # the terrain generator; heavy, so imported when used
@@ -142,7 +143,7 @@ class SyntheticPatches(_RenderedPatches):
         # shows relative slope only), so it is kept near real Mars slopes.
         dem = dem * np.float32(np.exp(rng.uniform(*np.log(self.relief))))
         azimuth, elevation = self.sun.draw(rng)
-        image = synth.render(dem, self.pixel_size_m, azimuth, elevation, rng)
+        image = synth.render(dem, self.pixel_size_m, azimuth, elevation, rng, self.photometry)
         meta = {"source": "synthetic", "pixel_size_m": self.pixel_size_m,
                 "sun_azimuth_deg": azimuth, "sun_elevation_deg": elevation}
         return Patch("synthetic", image, (dem - dem.mean()).astype(np.float32), meta)
@@ -197,12 +198,12 @@ class DemShapePatches(_RenderedPatches):
     def __init__(self, shapes: list[DemShape], size: int = 128, seed: int = 0,
                  sun: SunRange | None = None, norm: Normalisation | None = None,
                  zoom: tuple[float, float] = (0.5, 2.0),
-                 relief: tuple[float, float] = (0.5, 1.5)) -> None:
+                 relief: tuple[float, float] = (0.5, 1.5), photometry: float = 1.0) -> None:
         if not shapes:
             raise ValueError("no DEM shapes to render")
         self.shapes, self.size, self.seed = shapes, size, seed
         self.sun, self.norm = sun or SunRange(), norm or Normalisation()
-        self.zoom, self.relief = zoom, relief
+        self.zoom, self.relief, self.photometry = zoom, relief, photometry
 
     def raw(self, rng: np.random.Generator) -> Patch:
         from training import synth
@@ -220,7 +221,8 @@ class DemShapePatches(_RenderedPatches):
         pixel = shape.pixel_size_m * crop / self.size
         dem = (dem - dem.mean()) * rng.uniform(*self.relief)
         azimuth, elevation = self.sun.draw(rng)
-        image = synth.render(dem.astype(np.float32), pixel, azimuth, elevation, rng)
+        image = synth.render(dem.astype(np.float32), pixel, azimuth, elevation, rng,
+                             self.photometry)
         meta = {"source": shape.name, "pixel_size_m": pixel,
                 "sun_azimuth_deg": azimuth, "sun_elevation_deg": elevation}
         return Patch(shape.name, image, dem.astype(np.float32), meta)

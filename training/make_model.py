@@ -53,10 +53,13 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
     sun = SunRange(recipe["train"].get("canonical_azimuth", 270.0),
                    recipe["train"].get("azimuth_jitter", 10.0))
     size, relief = pool["size"], tuple(pool["synthetic_relief"])
-    sources = [(SyntheticPatches(size, sun=sun, relief=relief), pool["synthetic"])]
+    photometry = pool.get("photometry", 1.0)
+    sources = [(SyntheticPatches(size, sun=sun, relief=relief, photometry=photometry),
+                pool["synthetic"])]
     if DEM_SHAPES.is_dir():
         shapes = load_dem_shapes(DEM_SHAPES)  # evaluation rows are held out inside
-        sources.append((DemShapePatches(shapes, size, sun=sun), pool["dem_shapes"]))
+        sources.append((DemShapePatches(shapes, size, sun=sun, photometry=photometry),
+                        pool["dem_shapes"]))
     else:
         print(f"note: {DEM_SHAPES.name} not found; training on synthetic terrain only")
     for name, scale, offset in (("train", 1, 0), ("val", 0, 1)):

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -104,6 +105,25 @@ def test_an_interrupted_pool_is_rendered_again_not_kept(tmp_path, monkeypatch):
     assert len(list(read_shards(sorted((pool / "train").glob("*.tar"))))) == 6
     assert len(list(read_shards(sorted((pool / "val").glob("*.tar"))))) == 2
     assert sorted(p.name for p in pool.iterdir()) == ["train", "val"]
+
+
+def test_the_recipe_photometry_renders_the_same_terrain_differently(tmp_path, monkeypatch):
+    from training import make_model
+    from training.shards import read_shards
+
+    monkeypatch.setattr(make_model, "DEM_SHAPES", tmp_path / "none")  # synthetic only
+    pools = {}
+    for photometry in (None, 2.0):
+        pool = {"size": 32, "synthetic": 3, "dem_shapes": 0, "val_each": 1,
+                "synthetic_relief": [0.35, 1.2]}
+        if photometry:
+            pool["photometry"] = photometry
+        work = tmp_path / str(photometry)
+        make_model.stage_data({"seed": 1, "train": {}, "pool": pool}, work)
+        pools[photometry] = list(read_shards(sorted((work / "pool" / "train").glob("*.tar"))))
+    for default, wider in zip(pools[None], pools[2.0], strict=True):
+        assert np.array_equal(default.height, wider.height)
+        assert not np.array_equal(default.image, wider.image)
 
 
 def test_a_rerun_resumes_each_run_from_its_config_and_checkpoint(pool, tmp_path):

@@ -20,6 +20,7 @@ from training.synth import (
     synthetic_dem,
     write_dataset,
 )
+from training.synth_render import albedo_map
 from training.synth_terrain import fractal_surface, stamp_crater
 
 gdal.UseExceptions()
@@ -146,6 +147,23 @@ def test_render_is_uint8_with_hirise_like_contrast():
     image = render(dem, 1.0, 120.0, 35.0, np.random.default_rng(9))
     assert image.dtype == np.uint8 and image.shape == dem.shape
     assert 5.0 < image.std() < 90.0
+
+
+def test_a_wider_photometry_widens_the_albedo_contrast_and_keeps_the_draws():
+    dem = synthetic_dem(np.random.default_rng(4), 96)
+    ratios = []
+    for seed in range(8):
+        default = albedo_map(np.random.default_rng(seed), dem) - 1.0
+        wider = albedo_map(np.random.default_rng(seed), dem, 2.0) - 1.0
+        ratios.append(wider.std() / default.std())
+    # The same draws at twice the contrast: to first order, twice the departure from 1.
+    assert min(ratios) > 1.8 and max(ratios) < 2.4
+    rng = np.random.default_rng(5)
+    image = render(dem, 1.0, 270.0, 30.0, rng, photometry=2.0)
+    again = np.random.default_rng(5)
+    assert not np.array_equal(image, render(dem, 1.0, 270.0, 30.0, again))
+    # Only the ranges change, not how many numbers are drawn: what follows draws the same.
+    assert rng.random() == again.random()
 
 
 def test_shards_read_back_with_provenance(tmp_path):

@@ -44,6 +44,10 @@ def load_recipe(path: str | Path) -> dict:
                 if section in recipe and key not in recipe[section]]
     if missing:
         raise ValueError(f"the recipe {path} lacks {', '.join(missing)}")
+    photometry = recipe["pool"].get("photometry", 1.0)
+    if isinstance(photometry, bool) or not isinstance(photometry, int | float) or photometry < 0:
+        raise ValueError(f"the recipe {path} gives pool.photometry {photometry!r}: it is a "
+                         "factor on the renderer's ranges, 0 or more (1 is the default)")
     return recipe
 
 

@@ -182,7 +182,7 @@ def render(dem: np.ndarray, pixel_size_m: float, sun_azimuth_deg: float,
 
     Photometry (Lambert or Lunar-Lambert with near-nadir emission), cast shadows, skylight,
     albedo units, haze, blur, noise, stretch, gamma and sometimes JPEG artefacts are all
-    randomised through ``rng``; the sun geometry is the caller's. ``photometry`` widens the
+    randomised through ``rng``; the sun geometry is the caller's. ``photometry`` scales the
     ranges of albedo contrast, limb darkening, skylight, haze and gamma (log-symmetrically
     about 1) by that factor; at 1 the draws, and so the images, are the defaults'.
     """

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -45,7 +46,8 @@ def load_recipe(path: str | Path) -> dict:
     if missing:
         raise ValueError(f"the recipe {path} lacks {', '.join(missing)}")
     photometry = recipe["pool"].get("photometry", 1.0)
-    if isinstance(photometry, bool) or not isinstance(photometry, int | float) or photometry < 0:
+    if (isinstance(photometry, bool) or not isinstance(photometry, int | float)
+            or not math.isfinite(photometry) or photometry < 0):
         raise ValueError(f"the recipe {path} gives pool.photometry {photometry!r}: it is a "
                          "factor on the renderer's ranges, 0 or more (1 is the default)")
     return recipe

@@ -96,29 +96,30 @@ def reflectance(mu0: np.ndarray, mu: np.ndarray, model: str, limb: float = 0.5) 
     return 2.0 * limb * mu0 / (mu0 + mu) + (1.0 - limb) * mu0
 
 
-def albedo_map(rng: np.random.Generator, dem: np.ndarray, spread: float = 1.0) -> np.ndarray:
+def albedo_map(rng: np.random.Generator, dem: np.ndarray, photometry: float = 1.0) -> np.ndarray:
     """Normal albedo factor around 1: bright and dark units, dust, sand in lows, mottling.
 
     Albedo contrast between martian units is tens of percent (dark basaltic sand against
-    bright dust); inside a unit it varies by a few percent. ``spread`` scales every contrast.
+    bright dust); inside a unit it varies by a few percent. ``photometry`` scales every contrast.
     """
     shape = dem.shape
     albedo = np.ones(shape, np.float32)
     if rng.random() < 0.5:  # a second unit: dust-mantled against dust-free, sand on rock
         unit = patch_mask(rng, shape, rng.uniform(0.1, 0.6), softness=rng.uniform(0.3, 1.5))
-        albedo *= 1.0 + rng.uniform(-0.25, 0.25) * spread * unit
+        albedo *= 1.0 + rng.uniform(-0.25, 0.25) * photometry * unit
     mottle = smooth_field(rng, shape, 0.8, decimate=2).clip(-3, 3) / 3
-    albedo *= 1.0 + rng.uniform(0.0, 0.08) * spread * mottle
+    albedo *= 1.0 + rng.uniform(0.0, 0.08) * photometry * mottle
     relief = dem - ndimage.gaussian_filter(dem, 6.0)
     lows = np.tanh(relief / (relief.std() + 1e-6))
-    albedo *= 1.0 + rng.uniform(-0.15, 0.15) * spread * lows  # dark sand in hollows, or bright dust
+    # Dark sand in hollows, or bright dust.
+    albedo *= 1.0 + rng.uniform(-0.15, 0.15) * photometry * lows
     speckle = rng.standard_normal(shape).astype(np.float32)
-    albedo *= 1.0 + rng.uniform(0.0, 0.05) * spread * ndimage.gaussian_filter(speckle, 0.7)
+    albedo *= 1.0 + rng.uniform(0.0, 0.05) * photometry * ndimage.gaussian_filter(speckle, 0.7)
     return np.clip(albedo, 0.2, 2.0)
 
 
 def _radiance(dem: np.ndarray, pixel_size_m: float, azimuth: float, elevation: float,
-              rng: np.random.Generator, spread: float) -> np.ndarray:
+              rng: np.random.Generator, photometry: float) -> np.ndarray:
     """Direct sunlight (photometric law, cast shadows) plus diffuse skylight, times albedo."""
     normals = surface_normals(dem, pixel_size_m)
     view = _unit(rng.uniform(0, 360), 90.0 - rng.uniform(0.0, 15.0))  # near-nadir look
@@ -127,14 +128,14 @@ def _radiance(dem: np.ndarray, pixel_size_m: float, azimuth: float, elevation: f
     if rng.random() < 0.3:
         direct = reflectance(mu0, mu, "lambert")
     else:
-        limb = lunar_lambert_l(90.0 - elevation) + rng.normal(0.0, 0.15 * spread)
+        limb = lunar_lambert_l(90.0 - elevation) + rng.normal(0.0, 0.15 * photometry)
         direct = reflectance(mu0, mu, "lunar-lambert", float(np.clip(limb, 0.0, 1.0)))
     direct *= 1.0 - cast_shadows(dem, pixel_size_m, azimuth, elevation)
-    # Share of skylight: dusty martian sky, tau ~0.3-1.
-    sky = rng.uniform(0.03, min(0.3 * spread, 0.9))
+    # Share of skylight: dusty martian sky, tau ~0.3-1. The factor moves the upper bound only.
+    sky = rng.uniform(0.03, float(np.clip(0.3 * photometry, 0.03, 0.9)))
     diffuse = (1.0 + normals[2]) / 2.0  # sky-view factor of a tilted facet
     light = (1.0 - sky) * direct + sky * diffuse * math.sin(math.radians(elevation))
-    return light * albedo_map(rng, dem, spread)
+    return light * albedo_map(rng, dem, photometry)
 
 
 def jpeg_artefacts(image: np.ndarray, quality: int) -> np.ndarray:
@@ -154,9 +155,9 @@ def jpeg_artefacts(image: np.ndarray, quality: int) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def _camera(radiance: np.ndarray, rng: np.random.Generator, spread: float) -> np.ndarray:
+def _camera(radiance: np.ndarray, rng: np.random.Generator, photometry: float) -> np.ndarray:
     """Haze, optics (PSF), detector noise, stretch and gamma, 8-bit quantisation."""
-    haze = rng.uniform(0.0, 0.35 * spread)  # path radiance, a share of the scene's
+    haze = rng.uniform(0.0, 0.35 * photometry)  # path radiance, a share of the scene's
     signal = radiance + haze * float(radiance.mean())
     signal = ndimage.gaussian_filter(signal, rng.uniform(0.4, 1.3))
     scale = float(np.percentile(signal, 99.5)) or 1.0
@@ -166,7 +167,7 @@ def _camera(radiance: np.ndarray, rng: np.random.Generator, spread: float) -> np
     signal = signal + rng.standard_normal(signal.shape) * np.sqrt(shot * np.maximum(signal, 0)
                                                                   + read**2)
     lo, hi = np.percentile(signal, [rng.uniform(0.0, 2.0), rng.uniform(98.0, 100.0)])
-    gamma = rng.uniform(0.7**spread, 1.4**spread)
+    gamma = rng.uniform(0.7**photometry, 1.4**photometry)
     stretched = np.clip((signal - lo) / max(hi - lo, 1e-6), 0.0, 1.0) ** gamma
     out_lo, out_hi = rng.uniform(0.0, 70.0), rng.uniform(150.0, 255.0)
     image = np.round(out_lo + stretched * (out_hi - out_lo)).astype(np.uint8)
@@ -183,8 +184,8 @@ def render(dem: np.ndarray, pixel_size_m: float, sun_azimuth_deg: float,
     Photometry (Lambert or Lunar-Lambert with near-nadir emission), cast shadows, skylight,
     albedo units, haze, blur, noise, stretch, gamma and sometimes JPEG artefacts are all
     randomised through ``rng``; the sun geometry is the caller's. ``photometry`` scales the
-    ranges of albedo contrast, limb darkening, skylight, haze and gamma (log-symmetrically
-    about 1) by that factor; at 1 the draws, and so the images, are the defaults'.
+    ranges of albedo contrast, limb-darkening jitter, skylight and haze by that factor and
+    raises the gamma bounds to its power; at 1 the draws, and so the images, are the defaults'.
     """
     radiance = _radiance(dem, pixel_size_m, sun_azimuth_deg, sun_elevation_deg, rng, photometry)
     return _camera(radiance, rng, photometry)

@@ -64,17 +64,19 @@ def test_a_recipe_without_its_keys_is_refused(tmp_path, capsys):
         "pool.synthetic, pool.dem_shapes, pool.val_each, pool.synthetic_relief"]
 
 
-def test_a_negative_photometry_is_refused_before_anything_renders(tmp_path, capsys):
+@pytest.mark.parametrize("photometry", [-1, float("nan"), "2"])
+def test_a_photometry_that_is_no_factor_is_refused_before_anything_renders(
+        tmp_path, capsys, photometry):
     path = tmp_path / "recipe.json"
     recipe = {"work": str(tmp_path / "work"), "version": "0.0.1", "seed": 1, "train": {},
               "pool": {"size": 32, "synthetic": 2, "dem_shapes": 0, "val_each": 1,
-                       "synthetic_relief": [0.35, 1.2], "photometry": -1},
+                       "synthetic_relief": [0.35, 1.2], "photometry": photometry},
               "ablation": {"stop_at": 2}}
     path.write_text(json.dumps(recipe))
     assert main(["--recipe", str(path), "--stages", "data"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: the recipe {path} gives pool.photometry -1: it is a factor on the renderer's "
-        "ranges, 0 or more (1 is the default)"]
+        f"error: the recipe {path} gives pool.photometry {photometry!r}: it is a factor on the "
+        "renderer's ranges, 0 or more (1 is the default)"]
     assert not (tmp_path / "work").exists()
 
 

@@ -164,6 +164,10 @@ def test_a_wider_photometry_widens_the_albedo_contrast_and_keeps_the_draws():
     assert not np.array_equal(image, render(dem, 1.0, 270.0, 30.0, again))
     # Only the ranges change, not how many numbers are drawn: what follows draws the same.
     assert rng.random() == again.random()
+    # At 0 the albedo is uniform, and the narrowest ranges still render.
+    assert np.all(albedo_map(np.random.default_rng(6), dem, 0.0) == 1.0)
+    image = render(dem, 1.0, 270.0, 30.0, np.random.default_rng(6), photometry=0.0)
+    assert image.dtype == np.uint8 and image.std() > 5.0
 
 
 def test_shards_read_back_with_provenance(tmp_path):

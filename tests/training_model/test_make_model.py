@@ -124,19 +124,30 @@ def test_an_interrupted_pool_is_rendered_again_not_kept(tmp_path, monkeypatch):
 
 
 def test_the_recipe_photometry_renders_the_same_terrain_differently(tmp_path, monkeypatch):
+    from osgeo import gdal
+
     from training import make_model
     from training.shards import read_shards
 
-    monkeypatch.setattr(make_model, "DEM_SHAPES", tmp_path / "none")  # synthetic only
+    shapes = tmp_path / "shapes"  # one small DEM, for the DEM-shape source
+    shapes.mkdir()
+    dem = gdal.GetDriverByName("GTiff").Create(str(shapes / "hills.tif"), 64, 64, 1,
+                                               gdal.GDT_Float32)
+    dem.SetGeoTransform((0.0, 2.0, 0.0, 128.0, 0.0, -2.0))
+    rows, cols = np.mgrid[0:64, 0:64]
+    dem.GetRasterBand(1).WriteArray(10 * np.sin(rows / 5.0) * np.cos(cols / 7.0))
+    dem = None
+    monkeypatch.setattr(make_model, "DEM_SHAPES", shapes)
     pools = {}
     for photometry in (None, 2.0):
-        pool = {"size": 32, "synthetic": 3, "dem_shapes": 0, "val_each": 1,
+        pool = {"size": 32, "synthetic": 3, "dem_shapes": 3, "val_each": 1,
                 "synthetic_relief": [0.35, 1.2]}
         if photometry:
             pool["photometry"] = photometry
         work = tmp_path / str(photometry)
         make_model.stage_data({"seed": 1, "train": {}, "pool": pool}, work)
         pools[photometry] = list(read_shards(sorted((work / "pool" / "train").glob("*.tar"))))
+    assert [patch.meta["source"] for patch in pools[2.0]] == ["synthetic"] * 3 + ["hills"] * 3
     for default, wider in zip(pools[None], pools[2.0], strict=True):
         assert np.array_equal(default.height, wider.height)
         assert not np.array_equal(default.image, wider.image)

@@ -60,6 +60,10 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
                    recipe["train"].get("azimuth_jitter", 10.0))
     size, relief = pool["size"], tuple(pool["synthetic_relief"])
     photometry = pool.get("photometry", 1.0)
+    _stamp_pool(work / "pool", {"seed": seed, **{f"pool.{k}": v for k, v in pool.items()},
+                                "pool.photometry": photometry,
+                                "canonical_azimuth": sun.canonical_azimuth,
+                                "azimuth_jitter": sun.azimuth_jitter})
     sources = [(SyntheticPatches(size, sun=sun, relief=relief, photometry=photometry),
                 pool["synthetic"])]
     if DEM_SHAPES.is_dir():
@@ -82,6 +86,25 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
         shutil.rmtree(out, ignore_errors=True)
         partial.rename(out)
         print(f"pool {name}: {len(paths)} shards in {time.monotonic() - started:.0f} s")
+
+
+def _stamp_pool(folder: Path, settings: dict) -> None:
+    """Refuse to reuse a pool rendered with other settings; record these ones beside it."""
+    settings = json.loads(json.dumps(settings))  # as JSON reads them back: lists, not tuples
+    stamp = folder / "settings.json"
+    kept = any(any((folder / name).glob("*.tar")) for name in ("train", "val"))
+    if kept and stamp.is_file():
+        made = json.loads(stamp.read_text())
+        changed = [key for key in {**made, **settings} if made.get(key) != settings.get(key)]
+        if changed:
+            raise RuntimeError(
+                f"the pool in {folder} was rendered with another {', '.join(changed)}; give "
+                f"this recipe its own work folder, or delete {folder} to render it again")
+    elif kept:
+        print(f"note: the pool in {folder} has no {stamp.name} (made before pools were "
+              "stamped); kept unchecked")
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _train_args(recipe: dict, work: Path, name: str, extra: dict) -> list[str]:

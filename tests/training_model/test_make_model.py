@@ -120,7 +120,7 @@ def test_an_interrupted_pool_is_rendered_again_not_kept(tmp_path, monkeypatch):
     pool = tmp_path / "work" / "pool"
     assert len(list(read_shards(sorted((pool / "train").glob("*.tar"))))) == 6
     assert len(list(read_shards(sorted((pool / "val").glob("*.tar"))))) == 2
-    assert sorted(p.name for p in pool.iterdir()) == ["train", "val"]
+    assert sorted(p.name for p in pool.iterdir()) == ["settings.json", "train", "val"]
 
 
 def test_the_recipe_photometry_renders_the_same_terrain_differently(tmp_path, monkeypatch):
@@ -168,3 +168,31 @@ def test_a_rerun_resumes_each_run_from_its_config_and_checkpoint(pool, tmp_path)
     args = _train_args(recipe, work, "main", {"gan": False})
     assert "--resume" in args and train(args) == 0
     assert torch.load(work / "main" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_a_pool_rendered_with_other_settings_is_not_reused(tmp_path, monkeypatch, capsys):
+    from training import make_model
+    from training.shards import read_shards
+
+    monkeypatch.setattr(make_model, "DEM_SHAPES", tmp_path / "none")  # synthetic only
+    pool = {"size": 32, "synthetic": 2, "dem_shapes": 0, "val_each": 1,
+            "synthetic_relief": [0.35, 1.2]}
+    path = tmp_path / "recipe.json"
+    recipe = {"work": str(tmp_path / "work"), "version": "0.0.1", "seed": 1, "train": {},
+              "pool": pool, "ablation": {"stop_at": 2}}
+    path.write_text(json.dumps(recipe))
+    assert main(["--recipe", str(path), "--stages", "data"]) == 0
+    train = tmp_path / "work" / "pool" / "train"
+    shards = {p.name: p.read_bytes() for p in train.glob("*.tar")}
+    # The default factor said out loud is the same pool: kept.
+    path.write_text(json.dumps({**recipe, "pool": {**pool, "photometry": 1.0}}))
+    assert main(["--recipe", str(path), "--stages", "data"]) == 0
+    assert "pool train: kept" in capsys.readouterr().out
+    path.write_text(json.dumps({**recipe, "seed": 2, "pool": {**pool, "photometry": 0.5}}))
+    assert main(["--recipe", str(path), "--stages", "data"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: the data stage stopped: the pool in {train.parent} was rendered with another "
+        f"seed, pool.photometry; give this recipe its own work folder, or delete "
+        f"{train.parent} to render it again"]
+    assert {p.name: p.read_bytes() for p in train.glob("*.tar")} == shards  # untouched
+    assert len(list(read_shards(sorted(train.glob("*.tar"))))) == 2

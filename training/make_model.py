@@ -74,7 +74,7 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
         print(f"note: {DEM_SHAPES.name} not found; training on synthetic terrain only")
     for name, scale, offset in (("train", 1, 0), ("val", 0, 1)):
         out = work / "pool" / name
-        if out.is_dir() and any(out.glob("*.tar")):
+        if _has_shards(out):
             print(f"pool {name}: kept {out}")
             continue
         counts = [(s, c if scale else pool["val_each"]) for s, c in sources]
@@ -88,11 +88,15 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
         print(f"pool {name}: {len(paths)} shards in {time.monotonic() - started:.0f} s")
 
 
+def _has_shards(folder: Path) -> bool:
+    return any(folder.glob("*.tar"))  # nothing when the folder does not exist
+
+
 def _stamp_pool(folder: Path, settings: dict) -> None:
     """Refuse to reuse a pool rendered with other settings; record these ones beside it."""
     settings = json.loads(json.dumps(settings))  # as JSON reads them back: lists, not tuples
     stamp = folder / "settings.json"
-    kept = any(any((folder / name).glob("*.tar")) for name in ("train", "val"))
+    kept = _has_shards(folder / "train") or _has_shards(folder / "val")
     if kept and stamp.is_file():
         made = json.loads(stamp.read_text())
         changed = [key for key in {**made, **settings} if made.get(key) != settings.get(key)]

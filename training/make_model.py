@@ -30,6 +30,7 @@ DEFAULT_RECIPE = Path(__file__).parent / "configs" / "quick.json"
 BUNDLED = ROOT / "mars_dtm_plugin" / "models" / "mars_dtm_generator.onnx"
 DEM_SHAPES = DATA_DIR / "dem_shapes"
 STAGES = ("data", "train", "export", "evaluate")
+PHOTOMETRY = 1.0  # the renderer's own photometric ranges, unscaled
 # What a recipe must say; every other option has a default.
 REQUIRED = {"work": (), "version": (), "seed": (), "train": (), "ablation": ("stop_at",),
             "pool": ("size", "synthetic", "dem_shapes", "val_each", "synthetic_relief")}
@@ -45,7 +46,7 @@ def load_recipe(path: str | Path) -> dict:
                 if section in recipe and key not in recipe[section]]
     if missing:
         raise ValueError(f"the recipe {path} lacks {', '.join(missing)}")
-    photometry = recipe["pool"].get("photometry", 1.0)
+    photometry = recipe["pool"].get("photometry", PHOTOMETRY)
     if (isinstance(photometry, bool) or not isinstance(photometry, int | float)
             or not math.isfinite(photometry) or photometry < 0):
         raise ValueError(f"the recipe {path} gives pool.photometry {photometry!r}: it is a "
@@ -59,19 +60,21 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
     sun = SunRange(recipe["train"].get("canonical_azimuth", 270.0),
                    recipe["train"].get("azimuth_jitter", 10.0))
     size, relief = pool["size"], tuple(pool["synthetic_relief"])
-    photometry = pool.get("photometry", 1.0)
+    photometry = pool.get("photometry", PHOTOMETRY)
+    # Evaluation rows are held out inside.
+    shapes = load_dem_shapes(DEM_SHAPES) if DEM_SHAPES.is_dir() else []
+    if not shapes:
+        print(f"note: no DEMs in {DEM_SHAPES.name}; training on synthetic terrain only")
     _stamp_pool(work / "pool", {"seed": seed, **{f"pool.{k}": v for k, v in pool.items()},
                                 "pool.photometry": photometry,
                                 "canonical_azimuth": sun.canonical_azimuth,
-                                "azimuth_jitter": sun.azimuth_jitter})
+                                "azimuth_jitter": sun.azimuth_jitter,
+                                "dem shapes": [shape.name for shape in shapes]})
     sources = [(SyntheticPatches(size, sun=sun, relief=relief, photometry=photometry),
                 pool["synthetic"])]
-    if DEM_SHAPES.is_dir():
-        shapes = load_dem_shapes(DEM_SHAPES)  # evaluation rows are held out inside
+    if shapes:
         sources.append((DemShapePatches(shapes, size, sun=sun, photometry=photometry),
                         pool["dem_shapes"]))
-    else:
-        print(f"note: {DEM_SHAPES.name} not found; training on synthetic terrain only")
     for name, scale, offset in (("train", 1, 0), ("val", 0, 1)):
         out = work / "pool" / name
         if _has_shards(out):

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -123,21 +124,25 @@ def test_an_interrupted_pool_is_rendered_again_not_kept(tmp_path, monkeypatch):
     assert sorted(p.name for p in pool.iterdir()) == ["settings.json", "train", "val"]
 
 
-def test_the_recipe_photometry_renders_the_same_terrain_differently(tmp_path, monkeypatch):
+def _one_dem_folder(folder: Path) -> Path:
+    """A folder holding one small DEM, for the DEM-shape source."""
     from osgeo import gdal
 
-    from training import make_model
-    from training.shards import read_shards
-
-    shapes = tmp_path / "shapes"  # one small DEM, for the DEM-shape source
-    shapes.mkdir()
-    dem = gdal.GetDriverByName("GTiff").Create(str(shapes / "hills.tif"), 64, 64, 1,
+    folder.mkdir()
+    dem = gdal.GetDriverByName("GTiff").Create(str(folder / "hills.tif"), 64, 64, 1,
                                                gdal.GDT_Float32)
     dem.SetGeoTransform((0.0, 2.0, 0.0, 128.0, 0.0, -2.0))
     rows, cols = np.mgrid[0:64, 0:64]
     dem.GetRasterBand(1).WriteArray(10 * np.sin(rows / 5.0) * np.cos(cols / 7.0))
     dem = None
-    monkeypatch.setattr(make_model, "DEM_SHAPES", shapes)
+    return folder
+
+
+def test_the_recipe_photometry_renders_the_same_terrain_differently(tmp_path, monkeypatch):
+    from training import make_model
+    from training.shards import read_shards
+
+    monkeypatch.setattr(make_model, "DEM_SHAPES", _one_dem_folder(tmp_path / "shapes"))
     pools = {}
     for photometry in (None, 2.0):
         pool = {"size": 32, "synthetic": 3, "dem_shapes": 3, "val_each": 1,
@@ -194,5 +199,10 @@ def test_a_pool_rendered_with_other_settings_is_not_reused(tmp_path, monkeypatch
         f"error: the data stage stopped: the pool in {train.parent} was rendered with another "
         f"seed, pool.photometry; give this recipe its own work folder, or delete "
         f"{train.parent} to render it again"]
+    # The real DEM shapes found where a pool was rendered without them: not the same pool.
+    monkeypatch.setattr(make_model, "DEM_SHAPES", _one_dem_folder(tmp_path / "shapes"))
+    path.write_text(json.dumps(recipe))
+    assert main(["--recipe", str(path), "--stages", "data"]) == 1
+    assert "rendered with another dem shapes;" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in train.glob("*.tar")} == shards  # untouched
     assert len(list(read_shards(sorted(train.glob("*.tar"))))) == 2

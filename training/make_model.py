@@ -102,11 +102,15 @@ def _stamp_pool(folder: Path, settings: dict) -> None:
     kept = _has_shards(folder / "train") or _has_shards(folder / "val")
     if kept and stamp.is_file():
         made = json.loads(stamp.read_text())
-        changed = [key for key in {**made, **settings} if made.get(key) != settings.get(key)]
+        changed = [key for key in made if made[key] != settings.get(key)]
         if changed:
             raise RuntimeError(
                 f"the pool in {folder} was rendered with another {', '.join(changed)}; give "
                 f"this recipe its own work folder, or delete {folder} to render it again")
+        unrecorded = [key for key in settings if key not in made]  # a stamp from an older version
+        if unrecorded:
+            print(f"note: the pool in {folder} was stamped without {', '.join(unrecorded)}; "
+                  "kept unchecked for those")
     elif kept:
         print(f"note: the pool in {folder} has no {stamp.name} (made before pools were "
               "stamped); kept unchecked")

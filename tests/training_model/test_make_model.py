@@ -193,6 +193,12 @@ def test_a_pool_rendered_with_other_settings_is_not_reused(tmp_path, monkeypatch
     path.write_text(json.dumps({**recipe, "pool": {**pool, "photometry": 1.0}}))
     assert main(["--recipe", str(path), "--stages", "data"]) == 0
     assert "pool train: kept" in capsys.readouterr().out
+    # A stamp from before a setting was recorded: kept, and said so.
+    stamp = train.parent / "settings.json"
+    older = {k: v for k, v in json.loads(stamp.read_text()).items() if k != "dem shapes"}
+    stamp.write_text(json.dumps(older))
+    assert main(["--recipe", str(path), "--stages", "data"]) == 0
+    assert "stamped without dem shapes; kept unchecked" in capsys.readouterr().out
     path.write_text(json.dumps({**recipe, "seed": 2, "pool": {**pool, "photometry": 0.5}}))
     assert main(["--recipe", str(path), "--stages", "data"]) == 1
     assert capsys.readouterr().err.splitlines() == [

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=None,
                          help="tiles per model call (default: about half a megapixel)")
     predict.add_argument("--threads", type=int, default=None, metavar="N",
-                         help="CPU threads for the model (default: onnxruntime's, all cores)")
+                         help="CPU threads for the model (default: one per physical core)")
     predict.add_argument("--quiet", action="store_true", help="print warnings and errors only")
     return parser
 
@@ -129,3 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(bar: ProgressBar, exc: Exception) -> None:
     bar.close()
     print(f"error: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +32,9 @@ PLUGIN_HOME = BUILT if (BUILT / "mars_dtm_plugin").is_dir() else ROOT
 def plugin_env() -> dict[str, str]:
     """The environment for a subprocess started in ``PLUGIN_HOME``."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGIN_HOME), str(ROOT)])}
+
+
+def predict_command(*args: str, module: str = "mars_dtm_plugin") -> subprocess.CompletedProcess:
+    """``python -m mars_dtm_plugin predict ARGS`` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", module, "predict", *args], capture_output=True,
+                          text=True, env=plugin_env(), cwd=PLUGIN_HOME, timeout=120)

@@ -2,6 +2,7 @@
 
 ``kind`` picks the graph, all mapping ``image`` [N, 1, H, W] to ``height`` [N, 1, H, W]:
 - ``identity``: height = image (what goes in comes out; checks scaling and placement);
+- ``abs``: height = |image|, which shows where the input's zero lies (its standardisation);
 - ``offsets``: height = image + 500 * sin(1000 * mean(image)): every tile gets its own
   large vertical offset, as a monocular model does, so stitching must reconcile them;
 - ``ramp``: height = column index (rises to the right of the model's frame whatever the
@@ -49,6 +50,8 @@ def contract_for_tests(**overrides) -> ModelContract:
 def _graph(kind: str, seed: int) -> tuple[list, list]:
     if kind == "identity":
         return [helper.make_node("Identity", ["image"], ["height"])], []
+    if kind == "abs":
+        return [helper.make_node("Abs", ["image"], ["height"])], []
     if kind == "offsets":
         constants = [
             numpy_helper.from_array(np.array(1000.0, np.float32), "k_in"),

@@ -19,6 +19,7 @@ from mars_dtm_plugin.core.contract import REQUIRED_KEYS
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import DtmError
 from tests.conftest import PLUGIN_HOME, plugin_env
+from tests.conftest import predict_command as cli
 from tests.models import contract_for_tests, write_test_model
 from tests.rasters import ramp, write_raster
 
@@ -33,12 +34,6 @@ def scene(tmp_path):
 @pytest.fixture
 def model(tmp_path):
     return write_test_model(tmp_path / "model.onnx", "conv")
-
-
-def cli(*args: str, module: str = "mars_dtm_plugin") -> subprocess.CompletedProcess:
-    env = plugin_env()
-    return subprocess.run([sys.executable, "-m", module, "predict", *args],
-                          capture_output=True, text=True, env=env, cwd=PLUGIN_HOME, timeout=120)
 
 
 def assert_refused(result: subprocess.CompletedProcess, output: Path, words: str) -> None:
@@ -59,14 +54,6 @@ def test_no_georeferencing_without_pixel_size(tmp_path, model):
     assert cli(str(source), str(out), "--model", str(model), "--pixel-size", "0.25",
                "--quiet").returncode == 0
     assert out.exists()
-
-
-def test_the_cli_module_runs_as_the_package_does(tmp_path, model):
-    """`python -m mars_dtm_plugin.cli` is not a silent no-op."""
-    out = tmp_path / "out.tif"
-    missing = tmp_path / "missing.tif"
-    assert_refused(cli(str(missing), str(out), "--model", str(model),
-                       module="mars_dtm_plugin.cli"), out, "missing.tif")
 
 
 def test_quiet_keeps_the_warnings(tmp_path, model):

@@ -58,6 +58,17 @@ def test_identity_model_gives_scaled_brightness_with_zero_mean(tmp_path):
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=2e-4)
 
 
+def test_percentiles_and_standardisation_follow_the_contract(tmp_path):
+    # x = ((v - p10) / (p90 - p10) - 0.5) / 0.25, and |x| puts the input's zero in sight.
+    image = ramp(150, 170, a=3.0, b=-1.0) + 50
+    heights, _, _ = predict(tmp_path, image, "abs", contract={
+        "input_percentiles": [10.0, 90.0], "standardization_mean": [0.5],
+        "standardization_std": [0.25]})
+    low, high = np.percentile(image, [10.0, 90.0])
+    expected = 2.0 * np.abs(((image - low) / (high - low) - 0.5) / 0.25)
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
+
+
 @pytest.mark.parametrize("elevation", [30.0, 60.0])
 def test_mean_ratio_scaling_gives_linearised_slopes_toward_the_sun(tmp_path, elevation):
     # Identity model: height = (I / mean(I) - 1) * tan(elevation) in pixel units, x 2 m.

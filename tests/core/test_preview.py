@@ -13,13 +13,20 @@ MARS_LON_LAT = ('GEOGCS["Mars 2000",DATUM["D_Mars_2000",SPHEROID["Mars_2000_IAU_
                 'UNIT["Degree",0.0174532925199433]]')
 
 
-def _preview(tmp_path, geotransform, wkt=None) -> np.ndarray:
+def _ridge(along_rows: bool = False) -> np.ndarray:
+    """A ridge down the middle: faces west then east, or (``along_rows``) north then south."""
+    if along_rows:
+        profile = np.minimum(np.arange(60), 60 - np.arange(60)).astype(np.float32)
+        return np.repeat(profile[:, None], 80, axis=1)
+    profile = np.minimum(np.arange(80), 80 - np.arange(80)).astype(np.float32)
+    return np.repeat(profile[None, :], 60, axis=0)
+
+
+def _preview(tmp_path, geotransform, wkt=None, heights=None) -> np.ndarray:
     tmp_path.mkdir(exist_ok=True)
     image = write_raster(tmp_path / "image.tif", ramp(60, 80).astype(np.uint8), geotransform,
                          wkt)
-    heights = np.zeros((60, 80), np.float32)
-    heights[:, :40] = np.arange(40, dtype=np.float32)  # rises to the east: faces west
-    heights[:, 40:] = 80 - np.arange(40, 80, dtype=np.float32)  # falls to the east
+    heights = _ridge() if heights is None else heights
     dtm = write_raster(tmp_path / "dtm.tif", heights, geotransform, wkt)
     png = tmp_path / "preview.png"
     make_preview(str(image), str(dtm), str(png))
@@ -29,8 +36,11 @@ def _preview(tmp_path, geotransform, wkt=None) -> np.ndarray:
 
 
 def test_preview_has_three_panels_and_lights_north_west_slopes(tmp_path):
-    shade = _preview(tmp_path, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    grid = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    shade = _preview(tmp_path / "we", grid)
     assert shade[30, 10:30].mean() > shade[30, 50:70].mean() + 50  # west-facing is lit
+    shade = _preview(tmp_path / "ns", grid, heights=_ridge(along_rows=True))
+    assert shade[10:20, 40].mean() > shade[40:50, 40].mean() + 50  # and north-facing
 
 
 def test_preview_shades_a_lon_lat_dtm_by_its_size_in_metres(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import processing
 import pytest
+from osgeo import gdal
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
@@ -215,15 +216,22 @@ def test_rgb_band_choice(provider, identity_model, tmp_path):
 def test_sun_azimuth_needed_and_given(provider, tmp_path, image_factory):
     from tests.models import write_test_model
 
-    model = write_test_model(tmp_path / "rotate.onnx", "identity", sun_mode="rotate")
+    model = write_test_model(tmp_path / "rotate.onnx", "identity", sun_mode="rotate",
+                             input_scaling="mean_ratio")
     image = image_factory(width=90, height=80)
     output = tmp_path / "dtm.tif"
     with pytest.raises(QgsProcessingException, match="sun azimuth"):
         run({"INPUT": str(image), "MODEL": str(model), "OUTPUT": str(output)})
     assert not output.exists()
     run({"INPUT": str(image), "MODEL": str(model), "SUN_AZIMUTH": 270.0,
-         "SUN_ELEVATION": 30.0, "OUTPUT": str(output)})
-    assert read_raster(output)[0].shape == (80, 90)
+         "SUN_ELEVATION": 30.0, "OVERLAP": 10, "OUTPUT": str(output)})
+    # The identity model returns (I / mean - 1) x tan(elevation) in pixels: the elevation given
+    # is the one used; the sun is the model's own, so nothing is rotated.
+    pixels = terrain_image(90, 80).astype(np.float64)
+    expected = GROUND_PIXEL_M * (pixels / pixels.mean() - 1) * math.tan(math.radians(30.0))
+    heights = read_raster(output)[0]
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
+    assert gdal.Open(str(output)).GetMetadataItem("MARSDTM_TILES").endswith("overlap 10 px")
 
 
 def test_checking_a_temporary_output_registers_no_layer_the_run_does_not_write(

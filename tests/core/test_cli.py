@@ -1,0 +1,36 @@
+"""The command line passes what it is given to the engine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tests.conftest import predict_command
+from tests.models import write_test_model
+from tests.rasters import ramp, read_raster, write_raster
+
+GT = (0.0, 2.0, 0.0, 0.0, 0.0, -2.0)
+
+
+def test_the_sun_elevation_and_the_overlap_given_are_used(tmp_path):
+    # Identity with mean-ratio scaling: heights = (I / mean - 1) x tan(elevation) x 2 m.
+    model = write_test_model(tmp_path / "model.onnx", input_scaling="mean_ratio")
+    image = ramp(90, 100) + 20
+    scene = write_raster(tmp_path / "scene.tif", image, GT)
+    out = tmp_path / "dtm.tif"
+    done = predict_command(str(scene), str(out), "--model", str(model), "--sun-elevation", "30",
+                           "--overlap", "10", "--quiet")
+    assert done.returncode == 0, done.stderr
+    heights, ds = read_raster(out)
+    expected = 2.0 * (image / image.mean(dtype=np.float64) - 1) * math.tan(math.radians(30.0))
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-4)
+    assert ds.GetMetadataItem("MARSDTM_TILES").endswith("overlap 10 px")
+
+
+def test_the_cli_module_runs_as_the_package_does(tmp_path):
+    """``python -m mars_dtm_plugin.cli`` is not a silent no-op."""
+    done = predict_command(str(tmp_path / "missing.tif"), str(tmp_path / "out.tif"),
+                           module="mars_dtm_plugin.cli")
+    assert done.returncode == 1 and "missing.tif" in done.stderr
+    assert not (tmp_path / "out.tif").exists()

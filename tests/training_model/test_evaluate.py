@@ -9,6 +9,7 @@ import pytest
 
 from tests.models import write_test_model
 from training.evaluate import (
+    TEST_SETS,
     Scene,
     average,
     block_mean,
@@ -19,6 +20,7 @@ from training.evaluate import (
     main,
     reshading_correlation,
     scene_metrics,
+    set_source,
     sfs_fourier,
     synthetic_scenes,
     tile_metrics,
@@ -469,3 +471,25 @@ def test_test_shards_that_cannot_be_read_are_one_sentence(tmp_path, capsys, args
     assert main(["--model", str(model), "--data", str(tmp_path / "d"), *args]) == 2
     assert message.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gale", "karoo"])
+def test_the_real_truth_lies_on_its_image(tmp_path, name):
+    """The truth as loaded shades like the image better than when flipped or moved 3 cells,
+    so a truth read upside down or shifted against its image cannot score unnoticed."""
+    scenes = TEST_SETS[name](tmp_path, 7)
+    if not scenes:
+        pytest.skip(f"the shared {name} pair is absent ({set_source(name)})")
+    scene = scenes[0]
+    image = block_mean(scene.image.astype(float), scene.factor)
+    valid = scene.notes.get("truth_valid", np.ones(scene.truth.shape, bool))
+
+    def fit(truth: np.ndarray) -> float:
+        return estimate_sun(image, truth, scene.truth_pixel_m, valid & np.isfinite(truth))[2]
+
+    aligned = fit(scene.truth)
+    flipped = [fit(np.flipud(scene.truth)), fit(np.fliplr(scene.truth))]
+    moved = [fit(np.roll(scene.truth, 3, axis)) for axis in (0, 1)]
+    assert aligned > max(flipped) + 0.1
+    assert aligned > max(moved)

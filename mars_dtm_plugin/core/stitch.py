@@ -16,7 +16,6 @@ import numpy as np
 
 from .tiling import Tile
 
-MIN_SHARED_PIXELS = 16
 BORDER_PX = 2
 
 
@@ -48,7 +47,7 @@ class OffsetProblem:
             shared = np.isfinite(delta)
             count = int(np.count_nonzero(shared))
             difference = float(delta[shared].mean()) if count else 0.0
-        if count < MIN_SHARED_PIXELS:
+        if not count:  # however few, shared pixels link two tiles; the weight says how much
             return
         self.a.append(ta.index)
         self.b.append(tb.index)

@@ -155,6 +155,18 @@ def test_nodata_value_nan_and_alpha_stay_nodata(tmp_path):
     assert residual < 1e-3
 
 
+def test_data_joined_by_a_thin_strip_stitches_into_one_surface(tmp_path):
+    # Two patches of data joined only by row 23: the tiles right of the join share just that
+    # row with their neighbours, and must still be tied to the rest, not float on their own.
+    image = ramp(50, 141) + 100
+    image[0:23, 13:129] = -1
+    image[24:, 53:] = -1
+    valid = image != -1
+    heights, _, _ = predict(tmp_path, image, "offsets", raster={"nodata": -1})
+    _, residual = plane_fit(heights, valid)
+    assert residual < 1e-3
+
+
 def test_a_nodata_band_wider_than_a_strip_stays_nodata(tmp_path):
     # Rows 300-999 are nodata: whole output strips of 256 rows meet no predicted tile.
     image = ramp(1200, 64).astype(np.float32) + 10

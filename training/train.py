@@ -371,7 +371,8 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_dataset(spec: str, cfg: TrainConfig, validation: bool = False) -> IterableDataset:
-    """The training stream, or (``validation``) a fixed set read whole by one rank.
+    """The training stream, or (``validation``) a fixed stream read by one rank (the first
+    ``val_batches`` batches of it, the same each time).
 
     Every rank gets the same seed: the shard order must be shared for the ranks' shares to be
     disjoint, and the streams differ by rank anyway (``training.data._worker_rng``)."""

@@ -200,13 +200,15 @@ class _Run:
         return round(self.contract.sun_azimuth - in_image, 6) % 360
 
     def _overlap(self) -> int:
+        """At least a pixel: tiles that share none cannot be tied into one surface."""
         footprint = self.rotation.footprint
         if self.options.overlap_px is None:
-            return round(footprint * self.contract.tiles_overlap / 100)
+            return max(1, round(footprint * self.contract.tiles_overlap / 100))
         overlap = self.options.overlap_px
-        if not 0 <= overlap < footprint // 2:
-            raise DtmError(f"The overlap must be from 0 to {footprint // 2 - 1} pixels for "
-                           f"this model, not {overlap}.")
+        if not 1 <= overlap < footprint // 2:
+            raise DtmError(f"The overlap must be from 1 to {footprint // 2 - 1} pixels for "
+                           f"this model (tiles that share no pixels cannot be stitched), "
+                           f"not {overlap}.")
         return overlap
 
     def _intensity_mapping(self) -> tuple[tuple[float, float], float]:

@@ -26,7 +26,8 @@ def _read_small(path: str) -> tuple[np.ndarray, np.ndarray]:
     scale = max(ds.RasterXSize, ds.RasterYSize) / PREVIEW_SIDE
     width, height = (max(1, round(n / max(scale, 1))) for n in (ds.RasterXSize, ds.RasterYSize))
     values = band.ReadAsArray(buf_xsize=width, buf_ysize=height).astype(np.float32)
-    valid = band.GetMaskBand().ReadAsArray(buf_xsize=width, buf_ysize=height) > 0
+    mask = band.GetMaskBand().ReadAsArray(buf_xsize=width, buf_ysize=height)
+    valid = (mask > 0) & np.isfinite(values)  # NaN is nodata, as in the engine
     return values, valid
 
 

@@ -151,7 +151,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
     def _add_advanced_parameters(self) -> None:
         overlap = QgsProcessingParameterNumber(
             self.OVERLAP, tr("Tile overlap in pixels (empty: the model's default)"),
-            QgsProcessingParameterNumber.Integer, optional=True, minValue=0)
+            QgsProcessingParameterNumber.Integer, optional=True, minValue=1)
         overlap.setHelp(tr("More overlap hides tile borders better and takes longer."))
         pixel_size = QgsProcessingParameterNumber(
             self.PIXEL_SIZE, tr("Pixel size in metres (empty: from the georeferencing)"),

@@ -167,6 +167,17 @@ def test_data_joined_by_a_thin_strip_stitches_into_one_surface(tmp_path):
     assert residual < 1e-3
 
 
+def test_tiles_always_overlap_so_that_they_can_be_stitched(tmp_path):
+    # 176 = 56 + 64 + 56: without overlap the edge tiles and the middle one would just abut.
+    image = ramp(176, 176) + 5
+    heights, ds, _ = predict(tmp_path, image, "offsets", contract={"tiles_overlap": 0.0})
+    assert ds.GetMetadataItem("MARSDTM_TILES").endswith("overlap 1 px")
+    assert plane_fit(heights)[1] < 1e-3
+    with pytest.raises(DtmError, match=r"from 1 to 31 pixels .*cannot be stitched\), not 0\."):
+        predict(tmp_path, image, "offsets", name="none.tif", overlap_px=0)
+    assert not (tmp_path / "none.tif").exists()
+
+
 def test_a_nodata_band_wider_than_a_strip_stays_nodata(tmp_path):
     # Rows 300-999 are nodata: whole output strips of 256 rows meet no predicted tile.
     image = ramp(1200, 64).astype(np.float32) + 10

@@ -48,3 +48,13 @@ def test_preview_shades_a_lon_lat_dtm_by_its_size_in_metres(tmp_path):
     degree = 1.0 / (3396190.0 * np.pi / 180)  # one metre on the Mars sphere at the equator
     lon_lat = _preview(tmp_path / "d", (0.0, degree, 0.0, 0.0, 0.0, -degree), MARS_LON_LAT)
     np.testing.assert_allclose(lon_lat, metres, atol=2)
+
+
+def test_an_image_with_nan_pixels_is_stretched_over_the_rest(tmp_path):
+    image = ramp(60, 80)
+    image[:5] = np.nan  # nodata without a nodata value
+    source = write_raster(tmp_path / "image.tif", image, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    dtm = write_raster(tmp_path / "dtm.tif", _ridge(), (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    make_preview(str(source), str(dtm), str(tmp_path / "preview.png"))
+    panel = gdal.Open(str(tmp_path / "preview.png")).ReadAsArray()[0, 5:, :80].astype(int)
+    assert panel.min() < 10 and panel.max() > 245  # stretched 1 % to 99 %, not all black

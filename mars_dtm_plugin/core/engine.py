@@ -355,7 +355,7 @@ class _Run:
         georef = self.raster.georef
         writer = DtmWriter(output_path, self.raster.width, self.raster.height,
                            georef.geotransform, georef.crs_wkt, georef.gcps, georef.gcp_wkt,
-                           self.provenance())
+                           self.provenance(), georef.rpc)
         statistics = _Statistics()
         try:
             with ThreadPoolExecutor(1) as writing:

@@ -64,6 +64,9 @@ class Georeferencing:
     gcps: tuple[gdal.GCP, ...] = ()
     """Ground control points of an input placed by them alone, kept so the DTM warps alike."""
     gcp_wkt: str = ""
+    rpc: dict[str, str] | None = None
+    """Rational polynomial coefficients of an input placed by them alone (a satellite's raw
+    product), kept for the same reason."""
 
 
 class InputRaster:
@@ -259,13 +262,18 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None, path: str,
         if geotransform is None:
             return Georeferencing(None, "", float(pixel_size), _north_from_label(path, dataset),
                                   gcps=tuple(dataset.GetGCPs()),
-                                  gcp_wkt=dataset.GetGCPProjection() or "")
+                                  gcp_wkt=dataset.GetGCPProjection() or "",
+                                  rpc=dataset.GetMetadata("RPC") or None)
         north, mirrored = image_frame(geotransform, srs, cols, rows)
         return Georeferencing(tuple(geotransform), wkt, float(pixel_size), north, mirrored)
     if geotransform is None and dataset.GetGCPCount():
         raise DtmError("The input is placed only by ground control points; warp it onto a "
                        "grid first (gdalwarp), or give its pixel size to use it as it is "
                        "(the DTM keeps the points).")
+    if geotransform is None and dataset.GetMetadata("RPC"):
+        raise DtmError("The input is placed only by its RPCs (a raw satellite product); "
+                       "orthorectify it first (gdalwarp -rpc), or give its pixel size to use it "
+                       "as it is (the DTM keeps the RPCs).")
     if geotransform is None:
         raise DtmError("The input has no georeferencing (geotransform and CRS); give its "
                        "pixel size in metres to use it anyway.")

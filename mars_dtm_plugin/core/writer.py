@@ -90,7 +90,8 @@ class DtmWriter:
     def __init__(self, path: str, width: int, height: int,
                  geotransform: tuple[float, ...] | None, crs_wkt: str,
                  gcps: tuple[gdal.GCP, ...] = (), gcp_wkt: str = "",
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None,
+                 rpc: dict[str, str] | None = None) -> None:
         self.path = Path(path)
         _remove_stale_partials(self.path)
         # Unique per run, not per process: a QGIS batch runs several in one process.
@@ -108,6 +109,8 @@ class DtmWriter:
                 self.dataset.SetProjection(crs_wkt)
             if gcps:
                 self.dataset.SetGCPs(gcps, gcp_wkt)
+            if rpc:
+                self.dataset.SetMetadata(rpc, "RPC")
             self.dataset.SetMetadata(metadata or {})
             self.band = self.dataset.GetRasterBand(1)
             self.band.SetNoDataValue(NODATA)

@@ -251,7 +251,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if not has_geotransform(source):
             raise QgsProcessingException(tr(
                 "The input image '{0}' is not on a georeferenced grid (ground control points "
-                "alone do not place it); warp it onto a grid first (Raster > Projections > "
+                "or RPCs alone do not place it); warp it onto a grid first (Raster > Projections > "
                 "Warp, or the Georeferencer), or give its pixel size in metres."
             ).format(layer.name()))
         return source, layer_crs

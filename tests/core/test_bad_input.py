@@ -480,6 +480,32 @@ def test_degenerate_geotransform_and_gcps_alone_without_pixel_size(tmp_path, mod
     assert dtm.GetGCPSpatialRef().IsSame(srs)
 
 
+def test_an_image_placed_by_rpcs_alone_needs_its_pixel_size_and_keeps_them(tmp_path, model):
+    # A raw satellite product: no grid, RPCs mapping (lon, lat) near 7 E, 45 N to pixels.
+    rpc = {"LINE_OFF": "25", "SAMP_OFF": "25", "LAT_OFF": "45", "LONG_OFF": "7",
+           "HEIGHT_OFF": "0", "LINE_SCALE": "25", "SAMP_SCALE": "25", "LAT_SCALE": "0.001",
+           "LONG_SCALE": "0.001", "HEIGHT_SCALE": "100",
+           "LINE_NUM_COEFF": " ".join(["0", "0", "-1"] + ["0"] * 17),
+           "SAMP_NUM_COEFF": " ".join(["0", "1"] + ["0"] * 18),
+           "LINE_DEN_COEFF": " ".join(["1"] + ["0"] * 19),
+           "SAMP_DEN_COEFF": " ".join(["1"] + ["0"] * 19)}
+    source = write_raster(tmp_path / "raw.tif", ramp(50, 50) + 10, None, wkt="")
+    ds = gdal.Open(str(source), gdal.GA_Update)
+    ds.SetMetadata(rpc, "RPC")
+    ds = None
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(source), str(out), "--model", str(model)), out, "RPCs")
+    assert cli(str(source), str(out), "--model", str(model), "--pixel-size", "0.5",
+               "--quiet").returncode == 0
+    dtm = gdal.Open(str(out))
+    assert dtm.GetGeoTransform(can_return_null=True) is None
+    kept = dtm.GetMetadata("RPC")
+    assert {k: float(kept[k]) for k in rpc if "COEFF" not in k} == \
+        {k: float(v) for k, v in rpc.items() if "COEFF" not in k}
+    assert [float(c) for c in kept["SAMP_NUM_COEFF"].split()] == \
+        [float(c) for c in rpc["SAMP_NUM_COEFF"].split()]
+
+
 @pytest.mark.parametrize("size", ["inf", "1e400", "-2"])
 def test_pixel_size_that_is_not_a_positive_number(tmp_path, model, size):
     source = write_raster(tmp_path / "plain.tif", ramp(50, 50), None, wkt="")

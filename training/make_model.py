@@ -14,15 +14,26 @@ the one bundled.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import shutil
+import struct
 import sys
 import time
 from pathlib import Path
 
-from training.data import DemShapePatches, SunRange, SyntheticPatches, load_dem_shapes, write_pool
+import numpy as np
+
+from training.data import (
+    DemShape,
+    DemShapePatches,
+    SunRange,
+    SyntheticPatches,
+    load_dem_shapes,
+    write_pool,
+)
 from training.evaluate import DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +80,8 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
                                 "pool.photometry": photometry,
                                 "canonical_azimuth": sun.canonical_azimuth,
                                 "azimuth_jitter": sun.azimuth_jitter,
-                                "dem shapes": [shape.name for shape in shapes]})
+                                "dem shapes": [shape.name for shape in shapes],
+                                "dem shapes sha256": _digest(shapes)})
     sources = [(SyntheticPatches(size, sun=sun, relief=relief, photometry=photometry),
                 pool["synthetic"])]
     if shapes:
@@ -89,6 +101,16 @@ def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
         shutil.rmtree(out, ignore_errors=True)
         partial.rename(out)
         print(f"pool {name}: {len(paths)} shards in {time.monotonic() - started:.0f} s")
+
+
+def _digest(shapes: list[DemShape]) -> str:
+    """SHA-256 of the DEM shapes as rendered: a DEM replaced under its name is another pool."""
+    digest = hashlib.sha256()
+    for shape in shapes:
+        digest.update(shape.name.encode())
+        digest.update(struct.pack("<d", shape.pixel_size_m))
+        digest.update(np.ascontiguousarray(shape.heights, "<f4").tobytes())
+    return digest.hexdigest()
 
 
 def _has_shards(folder: Path) -> bool:

@@ -1,10 +1,12 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from osgeo import gdal
 
 from mars_dtm_plugin.core.contract import parse_contract
 from tests.conftest import SHARED_DATA
@@ -126,8 +128,6 @@ def test_an_interrupted_pool_is_rendered_again_not_kept(tmp_path, monkeypatch):
 
 def _one_dem_folder(folder: Path) -> Path:
     """A folder holding one small DEM, for the DEM-shape source."""
-    from osgeo import gdal
-
     folder.mkdir()
     dem = gdal.GetDriverByName("GTiff").Create(str(folder / "hills.tif"), 64, 64, 1,
                                                gdal.GDT_Float32)
@@ -209,6 +209,14 @@ def test_a_pool_rendered_with_other_settings_is_not_reused(tmp_path, monkeypatch
     monkeypatch.setattr(make_model, "DEM_SHAPES", _one_dem_folder(tmp_path / "shapes"))
     path.write_text(json.dumps(recipe))
     assert main(["--recipe", str(path), "--stages", "data"]) == 1
-    assert "rendered with another dem shapes;" in capsys.readouterr().err
+    assert "rendered with another dem shapes, dem shapes sha256;" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in train.glob("*.tar")} == shards  # untouched
     assert len(list(read_shards(sorted(train.glob("*.tar"))))) == 2
+    # Rendered with the DEM, which is then replaced under its name: not the same pool either.
+    shutil.rmtree(train.parent)
+    assert main(["--recipe", str(path), "--stages", "data"]) == 0
+    dem = gdal.Open(str(make_model.DEM_SHAPES / "hills.tif"), gdal.GA_Update)
+    dem.GetRasterBand(1).WriteArray(dem.ReadAsArray() * 2)
+    dem = None
+    assert main(["--recipe", str(path), "--stages", "data"]) == 1
+    assert "rendered with another dem shapes sha256;" in capsys.readouterr().err

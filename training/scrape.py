@@ -342,20 +342,27 @@ class Scraper:
             part.write_bytes(b"")
             offset = 0
         if offset < size:
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            if offset and _validator(part).exists():  # the rest only if the file is unchanged
-                headers["If-Range"] = _validator(part).read_text()
+            # The rest only of a file known unchanged; without a validator, all of it again.
+            known = _validator(part).read_text() if _validator(part).exists() else ""
+            headers = {"Range": f"bytes={offset}-", "If-Range": known} if offset and known \
+                else {}
+            if not headers:
+                offset = 0
             self.http.request(url, headers=headers,
-                              consume=lambda r: self._append(r, part, offset, bar))
+                              consume=lambda r: self._append(r, part, offset, size, known, bar))
         if part.stat().st_size != size:
             raise ShortRead(f"{part.name}: {part.stat().st_size} of {size} bytes")
 
-    def _append(self, response: http.client.HTTPResponse, part: Path, offset: int,
-                bar: tqdm) -> None:
+    def _append(self, response: http.client.HTTPResponse, part: Path, offset: int, size: int,
+                known: str, bar: tqdm) -> None:
         ranged = response.status == 206
-        if ranged and not response.headers.get("Content-Range", "").startswith(
-                f"bytes {offset}-"):
+        if ranged and response.headers.get("Content-Range") != f"bytes {offset}-{size - 1}/{size}":
             raise ShortRead(f"server answered a different range for {part.name}")
+        if ranged and _validator_of(response) != known:
+            # A server that ignores If-Range sends the rest of another file: start again.
+            part.write_bytes(b"")
+            _validator(part).unlink(missing_ok=True)
+            raise ShortRead(f"{part.name} changed on the server; fetching it whole")
         if not ranged:  # from the start (an If-Range that failed, too): remember which file
             _remember_validator(response, part)
         bar.reset(bar.total)
@@ -373,14 +380,18 @@ def _validator(part: Path) -> Path:
     return part.with_name(part.name + ".validator")
 
 
-def _remember_validator(response: http.client.HTTPResponse, part: Path) -> None:
+def _validator_of(response: http.client.HTTPResponse) -> str:
+    """The ETag, or the Last-Modified date, that names this version of the file."""
     etag = response.headers.get("ETag", "")
     # A weak ETag may not go in If-Range (RFC 9110, 13.1.5); a date may.
-    value = etag if etag and not etag.startswith("W/") else response.headers.get(
+    return etag if etag and not etag.startswith("W/") else response.headers.get(
         "Last-Modified", "")
-    if value:
+
+
+def _remember_validator(response: http.client.HTTPResponse, part: Path) -> None:
+    if value := _validator_of(response):
         _validator(part).write_text(value)
-    else:  # nothing to check a later resume against: it appends, as without If-Range
+    else:  # nothing to check a resume against: a later try fetches the whole file again
         _validator(part).unlink(missing_ok=True)
 
 

@@ -269,7 +269,9 @@ class SiteServer:
     drops the connection after sending that many bytes. Files carry an ETag, and a Range
     with an If-Range of another ETag gets the whole file. ``slow[url_path]`` sends that file
     1 kB at a time, that many seconds apart. ``extra_links[url_path]`` adds raw hrefs to a
-    listing; ``redirects[url_path]`` answers with a 302 to that location.
+    listing; ``redirects[url_path]`` answers with a 302 to that location. ``validators`` off:
+    files carry no ETag; ``honours_if_range`` off: a Range is served whatever the If-Range
+    says (as some proxies do).
     """
 
     def __init__(self, root: Path) -> None:
@@ -279,6 +281,7 @@ class SiteServer:
         self.extra_links: dict[str, list[str]] = {}
         self.redirects: dict[str, str] = {}
         self.slow: dict[str, float] = {}
+        self.validators = self.honours_if_range = True
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -300,6 +303,7 @@ class SiteServer:
         self.extra_links.clear()
         self.redirects.clear()
         self.slow.clear()
+        self.validators = self.honours_if_range = True
 
     def gets(self, name: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"].endswith(name)]
@@ -351,15 +355,16 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
 
         def _send_file(self, path: str, data: bytes, body: bool) -> None:
             etag = f'"{zlib.crc32(data):08x}"'
-            ranged = self.headers.get("Range") is not None and self.headers.get(
-                "If-Range", etag) == etag  # a changed file comes whole, as Apache sends it
+            ranged = self.headers.get("Range") is not None and (not site.honours_if_range or
+                self.headers.get("If-Range", etag) == etag)  # else whole, as Apache sends it
             start = int(self.headers["Range"][6:].split("-")[0]) if ranged else 0
             if ranged:
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             else:
                 self.send_response(200)
-            self.send_header("ETag", etag)
+            if site.validators:
+                self.send_header("ETag", etag)
             part = data[start:]
             self.send_header("Content-Length", str(len(part)))
             self.end_headers()

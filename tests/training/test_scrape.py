@@ -109,6 +109,30 @@ def test_a_file_changed_on_the_server_since_the_cut_is_fetched_whole(
     assert not list(local.parent.glob(local.name + ".*"))  # no .part, no .part.validator
 
 
+@pytest.mark.parametrize("server_kind", ["ignores If-Range", "sends no ETag"])
+def test_a_changed_file_is_never_spliced_whatever_the_server(
+        server: SiteServer, site: Path, tmp_path: Path, server_kind: str) -> None:
+    server.validators = server_kind != "sends no ETag"
+    server.cuts[DTM_A] = [5000]
+    scrape(options(server, tmp_path, retries=0))
+    remote = site / DTM_A.lstrip("/")
+    original = remote.read_bytes()
+    changed = bytes(255 - b for b in original)  # the same size
+    remote.write_bytes(changed)
+    try:
+        server.reset()
+        server.honours_if_range = server_kind != "ignores If-Range"
+        server.validators = server_kind != "sends no ETag"
+        assert scrape(options(server, tmp_path)).failed == 0
+    finally:
+        remote.write_bytes(original)  # the site is the session's
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    assert local.read_bytes() == changed
+    # The rest of another file is thrown away, or never asked for without a validator.
+    ranges = [get["range"] for get in server.gets(dtm_name(PAIR_A))]
+    assert ranges == (["bytes=5000-", None] if server_kind == "ignores If-Range" else [None])
+
+
 def test_dropped_connections_are_retried_from_where_they_broke(
         server: SiteServer, site: Path, tmp_path: Path) -> None:
     server.cuts[DTM_A] = [3000, 4000]

@@ -8,6 +8,7 @@ See docs/data.md.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -88,9 +89,12 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the shard being written: only complete shards stay behind a failed run."""
         if self._tar is not None:
-            self._tar.close()
-            self._tar = None
-            self.paths.pop().with_suffix(".tar.part").unlink(missing_ok=True)
+            tar, self._tar = self._tar, None
+            try:
+                with contextlib.suppress(OSError):  # a full disk may refuse the last bytes too
+                    tar.close()
+            finally:
+                self.paths.pop().with_suffix(".tar.part").unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -186,10 +186,10 @@ def build(pairs: list[PairFiles], out: Path, size: int = 512, overlap: int = 64,
         log.warning("skipped %s: %s", pair_id, reason)
     try:
         _write_pairs(pairs, shards, index, size, overlap, splits)
-    except BaseException:  # Ctrl-C or a bug: no half-written shard stays behind
+        index["shards"] = shards.close()
+    except BaseException:  # Ctrl-C, a full disk or a bug: no half-written shard stays behind
         shards.abort()
         raise
-    index["shards"] = shards.close()
     if index["shards"]:
         write_json(out / "patches.json", index)
     return index
@@ -203,20 +203,28 @@ def _write_pairs(pairs: list[PairFiles], shards: Shards, index: dict, size: int,
         if split is None:
             index["skipped"][pair.pair_id] = "in no split"  # quietly: by design
             continue
-        count = 0
-        try:
-            for patch in pair_patches(pair, size, overlap):
-                shards.write(split, patch)
-                count += 1
+        count, unreadable = 0, []
+        # Only reading a pair may fail here; an error writing the shards stops the run.
+        for patch in _until_unreadable(pair_patches(pair, size, overlap), unreadable):
+            shards.write(split, patch)
+            count += 1
+        if not unreadable:
             index["pairs"][pair.pair_id] = {"patches": count, "split": split}
-        except (RuntimeError, ValueError, OSError) as error:
-            if count:  # its patches so far are in the shards: say so, and why it stopped
-                index["pairs"][pair.pair_id] = {"patches": count, "split": split,
-                                                "stopped": str(error)}
-                log.warning("%s stopped after %d patches: %s", pair.pair_id, count, error)
-            else:
-                index["skipped"][pair.pair_id] = str(error)
-                log.warning("skipped %s: %s", pair.pair_id, error)
+        elif count:  # its patches so far are in the shards: say so, and why it stopped
+            index["pairs"][pair.pair_id] = {"patches": count, "split": split,
+                                            "stopped": str(unreadable[0])}
+            log.warning("%s stopped after %d patches: %s", pair.pair_id, count, unreadable[0])
+        else:
+            index["skipped"][pair.pair_id] = str(unreadable[0])
+            log.warning("skipped %s: %s", pair.pair_id, unreadable[0])
+
+
+def _until_unreadable(patches: Iterator[Patch], errors: list[Exception]) -> Iterator[Patch]:
+    """The patches until reading the pair fails, the failure noted in ``errors``."""
+    try:
+        yield from patches
+    except (RuntimeError, ValueError, OSError) as error:
+        errors.append(error)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -269,7 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # json's decode error is a ValueError
         print(f"error: cannot read the splits file {args.splits}: {error}.", file=sys.stderr)
         return 2
-    index = build(pairs, args.out, args.size, args.overlap, args.shard_size, splits, skipped)
+    try:
+        index = build(pairs, args.out, args.size, args.overlap, args.shard_size, splits, skipped)
+    except OSError as error:  # the pairs' own read errors are caught inside: this is writing
+        print(f"error: cannot write the shards in {args.out}: {error}; the complete shards "
+              "stay, the one being written was removed.", file=sys.stderr)
+        return 1
     total = sum(p["patches"] for p in index["pairs"].values())
     print(f"pairs usable {len(pairs)}, skipped {len(index['skipped'])}; "
           f"patches {total} in {len(index['shards'])} shards under {args.out}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +197,35 @@ def test_an_interrupted_build_leaves_no_partial_shard(scraped: Path, tmp_path: P
     with pytest.raises(KeyboardInterrupt):
         build(pairs, tmp_path, SIZE, OVERLAP, shard_size=1000)
     assert not list(tmp_path.rglob("*.part")) and not (tmp_path / "patches.json").exists()
+
+
+UNDER_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails as on a full disk
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from training.tiles import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_stops_the_build_and_leaves_no_partial_shard(scraped: Path,
+                                                                 tmp_path: Path) -> None:
+    from tests.conftest import ROOT, plugin_env
+
+    def build_under(limit: int, out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", UNDER_FILE_SIZE_LIMIT, str(limit),
+                               str(scraped), "--out", str(out), "--size", str(SIZE),
+                               "--overlap", str(OVERLAP)], capture_output=True, text=True,
+                              env=plugin_env(), cwd=ROOT, timeout=120)
+
+    assert build_under(1 << 30, tmp_path / "whole").returncode == 0
+    (shard,) = (tmp_path / "whole").glob("*.tar")
+    done = build_under(shard.stat().st_size // 2, tmp_path / "full")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot write the shards in {tmp_path / 'full'}: [Errno 27] File too large")
+    assert not [p for p in (tmp_path / "full").rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("content", ["{bad", '["a"]'])

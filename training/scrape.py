@@ -13,6 +13,7 @@ mirrors them under ``--out`` with the same relative layout. Every pair folder ge
 from __future__ import annotations
 
 import argparse
+import email.utils
 import http.client
 import json
 import logging
@@ -44,6 +45,7 @@ USER_AGENT = f"mars-dtm-plugin-scraper/0.1 (+{REPOSITORY_URL})"
 PHASES = ("PSP", "ESP")
 CHUNK = 1 << 20
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+MAX_ASKED_WAIT = 300.0  # seconds: a longer Retry-After is cut to this
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 log = logging.getLogger("training.scrape")
@@ -124,8 +126,24 @@ class Http:
                 if not is_transient(error) or attempt == self.retries:
                     raise
                 log.debug("retrying after %s", error)
-                self.stopping.wait(self.backoff * 2 ** attempt)
+                self.stopping.wait(max(self.backoff * 2 ** attempt, _asked_wait(error)))
         raise AssertionError("unreachable")
+
+
+def _asked_wait(error: Exception) -> float:
+    """The seconds a busy server asks for (Retry-After, in seconds or as a date), at most
+    MAX_ASKED_WAIT; 0 when it asks nothing."""
+    asked = error.headers.get("Retry-After", "") if isinstance(
+        error, urllib.error.HTTPError) and error.headers else ""
+    if asked.strip().isdigit():
+        seconds = float(asked)
+    else:
+        try:
+            seconds = (email.utils.parsedate_to_datetime(asked) - datetime.now(timezone.utc)
+                       ).total_seconds()
+        except (TypeError, ValueError):  # no date, or a malformed one
+            return 0.0
+    return min(max(seconds, 0.0), MAX_ASKED_WAIT)
 
 
 class _Anchors(HTMLParser):

@@ -269,7 +269,8 @@ class SiteServer:
     drops the connection after sending that many bytes. Files carry an ETag, and a Range
     with an If-Range of another ETag gets the whole file. ``slow[url_path]`` sends that file
     1 kB at a time, that many seconds apart. ``extra_links[url_path]`` adds raw hrefs to a
-    listing; ``redirects[url_path]`` answers with a 302 to that location. ``validators`` off:
+    listing; ``redirects[url_path]`` answers with a 302 to that location; ``busy[url_path]`` is a
+    list of Retry-After values: each GET takes the next and is answered 503. ``validators`` off:
     files carry no ETag; ``honours_if_range`` off: a Range is served whatever the If-Range
     says (as some proxies do).
     """
@@ -281,6 +282,7 @@ class SiteServer:
         self.extra_links: dict[str, list[str]] = {}
         self.redirects: dict[str, str] = {}
         self.slow: dict[str, float] = {}
+        self.busy: dict[str, list[str]] = {}
         self.validators = self.honours_if_range = True
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -303,6 +305,7 @@ class SiteServer:
         self.extra_links.clear()
         self.redirects.clear()
         self.slow.clear()
+        self.busy.clear()
         self.validators = self.honours_if_range = True
 
     def gets(self, name: str) -> list[dict]:
@@ -336,12 +339,17 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
-            site.requests.append({"method": self.command, "path": path,
+            site.requests.append({"method": self.command, "path": path, "time": time.monotonic(),
                                   "range": self.headers.get("Range"),
                                   "if_range": self.headers.get("If-Range"),
                                   "agent": self.headers.get("User-Agent")})
             local = (site.root / path.lstrip("/")).resolve()
-            if path in site.redirects:
+            if self.command == "GET" and site.busy.get(path):
+                self.send_response(503)
+                self.send_header("Retry-After", site.busy[path].pop(0))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif path in site.redirects:
                 self.send_response(302)
                 self.send_header("Location", site.redirects[path])
                 self.end_headers()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import signal
 import socket
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import zlib
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -26,11 +29,13 @@ from tests.training.fakesite import (
     pair_dir,
 )
 from training.scrape import (
+    MAX_ASKED_WAIT,
     USER_AGENT,
     Http,
     Refused,
     Scraper,
     Stopped,
+    _asked_wait,
     local_path,
     main,
     scrape,
@@ -301,6 +306,21 @@ def test_an_empty_remote_file_is_fetched_as_an_empty_file(server: SiteServer, si
     scraper = Scraper(options(server, tmp_path))
     assert scraper.download(server.url + "/PDS/empty.LBL", dest, 0) == "fetched"
     assert dest.read_bytes() == b"" and not (tmp_path / "empty.LBL.part").exists()
+
+
+@pytest.mark.parametrize("asked", ["2", "date"])
+def test_a_busy_server_is_given_the_time_it_asks_for(server: SiteServer, site: Path,
+                                                     tmp_path: Path, asked: str) -> None:
+    later = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=3),
+                                        usegmt=True)
+    server.busy[DTM_A] = [later if asked == "date" else asked]
+    summary = scrape(options(server, tmp_path))  # retries 10 ms apart unless asked otherwise
+    assert summary.failed == 0
+    busy, served = [r["time"] for r in server.requests if r["path"] == DTM_A
+                    and r["method"] == "GET"]
+    assert served - busy >= 1.9  # the whole seconds asked (a date: to the second)
+    assert _asked_wait(urllib.error.HTTPError("u", 503, "busy", {"Retry-After": "86400"}, None)) \
+        == MAX_ASKED_WAIT
 
 
 def test_a_stopping_crawl_starts_no_request_and_does_not_wait(server: SiteServer) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsApplication, QgsRasterLayer
+from qgis.core import QgsApplication
 from qgis.gui import QgisInterface
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
@@ -10,6 +10,7 @@ from qgis.PyQt.QtWidgets import QAction, QToolBar
 
 from .processing.icons import icon_path
 from .processing.onnxruntime_help import onnxruntime_missing_in_qgis
+from .processing.predict_algorithm import input_layer_problem
 from .processing.provider import MarsDtmProvider
 
 ALGORITHM_ID = "marsdtm:predictdtm"
@@ -64,11 +65,10 @@ class MarsDtmPlugin:
     def run(self) -> None:
         """Open the algorithm's dialog on the active layer, or say why it cannot."""
         layer = self.iface.activeLayer()
-        if not isinstance(layer, QgsRasterLayer):
-            message = (tr("Select a raster layer (an orbital image) in the Layers panel first.")
-                       if layer is None else
-                       tr("'{0}' is not a raster layer; select an image.").format(layer.name()))
-            self.iface.messageBar().pushWarning(tr("Mars DTM"), message)
+        problem = (tr("Select a raster layer (an orbital image) in the Layers panel first.")
+                   if layer is None else input_layer_problem(layer))
+        if problem:
+            self.iface.messageBar().pushWarning(tr("Mars DTM"), problem)
             return
         missing = onnxruntime_missing_in_qgis()
         if missing:  # the dialog would say so only after the form is filled in and run

@@ -45,6 +45,16 @@ def tr(text: str) -> str:
     return QCoreApplication.translate("PredictDtmAlgorithm", text)
 
 
+def input_layer_problem(layer: QgsMapLayer) -> str | None:
+    """Why a layer cannot be the input, in one sentence; None when it can."""
+    if not isinstance(layer, QgsRasterLayer):
+        return tr("'{0}' is not a raster layer; choose an image.").format(layer.name())
+    if layer.providerType() != "gdal":  # WMS, XYZ, WCS: no file for the engine to read
+        return tr("The input layer '{0}' is not a raster file; save it as a GeoTIFF "
+                  "first.").format(layer.name())
+    return None
+
+
 # How an error names each number parameter (their labels also say what empty means).
 NUMBER_NAMES = {"SUN_AZIMUTH": "The sun azimuth", "SUN_ELEVATION": "The sun elevation",
                 "OVERLAP": "The tile overlap", "PIXEL_SIZE": "The pixel size"}
@@ -169,13 +179,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
 
     def checkParameterValues(self, parameters: dict[str, Any],
                              context: QgsProcessingContext) -> tuple[bool, str]:
-        layer = self._input_layer(parameters, context)
-        value = parameters.get(self.INPUT)
-        if layer is None and isinstance(value, str) and Path(value).is_file():
-            # QGIS itself would call an unreadable file "not found".
-            return False, tr("GDAL cannot read '{0}' as a raster.").format(value)
-        if layer is not None and not isinstance(layer, QgsRasterLayer):
-            return False, tr("'{0}' is not a raster layer; choose an image.").format(layer.name())
+        problem = self._input_problem(parameters, context)
+        if problem:
+            return False, problem
         # A scratch context: for a temporary output, parameterAsOutputLayer invents a file name
         # and registers it for loading, and the run (which invents another) never writes it.
         scratch = QgsProcessingContext()
@@ -186,15 +192,19 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         return super().checkParameterValues(parameters, context)
 
     @staticmethod
-    def _input_layer(parameters: dict[str, Any],
-                     context: QgsProcessingContext) -> QgsMapLayer | None:
-        """The INPUT layer whatever its type (QGIS's own check only says "invalid value")."""
+    def _input_problem(parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        """Why INPUT cannot be read, in one sentence, where QGIS would only say "invalid value"
+        or "not found" (batches and models skip checkParameterValues, so the run asks too)."""
         value = parameters.get(PredictDtmAlgorithm.INPUT)
-        if isinstance(value, QgsMapLayer):
-            return value
+        layer = value if isinstance(value, QgsMapLayer) else None
         if isinstance(value, str) and value:
-            return QgsProcessingUtils.mapLayerFromString(value, context)
-        return None
+            # A raster first: a GeoPackage may hold a vector table beside the image.
+            layer = QgsProcessingUtils.mapLayerFromString(
+                value, context, typeHint=QgsProcessingUtils.LayerHint.Raster) or \
+                QgsProcessingUtils.mapLayerFromString(value, context)
+            if layer is None and Path(value).is_file():
+                return tr("GDAL cannot read '{0}' as a raster.").format(value)
+        return None if layer is None else input_layer_problem(layer)
 
     def canExecute(self) -> tuple[bool, str]:
         message = onnxruntime_missing_in_qgis()
@@ -226,13 +236,12 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                pixel_size_given: bool) -> tuple[str, QgsCoordinateReferenceSystem | None]:
         """The file behind INPUT, after the checks QGIS can make better than the engine, and
         the layer's CRS where it is not the file's (set in QGIS, or given to a file without)."""
+        problem = self._input_problem(parameters, context)
+        if problem:
+            raise QgsProcessingException(problem)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(tr(
-                "The input layer '{0}' is not a raster file; save it as a GeoTIFF first."
-            ).format(layer.name()))
         # The GDAL dataset name, as /vsizip/..., GPKG:file:table or NETCDF:"file":variable;
         # QGIS may append its own "|option" parts.
         source = layer.source().split("|")[0]

@@ -113,6 +113,16 @@ def test_button_on_vector_layer_warns(plugin, qgis_iface):
     assert any("'points' is not a raster layer" in text for text in warnings_of(qgis_iface))
 
 
+def test_button_on_a_web_layer_warns(plugin, qgis_iface):
+    tiles = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png", "tiles", "wms")
+    QgsProject.instance().addMapLayer(tiles)
+    qgis_iface.setActiveLayer(tiles)
+    plugin.actions[0].trigger()
+    assert algorithm_dialog() is None
+    assert any("'tiles' is not a raster file; save it as a GeoTIFF first" in text
+               for text in warnings_of(qgis_iface))
+
+
 def test_button_opens_prefilled_dialog_that_runs(plugin, qgis_iface, identity_model,
                                                  image_factory, tmp_path):
     """Toolbar button -> algorithm dialog on the active layer -> run in a task -> styled DTM."""

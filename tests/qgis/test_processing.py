@@ -161,13 +161,41 @@ def test_an_output_that_is_not_a_geotiff_is_refused_before_the_run(provider, ima
                                     QgsProcessingContext())[0]
 
 
+class ErrorsKept(QgsProcessingFeedback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:
+        self.errors.append(error)
+
+
 def test_an_unreadable_input_file_is_named_as_such(provider, tmp_path):
     text = tmp_path / "notes.tif"
     text.write_text("not an image")
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
-    ok, message = alg.checkParameterValues(
-        {"INPUT": str(text), "OUTPUT": str(tmp_path / "dtm.tif")}, QgsProcessingContext())
+    parameters = {"INPUT": str(text), "OUTPUT": str(tmp_path / "dtm.tif")}
+    ok, message = alg.checkParameterValues(parameters, QgsProcessingContext())
     assert not ok and message == f"GDAL cannot read '{text}' as a raster."
+    # Batches and models run without that check: the run says the same.
+    feedback = ErrorsKept()
+    assert not alg.run(parameters, QgsProcessingContext(), feedback)[1]
+    assert any(f"GDAL cannot read '{text}' as a raster." in error for error in feedback.errors)
+    assert not (tmp_path / "dtm.tif").exists()
+
+
+def test_a_geopackage_with_a_table_beside_the_image_is_read_as_the_image(
+        provider, identity_model, image_factory, tmp_path):
+    from osgeo import ogr
+
+    package = tmp_path / "mixed.gpkg"
+    gdal.Translate(str(package), str(image_factory(width=70, height=60)), format="GPKG")
+    source = ogr.Open(str(package), 1)
+    source.CreateLayer("notes", geom_type=ogr.wkbPoint)
+    source = None
+    output = tmp_path / "dtm.tif"
+    run({"INPUT": str(package), "MODEL": str(identity_model), "OUTPUT": str(output)})
+    assert read_raster(output)[0].shape == (60, 70)
 
 
 @pytest.mark.parametrize("placed", [False, True])

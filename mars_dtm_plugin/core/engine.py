@@ -62,6 +62,9 @@ class PredictOptions:
     batch_size: int | None = None
     """Tiles per model call; None: about half a megapixel (32 tiles of 128 px)."""
     threads: int | None = None
+    nodata: tuple[tuple[float, float], ...] = ()
+    """Ranges of values (low, high, both included) read as nodata besides what the file marks:
+    a GIS layer's own nodata values, or an unmarked collar's value."""
 
 
 @dataclass
@@ -92,7 +95,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     started = time.perf_counter()
     input_path, output_path = str(input_path), str(output_path)
     with gdal_exceptions():
-        raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt)
+        raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt,
+                             options.nodata)
         try:
             check_output_path(input_path, output_path, raster.files_read())
             if os.path.islink(output_path):  # written through, as GDAL does: the link stays
@@ -511,7 +515,9 @@ class _Run:
         bands = self.raster.bands
         said = [f"Input: {self.raster.width} x {self.raster.height} px, "
                 + ("luminance of the red, green and blue bands" if len(bands) > 1
-                   else f"band {bands[0].GetBand()}"),
+                   else f"band {bands[0].GetBand()}")
+                + "".join(f", {low:g}" + (f" to {high:g}" if high > low else "") + " as nodata"
+                          for low, high in self.options.nodata),
                 f"Model: {generator.path.name}, version {self.contract.version}",
                 f"Execution provider: {generator.provider}"]
         if generator.provider_note:

@@ -73,8 +73,10 @@ class InputRaster:
     """One band (or the luminance of RGB) of a raster, read in windows with its validity mask."""
 
     def __init__(self, path: str, band: int | None = None,
-                 pixel_size: float | None = None, crs_wkt: str | None = None) -> None:
+                 pixel_size: float | None = None, crs_wkt: str | None = None,
+                 nodata: tuple[tuple[float, float], ...] = ()) -> None:
         self.path = path
+        self.nodata = nodata  # value ranges read as nodata besides the file's own
         self.dataset = _open(path)
         self.width = self.dataset.RasterXSize
         self.height = self.dataset.RasterYSize
@@ -100,6 +102,8 @@ class InputRaster:
         valid = np.ones((bh, bw), bool)
         for band, weight in zip(self.bands, self.weights):
             data = band.ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
+            for low, high in self.nodata:  # on the stored values, as GDAL's nodata value
+                valid &= (data < low) | (data > high)
             scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
             if (scale, offset) != (1.0, 0.0):  # DN to radiance (PDS, ISIS, GeoTIFF scaling)
                 data = data.astype(np.float64) * scale + offset

@@ -55,6 +55,15 @@ def input_layer_problem(layer: QgsMapLayer) -> str | None:
     return None
 
 
+def layer_nodata(layer: QgsRasterLayer) -> tuple[tuple[float, float], ...]:
+    """The nodata values set on the layer in QGIS (Layer Properties > Transparency), of all
+    its bands, as ranges; the file's own nodata the engine reads itself."""
+    provider = layer.dataProvider()
+    ranges = {(r.min(), r.max()) for band in range(1, layer.bandCount() + 1)
+              for r in provider.userNoDataValues(band)}
+    return tuple(sorted(ranges))
+
+
 # How an error names each number parameter (their labels also say what empty means).
 NUMBER_NAMES = {"SUN_AZIMUTH": "The sun azimuth", "SUN_ELEVATION": "The sun elevation",
                 "OVERLAP": "The tile overlap", "PIXEL_SIZE": "The pixel size"}
@@ -218,6 +227,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
         options = self._options(parameters, context)
         input_path, layer_crs = self._input(parameters, context, options.pixel_size is not None)
+        options.nodata = layer_nodata(self.parameterAsRasterLayer(parameters, self.INPUT, context))
         if layer_crs is not None:  # QGIS may have given it from its settings: say so
             options.crs_wkt = layer_crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
             feedback.pushInfo(tr("CRS: the layer's, {0}, not the file's").format(

@@ -28,6 +28,20 @@ def test_the_sun_elevation_and_the_overlap_given_are_used(tmp_path):
     assert ds.GetMetadataItem("MARSDTM_TILES").endswith("overlap 10 px")
 
 
+def test_nodata_values_given_are_masked(tmp_path):
+    model = write_test_model(tmp_path / "model.onnx")
+    image = np.pad(ramp(70, 80) + 20, 5)  # a black collar, unmarked
+    scene = write_raster(tmp_path / "scene.tif", image, GT)
+    out = tmp_path / "dtm.tif"
+    done = predict_command(str(scene), str(out), "--model", str(model), "--nodata", "0",
+                           "--nodata", "255")
+    assert done.returncode == 0, done.stderr
+    assert "0 as nodata, 255 as nodata" in done.stdout and "black collar" not in done.stderr
+    heights, ds = read_raster(out)
+    nodata = ds.GetRasterBand(1).GetNoDataValue()
+    assert ((heights == nodata) == (image == 0)).all()
+
+
 def test_the_cli_module_runs_as_the_package_does(tmp_path):
     """``python -m mars_dtm_plugin.cli`` is not a silent no-op."""
     done = predict_command(str(tmp_path / "missing.tif"), str(tmp_path / "out.tif"),

@@ -178,6 +178,16 @@ def test_tiles_always_overlap_so_that_they_can_be_stitched(tmp_path):
     assert not (tmp_path / "none.tif").exists()
 
 
+def test_nodata_ranges_given_are_nodata_on_the_stored_values(tmp_path):
+    image = ramp(100, 120) + 10  # 10 to 179.5
+    image[40:60, 50:70] = 250  # a saturated patch, and a band of values read as nodata
+    heights, _, report = predict(tmp_path, image, nodata=((250.0, 250.0), (20.0, 30.0)))
+    invalid = (image == 250) | ((image >= 20) & (image <= 30))
+    assert "Input: 120 x 100 px, band 1, 250 as nodata, 20 to 30 as nodata" in report.messages
+    assert (heights[invalid] == NODATA).all() and (heights[~invalid] != NODATA).all()
+    assert plane_fit(heights, ~invalid)[1] < 1e-3
+
+
 def test_a_nodata_band_wider_than_a_strip_stays_nodata(tmp_path):
     # Rows 300-999 are nodata: whole output strips of 256 rows meet no predicted tile.
     image = ramp(1200, 64).astype(np.float32) + 10
@@ -618,6 +628,11 @@ def test_a_black_collar_without_nodata_is_pointed_out(tmp_path):
     assert message.startswith("100% of the image's outermost pixels are 0")
     _, _, tagged = predict(tmp_path, collared, name="tagged.tif", raster={"nodata": 0})
     assert not any("black collar" in m for m in tagged.messages)
+    # The collar's value given as nodata: masked, and nothing to point out.
+    heights, _, given = predict(tmp_path, collared, name="given.tif", nodata=((0.0, 0.0),))
+    assert not any("black collar" in m for m in given.messages)
+    assert "Input: 90 x 80 px, band 1, 0 as nodata" in given.messages
+    assert (heights[:8] == NODATA).all() and (heights[8:-8, 8:-8] != NODATA).all()
     nan_collar = np.pad(image[8:-8, 8:-8], 8, constant_values=np.nan)  # NaN is nodata
     heights, ds, untagged = predict(tmp_path, nan_collar, name="nan.tif")
     assert not any("black collar" in m for m in untagged.messages)

@@ -184,6 +184,24 @@ def test_an_unreadable_input_file_is_named_as_such(provider, tmp_path):
     assert not (tmp_path / "dtm.tif").exists()
 
 
+def test_nodata_set_on_the_layer_is_nodata(provider, identity_model, tmp_path):
+    from qgis.core import QgsRasterRange
+
+    from .conftest import write_geotiff
+
+    pixels = np.pad(terrain_image(70, 60), 6)  # a black collar the file does not mark
+    layer = QgsRasterLayer(str(write_geotiff(tmp_path / "collared.tif", pixels)), "collared")
+    layer.dataProvider().setUserNoDataValue(1, [QgsRasterRange(0, 0)])  # Transparency tab
+    QgsProject.instance().addMapLayer(layer)
+    output = tmp_path / "dtm.tif"
+    run({"INPUT": layer.id(), "MODEL": str(identity_model), "OUTPUT": str(output)})
+    heights, _, _, nodata = read_raster(output)
+    assert ((heights == nodata) == (pixels == 0)).all()
+    expected = expected_identity_heights(pixels[6:-6, 6:-6], GROUND_PIXEL_M)
+    inner = heights[6:-6, 6:-6]
+    np.testing.assert_allclose(inner - inner.mean(), expected - expected.mean(), atol=1e-3)
+
+
 def test_a_geopackage_with_a_table_beside_the_image_is_read_as_the_image(
         provider, identity_model, image_factory, tmp_path):
     from osgeo import ogr

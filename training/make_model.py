@@ -161,9 +161,43 @@ def stage_train(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
         runs.append(("finetune", {**recipe["finetune"],
                                   "init_from": str(work / "main" / "last.pt")}))
     runs.append(("gan", {"gan": True, "stop_at": stop, **recipe["ablation"].get("train", {})}))
+    pool = _sha256(sorted((work / "pool").glob("*/*.tar")))  # the shards as rendered
     for name, extra in runs:
+        inputs = {"pool": pool}
+        if "init_from" in extra:
+            inputs["main run"] = _sha256([Path(extra["init_from"])])
+        _record_inputs(work / name, inputs)
         if train(_train_args(recipe, work, name, extra)) != 0:
             raise RuntimeError(f"training run {name} failed")
+
+
+def _sha256(paths: list[Path]) -> str:
+    """One SHA-256 over the files' names and bytes ("" for none)."""
+    if not paths:
+        return ""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.parent.name}/{path.name}".encode())
+        with open(path, "rb") as file:
+            digest.update(hashlib.file_digest(file, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _record_inputs(run: Path, inputs: dict) -> None:
+    """Refuse to continue a run begun on another pool or from another main run (one since
+    rendered again, or trained further); record these inputs in it."""
+    record = run / "inputs.json"
+    if (run / "last.pt").exists():
+        made = json.loads(record.read_text()) if record.is_file() else None
+        changed = [key for key in inputs if made is not None and made.get(key) != inputs[key]]
+        if changed:
+            raise RuntimeError(f"the run in {run} was trained from another "
+                               f"{', '.join(changed)}; delete {run} to train it again")
+        if made is None:
+            print(f"note: the run in {run} has no {record.name} (made before runs recorded "
+                  "their inputs); kept unchecked")
+    run.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(inputs, indent=2) + "\n")
 
 
 def _exported(recipe: dict) -> dict[str, str]:

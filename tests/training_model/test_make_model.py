@@ -175,6 +175,37 @@ def test_a_rerun_resumes_each_run_from_its_config_and_checkpoint(pool, tmp_path)
     assert torch.load(work / "main" / "last.pt", weights_only=True)["step"] == 3
 
 
+def test_a_run_is_not_continued_from_another_pool_or_main_run(tmp_path, monkeypatch, capsys):
+    from training import make_model
+
+    monkeypatch.setattr(make_model, "DEM_SHAPES", tmp_path / "none")  # synthetic only
+    pool = {"size": 32, "synthetic": 4, "dem_shapes": 0, "val_each": 2,
+            "synthetic_relief": [0.35, 1.2]}
+    train = {"patch_size": 32, "batch_size": 2, "steps": 2, "channels": [4, 8, 16],
+             "threads": 1, "checkpoint_every": 1}
+    recipe = {"work": str(tmp_path / "work"), "version": "0.0.1", "seed": 1, "pool": pool,
+              "train": train, "ablation": {"stop_at": 1}, "finetune": {"steps": 1}}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    work = tmp_path / "work"
+    assert main(["--recipe", str(path), "--stages", "data,train"]) == 0
+    assert main(["--recipe", str(path), "--stages", "data,train"]) == 0  # all kept
+    # The main run trained further: the fine-tune began from another one.
+    path.write_text(json.dumps({**recipe, "train": {**train, "steps": 3}}))
+    capsys.readouterr()
+    assert main(["--recipe", str(path), "--stages", "train"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: the train stage stopped: the run in {work / 'finetune'} was trained from "
+        f"another main run; delete {work / 'finetune'} to train it again")
+    # The pool rendered again, with other settings: no run goes on from the old one.
+    shutil.rmtree(work / "pool")
+    path.write_text(json.dumps({**recipe, "pool": {**pool, "synthetic": 6}}))
+    assert main(["--recipe", str(path), "--stages", "data,train"]) == 1
+    assert f"the run in {work / 'main'} was trained from another pool;" in \
+        capsys.readouterr().err
+    assert torch.load(work / "main" / "last.pt", weights_only=True)["step"] == 3  # untouched
+
+
 def test_a_pool_rendered_with_other_settings_is_not_reused(tmp_path, monkeypatch, capsys):
     from training import make_model
     from training.shards import read_shards

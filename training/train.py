@@ -536,15 +536,17 @@ class Trainer:
         self.generator.eval()
         totals: dict[str, float] = {}
         loader = DataLoader(data, self.cfg.batch_size)
-        n = 0
+        patches = 0
         for n, (image, height) in enumerate(loader, 1):
             pred = self.generator(image.to(self.device))
+            # Weighted by patches: a short last batch counts for what it holds.
             for k, v in generator_loss(pred, height.to(self.device), LossWeights()).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+                totals[k] = totals.get(k, 0.0) + float(v) * len(image)
+            patches += len(image)
             if n >= self.cfg.val_batches:
                 break
         self.generator.train()
-        return {k: v / max(n, 1) for k, v in totals.items() if k != "total"}
+        return {k: v / max(patches, 1) for k, v in totals.items() if k != "total"}
 
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict:

@@ -40,6 +40,12 @@ def test_validation_scores_a_fixed_set(pool, tmp_path):
     first, again = trainer.validate(fixed), trainer.validate(fixed)
     assert first == again and first["l1"] > 0
     assert set(first) == {"l1", "gradient"}  # unweighted: runs with other weights compare
+    # All 24 patches in batches of 5, the last of 4: the mean over patches, not over batches.
+    whole = dataclasses.replace(cfg, batch_size=5, val_batches=100)
+    scores = Trainer(whole).validate(make_dataset(str(pool), whole, validation=True))
+    one = dataclasses.replace(cfg, batch_size=1, val_batches=100)
+    each = Trainer(one).validate(make_dataset(str(pool), one, validation=True))
+    assert scores["l1"] == pytest.approx(each["l1"], rel=1e-5)
 
 
 def _straight_and_resumed(pool, tmp_path, **options) -> tuple[Trainer, Trainer]:

@@ -429,7 +429,8 @@ class Trainer:
         self.dataset = make_dataset(cfg.data, cfg)
         self.val = make_dataset(cfg.val_data, cfg, validation=True) if cfg.val_data else None
         self.out = Path(cfg.out)
-        own_folder = cfg.resume and Path(cfg.resume).resolve().parent == self.out.resolve()
+        # Only the run's own last.pt goes on in its folder: an older step_N.pt would write over it.
+        own_folder = cfg.resume and Path(cfg.resume).resolve() == (self.out / "last.pt").resolve()
         if (self.out / "last.pt").exists() and not own_folder:
             raise ValueError(f"{self.out} already holds a run; continue it with --resume "
                              f"{self.out / 'last.pt'}, or choose another --out")

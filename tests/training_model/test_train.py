@@ -563,6 +563,13 @@ def test_a_resumed_run_does_not_write_over_another_either(pool, tmp_path, capsys
     # Into a new folder it continues there (a branch of the run).
     assert main(["--resume", str(tmp_path / "a" / "last.pt"), "--steps", "3",
                  "--out", str(tmp_path / "c")]) == 0
+    # An older checkpoint of a run does not go on over the run's own last.pt.
+    assert _tiny_run(pool, tmp_path / "d", "--steps", "3", "--keep-steps", "1") == 0
+    latest = (tmp_path / "d" / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["--resume", str(tmp_path / "d" / "step_1.pt"), "--stop-at", "2"]) == 2
+    assert f"{tmp_path / 'd'} already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "d" / "last.pt").read_bytes() == latest
 
 
 def test_fine_tuning_weights_of_another_architecture_is_one_sentence(pool, tmp_path, capsys):

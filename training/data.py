@@ -13,6 +13,7 @@ standardised, height divided by the pixel size and made zero-mean.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -101,27 +102,38 @@ def to_sample(image: np.ndarray, height_m: np.ndarray, meta: dict,
             torch.from_numpy(np.ascontiguousarray(height))[None])
 
 
-def _worker_rng(seed: int, epoch: int = 0) -> np.random.Generator:
-    """One independent stream per (seed, epoch, rank, DataLoader worker)."""
+def _worker_rng(seed: int, epoch: int = 0, *more: int) -> np.random.Generator:
+    """One independent stream per (seed, epoch, rank, DataLoader worker[, more])."""
     info = get_worker_info()
     worker = info.id if info else 0
     rank = int(os.environ.get("RANK", "0"))
-    return np.random.default_rng([seed, epoch, rank, worker])
+    return np.random.default_rng([seed, epoch, rank, worker, *more])
 
 
 class _RenderedPatches(IterableDataset):
-    """Endless patches, each drawn by ``raw`` from this worker's own stream."""
+    """Endless patches, each drawn by ``raw`` from a stream of its own (this worker's n-th),
+    so that a resumed run can pass over the patches already used without rendering them."""
 
     seed: int
+    size: int
     norm: Normalisation
+    skip_batches: tuple[int, int] = (0, 1)
+    """(batches, batch size) already used: each worker's share of them comes out blank."""
 
     def raw(self, rng: np.random.Generator) -> Patch:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rng = _worker_rng(self.seed)
-        while True:
-            patch = self.raw(rng)
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        batches, batch_size = self.skip_batches
+        # A DataLoader takes its batches from the workers in turn.
+        blank = (batches // workers + (worker < batches % workers)) * batch_size
+        for index in itertools.count():
+            if index < blank:
+                yield torch.zeros(1, self.size, self.size), torch.zeros(1, self.size, self.size)
+                continue
+            patch = self.raw(_worker_rng(self.seed, 0, index))
             yield to_sample(patch.image, patch.height, patch.meta, self.norm)
 
 

@@ -452,6 +452,8 @@ class Trainer:
         again and skipped, so the data stream continues exactly where it stopped.
         """
         skip = self.consumed
+        if hasattr(self.dataset, "skip_batches"):  # rendered: skipped ones come out blank
+            self.dataset.skip_batches = (skip, self.cfg.batch_size)
         while True:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)

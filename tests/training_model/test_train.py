@@ -160,6 +160,23 @@ def test_resume_continues_bit_for_bit(pool, tmp_path, gan, device, deterministic
         assert all(torch.equal(da[k], db[k]) for k in da)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_rendered_stream_resumes_exactly_without_rendering_what_was_used(
+        pool, tmp_path, monkeypatch, workers):
+    from training.data import SyntheticPatches
+
+    rendered = []
+    raw = SyntheticPatches.raw
+    monkeypatch.setattr(SyntheticPatches, "raw",
+                        lambda self, rng: rendered.append(1) or raw(self, rng))
+    straight, resumed = _straight_and_resumed(pool, tmp_path, data="synthetic", patch_size=32,
+                                              workers=workers)
+    a, b = straight.generator.state_dict(), resumed.generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if not workers:  # rendered in this process: six steps of 4 patches, then only the last 3
+        assert len(rendered) == 6 * 4 + 3 * 4
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_asking_for_a_gpu_without_one_is_one_clear_error(pool, tmp_path, capsys):
     code = main(["--data", str(pool), "--out", str(tmp_path / "o"), "--device", "cuda"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication
 from qgis.gui import QgisInterface
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
@@ -72,7 +72,11 @@ class MarsDtmPlugin:
             return
         missing = onnxruntime_missing_in_qgis()
         if missing:  # the dialog would say so only after the form is filled in and run
-            self.iface.messageBar().pushCritical(tr("Mars DTM"), missing)
+            # One sentence in the bar; how to install it, for each system, behind "More".
+            self.iface.messageBar().pushMessage(
+                tr("Mars DTM"), tr("The plugin needs onnxruntime, which does not load in "
+                                   "QGIS's Python: click More for what to do."),
+                missing, Qgis.Critical, 0)
             return
         import processing  # QGIS's Processing plugin, loaded by the time a button is clicked
 

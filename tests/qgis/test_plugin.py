@@ -99,10 +99,17 @@ def test_button_without_onnxruntime_says_so_before_opening_the_dialog(
     QgsProject.instance().addMapLayer(layer)
     qgis_iface.setActiveLayer(layer)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    bar = qgis_iface.messageBar()
+    pushed = []
+    push = bar.pushMessage
+    monkeypatch.setattr(bar, "pushMessage", lambda *args: pushed.append(args) or push(*args))
     plugin.actions[0].trigger()
     assert algorithm_dialog() is None
-    (message,) = qgis_iface.messageBar().get_messages(Qgis.Critical)
-    assert "onnxruntime is not installed" in message and "pip install" in message
+    (message,) = bar.get_messages(Qgis.Critical)
+    assert message == ("Mars DTM:The plugin needs onnxruntime, which does not load in QGIS's "
+                       "Python: click More for what to do.")
+    more = pushed[0][2]  # behind "More": what is wrong and how to install it
+    assert "onnxruntime is not installed" in more and "pip install" in more
 
 
 def test_button_on_vector_layer_warns(plugin, qgis_iface):

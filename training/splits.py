@@ -3,8 +3,9 @@
     python -m training.splits SOURCE --out splits.json [--seed 0] [--val 0.1] [--test 0.1]
 
 SOURCE is a scrape manifest.json or folder (its complete pairs) or a text file of pair ids,
-one a line. Pairs that share an observation image the same ground, so they are kept together
-in one group; groups are ordered by a hash of seed and ids, which depends on nothing else
+one a line. Pairs that share an observation image the same ground, and so do pairs whose DTMs
+(where a scrape has them on disk) overlap in longitude and latitude: both are kept together in
+one group; groups are ordered by a hash of seed and ids, which depends on nothing else
 (not on input order), and cut at the requested fractions. Writes ``splits.json`` and, beside
 it, ``train.txt``, ``val.txt`` and ``test.txt``.
 """
@@ -16,6 +17,8 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from training.products import parse_pair
 from training.scrape import read_manifest
@@ -29,8 +32,46 @@ def _pair_ids(source: Path) -> list[str]:
     return [r["pair_id"] for r, _ in read_manifest(source) if r.get("status") == "complete"]
 
 
-def groups_of(pair_ids: list[str]) -> list[list[str]]:
-    """Pairs linked by a shared observation, as sorted groups (union-find over observations)."""
+def footprints(source: Path) -> dict[str, tuple[float, float, float, float]]:
+    """(west, south, east, north) in degrees of each complete pair's DTM found on disk."""
+    if source.suffix == ".txt":
+        return {}
+    boxes = {}
+    for record, folder in read_manifest(source):
+        dtm = next((f for f in record.get("files", []) if f.get("role") == "dtm"), None)
+        if record.get("status") == "complete" and dtm and (folder / dtm["path"]).is_file():
+            boxes[record["pair_id"]] = _lon_lat_box(folder / dtm["path"])
+    return boxes
+
+
+def _lon_lat_box(path: Path) -> tuple[float, float, float, float]:
+    from osgeo import gdal, osr
+
+    dataset = gdal.Open(str(path))
+    gt, srs = dataset.GetGeoTransform(), dataset.GetSpatialRef()
+    geographic = srs.CloneGeogCS()
+    for ref in (srs, geographic):
+        ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_lon_lat = osr.CoordinateTransformation(srs, geographic)
+    w, h = dataset.RasterXSize, dataset.RasterYSize
+    corners = [(c, r) for c in (0, w / 2, w) for r in (0, h / 2, h) if (c, r) != (w / 2, h / 2)]
+    lon_lat = [to_lon_lat.TransformPoint(gt[0] + c * gt[1] + r * gt[2],
+                                         gt[3] + c * gt[4] + r * gt[5])[:2] for c, r in corners]
+    lons = np.degrees(np.unwrap(np.radians([lon for lon, _ in lon_lat])))  # across 180°
+    lats = [lat for _, lat in lon_lat]
+    return float(lons.min()), min(lats), float(lons.max()), max(lats)
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[1] <= b[3] and b[1] <= a[3] and any(
+        a[0] <= b[2] + turn and b[0] + turn <= a[2] for turn in (-360.0, 0.0, 360.0))
+
+
+def groups_of(pair_ids: list[str],
+              boxes: dict[str, tuple[float, float, float, float]] | None = None
+              ) -> list[list[str]]:
+    """Pairs linked by a shared observation or (``boxes``) overlapping DTMs, as sorted groups
+    (union-find)."""
     parent: dict[str, str] = {}
 
     def root(node: str) -> str:
@@ -44,18 +85,24 @@ def groups_of(pair_ids: list[str]) -> list[list[str]]:
             raise ValueError(f"{pair_id!r} is not a stereo pair id")
         for obs in pair.observations:
             parent[root(str(obs))] = root(pair_id)
+    placed = sorted((boxes or {}).items())
+    for i, (first, box) in enumerate(placed):
+        for second, other in placed[i + 1:]:
+            if _overlap(box, other):
+                parent[root(first)] = root(second)
     groups: dict[str, list[str]] = {}
     for pair_id in sorted(set(pair_ids)):
         groups.setdefault(root(pair_id), []).append(pair_id)
     return list(groups.values())
 
 
-def split_pairs(pair_ids: list[str], seed: int = 0, val: float = 0.1,
-                test: float = 0.1) -> dict[str, list[str]]:
+def split_pairs(pair_ids: list[str], seed: int = 0, val: float = 0.1, test: float = 0.1,
+                boxes: dict[str, tuple[float, float, float, float]] | None = None
+                ) -> dict[str, list[str]]:
     """Assign whole groups of pairs to train, val and test, deterministically from ``seed``."""
     if val < 0 or test < 0 or val + test >= 1:
         raise ValueError("val and test fractions must be non-negative and sum below 1")
-    groups = sorted(groups_of(pair_ids), key=lambda g: hashlib.sha256(
+    groups = sorted(groups_of(pair_ids, boxes), key=lambda g: hashlib.sha256(
         f"{seed}:{g[0]}".encode()).hexdigest())
     total = sum(map(len, groups))
     # A split asked for gets at least one pair, however few there are.
@@ -67,8 +114,8 @@ def split_pairs(pair_ids: list[str], seed: int = 0, val: float = 0.1,
         result[name].extend(group)
     if empty := [n for n in SPLITS if not result[n] and (n == "train" or wanted[n])]:
         raise ValueError(f"{total} pair(s), in {len(groups)} group(s) that share no "
-                         f"observation, leave {' and '.join(empty)} empty; scrape more pairs "
-                         "or give --val 0 or --test 0")
+                         f"observation or ground, leave {' and '.join(empty)} empty; scrape "
+                         "more pairs or give --val 0 or --test 0")
     return {name: sorted(ids) for name, ids in result.items()}
 
 
@@ -114,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         pair_ids = _pair_ids(args.source)
         if not pair_ids:
             raise ValueError(f"{args.source} names no complete pair")
-        splits = split_pairs(pair_ids, args.seed, args.val, args.test)
+        splits = split_pairs(pair_ids, args.seed, args.val, args.test, footprints(args.source))
     except (ValueError, KeyError, OSError) as error:
         print(f"error: {error}.", file=sys.stderr)
         return 2

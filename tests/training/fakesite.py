@@ -214,13 +214,13 @@ def build_site(root: Path, terrain: Terrain) -> dict[str, Path]:
     for decoy in (f"{second}_RED_C_01_ORTHO.JP2", f"{first}_IRB_C_01_ORTHO.JP2"):
         write_ortho(folders[PAIR_A] / decoy, np.full((8, 8), 9, np.uint8),
                     (terrain.ulx, 1.0, 0, terrain.uly, 0, -1.0), wkt)
-    for pair in (PAIR_B, PAIR_C):
+    for pair, west in ((PAIR_B, 1000.0), (PAIR_C, 5000.0)):  # apart: different ground
         obs = (pair[:15], pair[16:])
         z = np.random.default_rng(len(pair) + int(pair[4:10])).normal(size=(40, 40))
-        write_pds_dtm(folders[pair] / dtm_name(pair), z.astype(np.float32), 1000.0, 2000.0, obs)
+        write_pds_dtm(folders[pair] / dtm_name(pair), z.astype(np.float32), west, 2000.0, obs)
         image = np.full((40, 40), 100, np.uint8)
         write_ortho(folders[pair] / f"{obs[0]}_RED_C_01_ORTHO.JP2", image,
-                    (1000.0, 1.0, 0, 2000.0, 0, -1.0), wkt)
+                    (west, 1.0, 0, 2000.0, 0, -1.0), wkt)
     (folders[PAIR_NO_DTM] / f"{PAIR_NO_DTM[:15]}_RED_C_01_ORTHO.LBL").write_text("END\n")
     (root / DTM_ROOT.strip("/") / "DTMCUMINDEX.TAB").write_text("index\n")
     return folders

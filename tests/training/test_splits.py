@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from training.splits import load_splits, main, split_pairs
+from training.splits import footprints, groups_of, load_splits, main, split_pairs
 
 
 def _pair_ids(count: int) -> list[str]:
@@ -44,6 +46,37 @@ def test_pairs_sharing_an_observation_stay_together() -> None:
         assert sum(set(shared) <= set(ids) for ids in splits.values()) == 1
 
 
+def test_pairs_on_overlapping_ground_stay_together() -> None:
+    ids = _pair_ids(6)
+    boxes = {ids[0]: (10.0, -5.0, 10.5, -4.0), ids[1]: (10.4, -4.2, 11.0, -3.5),  # overlap
+             ids[2]: (179.8, 20.0, 180.3, 20.5), ids[3]: (-179.9, 20.4, -179.5, 21.0),  # 180°
+             ids[4]: (10.6, -5.0, 11.0, -4.5)}  # beside the first, not on it
+    groups = [sorted(g) for g in groups_of(ids, boxes)]
+    assert sorted(groups) == sorted([sorted(ids[:2]), sorted(ids[2:4]), [ids[4]], [ids[5]]])
+    assert len(groups_of(ids, {ids[1]: boxes[ids[1]], ids[4]: boxes[ids[4]]})) == 6
+
+
+def test_dtms_on_the_same_ground_are_found_on_disk(tmp_path: Path) -> None:
+    from tests.rasters import mars_eqc_wkt, write_raster
+
+    ids = _pair_ids(3)
+    # 100 m pixels, 50 px: the first two share 1 km of ground, the third lies 100 km away.
+    for pair_id, west in zip(ids, (0.0, 4000.0, 100000.0), strict=True):
+        folder = tmp_path / pair_id
+        folder.mkdir()
+        write_raster(folder / "dtm.tif", np.zeros((50, 50), np.float32),
+                     (west, 100.0, 0.0, 300000.0, 0.0, -100.0), mars_eqc_wkt())
+        record = {"pair_id": pair_id, "status": "complete",
+                  "files": [{"role": "dtm", "path": "dtm.tif"}]}
+        (folder / "pair.json").write_text(json.dumps(record))
+    boxes = footprints(tmp_path)
+    west, south, east, north = boxes[ids[0]]
+    degree = 3396190.0 * math.pi / 180  # metres per degree on the Mars sphere
+    assert (west, east) == pytest.approx((0.0, 5000.0 / degree), abs=1e-9)
+    assert (south, north) == pytest.approx((295000.0 / degree, 300000.0 / degree), abs=1e-9)
+    assert sorted(map(sorted, groups_of(ids, boxes))) == [sorted(ids[:2]), [ids[2]]]
+
+
 def test_command_writes_json_and_lists(scraped: Path, tmp_path: Path) -> None:
     out = tmp_path / "splits" / "splits.json"
     assert main([str(scraped / "manifest.json"), "--out", str(out), "--seed", "1",
@@ -73,8 +106,8 @@ def test_a_pair_in_two_splits_is_refused(tmp_path: Path) -> None:
     (_pair_ids(10), ["--out", "{folder}"], "error: --out {folder} is a folder; give the file "
      "to write, such as {folder}/splits.json.\n"),
     (_pair_ids(2), ["--val", "0.1", "--test", "0.1"],
-     "error: 2 pair(s), in 2 group(s) that share no observation, leave train empty; scrape "
-     "more pairs or give --val 0 or --test 0.\n"),
+     "error: 2 pair(s), in 2 group(s) that share no observation or ground, leave train empty; "
+     "scrape more pairs or give --val 0 or --test 0.\n"),
 ])
 def test_bad_input_is_one_sentence_and_writes_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture, lines: list[str] | None,

@@ -40,15 +40,24 @@ def footprints(source: Path) -> dict[str, tuple[float, float, float, float]]:
     for record, folder in read_manifest(source):
         dtm = next((f for f in record.get("files", []) if f.get("role") == "dtm"), None)
         if record.get("status") == "complete" and dtm and (folder / dtm["path"]).is_file():
-            boxes[record["pair_id"]] = _lon_lat_box(folder / dtm["path"])
+            box = _lon_lat_box(folder / dtm["path"])
+            if box:
+                boxes[record["pair_id"]] = box
     return boxes
 
 
-def _lon_lat_box(path: Path) -> tuple[float, float, float, float]:
+def _lon_lat_box(path: Path) -> tuple[float, float, float, float] | None:
+    """None for a DTM GDAL cannot place (the tiles stage says what is wrong with it)."""
     from osgeo import gdal, osr
 
-    dataset = gdal.Open(str(path))
-    gt, srs = dataset.GetGeoTransform(), dataset.GetSpatialRef()
+    try:
+        dataset = gdal.OpenEx(str(path), gdal.OF_RASTER)
+    except RuntimeError:  # with GDAL's exceptions on; without, None
+        return None
+    gt = dataset.GetGeoTransform(can_return_null=True) if dataset else None
+    srs = dataset.GetSpatialRef() if gt else None
+    if srs is None:
+        return None
     geographic = srs.CloneGeogCS()
     for ref in (srs, geographic):
         ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)

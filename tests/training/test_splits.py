@@ -75,6 +75,8 @@ def test_dtms_on_the_same_ground_are_found_on_disk(tmp_path: Path) -> None:
     assert (west, east) == pytest.approx((0.0, 5000.0 / degree), abs=1e-9)
     assert (south, north) == pytest.approx((295000.0 / degree, 300000.0 / degree), abs=1e-9)
     assert sorted(map(sorted, groups_of(ids, boxes))) == [sorted(ids[:2]), [ids[2]]]
+    (tmp_path / ids[2] / "dtm.tif").write_text("not a DTM")  # one GDAL cannot place: no box
+    assert set(footprints(tmp_path)) == set(ids[:2])
 
 
 def test_command_writes_json_and_lists(scraped: Path, tmp_path: Path) -> None:

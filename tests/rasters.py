@@ -60,3 +60,21 @@ def plane_fit(values: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.n
     design = np.c_[cols[keep], rows[keep], np.ones(keep.sum())]
     coef, *_ = np.linalg.lstsq(design, values[keep], rcond=None)
     return coef, float(np.abs(design @ coef - values[keep]).max())
+
+
+# A raw satellite product's RPCs: no grid, (lon, lat) near 7 E, 45 N mapped to 50 x 50 pixels.
+RPC = {"LINE_OFF": "25", "SAMP_OFF": "25", "LAT_OFF": "45", "LONG_OFF": "7", "HEIGHT_OFF": "0",
+       "LINE_SCALE": "25", "SAMP_SCALE": "25", "LAT_SCALE": "0.001", "LONG_SCALE": "0.001",
+       "HEIGHT_SCALE": "100", "LINE_NUM_COEFF": " ".join(["0", "0", "-1"] + ["0"] * 17),
+       "SAMP_NUM_COEFF": " ".join(["0", "1"] + ["0"] * 18),
+       "LINE_DEN_COEFF": " ".join(["1"] + ["0"] * 19),
+       "SAMP_DEN_COEFF": " ".join(["1"] + ["0"] * 19)}
+
+
+def write_rpc_only(path: str | Path) -> Path:
+    """A 50 x 50 image placed by :data:`RPC` alone."""
+    path = write_raster(path, ramp(50, 50) + 10, None, wkt="")
+    dataset = gdal.Open(str(path), gdal.GA_Update)
+    dataset.SetMetadata(RPC, "RPC")
+    dataset = None
+    return path

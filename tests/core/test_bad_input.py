@@ -21,7 +21,7 @@ from mars_dtm_plugin.core.errors import DtmError
 from tests.conftest import PLUGIN_HOME, plugin_env
 from tests.conftest import predict_command as cli
 from tests.models import contract_for_tests, write_test_model
-from tests.rasters import ramp, write_raster
+from tests.rasters import RPC, ramp, write_raster, write_rpc_only
 
 GT = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -481,18 +481,7 @@ def test_degenerate_geotransform_and_gcps_alone_without_pixel_size(tmp_path, mod
 
 
 def test_an_image_placed_by_rpcs_alone_needs_its_pixel_size_and_keeps_them(tmp_path, model):
-    # A raw satellite product: no grid, RPCs mapping (lon, lat) near 7 E, 45 N to pixels.
-    rpc = {"LINE_OFF": "25", "SAMP_OFF": "25", "LAT_OFF": "45", "LONG_OFF": "7",
-           "HEIGHT_OFF": "0", "LINE_SCALE": "25", "SAMP_SCALE": "25", "LAT_SCALE": "0.001",
-           "LONG_SCALE": "0.001", "HEIGHT_SCALE": "100",
-           "LINE_NUM_COEFF": " ".join(["0", "0", "-1"] + ["0"] * 17),
-           "SAMP_NUM_COEFF": " ".join(["0", "1"] + ["0"] * 18),
-           "LINE_DEN_COEFF": " ".join(["1"] + ["0"] * 19),
-           "SAMP_DEN_COEFF": " ".join(["1"] + ["0"] * 19)}
-    source = write_raster(tmp_path / "raw.tif", ramp(50, 50) + 10, None, wkt="")
-    ds = gdal.Open(str(source), gdal.GA_Update)
-    ds.SetMetadata(rpc, "RPC")
-    ds = None
+    source = write_rpc_only(tmp_path / "raw.tif")
     out = tmp_path / "out.tif"
     assert_refused(cli(str(source), str(out), "--model", str(model)), out, "RPCs")
     assert cli(str(source), str(out), "--model", str(model), "--pixel-size", "0.5",
@@ -500,10 +489,10 @@ def test_an_image_placed_by_rpcs_alone_needs_its_pixel_size_and_keeps_them(tmp_p
     dtm = gdal.Open(str(out))
     assert dtm.GetGeoTransform(can_return_null=True) is None
     kept = dtm.GetMetadata("RPC")
-    assert {k: float(kept[k]) for k in rpc if "COEFF" not in k} == \
-        {k: float(v) for k, v in rpc.items() if "COEFF" not in k}
+    assert {k: float(kept[k]) for k in RPC if "COEFF" not in k} == \
+        {k: float(v) for k, v in RPC.items() if "COEFF" not in k}
     assert [float(c) for c in kept["SAMP_NUM_COEFF"].split()] == \
-        [float(c) for c in rpc["SAMP_NUM_COEFF"].split()]
+        [float(c) for c in RPC["SAMP_NUM_COEFF"].split()]
 
 
 @pytest.mark.parametrize("size", ["inf", "1e400", "-2"])

@@ -204,19 +204,9 @@ def test_nodata_set_on_the_layer_is_nodata(provider, identity_model, tmp_path):
 
 def test_an_image_placed_by_rpcs_alone_runs_with_its_pixel_size_and_keeps_them(
         provider, identity_model, tmp_path):
-    from tests.rasters import ramp, write_raster
+    from tests.rasters import write_rpc_only
 
-    rpc = {"LINE_OFF": "25", "SAMP_OFF": "25", "LAT_OFF": "45", "LONG_OFF": "7",
-           "HEIGHT_OFF": "0", "LINE_SCALE": "25", "SAMP_SCALE": "25", "LAT_SCALE": "0.001",
-           "LONG_SCALE": "0.001", "HEIGHT_SCALE": "100",
-           "LINE_NUM_COEFF": " ".join(["0", "0", "-1"] + ["0"] * 17),
-           "SAMP_NUM_COEFF": " ".join(["0", "1"] + ["0"] * 18),
-           "LINE_DEN_COEFF": " ".join(["1"] + ["0"] * 19),
-           "SAMP_DEN_COEFF": " ".join(["1"] + ["0"] * 19)}
-    source = write_raster(tmp_path / "raw.tif", ramp(50, 50) + 10, None, wkt="")
-    dataset = gdal.Open(str(source), gdal.GA_Update)
-    dataset.SetMetadata(rpc, "RPC")
-    dataset = None
+    source = write_rpc_only(tmp_path / "raw.tif")
     output = tmp_path / "dtm.tif"
     with pytest.raises(QgsProcessingException, match="RPCs"):
         run({"INPUT": str(source), "MODEL": str(identity_model), "OUTPUT": str(output)})

@@ -73,7 +73,7 @@ def test_zip_holds_what_ships_and_nothing_else(plugin_zip):
             "mars_dtm_plugin/__init__.py", "mars_dtm_plugin/plugin.py",
             "mars_dtm_plugin/processing/predict_algorithm.py",
             "mars_dtm_plugin/core/engine.py", "mars_dtm_plugin/icons/mars_dtm.svg",
-            "mars_dtm_plugin/resources.qrc"} <= set(names)
+            "mars_dtm_plugin/resources.qrc", "mars_dtm_plugin/models/NOTICE.md"} <= set(names)
     assert all(name.startswith("mars_dtm_plugin/") for name in names)
     assert not [n for n in names if "/training/" in n or "/tests/" in n or "__pycache__" in n]
     if BUNDLED_MODEL.is_file():

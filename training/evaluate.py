@@ -90,7 +90,7 @@ def tile_metrics(pred: np.ndarray, truth: np.ndarray, pixel_size_m: float,
             "slope_err_deg": float(slope_error.mean()) if slope_error.size else math.nan,
             **depth_deltas(p, t, valid),
             "relief_ratio": _std_ratio(p, t, valid),
-            "detail_ratio": _std_ratio(p - _smooth(p), t - _smooth(t), valid),
+            "detail_ratio": _std_ratio(_detail(p, valid), _detail(t, valid), valid),
             "tilt_rmse_m": _rms(tilt_error[valid]),
             "detrended_rmse_m": _rms(error - tilt_error[valid])}
 
@@ -114,11 +114,16 @@ def _plane(height: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return a + b * cols + c * rows
 
 
-def _smooth(height: np.ndarray) -> np.ndarray:
-    """What remains of a tile after a Gaussian of ``DETAIL_SIGMA_PX`` pixels: its broad shape."""
+def _detail(height: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """What a Gaussian of ``DETAIL_SIGMA_PX`` pixels smooths away from a tile.
+
+    The tile's plane is taken out first: mirrored at the tile's edges, a tilt would bend, and
+    the smoothing would count a plane as roughness there.
+    """
     from scipy import ndimage
 
-    return ndimage.gaussian_filter(height, DETAIL_SIGMA_PX, mode="reflect")
+    relief = np.where(valid, height - _plane(height, valid), 0.0)
+    return relief - ndimage.gaussian_filter(relief, DETAIL_SIGMA_PX, mode="reflect")
 
 
 def _std_ratio(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:
@@ -201,7 +206,7 @@ def reshading_correlation(image: np.ndarray, dem: np.ndarray, pixel_size_m: floa
     valid = np.isfinite(dem) & (True if valid is None else valid)
     valid[[0, -1], :], valid[:, [0, -1]] = False, False
     a, b = image[valid].astype(np.float64), shade[valid]
-    if a.std() == 0 or b.std() == 0:
+    if a.std() == 0 or np.ptp(b) < 1e-9:  # a flat DEM shades to a constant (up to rounding)
         return math.nan
     return float(np.corrcoef(a, b)[0, 1])
 
@@ -454,8 +459,9 @@ def _panels(row: dict, model: str) -> list[tuple[str, np.ndarray, str]]:
         panels.append((title, h - np.nanmean(h), "terrain"))
     if scene.truth is not None:
         pred = grid(row[model])
-        panels.append(("error (m)", (pred - np.nanmean(pred)) - (scene.truth - np.nanmean(
-            scene.truth)), "RdBu_r"))
+        truth = np.where(np.isfinite(pred), scene.truth, np.nan)  # both means over one area
+        panels.append(("error (m)", (pred - np.nanmean(pred)) - (truth - np.nanmean(truth)),
+                       "RdBu_r"))
     return panels
 
 
@@ -540,8 +546,8 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
              "of the prediction over the truth's; tilt and detrended RMSE: the error's "
              "best-fit plane over the tile and the rest; in each tile RMSE² is the sum of "
              "their squares). `flat` is the mean surface, `sfs` "
-             "linear Fourier-domain shape from shading given the true sun azimuth and "
-             "elevation. Models run through the plugin's engine.", ""]
+             "linear Fourier-domain shape from shading given the sun azimuth and elevation the "
+             "models are given. Models run through the plugin's engine.", ""]
     if DETILTED_TRUTH in order:
         lines += [f"`{DETILTED_TRUTH}` is the truth less its best-fit plane over the whole "
                   "scene: what a method right about everything but that tilt would score. "

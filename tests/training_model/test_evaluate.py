@@ -46,6 +46,26 @@ def test_tile_metrics_match_hand_computed_values():
     assert m["relief_ratio"] == pytest.approx(1.5)
 
 
+def test_deltas_count_ratios_of_depth_below_the_top_by_hand():
+    truth = np.array([[4.0, 3.0, 2.0, 0.0]] * 2)  # depths below the top: 0, 1, 2, 4
+    pred = np.array([[10.0, 8.8, 8.5, 5.0]] * 2)  # depths 0, 1.2, 1.5, 5: ratios 1.2, 4/3, 1.25
+    m = tile_metrics(pred, truth, 1.0)
+    # the top (true depth 0) is left out; 1.25 itself is not below 1.25
+    assert (m["delta1"], m["delta2"], m["delta3"]) == pytest.approx((1 / 3, 1.0, 1.0))
+    wide = tile_metrics(np.array([[10.0, 8.1, 6.2, 2.4]] * 2), truth, 1.0)  # ratios 1.9
+    # powers of 1.25 (1.5625, 1.953), not multiples (2.5 would take 1.9 at δ<1.25²)
+    assert (wide["delta1"], wide["delta2"], wide["delta3"]) == pytest.approx((0.0, 0.0, 1.0))
+
+
+def test_slopes_beside_invalid_pixels_are_left_out():
+    truth, pred = _ramp(1.0), _ramp(1.0).T  # 45° everywhere, one along columns, one along rows
+    pred[1, 1], truth[1, 1] = 1e6, -1e6
+    valid = np.ones_like(truth, bool)
+    valid[1, 1] = False
+    # the pixels beside (1, 1) would see the two surfaces' fills differ; only (2, 2) counts
+    assert tile_metrics(pred, truth, 1.0, valid)["slope_err_deg"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_rmse_splits_into_the_tilt_and_the_rest():
     y, x = np.mgrid[:64, :64].astype(float)
     bumps = np.cos(x * 2 * np.pi / 16) * np.cos(y * 2 * np.pi / 16)  # no tilt over the tile
@@ -119,6 +139,25 @@ def test_detail_ratio_measures_roughness_apart_from_the_broad_shape():
     assert smooth["relief_ratio"] > 0.8  # most of the relief is in the hills
     assert smooth["detail_ratio"] < 0.15  # the hills barely change within 4 pixels
     assert rough["detail_ratio"] == pytest.approx(3.0, rel=0.05)
+
+
+def test_detail_ratio_is_zero_for_a_plane_however_tilted():
+    y, x = np.mgrid[:64, :64].astype(float)
+    plane = 0.8 * x - 0.5 * y
+    grain = np.random.default_rng(3).normal(0, 1.0, plane.shape)
+    assert tile_metrics(plane, plane + grain, 1.0)["detail_ratio"] < 0.02
+
+
+def test_linear_sfs_heights_grow_with_the_pixel_size():
+    image = np.clip(cos_incidence(_hills(), 1.0, 270.0, 35.0), 0, None)
+    np.testing.assert_allclose(sfs_fourier(image, 2.5, 270.0, 35.0),
+                               2.5 * sfs_fourier(image, 1.0, 270.0, 35.0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_flat_dem_has_no_reshading_correlation():
+    image = np.random.default_rng(4).uniform(50, 200, (32, 32))
+    # shaded, a flat DEM is a constant up to rounding (std 2e-16 under this sun), not 0
+    assert math.isnan(reshading_correlation(image, np.zeros((32, 32)), 1.0, 270.0, 40.0))
 
 
 @pytest.mark.parametrize("azimuth", [270.0, 135.0])

@@ -1,4 +1,4 @@
-"""Pipeline throughput against bare onnxruntime on the same model and the same tiles.
+"""Pipeline throughput against bare onnxruntime on the same model and as many tiles (random input).
 
     python -m bench.throughput [--size 2048] [--model M.onnx]
 

@@ -65,6 +65,9 @@ class PredictOptions:
     nodata: tuple[tuple[float, float], ...] = ()
     """Ranges of values (low, high, both included) read as nodata besides what the file marks:
     a GIS layer's own nodata values, or an unmarked collar's value."""
+    file_nodata: bool = True
+    """Whether the file's nodata value marks nodata (a GIS layer can switch it off); its masks
+    and NaN always do."""
 
 
 @dataclass
@@ -96,7 +99,7 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     input_path, output_path = str(input_path), str(output_path)
     with gdal_exceptions():
         raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt,
-                             options.nodata)
+                             options.nodata, options.file_nodata)
         try:
             check_output_path(input_path, output_path, raster.files_read())
             if os.path.islink(output_path):  # written through, as GDAL does: the link stays
@@ -517,7 +520,8 @@ class _Run:
                 + ("luminance of the red, green and blue bands" if len(bands) > 1
                    else f"band {bands[0].GetBand()}")
                 + "".join(f", {low:g}" + (f" to {high:g}" if high > low else "") + " as nodata"
-                          for low, high in self.options.nodata),
+                          for low, high in self.options.nodata)
+                + ("" if self.raster.file_nodata_used() else ", the file's nodata value not used"),
                 f"Model: {generator.path.name}, version {self.contract.version}",
                 f"Execution provider: {generator.provider}"]
         if generator.provider_note:

@@ -74,9 +74,10 @@ class InputRaster:
 
     def __init__(self, path: str, band: int | None = None,
                  pixel_size: float | None = None, crs_wkt: str | None = None,
-                 nodata: tuple[tuple[float, float], ...] = ()) -> None:
+                 nodata: tuple[tuple[float, float], ...] = (), file_nodata: bool = True) -> None:
         self.path = path
         self.nodata = nodata  # value ranges read as nodata besides the file's own
+        self.file_nodata = file_nodata  # False: the file's nodata value is a value like any other
         self.dataset = _open(path)
         self.width = self.dataset.RasterXSize
         self.height = self.dataset.RasterYSize
@@ -107,7 +108,7 @@ class InputRaster:
             scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
             if (scale, offset) != (1.0, 0.0):  # DN to radiance (PDS, ISIS, GeoTIFF scaling)
                 data = data.astype(np.float64) * scale + offset
-            if band.GetMaskFlags() != gdal.GMF_ALL_VALID:
+            if self._masked(band):
                 mask = band.GetMaskBand().ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
                 valid &= mask > 0
             if data.dtype.kind == "f":
@@ -116,6 +117,15 @@ class InputRaster:
         if not valid.all():
             values[~valid] = 0
         return values, valid
+
+    def _masked(self, band: gdal.Band) -> bool:
+        """Whether the band's mask marks nodata: any mask but one from an unused nodata value."""
+        flags = band.GetMaskFlags()
+        return flags != gdal.GMF_ALL_VALID and (self.file_nodata or not flags & gdal.GMF_NODATA)
+
+    def file_nodata_used(self) -> bool:
+        """False where the file has a nodata value that is not read as nodata."""
+        return self.file_nodata or not any(b.GetMaskFlags() & gdal.GMF_NODATA for b in self.bands)
 
     def zero_rim(self) -> float:
         """Share of the outermost pixels that are exactly 0 while nothing marks nodata: an

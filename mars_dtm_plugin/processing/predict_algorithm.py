@@ -64,6 +64,13 @@ def layer_nodata(layer: QgsRasterLayer) -> tuple[tuple[float, float], ...]:
     return tuple(sorted(ranges))
 
 
+def uses_file_nodata(layer: QgsRasterLayer) -> bool:
+    """False where the file's nodata value is switched off on the layer (Layer Properties >
+    Transparency: "No data value" unticked), as QGIS then draws those pixels."""
+    provider = layer.dataProvider()
+    return all(provider.useSourceNoDataValue(band) for band in range(1, layer.bandCount() + 1))
+
+
 # How an error names each number parameter (their labels also say what empty means).
 NUMBER_NAMES = {"SUN_AZIMUTH": "The sun azimuth", "SUN_ELEVATION": "The sun elevation",
                 "OVERLAP": "The tile overlap", "PIXEL_SIZE": "The pixel size"}
@@ -227,7 +234,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
         options = self._options(parameters, context)
         input_path, layer_crs = self._input(parameters, context, options.pixel_size is not None)
-        options.nodata = layer_nodata(self.parameterAsRasterLayer(parameters, self.INPUT, context))
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        options.nodata = layer_nodata(layer)
+        options.file_nodata = uses_file_nodata(layer)
         if layer_crs is not None:  # QGIS may have given it from its settings: say so
             options.crs_wkt = layer_crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
             feedback.pushInfo(tr("CRS: the layer's, {0}, not the file's").format(

@@ -188,6 +188,17 @@ def test_nodata_ranges_given_are_nodata_on_the_stored_values(tmp_path):
     assert plane_fit(heights, ~invalid)[1] < 1e-3
 
 
+def test_the_files_nodata_value_switched_off_is_a_value_like_any_other(tmp_path):
+    image = ramp(80, 90).astype(np.float32) + 10
+    image[20:30] = -1  # the file's nodata value
+    heights, _, _ = predict(tmp_path, image, raster={"nodata": -1})
+    assert (heights[20:30] == NODATA).all()
+    heights, _, report = predict(tmp_path, image, raster={"nodata": -1}, file_nodata=False)
+    assert "Input: 90 x 80 px, band 1, the file's nodata value not used" in report.messages
+    assert (heights != NODATA).all()
+    assert np.ptp(heights[20:30]) < np.ptp(heights[40:50])  # dark flat rows, as the image has
+
+
 def test_a_nodata_band_wider_than_a_strip_stays_nodata(tmp_path):
     # Rows 300-999 are nodata: whole output strips of 256 rows meet no predicted tile.
     image = ramp(1200, 64).astype(np.float32) + 10

@@ -202,6 +202,23 @@ def test_nodata_set_on_the_layer_is_nodata(provider, identity_model, tmp_path):
     np.testing.assert_allclose(inner - inner.mean(), expected - expected.mean(), atol=1e-3)
 
 
+def test_the_files_nodata_switched_off_on_the_layer_is_read_as_values(
+        provider, identity_model, tmp_path):
+    from .conftest import write_geotiff
+
+    pixels = terrain_image(70, 60)
+    pixels[10:20] = -5  # the file's nodata value, which the layer draws as values
+    layer = QgsRasterLayer(str(write_geotiff(tmp_path / "marked.tif", pixels, nodata=-5)), "m")
+    layer.dataProvider().setUseSourceNoDataValue(1, False)  # Transparency: "No data value" off
+    QgsProject.instance().addMapLayer(layer)
+    output = tmp_path / "dtm.tif"
+    run({"INPUT": layer.id(), "MODEL": str(identity_model), "OUTPUT": str(output)})
+    heights, _, _, nodata = read_raster(output)
+    assert (heights != nodata).all()
+    expected = expected_identity_heights(pixels, GROUND_PIXEL_M)
+    np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
+
+
 def test_an_image_placed_by_rpcs_alone_runs_with_its_pixel_size_and_keeps_them(
         provider, identity_model, tmp_path):
     from tests.rasters import write_rpc_only

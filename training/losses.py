@@ -23,6 +23,8 @@ class LossWeights:
     """0: plain mean; otherwise weight pixels by inverse frequency of their |height| bin."""
     distribution: float = 0.0
     """Weight of the distance between each tile's predicted and true height distributions."""
+    distribution_window: int = 0
+    """0: the distributions of whole tiles; else of each square window of so many pixels."""
 
 
 def demean(height: torch.Tensor) -> torch.Tensor:
@@ -73,15 +75,27 @@ def scale_invariant(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (scale.detach() * p - t).abs().mean()
 
 
-def height_distribution(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Wasserstein-1 distance between each tile's predicted and true height distributions.
+def height_distribution(pred: torch.Tensor, target: torch.Tensor,
+                        window: int = 0) -> torch.Tensor:
+    """Wasserstein-1 distance between each tile's (or ``window``'s) predicted and true height
+    distributions.
 
     Sorting ignores where each height lies, so this term only asks for the right relief and
     skew (how far peaks rise and pits sink); L1 alone shrinks towards the mean wherever the
     image leaves the height uncertain.
     """
+    if window:
+        pred, target = _windows(pred, window), _windows(target, window)
     p, t = demean(pred).flatten(1), demean(target).flatten(1)
     return (p.sort(dim=1).values - t.sort(dim=1).values).abs().mean()
+
+
+def _windows(height: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, C, H, W] as a batch of its non-overlapping ``size`` windows (ragged edges dropped)."""
+    n, c, h, w = height.shape
+    rows, cols = h // size, w // size
+    tiles = height[..., :rows * size, :cols * size].reshape(n, c, rows, size, cols, size)
+    return tiles.permute(0, 2, 4, 1, 3, 5).reshape(n * rows * cols, c, size, size)
 
 
 def generator_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights,
@@ -92,7 +106,7 @@ def generator_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights,
     if w.scale_invariant:
         terms["scale_invariant"] = scale_invariant(pred, target)
     if w.distribution:
-        terms["distribution"] = height_distribution(pred, target)
+        terms["distribution"] = height_distribution(pred, target, w.distribution_window)
     if fake_logits is not None and w.adversarial:
         # Least-squares GAN: the generator wants its pairs judged real (1).
         terms["adversarial"] = F.mse_loss(fake_logits, torch.ones_like(fake_logits))

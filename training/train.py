@@ -72,6 +72,7 @@ class TrainConfig:
     scale_invariant: float = 0.0
     histogram_bins: int = 0
     distribution: float = 0.0
+    distribution_window: int = 0
     gan: bool = False
     adversarial: float = 0.05
     d_lr: float = 2e-4
@@ -125,6 +126,8 @@ HELP = {
     "histogram_bins": "0 = off; else weight pixels by inverse frequency of |height| bins",
     "distribution": "weight of the distance between each tile's height distributions "
                     "(right relief and skew)",
+    "distribution_window": "0: compare whole tiles' height distributions; else those of each "
+                           "square window of this many pixels",
     "gan": "add the conditional PatchGAN adversarial loss",
     "adversarial": "weight of the adversarial term (with --gan)",
     "d_lr": "discriminator learning rate",
@@ -173,7 +176,7 @@ AT_LEAST = {"batch_size": 1, "steps": 1, "threads": 1, "d_channels": 1,
             "workers": 0, "histogram_bins": 0, "stop_at": 0, "seed": 0, "weight_decay": 0,
             "l1": 0, "gradient": 0, "scale_invariant": 0, "distribution": 0, "adversarial": 0,
             "max_minutes": 0, "azimuth_jitter": 0, "mean_jitter": 0, "channels": 1,
-            "prior_window": 0}
+            "prior_window": 0, "distribution_window": 0}
 POSITIVE = ("lr", "d_lr", "norm_std")
 # What a configuration saved before these options existed was trained with (their defaults
 # then; today's are the bundled network's).
@@ -408,7 +411,7 @@ class Trainer:
             self.generator.prior_gain.requires_grad_(False)
         self.weights = LossWeights(cfg.l1, cfg.gradient, cfg.scale_invariant,
                                    cfg.adversarial if cfg.gan else 0.0, cfg.histogram_bins,
-                                   cfg.distribution)
+                                   cfg.distribution, cfg.distribution_window)
         self.g_opt = torch.optim.AdamW(self.generator.parameters(), cfg.lr,
                                        weight_decay=cfg.weight_decay)
         self.disc = PatchDiscriminator(cfg.d_channels).to(self.device) if cfg.gan else None

@@ -56,3 +56,17 @@ def test_total_is_the_weighted_sum():
     pred = torch.zeros_like(target)
     terms = generator_loss(pred, target, LossWeights(l1=2.0, gradient=0.5))
     assert np.isclose(float(terms["total"]), 2.0 * 2.0 + 0.5 * 3.0)
+
+
+def test_height_distribution_over_windows_compares_each_windows_own_relief():
+    # Two 2 x 2 windows side by side: the same relief in each, at heights 100 apart.
+    target = _t([[0.0, 2.0, 100.0, 102.0], [4.0, 10.0, 104.0, 110.0]])
+    swapped = _t([[100.0, 102.0, 0.0, 2.0], [104.0, 110.0, 4.0, 10.0]])
+    assert float(height_distribution(swapped, target, window=2)) == 0.0
+    # Per window the offset between windows is not relief; over the whole tile it is.
+    level = _t([[0.0, 2.0, 0.0, 2.0], [4.0, 10.0, 4.0, 10.0]])
+    assert float(height_distribution(level, target, window=2)) == 0.0
+    # sorted, less their means: -4 -4 -2 -2 0 0 6 6 against -54 -52 -50 -44 46 48 50 56
+    assert np.isclose(float(height_distribution(level, target)), 376 / 8)
+    # Half the relief in each window: (2 + 1 + 0 + 3) / 4, as over one tile.
+    assert np.isclose(float(height_distribution(0.5 * target, target, window=2)), 1.5)

@@ -123,7 +123,10 @@ def _detail(height: np.ndarray, valid: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     relief = np.where(valid, height - _plane(height, valid), 0.0)
-    return relief - ndimage.gaussian_filter(relief, DETAIL_SIGMA_PX, mode="reflect")
+    # Normalised by the smoothed mask, so that nodata holes are not read as steps to 0.
+    weight = ndimage.gaussian_filter(valid.astype(float), DETAIL_SIGMA_PX, mode="reflect")
+    smooth = ndimage.gaussian_filter(relief, DETAIL_SIGMA_PX, mode="reflect")
+    return relief - smooth / np.maximum(weight, 1e-6)
 
 
 def _std_ratio(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:

@@ -127,7 +127,7 @@ HELP = {
     "distribution": "weight of the distance between each tile's height distributions "
                     "(right relief and skew)",
     "distribution_window": "0: compare whole tiles' height distributions; else those of each "
-                           "square window of this many pixels",
+                           "square window of this many pixels (a divisor of the patch size)",
     "gan": "add the conditional PatchGAN adversarial loss",
     "adversarial": "weight of the adversarial term (with --gan)",
     "d_lr": "discriminator learning rate",
@@ -264,6 +264,9 @@ def _out_of_range(cfg: TrainConfig) -> str:
         return "--prior-gain must be a number (below 0: learned), not nan"
     if cfg.prior_gain >= 0 and not cfg.shading_prior:
         return f"--prior-gain {cfg.prior_gain} needs --shading-prior true: it weighs that prior"
+    if cfg.distribution_window and cfg.patch_size % cfg.distribution_window:
+        return (f"--distribution-window must divide the patch size ({cfg.patch_size} px) into "
+                f"whole windows, not {cfg.distribution_window}")
     if cfg.prior_window and cfg.prior_window % 2 == 0:
         return f"--prior-window must be 0 or an odd number of pixels, not {cfg.prior_window}"
     if cfg.input_scaling not in INPUT_SCALINGS:

@@ -130,7 +130,7 @@ class InputRaster:
     def zero_rim(self) -> float:
         """Share of the outermost pixels that are exactly 0 while nothing marks nodata: an
         orthoimage's black collar without a nodata value is read as black ground."""
-        if any(band.GetMaskFlags() != gdal.GMF_ALL_VALID for band in self.bands):
+        if any(self._masked(band) for band in self.bands):
             return 0.0
         w, h = self.width, self.height
         bw, bh = min(w, SAMPLE_SIDE), min(h, SAMPLE_SIDE)  # decimated: a few blocks each

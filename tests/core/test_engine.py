@@ -199,6 +199,14 @@ def test_the_files_nodata_value_switched_off_is_a_value_like_any_other(tmp_path)
     assert np.ptp(heights[20:30]) < np.ptp(heights[40:50])  # dark flat rows, as the image has
 
 
+def test_a_collar_is_pointed_out_when_the_files_nodata_value_is_not_used(tmp_path):
+    image = np.pad(ramp(60, 70) + 10, 6)  # a collar of zeros; the file marks -1, not 0
+    _, _, report = predict(tmp_path, image, raster={"nodata": -1})
+    assert not any("black collar" in str(m) for m in report.messages)  # the file marks nodata
+    _, _, report = predict(tmp_path, image, raster={"nodata": -1}, file_nodata=False)
+    assert any("black collar" in str(m) for m in report.messages)
+
+
 def test_a_nodata_band_wider_than_a_strip_stays_nodata(tmp_path):
     # Rows 300-999 are nodata: whole output strips of 256 rows meet no predicted tile.
     image = ramp(1200, 64).astype(np.float32) + 10

@@ -148,6 +148,17 @@ def test_detail_ratio_is_zero_for_a_plane_however_tilted():
     assert tile_metrics(plane, plane + grain, 1.0)["detail_ratio"] < 0.02
 
 
+def test_detail_ratio_does_not_take_a_nodata_hole_for_roughness():
+    y, x = np.mgrid[:64, :64].astype(float)
+    bowl = 0.005 * ((x - 30) ** 2 + (y - 34) ** 2)  # smooth: next to nothing at 4 px
+    grain = np.random.default_rng(5).normal(0, 1.0, bowl.shape)
+    valid = np.ones(bowl.shape, bool)
+    valid[24:40, 24:40] = False
+    whole = tile_metrics(bowl + grain, grain, 1.0)["detail_ratio"]
+    holed = tile_metrics(bowl + grain, grain, 1.0, valid)["detail_ratio"]
+    assert whole < 1.05 and holed == pytest.approx(whole, abs=0.02)  # zeros in the hole: 1.08
+
+
 def test_linear_sfs_heights_grow_with_the_pixel_size():
     image = np.clip(cos_incidence(_hills(), 1.0, 270.0, 35.0), 0, None)
     np.testing.assert_allclose(sfs_fourier(image, 2.5, 270.0, 35.0),

@@ -546,6 +546,10 @@ def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
     ("--percentiles", "1", "--percentiles must be two percentiles, low then high, between "
                            "0 and 100, not [1]"),
     ("--prior-window", "64", "--prior-window must be 0 or an odd number of pixels, not 64"),
+    ("--distribution-window", "24", "--distribution-window must divide the patch size (32 px) "
+                                    "into whole windows, not 24"),
+    ("--distribution-window", "64", "--distribution-window must divide the patch size (32 px) "
+                                    "into whole windows, not 64"),
     ("--input-scaling", "meanratio",
      "--input-scaling must be one of percentile, mean_ratio, not 'meanratio'"),
 ])

@@ -40,9 +40,14 @@ def _value(text: str) -> object:
 
 def _complete(value: str, lines: list[str]) -> str:
     """Join continuation lines of an unterminated quoted string or list."""
-    while lines and (value.count('"') % 2 == 1 or value.count("(") > value.count(")")):
+    while lines and (value.count('"') % 2 == 1 or _open_list(value)):
         value += " " + lines.pop(0).strip()
     return value
+
+
+def _open_list(value: str) -> bool:
+    bare = re.sub(r'"[^"]*"', "", value)  # a bracket inside a closed string is text
+    return bare.count("(") > bare.count(")")
 
 
 def parse_label(text: str) -> dict:

@@ -31,6 +31,8 @@ from training.splits import SPLITS, load_splits
 gdal.UseExceptions()
 log = logging.getLogger("training.tiles")
 ROLES = ("dtm", "ortho", "ortho_label")
+ISIS_SPECIAL_BELOW = np.float32(-1e38)
+"""32-bit DNs at or below this are ISIS special pixels, never heights."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ class Dtm:
     def strip(self, y0: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """Heights in metres and a validity mask for rows ``y0 .. y0 + rows``."""
         dn = self.band.ReadAsArray(0, y0, self.width, rows).astype(np.float32)
-        valid = np.isfinite(dn) & (dn != self.missing)
+        # ISIS's special pixels (NULL, LRS, LIS, HIS, HRS) all lie near -3.4e38, not only the
+        # label's MISSING_CONSTANT.
+        valid = np.isfinite(dn) & (dn != self.missing) & (dn > ISIS_SPECIAL_BELOW)
         nodata = self.band.GetNoDataValue()
         if nodata is not None:
             valid &= dn != np.float32(nodata)

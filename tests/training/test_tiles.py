@@ -96,6 +96,33 @@ def test_labels_read_as_pds3(scraped: Path) -> None:
         sun_geometry({"INCIDENCE_ANGLE": 40.0, "SUB_SOLAR_AZIMUTH": 200.0})
 
 
+def test_brackets_inside_a_label_string_are_text() -> None:
+    from training.labels import parse_label
+
+    label = parse_label('RATIONALE_DESC = "Layered deposits (north part"\n'
+                        "INCIDENCE_ANGLE = 40.0 <DEG>\nSUB_SOLAR_AZIMUTH = 200.0 <DEG>\n"
+                        "NORTH_AZIMUTH = 270.0 <DEG>\nEND\n")
+    assert label["RATIONALE_DESC"] == "Layered deposits (north part"
+    sun = sun_geometry(label)
+    assert (sun["sun_azimuth_deg"], sun["sun_elevation_deg"]) == (290.0, 50.0)
+
+
+def test_isis_special_pixels_are_missing_heights(tmp_path: Path) -> None:
+    from tests.training.fakesite import write_ortho, write_pds_dtm
+    from training.tiles import PairFiles, pair_patches
+
+    heights = np.linspace(-2500, -2490, 32 * 32, dtype=np.float32).reshape(32, 32)
+    heights[10, 10] = np.frombuffer(np.uint32(0xFF7FFFFC).tobytes(), np.float32)[0]  # ISIS LRS
+    dtm = tmp_path / "DTEEC_000001_1000_000002_1000_A01.IMG"
+    write_pds_dtm(dtm, heights, 350000.0, -120000.0, ("ESP_000001_1000", "ESP_000002_1000"))
+    ortho = tmp_path / "ESP_000001_1000_RED_C_01_ORTHO.JP2"
+    write_ortho(ortho, np.full((32, 32), 100, np.uint8), (350000.0, 1, 0, -120000.0, 0, -1),
+                gdal.Open(str(dtm)).GetProjection())
+    patches = list(pair_patches(PairFiles("p", dtm, ortho, ortho.with_suffix(".LBL")), 16, 0))
+    assert len(patches) == 3  # the window holding the special pixel is dropped
+    assert all(np.abs(p.height).max() < 10 for p in patches)
+
+
 def test_finer_ortho_is_averaged_onto_the_dtm_grid(server: SiteServer, terrain: Terrain,
                                                    tmp_path: Path) -> None:
     scrape(options(server, tmp_path / "scrape", scale="A"))

@@ -114,6 +114,24 @@ def warp_strip(ortho: gdal.Dataset, dtm: Dtm, y0: int, rows: int) -> np.ndarray:
     return warped.GetRasterBand(1).ReadAsArray()
 
 
+def image_strip(ortho: gdal.Dataset, dtm: Dtm, y0: int, rows: int) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """The warped strip and where it is wholly imaged: not beside a pixel without image.
+
+    Beside the ortho's nodata a pixel's footprint may be only partly imaged, its value then
+    that of the part (averaged or interpolated without the nodata), so it is left out too; a
+    row above and below the strip is warped to see its neighbours there.
+    """
+    top, bottom = max(y0 - 1, 0), min(y0 + rows + 1, dtm.height)
+    wide = warp_strip(ortho, dtm, top, bottom - top)
+    blank = np.pad(wide == 0, 1)
+    h, w = wide.shape
+    beside = np.logical_or.reduce([blank[dy:dy + h, dx:dx + w]
+                                   for dy in range(3) for dx in range(3)])
+    inside = slice(y0 - top, y0 - top + rows)
+    return wide[inside], ~beside[inside]
+
+
 def clean_windows(invalid: np.ndarray, size: int, stride: int) -> Iterator[int]:
     """Column offsets of size x size windows of a strip that touch no invalid pixel."""
     counts = np.pad(invalid.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
@@ -138,8 +156,8 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
     stride = size - overlap
     for y0 in range(0, dtm.height - size + 1, stride):
         heights, valid = dtm.strip(y0, size)
-        image = warp_strip(ortho, dtm, y0, size)
-        for x0 in clean_windows(~valid | (image == 0), size, stride):
+        image, imaged = image_strip(ortho, dtm, y0, size)
+        for x0 in clean_windows(~valid | ~imaged, size, stride):
             patch_h = heights[:, x0:x0 + size].astype(np.float64)
             mean = float(patch_h.mean())
             gt = list(dtm.gt)

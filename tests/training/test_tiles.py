@@ -123,6 +123,31 @@ def test_isis_special_pixels_are_missing_heights(tmp_path: Path) -> None:
     assert all(np.abs(p.height).max() < 10 for p in patches)
 
 
+@pytest.mark.parametrize("across", [False, True])  # the edge across columns, or rows
+def test_pixels_only_partly_imaged_at_the_orthos_edge_are_left_out(tmp_path: Path,
+                                                                   across: bool) -> None:
+    from tests.training.fakesite import write_ortho, write_pds_dtm
+    from training.tiles import PairFiles, pair_patches
+
+    def turned(a: np.ndarray) -> np.ndarray:
+        return a.T.copy() if across else a
+
+    dtm = tmp_path / "DTEEC_000001_1000_000002_1000_A01.IMG"
+    write_pds_dtm(dtm, turned(np.zeros((32, 48), np.float32)), 350000.0, -120000.0,
+                  ("ESP_000001_1000", "ESP_000002_1000"))
+    fine = np.full((128, 192), 100, np.uint8)
+    fine[:, :66] = 0  # no image before 16.5 m: the DTM's column (row) 16 is half imaged
+    ortho = tmp_path / "ESP_000001_1000_RED_A_01_ORTHO.JP2"
+    write_ortho(ortho, turned(fine), (350000.0, 0.25, 0, -120000.0, 0, -0.25),
+                gdal.Open(str(dtm)).GetProjection())
+    patches = list(pair_patches(PairFiles("p", dtm, ortho, ortho.with_suffix(".LBL")), 16, 0))
+    # Windows from 16 on would hold that half-imaged line at full brightness (rows: the line
+    # begins the strip, its blank neighbour ends the strip before).
+    starts = [p.meta["window"][1 if across else 0] for p in patches]
+    assert sorted(starts) == [32, 32]
+    assert all((p.image == 100).all() for p in patches)
+
+
 def test_finer_ortho_is_averaged_onto_the_dtm_grid(server: SiteServer, terrain: Terrain,
                                                    tmp_path: Path) -> None:
     scrape(options(server, tmp_path / "scrape", scale="A"))

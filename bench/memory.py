@@ -51,7 +51,7 @@ def write_scene(path: Path, size: int) -> Path:
     return path
 
 
-def peak_rss_mb(scene: Path, model: Path, output: Path) -> tuple[float, float]:
+def peak_rss_mib(scene: Path, model: Path, output: Path) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(ROOT)])}
     started = time.perf_counter()
     result = subprocess.run(
@@ -80,7 +80,7 @@ def main() -> None:
         rows = []
         for size in sorted(args.sizes):
             scene = write_scene(work / f"scene_{size}.tif", size)
-            rss, seconds = peak_rss_mb(scene, model, work / f"dtm_{size}.tif")
+            rss, seconds = peak_rss_mib(scene, model, work / f"dtm_{size}.tif")
             rows.append((size, rss, seconds))
             scene.unlink()
             (work / f"dtm_{size}.tif").unlink()
@@ -90,9 +90,9 @@ def main() -> None:
           "measured)")
     print(f"{'size':>12} {'peak RSS':>10} {'vs smallest':>12} {'time':>8}")
     for size, rss, seconds in rows:
-        print(f"{size:>5} x {size:<5} {rss:8.0f} MB {rss / base:11.2f}x {seconds:7.1f} s")
+        print(f"{size:>5} x {size:<5} {rss:7.0f} MiB {rss / base:11.2f}x {seconds:7.1f} s")
     print("own process peak (driver, not the run):",
-          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "MB")
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "MiB")
 
 
 if __name__ == "__main__":

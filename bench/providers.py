@@ -77,7 +77,7 @@ def main() -> None:
         for batch in args.batches:
             rates = {name: megapixels / seconds(g, data, batch, args.repeats)
                      for name, g in generators.items()}
-            print(f"batch {batch:3d}: " + ", ".join(f"{name} {rate:7.2f} MP/s"
+            print(f"batch {batch:3d}: " + ", ".join(f"{name} {rate:7.2f} tile MP/s"
                                                    for name, rate in rates.items())
                   + (f"; cuda / cpu {rates['cuda'] / rates['cpu']:.1f}x" if "cuda" in rates
                      else ""))

@@ -235,10 +235,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(missing)
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
         options = self._options(parameters, context)
-        input_path, layer_crs = self._input(parameters, context, options.pixel_size is not None)
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        options.nodata = layer_nodata(layer)
-        options.file_nodata = uses_file_nodata(layer)
+        input_path, layer_crs = self._input(parameters, context, options)
         if layer_crs is not None:  # QGIS may have given it from its settings: say so
             options.crs_wkt = layer_crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
             feedback.pushInfo(tr("CRS: the layer's, {0}, not the file's").format(
@@ -254,22 +251,24 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         return {self.OUTPUT: output}
 
     def _input(self, parameters: dict[str, Any], context: QgsProcessingContext,
-               pixel_size_given: bool) -> tuple[str, QgsCoordinateReferenceSystem | None]:
+               options: PredictOptions) -> tuple[str, QgsCoordinateReferenceSystem | None]:
         """The file behind INPUT, after the checks QGIS can make better than the engine, and
-        the layer's CRS where it is not the file's (set in QGIS, or given to a file without)."""
+        the layer's CRS where it is not the file's (set in QGIS, or given to a file without);
+        the layer's nodata go into ``options``."""
         problem = self._input_problem(parameters, context)
         if problem:
             raise QgsProcessingException(problem)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        options.nodata, options.file_nodata = layer_nodata(layer), uses_file_nodata(layer)
         # The GDAL dataset name, as /vsizip/..., GPKG:file:table or NETCDF:"file":variable;
         # QGIS may append its own "|option" parts.
         source = layer.source().split("|")[0]
         crs = layer.crs()
         # The DTM lies where QGIS shows the image: in the layer's CRS.
         layer_crs = crs if crs.isValid() and crs != layer.dataProvider().crs() else None
-        if pixel_size_given:  # the engine then needs no georeferencing
+        if options.pixel_size is not None:  # the engine then needs no georeferencing
             return source, layer_crs
         if not crs.isValid():
             raise QgsProcessingException(tr(

@@ -175,7 +175,8 @@ class _Run:
         product = self._product_sun
         if product.azimuth is None:
             raise DtmError("This model needs the sun azimuth and the input's label or metadata "
-                           "does not give it; give it in degrees clockwise from north.")
+                           "does not give it; give it in degrees clockwise from north "
+                           "(--sun-azimuth, or Sun azimuth in QGIS).")
         return product.azimuth, product.azimuth_from
 
     @cached_property
@@ -214,8 +215,8 @@ class _Run:
         overlap = self.options.overlap_px
         if not 1 <= overlap < footprint // 2:
             raise DtmError(f"The overlap must be from 1 to {footprint // 2 - 1} pixels for "
-                           f"this model (tiles that share no pixels cannot be stitched), "
-                           f"not {overlap}.")
+                           f"this model and sun direction (tiles that share no pixels cannot "
+                           f"be stitched), not {overlap}.")
         return overlap
 
     def _intensity_mapping(self) -> tuple[tuple[float, float], float]:

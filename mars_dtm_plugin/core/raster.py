@@ -448,8 +448,9 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None,
     if dataset is not None:
         take("metadata", _sun_from_metadata(dataset, missing))
         if any(missing):
-            azimuths, elevations = _imd_suns(dataset, missing)
-            metadata_file = _metadata_file(dataset)
+            product = _product_dataset(path, dataset)
+            azimuths, elevations = _imd_suns(product, missing)
+            metadata_file = _metadata_file(product)
             take(metadata_file, _mean_sun(azimuths, elevations))
             if sources[0] == metadata_file:
                 spread = _azimuth_spread(azimuths)
@@ -473,6 +474,19 @@ def _sun_from_metadata(dataset: gdal.Dataset, wanted: list[bool]
             value = None
         angles.append(value)
     return angles[0], angles[1]
+
+
+def _product_dataset(path: str, dataset: gdal.Dataset) -> gdal.Dataset:
+    """The dataset GDAL found a product metadata file beside: the input's own, else (a crop
+    to a VRT, which keeps its product's metadata) the first of its sources that has one."""
+    if dataset.GetMetadata("IMD"):
+        return dataset
+    for source in _vrt_sources(path):
+        with contextlib.suppress(RuntimeError):
+            opened = gdal.Open(source)
+            if opened is not None and opened.GetMetadata("IMD"):
+                return opened
+    return dataset
 
 
 def _imd_suns(dataset: gdal.Dataset, wanted: list[bool]) -> tuple[list[float], list[float]]:

@@ -173,7 +173,8 @@ def test_tiles_always_overlap_so_that_they_can_be_stitched(tmp_path):
     heights, ds, _ = predict(tmp_path, image, "offsets", contract={"tiles_overlap": 0.0})
     assert ds.GetMetadataItem("MARSDTM_TILES").endswith("overlap 1 px")
     assert plane_fit(heights)[1] < 1e-3
-    with pytest.raises(DtmError, match=r"from 1 to 31 pixels .*cannot be stitched\), not 0\."):
+    with pytest.raises(DtmError, match=r"from 1 to 31 pixels for this model and sun direction "
+                                       r"\(.*cannot be stitched\), not 0\."):
         predict(tmp_path, image, "offsets", name="none.tif", overlap_px=0)
     assert not (tmp_path / "none.tif").exists()
 

@@ -171,6 +171,20 @@ def test_earth_products_give_the_sun_from_their_metadata_files(tmp_path, name, s
     assert (report.sun_azimuth, report.sun_elevation) == pytest.approx(sun)
 
 
+def test_a_crop_to_a_vrt_keeps_the_products_metadata_file(tmp_path):
+    """GDAL reads a Maxar .IMD beside the image it belongs to, not beside a crop of it."""
+    source = write_raster(tmp_path / "05JAN01_P001.TIF", ramp(120, 120).astype(np.uint8), GT)
+    (tmp_path / "05JAN01_P001.IMD").write_text(_maxar_imd((67.5, 62.1)))
+    crop = tmp_path / "crops" / "crop.vrt"  # elsewhere, under another name
+    crop.parent.mkdir()
+    gdal.Translate(str(crop), str(source), format="VRT", srcWin=[10, 20, 80, 70])
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
+    _, report = run(crop, tmp_path, "dtm.tif", model)
+    assert report.sun_source == "05JAN01_P001.IMD"
+    assert (report.sun_azimuth, report.sun_elevation) == pytest.approx((67.5, 62.1))
+
+
 @pytest.mark.parametrize(("suns", "cautioned"), [
     ([(350.0, 40.0), (20.0, 50.0)], True),  # 15 degrees each side of their mean
     ([(148.0, 40.0), (151.0, 41.0)], False)])
@@ -209,7 +223,8 @@ def test_the_satellite_angles_are_not_taken_for_the_sun(tmp_path):
         "\tmeanSatEl = 71.0;\n\tmeanOffNadirViewAngle = 19.0;\nEND_GROUP = IMAGE_1\nEND;\n")
     model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
                              input_scaling="mean_ratio")
-    with pytest.raises(DtmError, match="needs the sun azimuth"):
+    with pytest.raises(DtmError, match=r"needs the sun azimuth.*\(--sun-azimuth, or Sun "
+                                       r"azimuth in QGIS\)\.$"):
         run(source, tmp_path, "dtm.tif", model)
 
 

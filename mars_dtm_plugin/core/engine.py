@@ -40,6 +40,9 @@ BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured
 EDGE_MARGIN = 0.125
 MIN_SIDE_PX = 16  # below this, shading shows too little of the ground to read relief from
 DEFAULT_SUN_ELEVATION = 45.0  # for `mean_ratio` models when neither user nor label gives it
+# Brightness spread (std / mean) below which a model reading shading sees mostly its own bias:
+# `python -m training.probes.low_contrast` (the model card's "Little contrast").
+LOW_CONTRAST = 0.03
 
 
 @dataclass
@@ -158,7 +161,13 @@ class _Run:
         self._weights_of: dict[tuple[int, bool], np.ndarray] = {}
         self._row_ramps: dict[int, np.ndarray] = {}
         self._col_ramps: dict[int, np.ndarray] = {}
-        self.scale, self.fill = self._intensity_mapping()
+        sample = self.raster.sample()
+        if sample.min() == sample.max():
+            raise DtmError(f"The image is {sample[0]:g} wherever it has data: there is no "
+                           "shading to read heights from.")
+        self.scale, self.fill = self._intensity_mapping(sample)
+        level = float(sample.mean(dtype=np.float64))  # > 0 where the contrast is used
+        self.contrast = float(sample.std(dtype=np.float64)) / level if level > 0 else math.inf
         self.zero_rim = raster.zero_rim()
         self.height_scale = (raster.georef.pixel_size_m
                              if self.contract.height_units == "gsd" else 1.0)
@@ -219,15 +228,14 @@ class _Run:
                            f"be stitched), not {overlap}.")
         return overlap
 
-    def _intensity_mapping(self) -> tuple[tuple[float, float], float]:
+    def _intensity_mapping(self, sample: np.ndarray) -> tuple[tuple[float, float], float]:
         """One affine mapping of brightness for the whole scene (never per tile)."""
-        sample = self.raster.sample()
         if self.contract.input_scaling == "mean_ratio":
             low, high = self._mean_ratio_range(sample)
         else:
             low, high = np.percentile(sample, self.contract.input_percentiles)
             if not high > low:
-                high = low + 1.0  # a flat image: any scale gives the same, flat, answer
+                high = low + 1.0  # nearly one value: any scale will do
         mean = self.contract.standardization_mean[0]
         std = self.contract.standardization_std[0]
         # x -> ((x - low) / (high - low) - mean) / std, as one multiply-add per pixel.
@@ -552,6 +560,11 @@ class _Run:
                 f"The product's {self.sun_source} gives the sun of several images up to "
                 f"{self._product_sun.azimuth_spread:.0f} degrees of azimuth from their mean, "
                 "which is used; give the sun of the image run here"))
+        if self.contract.input_scaling == "mean_ratio" and self.contrast < LOW_CONTRAST:
+            said.append(Caution(
+                f"The image's brightness varies by only {self.contrast:.1%} of its mean "
+                "(standard deviation): there is little shading to read relief from, and the "
+                "DTM will show more of the model's own bias than of the ground"))
         if elevation is None and self.contract.input_scaling == "mean_ratio":
             said.append(Caution(f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees "
                                 "assumed; give it for heights at the right scale"))

@@ -77,6 +77,14 @@ def test_all_nodata(tmp_path, model):
     assert_refused(cli(str(source), str(out), "--model", str(model)), out, "all nodata")
 
 
+def test_an_image_of_one_value_is_refused(tmp_path, model):
+    source = write_raster(tmp_path / "blank.tif", np.full((60, 60), 128, np.uint8), GT)
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(source), str(out), "--model", str(model)), out,
+                   "The image is 128 wherever it has data: there is no shading to read heights "
+                   "from.")
+
+
 def test_unreadable_and_truncated_input(tmp_path, scene, model):
     out = tmp_path / "out.tif"
     garbage = tmp_path / "garbage.tif"

@@ -80,6 +80,20 @@ def test_mean_ratio_scaling_gives_linearised_slopes_toward_the_sun(tmp_path, ele
     assert report.sun_elevation == elevation
 
 
+@pytest.mark.parametrize(("contrast", "cautioned"), [(0.02, True), (0.05, False)])
+def test_little_contrast_is_pointed_out(tmp_path, contrast, cautioned):
+    """Below 3 % (std / mean) the bundled model's own bias outweighs the relief it reads."""
+    plane = ramp(64, 64)
+    image = 1000.0 * (1.0 + contrast * (plane - plane.mean()) / plane.std())
+    _, _, report = predict(tmp_path, image.astype(np.float32),
+                           contract={"input_scaling": "mean_ratio"})
+    said = [m for m in report.messages if "little shading" in m]
+    assert said == ([Caution(f"The image's brightness varies by only {contrast:.1%} of its "
+                             "mean (standard deviation): there is little shading to read relief "
+                             "from, and the DTM will show more of the model's own bias than of "
+                             "the ground")] if cautioned else [])
+
+
 def test_mean_ratio_scaling_of_float_radiance_near_float32_limits(tmp_path):
     # The scene mean of values near 1e37 overflows in float32; the heights must not care.
     image = ramp(64, 64) + 20

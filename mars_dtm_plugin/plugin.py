@@ -8,6 +8,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
 
+from .core.model import release_sessions
 from .processing.icons import icon_path
 from .processing.onnxruntime_help import onnxruntime_missing_in_qgis
 from .processing.predict_algorithm import input_layer_problem
@@ -61,6 +62,7 @@ class MarsDtmPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        release_sessions()
 
     def run(self) -> None:
         """Open the algorithm's dialog on the active layer, or say why it cannot."""

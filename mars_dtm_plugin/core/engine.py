@@ -71,6 +71,8 @@ class PredictOptions:
     file_nodata: bool = True
     """Whether the file's nodata value marks nodata (a GIS layer can switch it off); its masks
     and NaN always do."""
+    open_options: tuple[str, ...] = ()
+    """GDAL open options of the input (``KEY=VALUE``), as a GIS layer may be opened with."""
 
 
 @dataclass
@@ -102,7 +104,7 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
     input_path, output_path = str(input_path), str(output_path)
     with gdal_exceptions():
         raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt,
-                             options.nodata, options.file_nodata)
+                             options.nodata, options.file_nodata, options.open_options)
         try:
             check_output_path(input_path, output_path, raster.files_read())
             if os.path.islink(output_path):  # written through, as GDAL does: the link stays

@@ -79,6 +79,12 @@ _SESSIONS_LOCK = threading.Lock()
 KEPT_SESSIONS = 2
 
 
+def release_sessions() -> None:
+    """Drop the kept sessions and the memory they hold (the plugin unloading)."""
+    with _SESSIONS_LOCK:
+        _SESSIONS.clear()
+
+
 def shared_generator(path: str | os.PathLike, provider: str = "auto",
                      threads: int | None = None) -> Generator:
     """A generator reused across runs (a batch of scenes loads its model once).

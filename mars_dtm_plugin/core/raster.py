@@ -74,11 +74,12 @@ class InputRaster:
 
     def __init__(self, path: str, band: int | None = None,
                  pixel_size: float | None = None, crs_wkt: str | None = None,
-                 nodata: tuple[tuple[float, float], ...] = (), file_nodata: bool = True) -> None:
+                 nodata: tuple[tuple[float, float], ...] = (), file_nodata: bool = True,
+                 open_options: tuple[str, ...] = ()) -> None:
         self.path = path
         self.nodata = nodata  # value ranges read as nodata besides the file's own
         self.file_nodata = file_nodata  # False: the file's nodata value is a value like any other
-        self.dataset = _open(path)
+        self.dataset = _open(path, open_options)
         self.width = self.dataset.RasterXSize
         self.height = self.dataset.RasterYSize
         self.bands, self.weights = _select_bands(self.dataset, band)
@@ -201,12 +202,13 @@ def _vrt_sources(path: str) -> list[str]:
     return sources
 
 
-def has_geotransform(path: str) -> bool:
+def has_geotransform(path: str, open_options: tuple[str, ...] = ()) -> bool:
     """Whether the raster is on a grid (not only placed by ground control points); True when
     it cannot be opened, so that the engine's own error explains why."""
     with gdal_exceptions():
         try:
-            return gdal.Open(path).GetGeoTransform(can_return_null=True) is not None
+            dataset = gdal.OpenEx(path, gdal.OF_RASTER, open_options=list(open_options))
+            return dataset.GetGeoTransform(can_return_null=True) is not None
         except RuntimeError:
             return True
 
@@ -215,10 +217,15 @@ def has_geotransform(path: str) -> bool:
 _GDAL_NAME = re.compile(r"^(/vsi|[A-Za-z0-9_]{2,}:)")
 
 
-def _open(path: str) -> gdal.Dataset:
+# Drivers that read from a web service: their rasters are whole map pyramids (a tiled basemap is
+# some 67 million pixels square), not an image to read end to end.
+WEB_DRIVERS = {"WMS", "WMTS", "WCS", "EEDAI", "PLMosaic", "DAAS", "OGCAPI", "NGW", "RDA"}
+
+
+def _open(path: str, open_options: tuple[str, ...] = ()) -> gdal.Dataset:
     """``path`` is a file or anything else GDAL opens (``/vsizip/...``, ``NETCDF:"f.nc":v``)."""
     try:
-        dataset = gdal.OpenEx(path, gdal.OF_RASTER)
+        dataset = gdal.OpenEx(path, gdal.OF_RASTER, open_options=list(open_options))
     except RuntimeError as exc:
         dataset, error = None, exc
     else:
@@ -229,6 +236,11 @@ def _open(path: str) -> gdal.Dataset:
         raise DtmError(f"GDAL cannot read '{Path(path).name}' as a raster: {error}") from error
     if dataset is None or dataset.RasterCount == 0:
         raise DtmError(f"GDAL cannot read '{Path(path).name}' as a raster.")
+    driver = dataset.GetDriver().ShortName
+    if driver in WEB_DRIVERS:
+        raise DtmError(f"'{Path(path).name}' is a web service ({driver}), not an image: save the "
+                       "area you want as a GeoTIFF first (gdal_translate -projwin, or Export > "
+                       "Save As in QGIS).")
     return dataset
 
 

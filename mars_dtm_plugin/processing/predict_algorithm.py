@@ -49,10 +49,21 @@ def input_layer_problem(layer: QgsMapLayer) -> str | None:
     """Why a layer cannot be the input, in one sentence; None when it can."""
     if not isinstance(layer, QgsRasterLayer):
         return tr("'{0}' is not a raster layer; choose an image.").format(layer.name())
+    if not layer.isValid():
+        return tr("The layer '{0}' is unavailable: QGIS cannot read its source; fix the source "
+                  "(Layer Properties > Source) first.").format(layer.name())
     if layer.providerType() != "gdal":  # WMS, XYZ, WCS: no file for the engine to read
         return tr("The input layer '{0}' is not a raster file; save it as a GeoTIFF "
                   "first.").format(layer.name())
     return None
+
+
+def gdal_source(source: str) -> tuple[str, tuple[str, ...]]:
+    """The GDAL dataset name behind a gdal layer's source (a file, /vsizip/..., GPKG:file:table,
+    NETCDF:"file":variable) and the open options QGIS appends as "|option:KEY=VALUE" (a "|"
+    elsewhere is the file name's own)."""
+    name, *open_options = source.split("|option:")
+    return name, tuple(open_options)
 
 
 def layer_nodata(layer: QgsRasterLayer) -> tuple[tuple[float, float], ...]:
@@ -262,9 +273,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
         options.nodata, options.file_nodata = layer_nodata(layer), uses_file_nodata(layer)
-        # The GDAL dataset name, as /vsizip/..., GPKG:file:table or NETCDF:"file":variable;
-        # QGIS may append its own "|option" parts.
-        source = layer.source().split("|")[0]
+        source, options.open_options = gdal_source(layer.source())
         crs = layer.crs()
         # The DTM lies where QGIS shows the image: in the layer's CRS.
         layer_crs = crs if crs.isValid() and crs != layer.dataProvider().crs() else None
@@ -277,7 +286,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                 "(the Georeferencer) if nothing does, or give its pixel size in metres (the "
                 "DTM then has none either)."
             ).format(layer.name()))
-        if not has_geotransform(source):
+        if not has_geotransform(source, options.open_options):
             raise QgsProcessingException(tr(
                 "The input image '{0}' is not on a georeferenced grid (ground control points "
                 "or RPCs alone do not place it); warp it onto a grid first (Raster > Projections > "

@@ -77,6 +77,23 @@ def test_all_nodata(tmp_path, model):
     assert_refused(cli(str(source), str(out), "--model", str(model)), out, "all nodata")
 
 
+def test_a_web_service_is_refused_before_it_is_read(tmp_path, model):
+    """A tiled basemap is 67 million pixels square: reading it would exhaust the memory."""
+    service = tmp_path / "basemap.xml"
+    service.write_text(
+        "<GDAL_WMS><Service name=\"TMS\"><ServerUrl>http://127.0.0.1:9/${z}/${x}/${y}.png"
+        "</ServerUrl></Service><DataWindow><UpperLeftX>-20037508.34</UpperLeftX><UpperLeftY>"
+        "20037508.34</UpperLeftY><LowerRightX>20037508.34</LowerRightX><LowerRightY>"
+        "-20037508.34</LowerRightY><TileLevel>18</TileLevel><TileCountX>1</TileCountX>"
+        "<TileCountY>1</TileCountY><YOrigin>top</YOrigin></DataWindow><Projection>EPSG:3857"
+        "</Projection><BlockSizeX>256</BlockSizeX><BlockSizeY>256</BlockSizeY><BandsCount>1"
+        "</BandsCount></GDAL_WMS>")
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(service), str(out), "--model", str(model), "--sun-azimuth", "90"),
+                   out, "'basemap.xml' is a web service (WMS), not an image: save the area you "
+                   "want as a GeoTIFF first")
+
+
 def test_an_image_of_one_value_is_refused(tmp_path, model):
     source = write_raster(tmp_path / "blank.tif", np.full((60, 60), 128, np.uint8), GT)
     out = tmp_path / "out.tif"

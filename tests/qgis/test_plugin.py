@@ -21,6 +21,8 @@ from qgis.PyQt.QtCore import QEvent, QTimer
 from qgis.PyQt.QtWidgets import QApplication, QToolBar
 
 import mars_dtm_plugin
+from mars_dtm_plugin.core import model
+from mars_dtm_plugin.core.model import default_model_path
 from tests.conftest import BUILT
 
 from .conftest import read_raster
@@ -67,11 +69,14 @@ def test_unload_removes_everything(qgis_iface, qgis_processing):
     plugin = mars_dtm_plugin.classFactory(qgis_iface)
     plugin.initGui()
     (action,) = plugin.actions
+    model.shared_generator(default_model_path(), "cpu")  # as a run leaves it
+    assert model._SESSIONS
     plugin.unload()
     QApplication.sendPostedEvents(None, QEvent.DeferredDelete)  # run the deleteLater()s
 
     assert registry.providerById("marsdtm") is None
     assert registry.algorithmById("marsdtm:predictdtm") is None
+    assert not model._SESSIONS  # the onnxruntime sessions and their memory go too
     assert plugin_toolbars(qgis_iface) == []
     assert plugin.actions == []
     qgis_iface.removePluginRasterMenu.assert_called_with(plugin.menu, action)
@@ -127,6 +132,19 @@ def test_button_on_a_web_layer_warns(plugin, qgis_iface):
     plugin.actions[0].trigger()
     assert algorithm_dialog() is None
     assert any("'tiles' is not a raster file; save it as a GeoTIFF first" in text
+               for text in warnings_of(qgis_iface))
+
+
+def test_button_on_a_layer_whose_file_is_gone_warns(plugin, qgis_iface, image_factory):
+    image = image_factory(width=60, height=60)
+    layer = QgsRasterLayer(str(image), "moved")
+    image.unlink()
+    layer.setDataSource(str(image), "moved", "gdal")  # as a project opened after a move
+    QgsProject.instance().addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    plugin.actions[0].trigger()
+    assert algorithm_dialog() is None
+    assert any("The layer 'moved' is unavailable: QGIS cannot read its source" in text
                for text in warnings_of(qgis_iface))
 
 

@@ -219,6 +219,23 @@ def test_the_files_nodata_switched_off_on_the_layer_is_read_as_values(
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
 
 
+def test_the_layers_open_options_and_a_bar_in_its_file_name_are_kept(
+        provider, identity_model, tmp_path):
+    """A layer opened with GEOREF_SOURCES=WORLDFILE lies where its world file puts it, not where
+    its file's own geotransform would: the DTM must lie where QGIS shows the image."""
+    from .conftest import write_geotiff
+
+    image = write_geotiff(tmp_path / "scene|A.tif", terrain_image(70, 60))
+    (tmp_path / "scene|A.tfw").write_text("2.0\n0.0\n0.0\n-2.0\n-50453.0\n30001.0\n")
+    layer = QgsRasterLayer(f"{image}|option:GEOREF_SOURCES=WORLDFILE,INTERNAL", "placed")
+    assert layer.isValid() and layer.extent().xMinimum() == -50454.0
+    QgsProject.instance().addMapLayer(layer)
+    output = tmp_path / "dtm.tif"
+    run({"INPUT": layer.id(), "MODEL": str(identity_model), "OUTPUT": str(output)})
+    _, transform, _, _ = read_raster(output)
+    assert transform == (-50454.0, 2.0, 0.0, 30002.0, 0.0, -2.0)
+
+
 def test_an_image_placed_by_rpcs_alone_runs_with_its_pixel_size_and_keeps_them(
         provider, identity_model, tmp_path):
     from tests.rasters import write_rpc_only

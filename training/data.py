@@ -32,6 +32,7 @@ from training.shards import Patch, ShardWriter, read_shard
 HOLDOUT_ROWS = {"mars_louth_crater_ice_mound_hirise.tif": 600}
 EARTH_DEG_M = 111_320.0
 EARTH_RADIUS_M = 6_378_137.0
+LOW_RELIEF = (0.01, 1.0)  # range of the relief scale of `--low-relief` patches
 
 
 @dataclass(frozen=True)
@@ -267,14 +268,15 @@ class ShardPatches(IterableDataset):
                  norm: Normalisation | None = None, canonical_azimuth: float = 270.0,
                  shuffle_buffer: int = 256, augment: bool = True, size: int = 128,
                  azimuth_tolerance: float = 15.0, mean_jitter: float = 0.0,
-                 scene_mean: bool = False, split_across_ranks: bool = True) -> None:
+                 scene_mean: bool = False, low_relief: float = 0.0,
+                 split_across_ranks: bool = True) -> None:
         self.paths = [str(p) for p in paths]
         if not self.paths:
             raise ValueError("no shard files to read")
         self.seed, self.norm, self.canonical = seed, norm or Normalisation(), canonical_azimuth
         self.shuffle_buffer, self.augment, self.epoch = shuffle_buffer, augment, 0
         self.size, self.tolerance, self.mean_jitter = size, azimuth_tolerance, mean_jitter
-        self.scene_mean = scene_mean
+        self.scene_mean, self.low_relief = scene_mean, low_relief
         self.split_across_ranks = split_across_ranks  # off: one rank reads it all (validation)
 
     def set_epoch(self, epoch: int) -> None:
@@ -320,6 +322,8 @@ class ShardPatches(IterableDataset):
             return None  # too small for a training patch once turned
         whole_mean = float(image.mean())
         image, height = self._crop(image, height, rng)
+        if self.augment and self.low_relief and rng.random() < self.low_relief:
+            image, height = flattened(image, height, rng)
         # mean_ratio: the engine divides each tile by its scene's mean, not the tile's own;
         # a crop of a larger pool patch can be scaled the same way (before the stretch below).
         level = whole_mean / max(float(image.mean()), 1e-6) if self.scene_mean else 1.0
@@ -369,6 +373,16 @@ class ShardPatches(IterableDataset):
             sample = self._sample(buffer.pop(rng.integers(len(buffer))), rng)
             if sample is not None:
                 yield sample
+
+
+def flattened(image: np.ndarray, height: np.ndarray, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The same ground with its relief scaled by k (log-uniform in LOW_RELIEF) and its image's
+    contrast about the mean with it: shading is linear in small slopes, and a network that never
+    sees faint shading invents slope where there is none (the model card's "Little contrast")."""
+    k = float(np.exp(rng.uniform(*np.log(LOW_RELIEF))))
+    mean = float(image.mean())
+    return mean + k * (image - mean), height * k
 
 
 def list_shards(folder: str | os.PathLike) -> list[Path]:

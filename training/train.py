@@ -95,6 +95,7 @@ class TrainConfig:
     input_scaling: str = "mean_ratio"
     mean_jitter: float = 0.0
     scene_mean: bool = False
+    low_relief: float = 0.0
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
     norm_mean: float = 0.0
     norm_std: float = 0.3
@@ -154,6 +155,9 @@ HELP = {
                    "the scene mean the engine uses differs from a patch's own",
     "scene_mean": "mean_ratio: scale each training crop by the mean of the whole pool patch it "
                   "is cut from, as the engine scales each tile by its scene's mean",
+    "low_relief": "share of training patches whose relief, and the image's contrast about its "
+                  "mean, are scaled down together (by 0.01 to 1), so that little shading "
+                  "reads as little slope",
     "percentiles": "input percentiles mapped to 0 and 1 (percentile scaling)",
     "norm_mean": "standardisation mean after the scaling",
     "norm_std": "standardisation std after the scaling",
@@ -176,7 +180,7 @@ AT_LEAST = {"batch_size": 1, "steps": 1, "threads": 1, "d_channels": 1,
             "workers": 0, "histogram_bins": 0, "stop_at": 0, "seed": 0, "weight_decay": 0,
             "l1": 0, "gradient": 0, "scale_invariant": 0, "distribution": 0, "adversarial": 0,
             "max_minutes": 0, "azimuth_jitter": 0, "mean_jitter": 0, "channels": 1,
-            "prior_window": 0, "distribution_window": 0}
+            "prior_window": 0, "distribution_window": 0, "low_relief": 0}
 POSITIVE = ("lr", "d_lr", "norm_std")
 # What a configuration saved before these options existed was trained with (their defaults
 # then; today's are the bundled network's).
@@ -255,6 +259,8 @@ def _out_of_range(cfg: TrainConfig) -> str:
     for name in POSITIVE:
         if not getattr(cfg, name) > 0:
             return f"--{name.replace('_', '-')} must be above 0, not {getattr(cfg, name)}"
+    if cfg.low_relief > 1:
+        return f"--low-relief is a share of the patches, at most 1, not {cfg.low_relief}"
     if cfg.mean_jitter >= 1:
         return f"--mean-jitter must be below 1 (a mean scaled by 1 - it), not {cfg.mean_jitter}"
     if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:
@@ -391,7 +397,8 @@ def make_dataset(spec: str, cfg: TrainConfig, validation: bool = False) -> Itera
         return DemShapePatches(load_dem_shapes(spec[4:]), cfg.patch_size, seed, sun, norm)
     return ShardPatches(list_shards(spec), seed, norm, cfg.canonical_azimuth, augment=augment,
                         size=cfg.patch_size, mean_jitter=cfg.mean_jitter,
-                        scene_mean=cfg.scene_mean, split_across_ranks=not validation)
+                        scene_mean=cfg.scene_mean, low_relief=cfg.low_relief,
+                        split_across_ranks=not validation)
 
 
 class NoTrainingData(ValueError):

@@ -1,11 +1,14 @@
+import itertools
 import math
 
 import numpy as np
 import pytest
 
 from training.data import (
+    LOW_RELIEF,
     Normalisation,
     ShardPatches,
+    flattened,
     list_shards,
     load_dem_shapes,
     pixel_size_metres,
@@ -142,3 +145,23 @@ def test_shard_patches_turn_the_sun_from_north_into_the_grid(pool):
     canonical = sample(270.0, None)
     np.testing.assert_array_equal(sample(200.0, 70.0), canonical)  # 200 + 70 = 270 on the grid
     assert not np.array_equal(sample(200.0, None), canonical)
+
+
+def test_low_relief_patches_scale_heights_and_contrast_together(pool):
+    """--low-relief: the same ground with k times its relief, its image k times the contrast
+    about its mean (shading is linear in small slopes)."""
+    patch = next(iter(ShardPatches(list_shards(pool), size=32)._patches()))
+    image, height = patch.image.astype(np.float32), patch.height
+    low_image, low_height = flattened(image, height, np.random.default_rng(5))
+    k = float(np.exp(np.random.default_rng(5).uniform(*np.log(LOW_RELIEF))))
+    assert LOW_RELIEF[0] <= k < 0.5  # this draw flattens a lot
+    np.testing.assert_allclose(low_height, k * height, rtol=1e-6)
+    np.testing.assert_allclose(low_image - image.mean(), k * (image - image.mean()),
+                               rtol=1e-4, atol=1e-4)
+
+    def samples(share: float) -> list[np.ndarray]:
+        data = ShardPatches(list_shards(pool), seed=1, size=32, low_relief=share)
+        return [y.numpy() for _, y in itertools.islice(iter(data), 6)]
+
+    plain, every = samples(0.0), samples(1.0)
+    assert sum(float(np.std(y)) for y in every) < 0.5 * sum(float(np.std(y)) for y in plain)

@@ -539,6 +539,7 @@ def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
     ("--channels", "4,0,16", "--channels must be at least 1, not [4, 0, 16]"),
     ("--norm-std", "0", "--norm-std must be above 0, not 0.0"),
     ("--mean-jitter", "1", "--mean-jitter must be below 1 (a mean scaled by 1 - it), not 1.0"),
+    ("--low-relief", "1.5", "--low-relief is a share of the patches, at most 1, not 1.5"),
     ("--keep-steps", "3,abc", "argument --keep-steps: expected numbers separated by commas, "
                               "got '3,abc' (see --help)"),
     ("--percentiles", "99,1", "--percentiles must be two percentiles, low then high, between "

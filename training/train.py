@@ -261,6 +261,9 @@ def _out_of_range(cfg: TrainConfig) -> str:
             return f"--{name.replace('_', '-')} must be above 0, not {getattr(cfg, name)}"
     if cfg.low_relief > 1:
         return f"--low-relief is a share of the patches, at most 1, not {cfg.low_relief}"
+    if cfg.low_relief and cfg.input_scaling != "mean_ratio":
+        return ("--low-relief needs --input-scaling mean_ratio: a percentile stretch undoes the "
+                "lower contrast")
     if cfg.mean_jitter >= 1:
         return f"--mean-jitter must be below 1 (a mean scaled by 1 - it), not {cfg.mean_jitter}"
     if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:

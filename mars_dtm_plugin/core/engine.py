@@ -164,7 +164,7 @@ class _Run:
         self._row_ramps: dict[int, np.ndarray] = {}
         self._col_ramps: dict[int, np.ndarray] = {}
         sample = self.raster.sample()
-        if sample.min() == sample.max():
+        if sample.min() == sample.max() and raster.one_value():
             raise DtmError(f"The image is {sample[0]:g} wherever it has data: there is no "
                            "shading to read heights from.")
         self.scale, self.fill = self._intensity_mapping(sample)

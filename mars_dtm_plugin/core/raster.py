@@ -153,6 +153,19 @@ class InputRaster:
             raise DtmError(f"'{Path(self.path).name}' has no valid pixels: it is all nodata.")
         return found
 
+    def one_value(self) -> bool:
+        """Whether every valid pixel holds the same value: a full-resolution scan that stops at
+        the first that differs (a decimated sample can miss fine texture)."""
+        first = None
+        for y0 in range(0, self.height, 256):
+            values, valid = self._read_inside(0, y0, self.width, min(256, self.height - y0))
+            found = values[valid]
+            if found.size:
+                first = found[0] if first is None else first
+                if (found != first).any():
+                    return False
+        return True
+
     def _scan_valid(self) -> np.ndarray:
         """Full-resolution scan for scenes whose valid pixels the decimated read missed."""
         found, rows = [], 256
@@ -219,7 +232,11 @@ _GDAL_NAME = re.compile(r"^(/vsi|[A-Za-z0-9_]{2,}:)")
 
 # Drivers that read from a web service: their rasters are whole map pyramids (a tiled basemap is
 # some 67 million pixels square), not an image to read end to end.
-WEB_DRIVERS = {"WMS", "WMTS", "WCS", "EEDAI", "PLMosaic", "DAAS", "OGCAPI", "NGW", "RDA"}
+WEB_DRIVERS = {"WMS", "WMTS", "WCS", "EEDAI", "PLMosaic", "DAAS", "OGCAPI", "NGW"}
+# Larger than any one image (a 0.25 m HiRISE strip is about 5e9 px): a basemap or map pyramid
+# (MBTiles, a tile cache) whose tile grid alone would exhaust the memory.
+MAX_PIXELS = 10**11
+VRT_PRODUCTS = 64  # sources of a VRT looked into for their product's metadata file
 
 
 def _open(path: str, open_options: tuple[str, ...] = ()) -> gdal.Dataset:
@@ -241,6 +258,10 @@ def _open(path: str, open_options: tuple[str, ...] = ()) -> gdal.Dataset:
         raise DtmError(f"'{Path(path).name}' is a web service ({driver}), not an image: save the "
                        "area you want as a GeoTIFF first (gdal_translate -projwin, or Export > "
                        "Save As in QGIS).")
+    if dataset.RasterXSize * dataset.RasterYSize > MAX_PIXELS:
+        raise DtmError(f"'{Path(path).name}' is {dataset.RasterXSize} x {dataset.RasterYSize} "
+                       "pixels, a basemap rather than an image: save the area you want as a "
+                       "GeoTIFF first (gdal_translate -projwin, or Export > Save As in QGIS).")
     return dataset
 
 
@@ -460,9 +481,11 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None,
     if dataset is not None:
         take("metadata", _sun_from_metadata(dataset, missing))
         if any(missing):
-            product = _product_dataset(path, dataset)
-            azimuths, elevations = _imd_suns(product, missing)
-            metadata_file = _metadata_file(product)
+            products = _product_datasets(path, dataset)
+            suns = [_imd_suns(product, missing) for product in products]
+            azimuths = [a for found, _ in suns for a in found]
+            elevations = [e for _, found in suns for e in found]
+            metadata_file = ", ".join(dict.fromkeys(map(_metadata_file, products)))
             take(metadata_file, _mean_sun(azimuths, elevations))
             if sources[0] == metadata_file:
                 spread = _azimuth_spread(azimuths)
@@ -488,17 +511,19 @@ def _sun_from_metadata(dataset: gdal.Dataset, wanted: list[bool]
     return angles[0], angles[1]
 
 
-def _product_dataset(path: str, dataset: gdal.Dataset) -> gdal.Dataset:
-    """The dataset GDAL found a product metadata file beside: the input's own, else (a crop
-    to a VRT, which keeps its product's metadata) the first of its sources that has one."""
+def _product_datasets(path: str, dataset: gdal.Dataset) -> list[gdal.Dataset]:
+    """The datasets GDAL found a product metadata file beside: the input's own, else (a VRT,
+    which keeps its products' metadata) those of its first ``VRT_PRODUCTS`` sources (a mosaic of
+    several products gives their mean sun, and a caution where they differ)."""
     if dataset.GetMetadata("IMD"):
-        return dataset
-    for source in _vrt_sources(path):
+        return [dataset]
+    found = []
+    for source in _vrt_sources(path)[:VRT_PRODUCTS]:
         with contextlib.suppress(RuntimeError):
             opened = gdal.Open(source)
             if opened is not None and opened.GetMetadata("IMD"):
-                return opened
-    return dataset
+                found.append(opened)
+    return found or [dataset]
 
 
 def _imd_suns(dataset: gdal.Dataset, wanted: list[bool]) -> tuple[list[float], list[float]]:

@@ -94,6 +94,16 @@ def test_a_web_service_is_refused_before_it_is_read(tmp_path, model):
                    "want as a GeoTIFF first")
 
 
+def test_a_basemap_is_refused_before_its_tiles_are_laid_out(tmp_path, model):
+    """A local map pyramid (MBTiles, a tile cache) can be millions of pixels square too."""
+    basemap = tmp_path / "basemap.vrt"
+    basemap.write_text('<VRTDataset rasterXSize="400000" rasterYSize="400000">'
+                       '<VRTRasterBand dataType="Byte" band="1"/></VRTDataset>')
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(basemap), str(out), "--model", str(model), "--pixel-size", "1"), out,
+                   "'basemap.vrt' is 400000 x 400000 pixels, a basemap rather than an image")
+
+
 def test_an_image_of_one_value_is_refused(tmp_path, model):
     source = write_raster(tmp_path / "blank.tif", np.full((60, 60), 128, np.uint8), GT)
     out = tmp_path / "out.tif"
@@ -574,3 +584,16 @@ def test_threads_below_one(tmp_path, scene, model):
                    "threads must be at least 1")
     assert cli(str(scene), str(out), "--model", str(model), "--threads", "1",
                "--quiet").returncode == 0
+
+
+def test_an_image_one_value_only_in_its_sample_is_not_refused(tmp_path, model):
+    """The scene sample reads every fourth row of this one: all 100 there, texture between."""
+    image = np.full((4096, 600), 100, np.uint8)
+    image[1::2] = np.random.default_rng(0).integers(60, 200, (2048, 600), dtype=np.uint8)
+    source = write_raster(tmp_path / "rows.tif", image, GT)
+    from mars_dtm_plugin.core.raster import InputRaster
+
+    raster = InputRaster(str(source))
+    assert np.ptp(raster.sample()) == 0 and not raster.one_value()
+    out = tmp_path / "out.tif"
+    assert cli(str(source), str(out), "--model", str(model), "--quiet").returncode == 0

@@ -185,6 +185,23 @@ def test_a_crop_to_a_vrt_keeps_the_products_metadata_file(tmp_path):
     assert (report.sun_azimuth, report.sun_elevation) == pytest.approx((67.5, 62.1))
 
 
+def test_a_mosaic_of_two_products_takes_their_mean_sun_and_says_they_differ(tmp_path):
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
+    parts = []
+    for name, sun, x0 in (("05JAN01_P001", (67.5, 62.1), 10000.0), ("05JAN02_P001", (100.0, 50.0),
+                                                                    10120.0)):
+        parts.append(str(write_raster(tmp_path / f"{name}.TIF", ramp(120, 120).astype(np.uint8),
+                                      (x0, *GT[1:]))))
+        (tmp_path / f"{name}.IMD").write_text(_maxar_imd(sun))
+    mosaic = tmp_path / "mosaic.vrt"
+    gdal.BuildVRT(str(mosaic), parts)
+    _, report = run(mosaic, tmp_path, "dtm.tif", model)
+    assert report.sun_source == "05JAN01_P001.IMD, 05JAN02_P001.IMD"
+    assert (report.sun_azimuth, report.sun_elevation) == pytest.approx((83.75, 56.05))
+    assert any("up to 16 degrees of azimuth from their mean" in m for m in report.messages)
+
+
 @pytest.mark.parametrize(("suns", "cautioned"), [
     ([(350.0, 40.0), (20.0, 50.0)], True),  # 15 degrees each side of their mean
     ([(148.0, 40.0), (151.0, 41.0)], False)])

@@ -15,8 +15,8 @@ from training.probes.low_contrast import main
 def test_low_contrast_probe_measures_the_slope_up_towards_the_sun(tmp_path, capsys):
     # Brightness rising eastwards by 1 a pixel about a mean of 148, lit from the east at 45
     # degrees: the identity model's heights are 2 m x (I / mean - 1), a slope of atan(1 / 148)
-    # up towards the sun, which falls with the contrast (the 8-bit copies are rounded down).
-    image = np.tile(np.arange(100, 196, dtype=np.float32), (96, 1)).astype(np.uint8)
+    # up towards the sun, which falls with the contrast.
+    image = np.tile(np.arange(100, 197, dtype=np.float32), (96, 1)).astype(np.uint8)
     source = write_raster(tmp_path / "east.tif", image, (0.0, 2.0, 0.0, 0.0, 0.0, -2.0))
     model = write_test_model(tmp_path / "m.onnx", "identity", input_scaling="mean_ratio",
                              sun_mode="rotate")
@@ -24,12 +24,12 @@ def test_low_contrast_probe_measures_the_slope_up_towards_the_sun(tmp_path, caps
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
     table = {float(r[0]): r[1:] for r in rows}
     assert list(table) == [1.0, 0.5, 0.3, 0.2, 0.1, 0.03, 0.01]
-    # A hundredth of 96 levels rounds to one: the run refuses it, the probe says so.
-    assert table.pop(0.01)[0] == " refused: The image is 147 wherever it has data: there is no " \
+    # A hundredth of 97 levels rounds to one: the run refuses it, the probe says so.
+    assert table.pop(0.01)[0] == " refused: The image is 148 wherever it has data: there is no " \
         "shading to read heights from. "
     table = {factor: [float(v) for v in row] for factor, row in table.items()}
     contrast, _, slope, about_plane = table[1.0]
     assert contrast == pytest.approx(np.std(image) / np.mean(image), abs=1e-4)
-    assert slope == pytest.approx(math.degrees(math.atan(1 / 147.5)), rel=1e-2)
+    assert slope == pytest.approx(math.degrees(math.atan(1 / 148.0)), rel=1e-2)
     assert about_plane < 0.1  # a plane and nothing else
     assert table[0.5][2] == pytest.approx(slope / 2, rel=0.05)

@@ -562,6 +562,13 @@ def test_values_that_cannot_work_are_refused_before_training(capsys, flag, value
     assert said in err and err.count("\n") == 1  # one sentence, without fifty options' usage
 
 
+def test_low_relief_patches_need_ratio_scaled_input(capsys):
+    """A percentile stretch would undo the lower contrast: flatter heights, the same input."""
+    with pytest.raises(SystemExit):
+        parse_args(["--low-relief", "0.2", "--input-scaling", "percentile"])
+    assert "--low-relief needs --input-scaling mean_ratio" in capsys.readouterr().err
+
+
 def test_a_new_run_does_not_write_over_another(pool, tmp_path, capsys):
     assert _tiny_run(pool, tmp_path, "--steps", "2") == 0
     before = (tmp_path / "last.pt").read_bytes()

@@ -29,12 +29,17 @@ FACTORS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.03, 0.01)
 def contrast_row(source: gdal.Dataset, factor: float, options: PredictOptions,
                  work: Path) -> dict[str, float]:
     """One scaled copy of ``source`` through the engine; figures of its DTM."""
-    image = source.GetRasterBand(1).ReadAsArray().astype(np.float64)
-    valid = source.GetRasterBand(1).GetMaskBand().ReadAsArray() > 0
+    band = source.GetRasterBand(1)
+    image = band.ReadAsArray().astype(np.float64)
+    valid = band.GetMaskBand().ReadAsArray() > 0
+    nodata = band.GetNoDataValue()
     mean = image[valid].mean()
-    scaled = np.where(valid, np.clip(mean + factor * (image - mean), 1, 255), 0)
+    scaled = np.rint(np.clip(mean + factor * (image - mean), 0, 255)).astype(np.uint8)
+    if nodata is not None:  # valid pixels stay off the nodata value, nodata ones take it
+        scaled[valid & (scaled == nodata)] = nodata + (1 if nodata < 255 else -1)
+        scaled[~valid] = nodata
     copy = gdal.GetDriverByName("GTiff").CreateCopy(str(work / "scaled.tif"), source)
-    copy.GetRasterBand(1).WriteArray(scaled.astype(np.uint8))
+    copy.GetRasterBand(1).WriteArray(scaled)
     copy = None
     predict_dtm(str(work / "scaled.tif"), str(work / "dtm.tif"), options)
     out = gdal.Open(str(work / "dtm.tif"))
@@ -46,7 +51,7 @@ def contrast_row(source: gdal.Dataset, factor: float, options: PredictOptions,
     rise = (per_col * math.sin(toward_sun) - per_row * math.cos(toward_sun)) / abs(gt[1])
     rows, cols = np.indices(dtm.shape)
     detrended = dtm - (per_col * cols + per_row * rows)
-    stored = scaled[valid]
+    stored = scaled[valid].astype(np.float64)  # the 8-bit values the run reads
     return {"factor": factor, "contrast": stored.std() / stored.mean(),
             "height_std_m": dtm[kept].std(), "slope_to_sun_deg": math.degrees(math.atan(rise)),
             "detrended_std_m": detrended[kept].std()}
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     karoo = set_source("karoo")
     parser.add_argument("--image", type=Path,
                         default=karoo / "image_qb2_pan_8m.tif" if karoo else None,
-                        help="8-bit north-up georeferenced image (default: Karoo's 8 m scene)")
+                        help="8-bit one-band north-up georeferenced image (default: Karoo's 8 m "
+                             "scene)")
     parser.add_argument("--model", default=None, help="ONNX model (default: the bundled one)")
     parser.add_argument("--sun", type=float, nargs=2, default=(55.0, 45.0),
                         metavar=("AZ", "EL"), help="sun azimuth and elevation (default: 55 45)")

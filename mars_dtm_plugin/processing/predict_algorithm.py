@@ -239,14 +239,28 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         message = onnxruntime_missing_in_qgis()
         return (False, message) if message else (True, "")
 
+    def prepareAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> bool:
+        """In the main thread: all the run needs from the project's layers, which must not be
+        read from the worker thread that processAlgorithm runs in."""
+        # A refusal is raised from processAlgorithm: QGIS 3.22 reports one raised here only as
+        # "There were errors executing the algorithm".
+        try:
+            missing = onnxruntime_missing_in_qgis()
+            if missing:
+                raise QgsProcessingException(missing)
+            options = self._options(parameters, context)
+            self._prepared = (options, *self._input(parameters, context, options))
+        except QgsProcessingException as refusal:
+            self._prepared = refusal
+        return True
+
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        missing = onnxruntime_missing_in_qgis()
-        if missing:
-            raise QgsProcessingException(missing)
+        if isinstance(self._prepared, QgsProcessingException):
+            raise self._prepared
         feedback = feedback or QgsProcessingFeedback()  # run() from a script may pass None
-        options = self._options(parameters, context)
-        input_path, layer_crs = self._input(parameters, context, options)
+        options, input_path, layer_crs = self._prepared
         if layer_crs is not None:  # QGIS may have given it from its settings: say so
             options.crs_wkt = layer_crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
             feedback.pushInfo(tr("CRS: the layer's, {0}, not the file's").format(

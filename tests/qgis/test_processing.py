@@ -236,6 +236,25 @@ def test_the_layers_open_options_and_a_bar_in_its_file_name_are_kept(
     assert transform == (-50454.0, 2.0, 0.0, 30002.0, 0.0, -2.0)
 
 
+def test_the_run_takes_what_it_needs_from_the_project_before_it_starts(
+        provider, identity_model, tmp_path):
+    """prepareAlgorithm (QGIS's main thread) reads the layer; processAlgorithm, which QGIS runs
+    in a worker thread, must not look it up in the project again."""
+    from .conftest import write_geotiff
+
+    layer = QgsRasterLayer(str(write_geotiff(tmp_path / "scene.tif", terrain_image(70, 60))), "s")
+    QgsProject.instance().addMapLayer(layer)
+    alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    context.setProject(QgsProject.instance())
+    output = tmp_path / "dtm.tif"
+    parameters = {"INPUT": layer.id(), "MODEL": str(identity_model), "OUTPUT": str(output)}
+    assert alg.prepare(parameters, context, feedback)
+    QgsProject.instance().removeMapLayer(layer.id())  # gone from the project after prepare
+    assert alg.runPrepared(parameters, context, feedback) == {"OUTPUT": str(output)}
+    assert output.exists()
+
+
 def test_an_image_placed_by_rpcs_alone_runs_with_its_pixel_size_and_keeps_them(
         provider, identity_model, tmp_path):
     from tests.rasters import write_rpc_only

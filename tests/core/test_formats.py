@@ -54,16 +54,22 @@ def test_jpeg2000_with_hirise_label_gives_the_sun(tmp_path):
     assert report.sun_azimuth == pytest.approx(290.0)
 
 
+def _run_a_crop(source, tmp_path):
+    """The report of a sun-rotating model's run on a VRT crop of ``source``, kept elsewhere
+    under another name."""
+    crop = tmp_path / "crops" / "crop.vrt"
+    crop.parent.mkdir()
+    gdal.Translate(str(crop), str(source), format="VRT", srcWin=[10, 20, 80, 70])
+    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
+                             input_scaling="mean_ratio")
+    return run(crop, tmp_path, "dtm.tif", model)[1]
+
+
 def test_a_crop_to_a_vrt_keeps_the_products_label(tmp_path):
     jp2 = tmp_path / "ESP_000001_1000_RED_C_01_ORTHO.JP2"
     write_ortho(jp2, ramp(120, 120).astype(np.uint8), GT, mars_eqc_wkt(), incidence=40.0,
                 sub_solar=200.0, north=270.0)
-    crop = tmp_path / "crops" / "crop.vrt"  # elsewhere, under another name
-    crop.parent.mkdir()
-    gdal.Translate(str(crop), str(jp2), format="VRT", srcWin=[10, 20, 80, 70])
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
-                             input_scaling="mean_ratio")
-    _, report = run(crop, tmp_path, "dtm.tif", model)
+    report = _run_a_crop(jp2, tmp_path)
     assert (report.sun_source, report.sun_azimuth) == ("label", pytest.approx(290.0))
     assert report.sun_elevation == pytest.approx(50.0)
 
@@ -175,12 +181,7 @@ def test_a_crop_to_a_vrt_keeps_the_products_metadata_file(tmp_path):
     """GDAL reads a Maxar .IMD beside the image it belongs to, not beside a crop of it."""
     source = write_raster(tmp_path / "05JAN01_P001.TIF", ramp(120, 120).astype(np.uint8), GT)
     (tmp_path / "05JAN01_P001.IMD").write_text(_maxar_imd((67.5, 62.1)))
-    crop = tmp_path / "crops" / "crop.vrt"  # elsewhere, under another name
-    crop.parent.mkdir()
-    gdal.Translate(str(crop), str(source), format="VRT", srcWin=[10, 20, 80, 70])
-    model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
-                             input_scaling="mean_ratio")
-    _, report = run(crop, tmp_path, "dtm.tif", model)
+    report = _run_a_crop(source, tmp_path)
     assert report.sun_source == "05JAN01_P001.IMD"
     assert (report.sun_azimuth, report.sun_elevation) == pytest.approx((67.5, 62.1))
 

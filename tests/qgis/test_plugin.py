@@ -92,6 +92,14 @@ def warnings_of(qgis_iface) -> list[str]:
     return qgis_iface.messageBar().get_messages(Qgis.Warning)
 
 
+def warnings_on(plugin, qgis_iface, layer) -> list[str]:
+    """The button's warnings with ``layer`` active."""
+    QgsProject.instance().addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    plugin.actions[0].trigger()
+    return warnings_of(qgis_iface)
+
+
 def test_button_without_active_layer_warns(plugin, qgis_iface):
     qgis_iface._active_layer_id = None
     plugin.actions[0].trigger()
@@ -119,20 +127,16 @@ def test_button_without_onnxruntime_says_so_before_opening_the_dialog(
 
 def test_button_on_vector_layer_warns(plugin, qgis_iface):
     points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
-    QgsProject.instance().addMapLayer(points)
-    qgis_iface.setActiveLayer(points)
-    plugin.actions[0].trigger()
-    assert any("'points' is not a raster layer" in text for text in warnings_of(qgis_iface))
+    warned = warnings_on(plugin, qgis_iface, points)
+    assert any("'points' is not a raster layer" in text for text in warned)
 
 
 def test_button_on_a_web_layer_warns(plugin, qgis_iface):
     tiles = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png", "tiles", "wms")
-    QgsProject.instance().addMapLayer(tiles)
-    qgis_iface.setActiveLayer(tiles)
-    plugin.actions[0].trigger()
+    warned = warnings_on(plugin, qgis_iface, tiles)
     assert algorithm_dialog() is None
     assert any("'tiles' is not a raster file; save it as a GeoTIFF first" in text
-               for text in warnings_of(qgis_iface))
+               for text in warned)
 
 
 def test_button_on_a_layer_whose_file_is_gone_warns(plugin, qgis_iface, image_factory):
@@ -140,12 +144,10 @@ def test_button_on_a_layer_whose_file_is_gone_warns(plugin, qgis_iface, image_fa
     layer = QgsRasterLayer(str(image), "moved")
     image.unlink()
     layer.setDataSource(str(image), "moved", "gdal")  # as a project opened after a move
-    QgsProject.instance().addMapLayer(layer)
-    qgis_iface.setActiveLayer(layer)
-    plugin.actions[0].trigger()
+    warned = warnings_on(plugin, qgis_iface, layer)
     assert algorithm_dialog() is None
     assert any("The layer 'moved' is unavailable: QGIS cannot read its source" in text
-               for text in warnings_of(qgis_iface))
+               for text in warned)
 
 
 def test_button_opens_prefilled_dialog_that_runs(plugin, qgis_iface, identity_model,

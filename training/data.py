@@ -33,6 +33,11 @@ HOLDOUT_ROWS = {"mars_louth_crater_ice_mound_hirise.tif": 600}
 EARTH_DEG_M = 111_320.0
 EARTH_RADIUS_M = 6_378_137.0
 LOW_RELIEF = (0.01, 1.0)  # range of the relief scale of `--low-relief` patches
+SYNTHETIC_PIXEL_M = 1.0  # synthetic terrain is drawn at HiRISE-like 1 m pixels
+DEM_ZOOM = (0.5, 2.0)  # DEM shapes: output pixels per DEM pixel, log-uniform
+DEM_RELIEF = (0.5, 1.5)  # DEM shapes: factor on the relief
+SHUFFLE_BUFFER = 256  # samples mixed across shards
+AZIMUTH_TOLERANCE = 15.0  # degrees off the canonical sun a shard patch may be
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def to_canonical(image: np.ndarray, height: np.ndarray, sun_azimuth: float,
 def to_sample(image: np.ndarray, height_m: np.ndarray, meta: dict,
               norm: Normalisation, level_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Model input [1, H, W] and target heights in pixel units, zero-mean [1, H, W]."""
-    pixel = meta.get("pixel_size_m", meta.get("pixel_size", 1.0))
+    pixel = meta.get("pixel_size_m", 1.0)
     height = height_m.astype(np.float32) / np.float32(pixel)
     height = height - height.mean()
     elevation = meta.get("sun_elevation_deg", 45.0)
@@ -142,22 +147,22 @@ class SyntheticPatches(_RenderedPatches):
     """Endless procedural terrain rendered at the canonical sun (± jitter)."""
 
     def __init__(self, size: int = 128, seed: int = 0, sun: SunRange | None = None,
-                 norm: Normalisation | None = None, pixel_size_m: float = 1.0,
-                 relief: tuple[float, float] = (1.0, 1.0), photometry: float = 1.0) -> None:
-        self.size, self.seed, self.pixel_size_m = size, seed, pixel_size_m
+                 norm: Normalisation | None = None, relief: tuple[float, float] = (1.0, 1.0),
+                 photometry: float = 1.0) -> None:
+        self.size, self.seed = size, seed
         self.sun, self.norm, self.relief = sun or SunRange(), norm or Normalisation(), relief
         self.photometry = photometry  # synth.render's spread of albedo, haze, gamma...
 
     def raw(self, rng: np.random.Generator) -> Patch:
         from training import synth  # the terrain generator; heavy, so imported when used
 
-        dem = synth.synthetic_dem(rng, self.size, pixel_size_m=self.pixel_size_m)
+        dem = synth.synthetic_dem(rng, self.size, pixel_size_m=SYNTHETIC_PIXEL_M)
         # The relief drawn here is the model's prior on slope magnitude (a stretched image
         # shows relative slope only), so it is kept near real Mars slopes.
         dem = dem * np.float32(np.exp(rng.uniform(*np.log(self.relief))))
         azimuth, elevation = self.sun.draw(rng)
-        image = synth.render(dem, self.pixel_size_m, azimuth, elevation, rng, self.photometry)
-        meta = {"source": "synthetic", "pixel_size_m": self.pixel_size_m,
+        image = synth.render(dem, SYNTHETIC_PIXEL_M, azimuth, elevation, rng, self.photometry)
+        meta = {"source": "synthetic", "pixel_size_m": SYNTHETIC_PIXEL_M,
                 "sun_azimuth_deg": azimuth, "sun_elevation_deg": elevation}
         return Patch("synthetic", image, (dem - dem.mean()).astype(np.float32), meta)
 
@@ -181,7 +186,7 @@ def pixel_size_metres(geotransform: Sequence[float], radius_m: float | None,
     return math.sqrt(dx * dy)
 
 
-def load_dem_shapes(folder: str | os.PathLike, holdout: bool = True) -> list[DemShape]:
+def load_dem_shapes(folder: str | os.PathLike) -> list[DemShape]:
     """Read every GeoTIFF in ``folder``; drop the rows reserved for evaluation."""
     from osgeo import gdal
 
@@ -199,7 +204,7 @@ def load_dem_shapes(folder: str | os.PathLike, holdout: bool = True) -> list[Dem
         srs = ds.GetSpatialRef()
         radius = srs.GetSemiMajor() if srs and srs.IsGeographic() else None
         lat = gt[3] + gt[5] * ds.RasterYSize / 2
-        if holdout and path.name in HOLDOUT_ROWS:
+        if path.name in HOLDOUT_ROWS:
             heights = heights[:HOLDOUT_ROWS[path.name]]
         shapes.append(DemShape(path.stem, heights, pixel_size_metres(gt, radius, lat)))
     return shapes
@@ -210,13 +215,12 @@ class DemShapePatches(_RenderedPatches):
 
     def __init__(self, shapes: list[DemShape], size: int = 128, seed: int = 0,
                  sun: SunRange | None = None, norm: Normalisation | None = None,
-                 zoom: tuple[float, float] = (0.5, 2.0),
-                 relief: tuple[float, float] = (0.5, 1.5), photometry: float = 1.0) -> None:
+                 photometry: float = 1.0) -> None:
         if not shapes:
             raise ValueError("no DEM shapes to render")
         self.shapes, self.size, self.seed = shapes, size, seed
         self.sun, self.norm = sun or SunRange(), norm or Normalisation()
-        self.zoom, self.relief, self.photometry = zoom, relief, photometry
+        self.photometry = photometry
 
     def raw(self, rng: np.random.Generator) -> Patch:
         from training import synth
@@ -224,7 +228,7 @@ class DemShapePatches(_RenderedPatches):
         shape = self.shapes[rng.integers(len(self.shapes))]
         rows, cols = shape.heights.shape
         # zoom > 1: each output pixel covers several DEM pixels (coarser); < 1: finer.
-        zoom = float(np.exp(rng.uniform(*np.log(self.zoom))))
+        zoom = float(np.exp(rng.uniform(*np.log(DEM_ZOOM))))
         crop = int(min(round(self.size * zoom), rows, cols))
         r0, c0 = rng.integers(rows - crop + 1), rng.integers(cols - crop + 1)
         dem = shape.heights[r0:r0 + crop, c0:c0 + crop]
@@ -232,7 +236,7 @@ class DemShapePatches(_RenderedPatches):
         dem = np.rot90(dem, rng.integers(4))
         dem = np.ascontiguousarray(dem[:, ::-1] if rng.random() < 0.5 else dem)
         pixel = shape.pixel_size_m * crop / self.size
-        dem = (dem - dem.mean()) * rng.uniform(*self.relief)
+        dem = (dem - dem.mean()) * rng.uniform(*DEM_RELIEF)
         azimuth, elevation = self.sun.draw(rng)
         image = synth.render(dem.astype(np.float32), pixel, azimuth, elevation, rng,
                              self.photometry)
@@ -266,16 +270,15 @@ class ShardPatches(IterableDataset):
 
     def __init__(self, paths: Sequence[str | os.PathLike], seed: int = 0,
                  norm: Normalisation | None = None, canonical_azimuth: float = 270.0,
-                 shuffle_buffer: int = 256, augment: bool = True, size: int = 128,
-                 azimuth_tolerance: float = 15.0, mean_jitter: float = 0.0,
+                 augment: bool = True, size: int = 128, mean_jitter: float = 0.0,
                  scene_mean: bool = False, low_relief: float = 0.0,
                  split_across_ranks: bool = True) -> None:
         self.paths = [str(p) for p in paths]
         if not self.paths:
             raise ValueError("no shard files to read")
         self.seed, self.norm, self.canonical = seed, norm or Normalisation(), canonical_azimuth
-        self.shuffle_buffer, self.augment, self.epoch = shuffle_buffer, augment, 0
-        self.size, self.tolerance, self.mean_jitter = size, azimuth_tolerance, mean_jitter
+        self.augment, self.epoch = augment, 0
+        self.size, self.mean_jitter = size, mean_jitter
         self.scene_mean, self.low_relief = scene_mean, low_relief
         self.split_across_ranks = split_across_ranks  # off: one rank reads it all (validation)
 
@@ -316,7 +319,7 @@ class ShardPatches(IterableDataset):
             return None  # a patch without its sun cannot be put in the canonical frame
         sun = (sun + patch.meta.get("north_deg", 0.0)) % 360.0  # from north to the grid
         # Rendered pools already carry the canonical sun with a deliberate small jitter.
-        if abs((sun - self.canonical + 180.0) % 360.0 - 180.0) > self.tolerance:
+        if abs((sun - self.canonical + 180.0) % 360.0 - 180.0) > AZIMUTH_TOLERANCE:
             image, height = to_canonical(image, height, sun, self.canonical)
         if min(image.shape) < self.size:
             return None  # too small for a training patch once turned
@@ -365,7 +368,7 @@ class ShardPatches(IterableDataset):
         buffer: list[Patch] = []
         for patch in self._patches():
             buffer.append(patch)
-            if len(buffer) >= self.shuffle_buffer:
+            if len(buffer) >= SHUFFLE_BUFFER:
                 sample = self._sample(buffer.pop(rng.integers(len(buffer))), rng)
                 if sample is not None:
                     yield sample

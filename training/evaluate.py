@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from training.shards import UnreadableShard, read_shard
+from training.synth import write_geotiff
 
 ROOT = Path(__file__).resolve().parents[1]
 # The real DEM shapes and test sets (docs/data.md, "Real data for evaluation (and the DEM shapes)").
@@ -165,7 +166,7 @@ def scene_metrics(pred: np.ndarray, truth: np.ndarray, pixel_size_m: float, tile
 
 
 # -- baselines -----------------------------------------------------------------------------
-def flat(image: np.ndarray, *_args: float) -> np.ndarray:
+def flat(image: np.ndarray) -> np.ndarray:
     return np.zeros(image.shape, np.float32)
 
 
@@ -248,7 +249,18 @@ class Scene:
     """Predictions are averaged ``factor`` x ``factor`` onto the truth grid."""
     tile: int = 256
     """Evaluation tile side on the truth grid."""
+    truth_valid: np.ndarray | None = None
+    """Truth cells the image covers whole, where only part of it does."""
     notes: dict = field(default_factory=dict)
+
+    def scored(self) -> np.ndarray:
+        """Truth cells that are scored: finite, and covered by the image."""
+        finite = np.isfinite(self.truth)
+        return finite if self.truth_valid is None else finite & self.truth_valid
+
+    def on_truth_grid(self, heights: np.ndarray) -> np.ndarray:
+        """``heights`` on the image's grid averaged onto the truth's, NaN where not valid."""
+        return block_mean(np.where(self.valid, heights, np.nan), self.factor)
 
 
 def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
@@ -264,23 +276,6 @@ def read_band(path: Path, band: int = 1) -> tuple[np.ndarray, float | None, tupl
     ds = gdal.Open(str(path))
     b = ds.GetRasterBand(band)
     return b.ReadAsArray(), b.GetNoDataValue(), ds.GetGeoTransform(), ds.GetProjection()
-
-
-def write_tif(path: Path, array: np.ndarray, gt: tuple, wkt: str, nodata: float | None = None,
-              metadata: dict | None = None) -> Path:
-    from osgeo import gdal
-
-    kind = gdal.GDT_Byte if array.dtype == np.uint8 else gdal.GDT_Float32
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[1], array.shape[0], 1, kind)
-    ds.SetGeoTransform(gt)
-    ds.SetProjection(wkt)
-    if metadata:
-        ds.SetMetadata({k: str(v) for k, v in metadata.items()})
-    if nodata is not None:
-        ds.GetRasterBand(1).SetNoDataValue(nodata)
-    ds.GetRasterBand(1).WriteArray(array)
-    ds = None
-    return path
 
 
 def synthetic_scenes(folder: Path, seed: int, count: int = SYNTHETIC_SCENES) -> list[Scene]:
@@ -331,7 +326,7 @@ def louth_scenes(folder: Path, seed: int) -> list[Scene]:
         # the rendering and the engine all take the ground's.
         pixel = ground_pixel_size_m(crop_gt, osr.SpatialReference(wkt=wkt), 384, 384)
         image = synth.render(crop, pixel, sun[0], sun[1], rng)
-        path = write_tif(out / f"louth_{i}.tif", image, crop_gt, wkt)
+        path = write_geotiff(out / f"louth_{i}.tif", image, crop_gt, wkt)
         scenes.append(Scene(f"louth_{i}", path, image, np.ones(image.shape, bool), pixel, sun,
                             crop, pixel, tile=128))
     return scenes
@@ -348,9 +343,9 @@ def karoo_scenes(_folder: Path, _seed: int) -> list[Scene]:
     image24 = block_mean(image.astype(float), 3)
     sun = estimate_sun(image24, dem, 24.0, valid24 & np.isfinite(dem))
     scene = Scene("karoo", base / "image_qb2_pan_8m.tif", image, valid8, gt[1], sun[:2],
-                  dem, 24.0, factor=3, tile=64)
+                  dem, 24.0, factor=3, tile=64, truth_valid=valid24)
     scene.notes = {"sun": f"estimated from the 24 m DEM (az {sun[0]:.0f}, el {sun[1]:.0f}, "
-                          f"r = {sun[2]:.2f})", "truth_valid": valid24}
+                          f"r = {sun[2]:.2f})"}
     return [scene]
 
 
@@ -365,7 +360,7 @@ def gale_scenes(folder: Path, _seed: int) -> list[Scene]:
     grey = np.round(grey).astype(np.uint8)
     out = folder / "gale"
     out.mkdir(parents=True, exist_ok=True)
-    path = write_tif(out / "gale_grey.tif", grey, ds.GetGeoTransform(), ds.GetProjection())
+    path = write_geotiff(out / "gale_grey.tif", grey, ds.GetGeoTransform(), ds.GetProjection())
     dem, _, dem_gt, _ = read_band(base / "dem_5m.tif")
     sun = estimate_sun(block_mean(grey.astype(float), 8), dem, dem_gt[1])
     scene = Scene("gale", path, grey, np.ones(grey.shape, bool), ds.GetGeoTransform()[1],
@@ -397,8 +392,8 @@ def _shard_scenes(shard: Path, workdir: Path) -> Iterator[Scene]:
     for patch in read_shard(shard):
         meta = patch.meta
         tile = min(256, *patch.height.shape)
-        path = write_tif(workdir / f"{patch.key}.tif", patch.image, tuple(meta["geotransform"]),
-                         meta["crs_wkt"])
+        path = write_geotiff(workdir / f"{patch.key}.tif", patch.image,
+                             tuple(meta["geotransform"]), meta["crs_wkt"])
         # Scenes keep the sun in the image's frame; the label's is from true north.
         sun = ((meta["sun_azimuth_deg"] + meta["north_deg"]) % 360, meta["sun_elevation_deg"])
         rows, cols = patch.image.shape
@@ -446,22 +441,18 @@ def hillshade(height: np.ndarray, pixel_size_m: float) -> np.ndarray:
 def _panels(row: dict, model: str) -> list[tuple[str, np.ndarray, str]]:
     """(title, array, colour map) for one scene, all on the truth grid when there is one."""
     scene: Scene = row["scene"]
-
-    def grid(a: np.ndarray) -> np.ndarray:
-        return block_mean(np.where(scene.valid, a, np.nan), scene.factor)
-
     pixel = scene.truth_pixel_m if scene.truth is not None else scene.pixel_size_m
-    panels = [("input", grid(scene.image.astype(float)), "gray")]
+    panels = [("input", scene.on_truth_grid(scene.image.astype(float)), "gray")]
     if scene.truth is not None:
         panels.append(("truth hillshade", hillshade(scene.truth, pixel), "gray"))
-    panels += [(f"{model} hillshade", hillshade(grid(row[model]), pixel), "gray"),
-               ("SFS hillshade", hillshade(grid(row["sfs"]), pixel), "gray")]
+    panels += [(f"{model} hillshade", hillshade(scene.on_truth_grid(row[model]), pixel), "gray"),
+               ("SFS hillshade", hillshade(scene.on_truth_grid(row["sfs"]), pixel), "gray")]
     heights = [("truth (m)", scene.truth)] if scene.truth is not None else []
-    heights.append((f"{model} (m)", grid(row[model])))
+    heights.append((f"{model} (m)", scene.on_truth_grid(row[model])))
     for title, h in heights:
         panels.append((title, h - np.nanmean(h), "terrain"))
     if scene.truth is not None:
-        pred = grid(row[model])
+        pred = scene.on_truth_grid(row[model])
         truth = np.where(np.isfinite(pred), scene.truth, np.nan)  # both means over one area
         panels.append(("error (m)", (pred - np.nanmean(pred)) - (truth - np.nanmean(truth)),
                        "RdBu_r"))
@@ -607,17 +598,16 @@ def baseline(name: str, scene: Scene) -> np.ndarray:
 
 def score(scene: Scene, heights: np.ndarray) -> dict[str, float]:
     """Metrics on the truth grid, or re-shading consistency where there is no truth."""
+    if scene.truth is not None:
+        return score_on_truth_grid(scene, scene.on_truth_grid(heights))
     heights = np.where(scene.valid, heights, np.nan)
-    if scene.truth is None:
-        return {"reshade_r": reshading_correlation(scene.image, heights, scene.pixel_size_m,
-                                                   *scene.sun, scene.valid),
-                "mean_slope_deg": float(np.nanmean(slope_deg(heights, scene.pixel_size_m)))}
-    return score_on_truth_grid(scene, block_mean(heights, scene.factor))
+    return {"reshade_r": reshading_correlation(scene.image, heights, scene.pixel_size_m,
+                                               *scene.sun, scene.valid),
+            "mean_slope_deg": float(np.nanmean(slope_deg(heights, scene.pixel_size_m)))}
 
 
 def score_on_truth_grid(scene: Scene, pred: np.ndarray) -> dict[str, float]:
-    valid = scene.notes.get("truth_valid", np.isfinite(pred))
-    rows = scene_metrics(pred, scene.truth, scene.truth_pixel_m, scene.tile, valid)
+    rows = scene_metrics(pred, scene.truth, scene.truth_pixel_m, scene.tile, scene.scored())
     return {"tiles": len(rows), **{k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}} \
         if rows else {"tiles": 0}
 
@@ -625,8 +615,7 @@ def score_on_truth_grid(scene: Scene, pred: np.ndarray) -> dict[str, float]:
 def truth_without_scene_tilt(scene: Scene) -> np.ndarray:
     """The truth less its best-fit plane over the whole scene: what a method that is right
     about everything but the scene's tilt, which the image does not show, would return."""
-    valid = np.isfinite(scene.truth) & scene.notes.get("truth_valid", True)
-    return scene.truth - _plane(scene.truth, valid)
+    return scene.truth - _plane(scene.truth, scene.scored())
 
 
 def with_true_scene_tilt(heights: np.ndarray, scene: Scene) -> np.ndarray:
@@ -636,9 +625,8 @@ def with_true_scene_tilt(heights: np.ndarray, scene: Scene) -> np.ndarray:
     alike, so in an image scaled by its own mean it looks, to first order, like a brighter or
     darker surface; this row shows what each method gets right apart from it.
     """
-    truth_valid = np.isfinite(scene.truth) & scene.notes.get("truth_valid", True)
-    pred = block_mean(np.where(scene.valid, heights, np.nan), scene.factor)
-    fitted = truth_valid & np.isfinite(pred)
+    pred = scene.on_truth_grid(heights)
+    fitted = scene.scored() & np.isfinite(pred)
     a, b, c = plane_fit(scene.truth, fitted) - plane_fit(pred, fitted)
     # Image pixel (row, col) lies at ((row, col) - (factor - 1) / 2) / factor on the truth grid.
     rows, cols = (np.indices(heights.shape) - (scene.factor - 1) / 2) / scene.factor
@@ -793,8 +781,7 @@ def measure_speed(model: Path, workdir: Path, side: int = 2048) -> dict[str, flo
     rng = np.random.default_rng(0)
     dem = synth.synthetic_dem(rng, side)
     image = synth.render(dem, 1.0, 270.0, 30.0, rng)
-    path = write_tif(workdir / "speed.tif", image, (0, 1.0, 0, 0, 0, -1.0),
-                     synth.MARS_EQUIRECTANGULAR_WKT)
+    path = write_geotiff(workdir / "speed.tif", image, (0, 1.0, 0, 0, 0, -1.0))
     scene = Scene("speed", path, image, np.ones(image.shape, bool), 1.0, (270.0, 30.0))
     seconds = min(predict(model, scene, workdir)[1] for _ in range(2))
     return {"megapixels": side * side / 1e6, "seconds": seconds,

@@ -14,6 +14,7 @@ the one bundled.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -65,7 +66,7 @@ def load_recipe(path: str | Path) -> dict:
     return recipe
 
 
-def stage_data(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
+def stage_data(recipe: dict, work: Path) -> None:
     """Render the fixed training and validation pools into shards."""
     pool, seed = recipe["pool"], recipe["seed"]
     sun = SunRange(recipe["train"].get("canonical_azimuth", 270.0),
@@ -151,7 +152,7 @@ def _train_args(recipe: dict, work: Path, name: str, extra: dict) -> list[str]:
     return ["--config", str(config)] + (["--resume", str(last)] if last.exists() else [])
 
 
-def stage_train(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
+def stage_train(recipe: dict, work: Path) -> None:
     """Main run (no GAN), its fine-tune if any, then the GAN ablation, stopped early."""
     from training.train import main as train
 
@@ -229,7 +230,7 @@ def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
     print(f"bundled model: {bundle}")
 
 
-def stage_evaluate(recipe: dict, work: Path, _bundle: Path = BUNDLED) -> None:
+def stage_evaluate(recipe: dict, work: Path) -> None:
     from training.evaluate import main as evaluate
 
     args = [arg for name in _exported(recipe)
@@ -270,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     work = Path(args.work or recipe["work"])
-    functions = {"data": stage_data, "train": stage_train, "export": stage_export,
+    functions = {"data": stage_data, "train": stage_train,
+                 "export": functools.partial(stage_export, bundle=Path(args.bundle)),
                  "evaluate": stage_evaluate}
     for stage in stages:
         started = time.monotonic()
         print(f"== {stage}", flush=True)
         try:
-            functions[stage](recipe, work, Path(args.bundle))
+            functions[stage](recipe, work)
         except (RuntimeError, OSError) as exc:
             print(f"error: the {stage} stage stopped: {exc}", file=sys.stderr)
             return 1

@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from urllib.parse import unquote, urlsplit
-
-RESOLUTION_M = {"A": 0.25, "B": 0.5, "C": 1.0}
 
 _OBS = r"(PSP|ESP)_(\d{6})_(\d{4})"
 _PAIR_RE = re.compile(rf"^{_OBS}_{_OBS}$")
@@ -85,10 +81,6 @@ class Ortho:
     @property
     def product_id(self) -> str:
         return self.name.rsplit(".", 1)[0]
-
-    @property
-    def resolution_m(self) -> float:
-        return RESOLUTION_M[self.scale]
 
 
 def _observation(phase: str, orbit: str, target: str) -> Observation:
@@ -176,33 +168,3 @@ def select_products(pair: Pair, names: list[str], scale: str = "C",
     if not labels:
         return None, f"no label {ortho.product_id}.LBL listed"
     return Selection(pair, dtm, ortho, labels[0]), ""
-
-
-def url_file_name(url: str) -> str:
-    return unquote(PurePosixPath(urlsplit(url).path).name)
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    pair: Pair
-    ortho: Ortho
-    dtm: Dtm
-
-    @property
-    def ortho_role(self) -> str:
-        """"first" or "second" observation of the pair, or "extra": another observation of
-        the site orthorectified on the same DTM."""
-        roles = dict(zip(self.pair.observations, ("first", "second")))
-        return roles.get(self.ortho.observation, "extra")
-
-
-def parse_manifest_row(name: str, image_url: str, model_url: str) -> ManifestRow:
-    """One row ``name,image,model`` of a list of pair URLs; ValueError when it does not parse."""
-    pair = parse_pair(name)
-    ortho = parse_ortho(url_file_name(image_url))
-    dtm = parse_dtm(url_file_name(model_url))
-    if pair is None or ortho is None or dtm is None:
-        raise ValueError(f"row {name!r} does not name a pair, an orthoimage and a DTM")
-    if not dtm_matches_pair(dtm, pair):
-        raise ValueError(f"row {name!r} names the DTM of another pair")
-    return ManifestRow(pair, ortho, dtm)

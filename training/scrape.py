@@ -3,9 +3,10 @@
     python -m training.scrape --out DIR [--base-url URL] [--limit N] [--workers N]
                               [--resolution C|A]
 
-Walks the Apache listings ``<base>/{PSP,ESP}/ORB_xxxxxx_xxxxxx/<pair>/``, picks each pair's DTM,
-the RED orthoimage of its first observation and that ortho's label by parsing product ids, and
-mirrors them under ``--out`` with the same relative layout. Every pair folder gets a
+Walks the Apache listings ``<base>/{PSP,ESP}/ORB_xxxxxx_xxxxxx/<pair>/``, picks each pair's DTM
+(its latest version), a RED orthoimage of one of its observations (one made on that DTM version
+first, the first observation's before the second's) and that ortho's label by parsing product
+ids, and mirrors them under ``--out`` with the same relative layout. Every pair folder gets a
 ``pair.json`` and ``--out`` a ``manifest.json`` listing them all; only files marked
 ``complete`` there, with the recorded size, are for the patch builder. See docs/data.md.
 """
@@ -26,7 +27,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -346,7 +347,7 @@ class Scraper:
             if dest.stat().st_size == size:
                 return "skipped"
             dest.unlink()  # only complete files get this name: the remote one has changed
-        folder_ready(dest.parent)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, leave=False,
                   disable=not self.options.progress) as bar:
             self.http.retrying(lambda: self._resume(url, part, size, bar))
@@ -423,13 +424,9 @@ def pair_outcome(record: dict) -> str:
     return "skipped" if all(f["action"] == "skipped" for f in record["files"]) else "fetched"
 
 
-def folder_ready(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-
-
 def write_json(path: Path, data: object) -> None:
     """Write under a temporary name and rename, so a reader never sees half a manifest."""
-    folder_ready(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".part")
     temp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     os.replace(temp, path)
@@ -467,10 +464,7 @@ def scrape(options: Options) -> Summary:
     write_json(options.out / "manifest.json", {
         "base_url": scraper.base_url, "user_agent": USER_AGENT, "scale": options.scale,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "summary": {"found": summary.found, "fetched": summary.fetched,
-                    "skipped": summary.skipped, "failed": summary.failed,
-                    "unusable": summary.unusable,
-                    "refused": summary.refused, "unlisted": summary.unlisted},
+        "summary": asdict(summary),
         "pairs": records,
     })
     return summary

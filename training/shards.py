@@ -1,4 +1,4 @@
-"""Training patches in WebDataset tar shards, readable sequentially from disk or object storage.
+"""Training patches in WebDataset tar shards, written and read sequentially.
 
 One sample is three tar members sharing a key:
 ``<key>.image.npy`` (H x W, uint8 or float32), ``<key>.height.npy`` (H x W float32, metres,
@@ -35,7 +35,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 class ShardWriter:
-    """Writes patches into ``<pattern % index>`` tar files of at most ``max_count`` samples.
+    """Writes patches into ``<prefix>-<n:06d>.tar`` files of at most ``max_count`` samples.
 
     A shard is written under a temporary name and renamed when closed, so a reader never
     sees a half-written shard.
@@ -69,22 +69,19 @@ class ShardWriter:
         self._count += 1
 
     def _open_next(self) -> None:
-        self._finish()
+        self.close()
         path = self.directory / f"{self.prefix}-{len(self.paths):06d}.tar"
         self.paths.append(path)
-        # Stays open across write() calls; _finish() closes it.
+        # Stays open across write() calls; close() closes it.
         self._tar = tarfile.open(path.with_suffix(".tar.part"), "w")  # noqa: SIM115
         self._count = 0
 
-    def _finish(self) -> None:
+    def close(self) -> None:
         if self._tar is not None:
             self._tar.close()
             final = self.paths[-1]
             os.replace(final.with_suffix(".tar.part"), final)
             self._tar = None
-
-    def close(self) -> None:
-        self._finish()
 
     def abort(self) -> None:
         """Drop the shard being written: only complete shards stay behind a failed run."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from training.products import parse_pair
-from training.scrape import read_manifest
+from training.scrape import read_manifest, write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -132,9 +132,7 @@ def write_splits(splits: dict[str, list[str]], out: Path, seed: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         (out.parent / f"{name}.txt").write_text("".join(f"{p}\n" for p in splits[name]))
-    temp = out.with_name(out.name + ".part")
-    temp.write_text(json.dumps({"seed": seed, **splits}, indent=1) + "\n")
-    temp.replace(out)
+    write_json(out, {"seed": seed, **splits})
 
 
 def load_splits(path: Path) -> dict[str, str]:

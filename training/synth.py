@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from training.labels import MISSING_CONSTANT
 from training.shards import Patch, ShardWriter
-from training.synth_render import cast_shadows, cos_incidence, jpeg_artefacts, render
+from training.synth_render import cast_shadows, cos_incidence, render
 from training.synth_terrain import Recipe, build_terrain, random_recipe
 
 __all__ = [
-    "MARS_EQUIRECTANGULAR_WKT", "MARS_RADIUS_M", "Recipe", "cast_shadows", "cos_incidence",
-    "demo_scene", "jpeg_artefacts", "make_patch", "render", "synthetic_dem",
+    "MARS_EQUIRECTANGULAR_WKT", "Recipe", "cast_shadows", "cos_incidence", "demo_scene",
+    "make_patch", "render", "synthetic_dem",
 ]
 
-MARS_RADIUS_M = 3396190.0  # IAU 2000 Mars sphere
 MARS_EQUIRECTANGULAR_WKT = (
     'PROJCS["Mars2000 Equirectangular",'
     'GEOGCS["GCS_Mars_2000_Sphere",'
@@ -37,7 +37,6 @@ MARS_EQUIRECTANGULAR_WKT = (
     'PARAMETER["central_meridian",0],PARAMETER["false_easting",0],'
     'PARAMETER["false_northing",0],UNIT["metre",1]]'
 )
-HIRISE_MISSING = -3.4028226550889045e38  # HiRISE DTM MISSING_CONSTANT, a number not NaN
 SUN_ELEVATION_RANGE = (10.0, 60.0)  # HiRISE incidence angles are mostly 30-80 deg
 DEMO_SHAPE = (1024, 1536)
 DEMO_DATUM_M = -2500.0  # a plausible height above the Mars areoid for the demo truth
@@ -83,8 +82,10 @@ def make_patch(seed: int, index: int, size: int = 256, pixel_size_m: float = 1.0
     return Patch(f"synth-{seed}-{index:07d}", image, height, meta), dem
 
 
-def _write_geotiff(path: Path, array: np.ndarray, geotransform: Sequence[float],
-                   metadata: dict | None = None, nodata: float | None = None) -> None:
+def write_geotiff(path: Path, array: np.ndarray, geotransform: Sequence[float],
+                  wkt: str = MARS_EQUIRECTANGULAR_WKT, metadata: dict | None = None,
+                  nodata: float | None = None) -> Path:
+    """A one-band GeoTIFF: Byte for uint8 arrays, else Float32."""
     from osgeo import gdal
 
     kind = gdal.GDT_Byte if array.dtype == np.uint8 else gdal.GDT_Float32
@@ -92,15 +93,15 @@ def _write_geotiff(path: Path, array: np.ndarray, geotransform: Sequence[float],
     ds = driver.Create(str(path), array.shape[1], array.shape[0], 1, kind,
                        options=["COMPRESS=DEFLATE", "TILED=YES"])
     ds.SetGeoTransform(list(geotransform))
-    ds.SetProjection(MARS_EQUIRECTANGULAR_WKT)
+    ds.SetProjection(wkt)
     if metadata:
         ds.SetMetadata({k: str(v) for k, v in metadata.items()})
     band = ds.GetRasterBand(1)
     if nodata is not None:
         band.SetNoDataValue(nodata)
     band.WriteArray(array)
-    ds.FlushCache()
     ds = None
+    return path
 
 
 def _patch_geotransform(index: int, size: int, pixel_size_m: float) -> tuple[float, ...]:
@@ -118,8 +119,9 @@ def write_geotiff_pair(directory: Path, patch: Patch, dem: np.ndarray, index: in
     gt = _patch_geotransform(index, size, pixel)
     sun = {"SUN_AZIMUTH": f"{meta['sun_azimuth_deg']:.3f}",
            "SUN_ELEVATION": f"{meta['sun_elevation_deg']:.3f}"}
-    _write_geotiff(directory / f"{patch.key}_image.tif", patch.image, gt, sun)
-    _write_geotiff(directory / f"{patch.key}_dem.tif", dem.astype(np.float32), gt, sun)
+    write_geotiff(directory / f"{patch.key}_image.tif", patch.image, gt, metadata=sun)
+    write_geotiff(directory / f"{patch.key}_dem.tif", dem.astype(np.float32), gt,
+                  metadata=sun)
 
 
 def write_dataset(out: Path, count: int, seed: int = 0, size: int = 256,
@@ -161,13 +163,13 @@ def demo_scene(path: str | Path, seed: int = 7) -> tuple[Path, Path]:
     corner = rows + cols < 24  # a few unimaged pixels at the north-west corner
     image[corner] = 0
     truth = dem + np.float32(DEMO_DATUM_M)
-    truth[corner] = HIRISE_MISSING
+    truth[corner] = MISSING_CONSTANT
     width = DEMO_SHAPE[1]
     gt = (-width / 2.0, 1.0, 0.0, DEMO_SHAPE[0] / 2.0, 0.0, -1.0)  # centred on 0 N, 0 E
     sun = {"SUN_AZIMUTH": f"{az:.1f}", "SUN_ELEVATION": f"{el:.1f}"}
-    _write_geotiff(path, image, gt, sun, nodata=0)
+    write_geotiff(path, image, gt, metadata=sun, nodata=0)
     truth_path = path.with_name(f"{path.stem}_truth.tif")
-    _write_geotiff(truth_path, truth, gt, sun, nodata=HIRISE_MISSING)
+    write_geotiff(truth_path, truth, gt, metadata=sun, nodata=MISSING_CONSTANT)
     return path, truth_path
 
 

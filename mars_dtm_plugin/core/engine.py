@@ -523,10 +523,12 @@ class _Run:
         }
 
     def setup_messages(self) -> list[str]:
-        """What the run is about to do: model, provider, tiles, pixel size and sun; and what
+        """What the run is about to do: model, provider, tiles, pixel size and sun; then what
         the user should check (``Caution``)."""
-        generator, georef, elevation = self.generator, self.raster.georef, self.sun_elevation
-        bands = self.raster.bands
+        return self._plan() + self._cautions()
+
+    def _plan(self) -> list[str]:
+        generator, georef, bands = self.generator, self.raster.georef, self.raster.bands
         said = [f"Input: {self.raster.width} x {self.raster.height} px, "
                 + ("luminance of the red, green and blue bands" if len(bands) > 1
                    else f"band {bands[0].GetBand()}")
@@ -540,34 +542,40 @@ class _Run:
         said.append(f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
                     f"({self.rotation.footprint} px footprint), scene rotated by "
                     f"{self.rotation.degrees:.1f} degrees")
+        said.append(f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
+                    + ("not used" if self.sun_azimuth is None
+                       else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"))
+        if self.sun_elevation is not None:
+            said.append(f"Sun elevation: {self.sun_elevation:.1f} degrees")
+        return said
+
+    def _cautions(self) -> list[Caution]:
+        aspect = self.raster.georef.aspect
+        ratio_scaled = self.contract.input_scaling == "mean_ratio"
+        said = []
         if self.zero_rim > 0.5:
             said.append(Caution(
                 f"{self.zero_rim:.0%} of the image's outermost pixels are 0 and it has no "
                 "nodata value: a black collar is read as black ground; set its nodata "
                 "(gdal_edit.py -a_nodata 0) if it is one"))
-        if abs(math.log(georef.aspect)) > math.log(1.05):
+        if abs(math.log(aspect)) > math.log(1.05):
             said.append(Caution(
-                f"Pixels are {georef.aspect:.2f} times as wide as tall on the ground, which the "
+                f"Pixels are {aspect:.2f} times as wide as tall on the ground, which the "
                 "model takes as square: warp the image to a grid with square pixels there "
                 "(gdalwarp -t_srs, e.g. UTM, or equirectangular true at the scene's latitude) "
                 "for slopes and heights at the right scale"))
-        said.append(f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
-                    + ("not used" if self.sun_azimuth is None
-                       else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"))
-        if elevation is not None:
-            said.append(f"Sun elevation: {elevation:.1f} degrees")
         if (self.sun_source not in ("user", "not needed")
                 and self._product_sun.azimuth_spread > SUN_SPREAD_DEG):
             said.append(Caution(
                 f"The product's {self.sun_source} gives the sun of several images up to "
                 f"{self._product_sun.azimuth_spread:.0f} degrees of azimuth from their mean, "
                 "which is used; give the sun of the image run here"))
-        if self.contract.input_scaling == "mean_ratio" and self.contrast < LOW_CONTRAST:
+        if ratio_scaled and self.contrast < LOW_CONTRAST:
             said.append(Caution(
                 f"The image's brightness varies by only {self.contrast:.1%} of its mean "
                 "(standard deviation): there is little shading to read relief from, and the "
                 "DTM will show more of the model's own bias than of the ground"))
-        if elevation is None and self.contract.input_scaling == "mean_ratio":
+        if self.sun_elevation is None and ratio_scaled:
             said.append(Caution(f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees "
                                 "assumed; give it for heights at the right scale"))
         return said

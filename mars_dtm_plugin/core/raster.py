@@ -157,9 +157,7 @@ class InputRaster:
         """Whether every valid pixel holds the same value: a full-resolution scan that stops at
         the first that differs (a decimated sample can miss fine texture)."""
         first = None
-        for y0 in range(0, self.height, 256):
-            values, valid = self._read_inside(0, y0, self.width, min(256, self.height - y0))
-            found = values[valid]
+        for found in self._valid_strips():
             if found.size:
                 first = found[0] if first is None else first
                 if (found != first).any():
@@ -168,11 +166,13 @@ class InputRaster:
 
     def _scan_valid(self) -> np.ndarray:
         """Full-resolution scan for scenes whose valid pixels the decimated read missed."""
-        found, rows = [], 256
+        return np.concatenate([found[::64] for found in self._valid_strips()])
+
+    def _valid_strips(self, rows: int = 256) -> Iterator[np.ndarray]:
+        """The valid pixels of each strip of ``rows`` rows, top to bottom, at full resolution."""
         for y0 in range(0, self.height, rows):
             values, valid = self._read_inside(0, y0, self.width, min(rows, self.height - y0))
-            found.append(values[valid][::64])
-        return np.concatenate(found)
+            yield values[valid]
 
     def files_read(self) -> list[str]:
         """Every file the raster is read from: a VRT's sources, theirs in turn, a label's image."""

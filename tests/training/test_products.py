@@ -2,14 +2,16 @@
 
 import csv
 import random
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from tests.conftest import SHARED_DATA
 from training.products import (
     Observation,
+    dtm_matches_pair,
     parse_dtm,
-    parse_manifest_row,
     parse_ortho,
     parse_pair,
     select_products,
@@ -44,8 +46,8 @@ def test_ids_parse_into_their_parts() -> None:
     assert (dtm.projection, dtm.producer, dtm.version) == ("P", "U", 2)
     assert dtm.keys == ((5683, "1640"), (11458, "1640"))
     ortho = parse_ortho("PSP_005683_1640_RED_A_01_ORTHO.LBL")
-    assert (str(ortho.observation), ortho.scale, ortho.resolution_m, ortho.extension) == (
-        "PSP_005683_1640", "A", 0.25, "LBL")
+    assert (str(ortho.observation), ortho.scale, ortho.extension) == (
+        "PSP_005683_1640", "A", "LBL")
     for bad in ("ESP_01138_2185_ESP_011661_2185", "DTEEC_011384_2185_A01.IMG",
                 "ESP_011384_2185_RED_D_01_ORTHO.JP2", "../ESP_011384_2185_RED_C_01_ORTHO.JP2"):
         assert parse_pair(bad) is None and parse_dtm(bad) is None and parse_ortho(bad) is None
@@ -82,32 +84,32 @@ def test_missing_products_give_a_reason() -> None:
     assert select_products(pair, LISTING, "B")[1].startswith("no RED_B orthoimage")
 
 
+def _url_name(url: str) -> str:
+    return unquote(PurePosixPath(urlsplit(url).path).name)
+
+
 def test_every_row_of_the_real_manifest_parses() -> None:
     path = SHARED_DATA / "uahirise_dtm_manifest.csv"
     if not path.is_file():
         pytest.skip(f"{path.name} is not beside the project (shared data absent)")
     with path.open(newline="") as handle:
-        rows = [parse_manifest_row(r["name"], r["image"], r["model"])
-                for r in csv.DictReader(handle)]
+        rows = [(parse_pair(r["name"]), parse_ortho(_url_name(r["image"])),
+                 parse_dtm(_url_name(r["model"]))) for r in csv.DictReader(handle)]
     assert len(rows) == 477
-    assert len({str(row.pair) for row in rows}) == 477
-    assert all(row.ortho.scale == "C" and row.ortho.extension == "JP2" for row in rows)
+    assert all(None not in row for row in rows)
+    assert len({str(pair) for pair, _, _ in rows}) == 477
+    assert all(dtm_matches_pair(dtm, pair) for pair, _, dtm in rows)
+    assert all(ortho.scale == "C" and ortho.extension == "JP2" for _, ortho, _ in rows)
     # The list came from a scraper that took the first ortho link by name: often the pair's
     # second observation, and in 58 rows a third one of the site, not of the pair at all.
-    roles = [row.ortho_role for row in rows]
+    roles = [dict(zip(pair.observations, ("first", "second"))).get(ortho.observation, "extra")
+             for pair, ortho, _ in rows]
     assert (roles.count("first"), roles.count("second"), roles.count("extra")) == (237, 182, 58)
-    assert {row.dtm.projection for row in rows} == {"E", "P"}
-    assert sum(row.pair.second.phase == "PSP" for row in rows) == 19
+    assert {dtm.projection for _, _, dtm in rows} == {"E", "P"}
+    assert sum(pair.second.phase == "PSP" for pair, _, _ in rows) == 19
 
 
 def test_second_observation_when_the_first_has_no_ortho() -> None:
     names = [n for n in LISTING if not n.startswith("ESP_011384")]
     selection, _ = select_products(parse_pair(PAIR), names, "C")
     assert selection.ortho.name == "ESP_011661_2185_RED_C_01_ORTHO.JP2"
-
-
-def test_a_row_with_another_pairs_dtm_is_rejected() -> None:
-    base = "https://www.uahirise.org/PDS/DTM/ESP/ORB_011300_011399/" + PAIR + "/"
-    with pytest.raises(ValueError, match="another pair"):
-        parse_manifest_row(PAIR, base + "ESP_011384_2185_RED_C_01_ORTHO.JP2",
-                           base + "DTEEC_011384_2185_099999_2185_A01.IMG")

@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from mars_dtm_plugin.core.contract import parse_contract
 from training import synth
-from training.evaluate import read_band, write_tif
+from training.evaluate import read_band
+from training.synth import write_geotiff
 
 BUNDLED = Path(__file__).resolve().parents[2] / "mars_dtm_plugin" / "models" / \
     "mars_dtm_generator.onnx"
@@ -31,8 +32,7 @@ def test_bundled_model_runs_through_the_engine(tmp_path):
     rng = np.random.default_rng(5)
     dem = synth.synthetic_dem(rng, 320)[:300, :280]
     image = synth.render(dem, 2.0, 120.0, 30.0, rng)
-    source = write_tif(tmp_path / "scene.tif", image, (0, 2.0, 0, 0, 0, -2.0),
-                       synth.MARS_EQUIRECTANGULAR_WKT)
+    source = write_geotiff(tmp_path / "scene.tif", image, (0, 2.0, 0, 0, 0, -2.0))
     options = PredictOptions(model_path=str(BUNDLED), sun_azimuth=120.0, sun_elevation=30.0,
                              provider="cpu", threads=2)
     predict_dtm(str(source), str(tmp_path / "dtm.tif"), options)
@@ -67,8 +67,8 @@ def test_the_engine_gets_the_sun_from_true_north_in_a_polar_scene(tmp_path):
     srs = osr.SpatialReference()
     srs.ImportFromProj4("+proj=stere +lat_0=90 +lon_0=0 +R=3396190 +units=m")
     # At 104 E, 70 N, true north points some 100 degrees from image up.
-    path = write_tif(tmp_path / "polar.tif", image, (1143260.0, 1.0, 0.0, 280000.0, 0.0, -1.0),
-                     srs.ExportToWkt())
+    path = write_geotiff(tmp_path / "polar.tif", image,
+                         (1143260.0, 1.0, 0.0, 280000.0, 0.0, -1.0), srs.ExportToWkt())
     scene = Scene("polar", path, image, np.ones(image.shape, bool), 1.0, sun, truth, 1.0)
     pred, _ = predict(BUNDLED, scene, tmp_path)
     assert np.corrcoef(pred.ravel(), truth.ravel())[0, 1] > 0.6

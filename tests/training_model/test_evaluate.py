@@ -533,7 +533,7 @@ def test_the_real_truth_lies_on_its_image(tmp_path, name):
         pytest.skip(f"the shared {name} pair is absent ({set_source(name)})")
     scene = scenes[0]
     image = block_mean(scene.image.astype(float), scene.factor)
-    valid = scene.notes.get("truth_valid", np.ones(scene.truth.shape, bool))
+    valid = np.ones(scene.truth.shape, bool) if scene.truth_valid is None else scene.truth_valid
 
     def fit(truth: np.ndarray) -> float:
         return estimate_sun(image, truth, scene.truth_pixel_m, valid & np.isfinite(truth))[2]

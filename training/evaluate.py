@@ -726,12 +726,8 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                     rng = np.random.default_rng([seed, index])
                     noise = rng.normal(0.0, roughness_px * scene.pixel_size_m, row[first].shape)
                     by_method.setdefault(control, []).append(score(scene, row[first] + noise))
-                for name in tilted if scene.truth is not None else []:
-                    swapped = with_true_scene_tilt(row[name], scene)
-                    by_method.setdefault(f"{name}{TILT_SUFFIX}", []).append(score(scene, swapped))
-                if tilt_control and scene.truth is not None:
-                    by_method.setdefault(DETILTED_TRUTH, []).append(
-                        score_on_truth_grid(scene, truth_without_scene_tilt(scene)))
+                for name, scores in _tilt_controls(scene, row, tilted):
+                    by_method.setdefault(name, []).append(scores)
                 if index < FIGURE_SCENES:
                     figure_rows.append(row)
                 notes.append(scene.notes)
@@ -752,6 +748,16 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
         if speed and results["sets"]:
             results["speed"] = measure_speed(models[first], Path(tmp))
     return results
+
+
+def _tilt_controls(scene: Scene, row: dict[str, np.ndarray],
+                   tilted: list[str]) -> Iterator[tuple[str, dict]]:
+    """Scores of the ``tilted`` methods with the true scene tilt, and of the truth without it."""
+    if scene.truth is None or not tilted:
+        return
+    for name in tilted:
+        yield f"{name}{TILT_SUFFIX}", score(scene, with_true_scene_tilt(row[name], scene))
+    yield DETILTED_TRUTH, score_on_truth_grid(scene, truth_without_scene_tilt(scene))
 
 
 def _methods(scene: Scene, models: dict[str, Path],

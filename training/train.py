@@ -225,7 +225,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     _check_options(parser, flags, "the command line")
     given.update(flags)
-    values = _resumed_options(parser, given) if given.get("resume") else given
+    if given.get("resume"):
+        values = _resumed_options(parser, given)
+    else:  # saved as absolute paths, so that the run resumes from any folder
+        values = {k: _absolute(v) if k in PATH_OPTIONS else v for k, v in given.items()}
     cfg = TrainConfig(**values)
     if problem := _out_of_range(cfg):
         parser.error(problem)
@@ -252,8 +255,14 @@ def _check_options(parser: argparse.ArgumentParser, values: dict, source: str) -
 
 def _out_of_range(cfg: TrainConfig) -> str:
     """The first option whose value cannot work, in one sentence; '' when all can."""
+    for name, value in dataclasses.asdict(cfg).items():
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            return f"--{name.replace('_', '-')} must be a finite number, not {value}"
     for name, low in AT_LEAST.items():
         value = getattr(cfg, name)
+        if value == []:
+            return f"--{name.replace('_', '-')} needs at least one value"
         if min(value) < low if isinstance(value, list) else value < low:
             return f"--{name.replace('_', '-')} must be at least {low}, not {value}"
     for name in POSITIVE:
@@ -269,8 +278,6 @@ def _out_of_range(cfg: TrainConfig) -> str:
     if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:
         return (f"--percentiles must be two percentiles, low then high, between 0 and 100, "
                 f"not {cfg.percentiles}")
-    if math.isnan(cfg.prior_gain):
-        return "--prior-gain must be a number (below 0: learned), not nan"
     if cfg.prior_gain >= 0 and not cfg.shading_prior:
         return f"--prior-gain {cfg.prior_gain} needs --shading-prior true: it weighs that prior"
     if cfg.distribution_window and cfg.patch_size % cfg.distribution_window:
@@ -312,6 +319,14 @@ def _resumed_options(parser: argparse.ArgumentParser, given: dict) -> dict:
                      f"{_flags(RESUMABLE)}); start a new run with --init-from {checkpoint} to "
                      "train its weights differently")
     return {**saved, **given}
+
+
+def _absolute(path: str) -> str:
+    """A path option made absolute; '' and 'synthetic' as they are, 'dem:' kept in front."""
+    if not path or path == "synthetic":
+        return path
+    prefix = "dem:" if path.startswith("dem:") else ""
+    return prefix + str(Path(path.removeprefix(prefix)).resolve())
 
 
 def _flags(names: Iterable[str]) -> str:
@@ -408,6 +423,10 @@ class NoTrainingData(ValueError):
     """The training data yields no full batch."""
 
 
+class Diverged(RuntimeError):
+    """The loss became infinite or not a number; the checkpoint before it is kept."""
+
+
 class Trainer:
     """Generator (+ optional discriminator) training on one rank."""
 
@@ -445,6 +464,8 @@ class Trainer:
         self.dataset = make_dataset(cfg.data, cfg)
         self.val = make_dataset(cfg.val_data, cfg, validation=True) if cfg.val_data else None
         self.out = Path(cfg.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a folder for the run")
         # Only the run's own last.pt goes on in its folder: an older step_N.pt would write over it.
         own_folder = cfg.resume and Path(cfg.resume).resolve() == (self.out / "last.pt").resolve()
         if (self.out / "last.pt").exists() and not own_folder:
@@ -590,8 +611,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             torch.save(self.state(), path.with_suffix(".tmp"))
             os.replace(path.with_suffix(".tmp"), path)
-            (self.out / "config.json").write_text(
-                json.dumps(dataclasses.asdict(self.cfg), indent=2) + "\n")
+            # Without "resume": the file given as --config starts a new run from these options.
+            options = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "resume"}
+            (self.out / "config.json").write_text(json.dumps(options, indent=2) + "\n")
         return path
 
     def load(self, path: str) -> None:
@@ -623,6 +645,15 @@ class Trainer:
             late = bool(flag.item())
         return late
 
+    def diverged(self, logs: dict[str, float]) -> bool:
+        """Whether the loss is no longer a number on any rank (all ranks stop together)."""
+        bad = not math.isfinite(logs["total"])
+        if self.world > 1:
+            flag = torch.tensor([float(bad)], device=self.device)
+            dist.all_reduce(flag)
+            bad = flag.item() > 0
+        return bad
+
     def fit(self) -> dict[str, float]:
         cfg, started = self.cfg, time.monotonic()
         batches = self.batches()
@@ -640,6 +671,9 @@ class Trainer:
                   "(--steps, --stop-at); raise them to go on", file=sys.stderr)
         while self.step < last:
             logs = self.train_step(*next(batches))
+            if self.diverged(logs):
+                raise Diverged(f"the loss is {logs['total']} at step {self.step}: training "
+                               "diverged (lower --lr, or check the data)")
             bar.update(1)
             bar.set_postfix(loss=f"{logs['total']:.3f}", l1=f"{logs['l1']:.3f}")
             if writer and self.step % cfg.log_every == 0:
@@ -736,6 +770,14 @@ def _sentence(exc: Exception) -> str:
     return last.removeprefix(prefix)
 
 
+def _kept(trainer: Trainer, advice: str) -> str:
+    """What is left of a stopped run, and how to go on from it."""
+    last = trainer.out / "last.pt"
+    if not last.exists():
+        return "no checkpoint was written"
+    return f"its last checkpoint is kept: {advice} with --resume {last}"
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
@@ -749,12 +791,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except UnreadableShard as exc:  # a damaged shard, met part-way
-        kept = (f"its last checkpoint is kept: replace the shard and continue with --resume "
-                f"{trainer.out / 'last.pt'}" if (trainer.out / "last.pt").exists()
-                else "no checkpoint was written")
-        print(f"error: {_sentence(exc)}; the run stopped at step {trainer.step} ({kept})",
-              file=sys.stderr)
+        print(f"error: {_sentence(exc)}; the run stopped at step {trainer.step} "
+              f"({_kept(trainer, 'replace the shard and continue')})", file=sys.stderr)
         return 1
+    except Diverged as exc:
+        last = trainer.out / "last.pt"
+        kept = f"{last}, from before it, is kept" if last.exists() else "no checkpoint was written"
+        print(f"error: {exc}; {kept}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nerror: interrupted at step {trainer.step}; {_kept(trainer, 'continue')}",
+              file=sys.stderr)
+        return 130
     if trainer.rank == 0:
         print(json.dumps({"step": trainer.step, **{k: round(v, 5) for k, v in logs.items()}}))
     if dist.is_initialized():

@@ -261,9 +261,6 @@ def test_a_prior_gain_without_the_prior_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--shading-prior", "false", "--prior-gain", "0.3"])
     assert "--prior-gain 0.3 needs --shading-prior true" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        parse_args(["--prior-gain", "nan"])
-    assert "--prior-gain must be a number (below 0: learned), not nan" in capsys.readouterr().err
 
 
 def test_ranks_of_a_run_read_disjoint_shares_and_validation_reads_all(pool, tmp_path,
@@ -553,6 +550,9 @@ def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
                                     "into whole windows, not 64"),
     ("--input-scaling", "meanratio",
      "--input-scaling must be one of percentile, mean_ratio, not 'meanratio'"),
+    ("--gradient", "nan", "--gradient must be a finite number, not nan"),
+    ("--prior-gain", "nan", "--prior-gain must be a finite number, not nan"),
+    ("--lr", "inf", "--lr must be a finite number, not inf"),
 ])
 def test_values_that_cannot_work_are_refused_before_training(capsys, flag, value, said):
     with pytest.raises(SystemExit) as exit_info:
@@ -611,3 +611,55 @@ def test_fine_tuning_weights_of_another_architecture_is_one_sentence(pool, tmp_p
     assert f"{tmp_path / 'a' / 'last.pt'} was trained with channels [4, 8, 16], this run has " \
         "[4, 8, 32]" in capsys.readouterr().err
     assert not (tmp_path / "b" / "last.pt").exists()
+
+
+def test_no_channels_in_a_config_file_is_refused(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"channels": []}))
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config)])
+    assert "--channels needs at least one value" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_in_one_sentence_before_saving_at_that_step(pool, tmp_path,
+                                                                         capsys):
+    run = tmp_path / "run"
+    code = _tiny_run(pool, run, "--steps", "40", "--lr", "1e30", "--checkpoint-every", "1")
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "training diverged (lower --lr, or check the data)" in err
+    step = int(err.split(" at step ")[1].split(":")[0])
+    assert step < 40
+    if (run / "last.pt").exists():  # saved every step, but not at the step that diverged
+        state = torch.load(run / "last.pt", weights_only=True)
+        assert state["step"] == step - 1
+        assert all(torch.isfinite(t).all() for t in state["generator"].values())
+
+
+def test_a_saved_config_starts_a_new_run_not_a_resumed_one(pool, tmp_path):
+    run = tmp_path / "run"
+    assert _tiny_run(pool, run, "--steps", "4", "--stop-at", "2") == 0
+    assert main(["--resume", str(run / "last.pt"), "--stop-at", "0"]) == 0
+    assert "resume" not in json.loads((run / "config.json").read_text())
+    fresh = tmp_path / "fresh"
+    assert main(["--config", str(run / "config.json"), "--out", str(fresh), "--steps", "3"]) == 0
+    assert torch.load(fresh / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_a_run_given_relative_paths_resumes_from_another_folder(pool, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _tiny_run(os.path.relpath(pool), "run", "--steps", "4", "--stop-at", "2") == 0
+    assert json.loads((tmp_path / "run/config.json").read_text())["data"] == str(pool.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["--resume", "../run/last.pt", "--stop-at", "0"]) == 0
+    assert torch.load(tmp_path / "run/last.pt", weights_only=True)["step"] == 4
+
+
+def test_an_output_that_is_a_file_is_refused(pool, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("notes")
+    assert _tiny_run(pool, taken, "--steps", "2") == 2
+    assert f"--out {taken} is a file; give a folder for the run" in capsys.readouterr().err
+    assert taken.read_text() == "notes"

@@ -10,6 +10,7 @@ at a shape different from the one traced.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     version = f"0.0.0+{revision}" if args.version is None else args.version.strip()
     if not version:
         parser.error("--version must not be empty")
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        parser.error(f"{args.out} is the checkpoint itself; give the ONNX file another name")
     if Path(args.out).is_dir():
         parser.error(f"{args.out} is a folder; give the ONNX file's name, such as "
                      f"{Path(args.out) / 'model.onnx'}")
@@ -173,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export(model, contract, partial)
         diff = parity(model, partial)
+        if not math.isfinite(diff):
+            print(f"error: the model in {args.checkpoint} gives heights that are not numbers "
+                  "(a run that diverged?); nothing was written", file=sys.stderr)
+            return 1
         if diff > args.tolerance:
             print(f"error: ONNX output differs from PyTorch by {diff:.2e}", file=sys.stderr)
             return 1

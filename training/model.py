@@ -162,13 +162,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not zipfile.is_zipfile(path):
         raise ValueError(f"cannot read the checkpoint {path}: it is no file that torch.save "
                          "wrote")
+    with zipfile.ZipFile(path) as archive:  # torch.load does not check the parts' CRCs
+        if damaged := archive.testzip():
+            raise ValueError(f"cannot read the checkpoint {path}: its part {damaged} is "
+                             "damaged (its checksum does not match)")
     try:
         # Tensors and plain values only: unpickling anything else can run code from the file.
         with torch.serialization.safe_globals(_OLDER_CHECKPOINTS_NUMPY):
             state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(_refusal(path)) from exc
-    except (OSError, RuntimeError, EOFError, KeyError, IndexError, TypeError) as exc:
+    except (OSError, RuntimeError, EOFError, KeyError, IndexError, TypeError,
+            ValueError) as exc:
         raise ValueError(f"cannot read the checkpoint {path}: {exc}") from exc
     if not isinstance(state, dict) or "generator" not in state:
         raise ValueError(f"{path} is not a training checkpoint (no generator weights)")

@@ -1,4 +1,5 @@
 import subprocess
+import zipfile
 
 import numpy as np
 import onnx
@@ -145,3 +146,40 @@ def test_the_code_revision_says_when_the_code_was_edited(tmp_path):
     (tmp_path / "train.py").write_text("steps = 2\n")
     assert code_revision(tmp_path) == f"{commit}-dirty"
     assert code_revision(tmp_path.parent / "nowhere") == "unknown"
+
+
+def test_weights_that_are_not_numbers_are_not_exported(exported, tmp_path, capsys):
+    state = torch.load(exported[1].parent / "last.pt", weights_only=True)
+    first = next(k for k, v in state["generator"].items() if v.is_floating_point())
+    state["generator"][first].fill_(float("nan"))  # as a diverged run leaves them
+    torch.save(state, tmp_path / "nan.pt")
+    (tmp_path / "config.json").write_bytes((exported[1].parent / "config.json").read_bytes())
+    assert export_main([str(tmp_path / "nan.pt"), str(tmp_path / "m.onnx")]) == 1
+    assert "gives heights that are not numbers" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_checkpoint_itself_as_out_is_refused(exported, tmp_path, capsys):
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes((exported[1].parent / "last.pt").read_bytes())
+    kept = checkpoint.read_bytes()
+    with pytest.raises(SystemExit):
+        export_main([str(checkpoint), str(tmp_path / "." / "last.pt")])
+    assert "is the checkpoint itself" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == kept
+
+
+def test_a_checkpoint_with_damaged_bytes_is_refused_by_name(exported, tmp_path, capsys):
+    checkpoint = tmp_path / "last.pt"
+    data = bytearray((exported[1].parent / "last.pt").read_bytes())
+    with zipfile.ZipFile(exported[1].parent / "last.pt") as archive:
+        part = max(archive.infolist(), key=lambda info: info.file_size)
+    # The part's bytes start after its local header: 30 bytes, its name and its extra field.
+    name_length = int.from_bytes(data[part.header_offset + 26:part.header_offset + 28], "little")
+    extra_length = int.from_bytes(data[part.header_offset + 28:part.header_offset + 30], "little")
+    middle = part.header_offset + 30 + name_length + extra_length + part.file_size // 2
+    data[middle:middle + 16] = bytes(16)
+    checkpoint.write_bytes(bytes(data))
+    assert export_main([str(checkpoint), str(tmp_path / "m.onnx")]) == 2
+    assert f"its part {part.filename} is damaged" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

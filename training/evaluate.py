@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MARSDTM_DATA") or ROOT.parent / "shared" / "data")
 HIRISE_ASSUMED_SUN = (270.0, 40.0)
 BASELINES = ("flat", "sfs")
+MADE_HERE = ".made-by-evaluate"  # marks a generated set's folder as the evaluation's own
 TILT_SUFFIX = "+true scene tilt"
 DETILTED_TRUTH = "truth-scene tilt"
 DETAIL_SIGMA_PX = 4.0
@@ -278,15 +279,36 @@ def read_band(path: Path, band: int = 1) -> tuple[np.ndarray, float | None, tupl
     return b.ReadAsArray(), b.GetNoDataValue(), ds.GetGeoTransform(), ds.GetProjection()
 
 
+class ModelFailed(RuntimeError):
+    """The engine refused to run a model on a scene."""
+
+
+def _synthetic_made(out: Path, seed: int, count: int = SYNTHETIC_SCENES) -> bool:
+    # The shard, named by its seed, is closed last: it marks a set complete for that seed.
+    return any(out.glob(f"synth-{seed}-*.tar")) and \
+        len(list(out.glob("geotiff/*_image.tif"))) >= count
+
+
+def check_data_folder(folder: Path, seed: int, sets: list[str]) -> None:
+    """Refuse a ``--data`` whose synthetic set would be made again over files not its own."""
+    out = folder / "synthetic"
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--data {folder} is a file; give a folder for the test inputs")
+    if ("synthetic" in sets and out.is_dir() and any(out.iterdir())
+            and not (out / MADE_HERE).exists() and not _synthetic_made(out, seed)):
+        raise ValueError(f"{out} holds files that no evaluation with --seed {seed} made, and "
+                         "its synthetic scenes would replace them; give --data a folder of "
+                         "its own")
+
+
 def synthetic_scenes(folder: Path, seed: int, count: int = SYNTHETIC_SCENES) -> list[Scene]:
     from training import synth
 
     out = folder / "synthetic"
-    # The shard, named by its seed, is closed last: it marks a set complete for that seed.
-    made = any(out.glob(f"synth-{seed}-*.tar")) and \
-        len(list(out.glob("geotiff/*_image.tif"))) >= count
-    if not made:
-        shutil.rmtree(out, ignore_errors=True)
+    if not _synthetic_made(out, seed, count):
+        shutil.rmtree(out, ignore_errors=True)  # ours (check_data_folder), of another seed
+        out.mkdir(parents=True)
+        (out / MADE_HERE).write_text("made by training.evaluate; replaced for another --seed\n")
         synth.write_dataset(out, count, seed=seed, size=512, sun_azimuth_deg=None, geotiff=True)
     scenes = []
     for image_path in sorted(out.glob("geotiff/*_image.tif"))[:count]:
@@ -573,6 +595,7 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
 def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple[np.ndarray, float]:
     """The engine's DTM for ``scene`` (metres) and its run time in seconds."""
     from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+    from mars_dtm_plugin.core.errors import DtmError
     from mars_dtm_plugin.core.raster import InputRaster
 
     out = workdir / f"{scene.name}_dtm.tif"
@@ -583,7 +606,10 @@ def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple
     options = PredictOptions(model_path=str(model), sun_azimuth=(scene.sun[0] - north) % 360,
                              sun_elevation=scene.sun[1], provider="cpu", threads=threads,
                              pixel_size=None if georef else scene.pixel_size_m)
-    report = predict_dtm(str(scene.image_path), str(out), options)
+    try:
+        report = predict_dtm(str(scene.image_path), str(out), options)
+    except DtmError as exc:  # the whole evaluation stops: a model that fails is not scored
+        raise ModelFailed(f"{model.name} on the scene {scene.name}: {exc}") from exc
     dtm, *_ = read_band(out)
     out.unlink()  # a test split has thousands of scenes
     return dtm.astype(np.float32), report.seconds
@@ -893,6 +919,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown := [s for s in sets if s not in (*TEST_SETS, "pairs")]:
             raise ValueError(f"unknown test set(s) {', '.join(unknown)}")
         _check_test_shards(args.test_shards, "pairs" in sets)
+        check_data_folder(Path(args.data), args.seed, sets)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} is a file; give a folder for the report")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -901,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
                            not args.no_speed, args.roughness_control, args.tilt_control,
                            args.test_shards)
-    except UnreadableShard as exc:  # found part-way: the first patches were checked before
+    except (UnreadableShard, ModelFailed) as exc:  # found part-way
         print(f"error: {exc}; no report was written", file=sys.stderr)
         return 1
     finally:  # a run that writes no report leaves no empty report folder behind

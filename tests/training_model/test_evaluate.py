@@ -13,6 +13,7 @@ from training.evaluate import (
     Scene,
     average,
     block_mean,
+    check_data_folder,
     difference_interval,
     estimate_sun,
     flat,
@@ -314,6 +315,7 @@ def test_the_synthetic_set_follows_the_seed(tmp_path):
 
     first = suns(7)
     assert suns(8) != first  # not the set cached for seed 7
+    check_data_folder(tmp_path, 7, ["synthetic"])  # the set of seed 8 is its own to replace
     assert suns(7) == first  # made again, the same
 
 
@@ -543,3 +545,38 @@ def test_the_real_truth_lies_on_its_image(tmp_path, name):
     moved = [fit(np.roll(scene.truth, 3, axis)) for axis in (0, 1)]
     assert aligned > max(flipped) + 0.1
     assert aligned > max(moved)
+
+
+def test_a_model_the_engine_refuses_on_a_scene_stops_in_one_sentence(tmp_path, capsys):
+    _polar_pairs(tmp_path / "shards", count=1)
+    model = write_test_model(tmp_path / "nan.onnx", "nan")
+    out = tmp_path / "eval"
+    code = main(["--model", str(model), "--data", str(tmp_path / "d"), "--out", str(out),
+                 "--sets", "pairs", "--test-shards", str(tmp_path / "shards"), "--no-speed"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "error: nan.onnx on the scene " in err and "no report was written" in err
+    assert not out.exists()
+
+
+def test_files_in_the_data_folder_that_it_did_not_make_are_not_replaced(tmp_path, capsys):
+    mine = tmp_path / "d" / "synthetic" / "synth-1-000000.tar"  # another tool's, or seed's
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"kept")
+    model = write_test_model(tmp_path / "m.onnx")
+    assert main(["--model", str(model), "--data", str(tmp_path / "d"), "--sets", "synthetic",
+                 "--no-speed", "--out", str(tmp_path / "eval")]) == 2
+    assert "holds files that no evaluation with --seed 7 made" in capsys.readouterr().err
+    assert mine.read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize("flag", ["--data", "--out"])
+def test_a_file_given_as_a_folder_is_one_sentence(tmp_path, capsys, flag):
+    taken = tmp_path / "taken"
+    taken.write_text("notes")
+    model = write_test_model(tmp_path / "m.onnx")
+    folders = {"--data": str(tmp_path / "d"), "--out": str(tmp_path / "eval"), flag: str(taken)}
+    assert main(["--model", str(model), "--sets", "synthetic", "--no-speed",
+                 *[a for k, v in folders.items() for a in (k, v)]]) == 2
+    assert f"{flag} {taken} is a file; give a folder" in capsys.readouterr().err
+    assert taken.read_text() == "notes"

@@ -135,9 +135,15 @@ def _read_shard(path: str | os.PathLike) -> Iterator[Patch]:
             if {"image", "height", "meta"} <= parts.keys():
                 done = pending.pop(key)
                 yield Patch(key, done["image"], done["height"], done["meta"])
-    if pending:  # a copy cut between two of a patch's files reads as a shorter archive
-        raise UnreadableShard(f"the shard {path} cannot be read (it ends inside patch "
-                              f"{next(iter(pending))})")
+        # A copy cut between two files reads as a shorter archive: a whole one ends with two
+        # zero blocks, and with whole patches.
+        if pending:
+            raise UnreadableShard(f"the shard {path} cannot be read (it ends inside patch "
+                                  f"{next(iter(pending))})")
+        tar.fileobj.seek(tar.offset)
+        if tar.fileobj.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+            raise UnreadableShard(f"the shard {path} cannot be read (it lacks the end of a "
+                                  "tar archive: a cut copy?)")
 
 
 def read_shards(paths: list[str | os.PathLike]) -> Iterator[Patch]:

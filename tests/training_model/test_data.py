@@ -86,6 +86,8 @@ def _damaged(pool, tmp_path, how: str):
     data = bytearray(shard.read_bytes())
     if how == "cut between files":  # four files: one whole patch and a third of the next
         shard.write_bytes(data[:members[4].offset])
+    elif how == "cut between patches":  # three files: one whole patch
+        shard.write_bytes(data[:members[3].offset])
     elif how == "changed bytes":
         data[members[0].offset_data:members[0].offset_data + 6] = b"NOTNPY"
         shard.write_bytes(data)
@@ -95,6 +97,7 @@ def _damaged(pool, tmp_path, how: str):
 
 
 @pytest.mark.parametrize("how, reason", [("cut between files", "it ends inside patch"),
+                                         ("cut between patches", "it lacks the end of a tar"),
                                          ("changed bytes", "pickled data"),
                                          ("gone", "No such file")])
 def test_a_damaged_shard_is_never_read_as_a_shorter_one(pool, tmp_path, how, reason):

@@ -461,13 +461,26 @@ def scrape(options: Options) -> Summary:
             if summary.unlisted else ""
         raise ScrapeError(f"no pair folders ({'/'.join(PHASES)}/ORB_*/<pair>/) found under "
                           f"{scraper.base_url}{unlisted}; check --base-url")
-    write_json(options.out / "manifest.json", {
+    manifest = options.out / "manifest.json"
+    write_json(manifest, {
         "base_url": scraper.base_url, "user_agent": USER_AGENT, "scale": options.scale,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "summary": asdict(summary),
-        "pairs": records,
+        "pairs": _with_earlier_pairs(manifest, records),
     })
     return summary
+
+
+def _with_earlier_pairs(manifest: Path, records: list[dict]) -> list[dict]:
+    """``records`` and the pairs of an earlier crawl into the same folder that this one did
+    not visit (a rerun with a smaller ``--limit``), so the manifest lists every pair there."""
+    try:
+        earlier = json.loads(manifest.read_text())["pairs"]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or not one we can use
+        return records
+    visited = {record["pair_id"] for record in records}
+    kept = [r for r in earlier if isinstance(r, dict) and r.get("pair_id") not in visited]
+    return sorted(records + kept, key=lambda r: r["pair_id"])
 
 
 def parse_args(argv: list[str] | None) -> Options:

@@ -158,6 +158,18 @@ def test_limit_takes_psp_then_esp_by_name(server: SiteServer, tmp_path: Path) ->
     assert not [r for r in server.requests if "ORB_011400" in r["path"]]
 
 
+def test_a_rerun_with_a_smaller_limit_keeps_the_earlier_pairs_listed(server: SiteServer,
+                                                                     tmp_path: Path) -> None:
+    def listed() -> list[tuple[str, str]]:
+        pairs = json.loads((tmp_path / "manifest.json").read_text())["pairs"]
+        return [(pair["pair_id"], pair["status"]) for pair in pairs]
+
+    scrape(options(server, tmp_path))
+    everything = listed()
+    assert scrape(options(server, tmp_path, limit=1)).found == 1
+    assert listed() == everything and len(everything) > 1
+
+
 def test_a_complete_rerun_exits_0_despite_unusable_pairs(
         server: SiteServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base = ["--out", str(tmp_path), "--base-url", server.url + DTM_ROOT, "--delay", "0"]

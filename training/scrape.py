@@ -442,6 +442,9 @@ def read_manifest(source: Path) -> list[tuple[dict, Path]]:
                     for p in sorted(source.rglob("pair.json"))]
         source = top
     data = json.loads(source.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{source} is no scrape manifest or pair.json: it must hold a JSON "
+                         "object")
     if "pairs" in data:
         return [(record, local_path(source.parent, record["dir"].split("/")))
                 for record in data["pairs"]]

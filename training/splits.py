@@ -139,7 +139,8 @@ def load_splits(path: Path) -> dict[str, str]:
     """pair id -> split name, from a splits.json; ValueError if a pair is in two splits."""
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or not all(
-            isinstance(data.get(name, []), list) for name in SPLITS):
+            isinstance(data.get(name, []), list)
+            and all(isinstance(pair, str) for pair in data.get(name, [])) for name in SPLITS):
         raise ValueError(f"{path} is no splits file: it must be a JSON object with lists of "
                          f"pair ids under {', '.join(SPLITS)}")
     owner: dict[str, str] = {}

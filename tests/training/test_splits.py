@@ -124,9 +124,18 @@ def test_bad_input_is_one_sentence_and_writes_nothing(
     assert not (tmp_path / "out").exists() and not list(folder.iterdir())
 
 
-@pytest.mark.parametrize("content", [["a"], {"train": "ESP_1"}])
+@pytest.mark.parametrize("content", [["a"], {"train": "ESP_1"}, {"train": [["ESP_1"]]}])
 def test_a_file_that_is_no_splits_object_is_refused(tmp_path: Path, content: object) -> None:
     path = tmp_path / "s.json"
     path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match="is no splits file: it must be a JSON object"):
         load_splits(path)
+
+
+def test_a_json_list_as_source_is_one_sentence(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / "manifest.json"
+    source.write_text(json.dumps([_pair_ids(1)[0]]))
+    assert main([str(source), "--out", str(tmp_path / "splits.json")]) == 2
+    assert capsys.readouterr().err == (f"error: {source} is no scrape manifest or pair.json: "
+                                       "it must hold a JSON object.\n")

@@ -663,3 +663,24 @@ def test_an_output_that_is_a_file_is_refused(pool, tmp_path, capsys):
     assert _tiny_run(pool, taken, "--steps", "2") == 2
     assert f"--out {taken} is a file; give a folder for the run" in capsys.readouterr().err
     assert taken.read_text() == "notes"
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_keeps_its_checkpoint(pool, tmp_path):
+    import signal
+    import time
+
+    root = Path(__file__).parents[2]
+    command = [sys.executable, "-m", "training.train", "--data", str(pool), "--out",
+               str(tmp_path), "--patch-size", "32", "--batch-size", "2", "--channels",
+               "4,8,16", "--threads", "1", "--steps", "100000", "--checkpoint-every", "1"]
+    with subprocess.Popen(command, cwd=root, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}) as run:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        err = run.communicate(timeout=60)[1]
+    assert run.returncode == 130 and "Traceback" not in err
+    assert "error: interrupted at step " in err
+    assert f"its last checkpoint is kept: continue with --resume {tmp_path / 'last.pt'}" in err
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] >= 1

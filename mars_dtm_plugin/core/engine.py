@@ -567,7 +567,7 @@ class _Run:
         if (self.sun_source not in ("user", "not needed")
                 and self._product_sun.azimuth_spread > SUN_SPREAD_DEG):
             said.append(Caution(
-                f"The product's {self.sun_source} gives the sun of several images up to "
+                f"The suns of the images in the product ({self.sun_source}) lie up to "
                 f"{self._product_sun.azimuth_spread:.0f} degrees of azimuth from their mean, "
                 "which is used; give the sun of the image run here"))
         if ratio_scaled and self.contrast < LOW_CONTRAST:

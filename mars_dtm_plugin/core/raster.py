@@ -84,6 +84,9 @@ class InputRaster:
         self.height = self.dataset.RasterYSize
         self.bands, self.weights = _select_bands(self.dataset, band)
         self.georef = _georeferencing(self.dataset, pixel_size, path, crs_wkt)
+        # A HiRISE JP2 keeps its DN to I/F scaling in the detached label, where GDAL does not
+        # look: applied to bands without GDAL's own scale and offset.
+        self.label_scaling = _label_scaling(_read_label(path, self.dataset))
 
     def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Values (float32) and validity of a window; outside the raster, 0 and invalid."""
@@ -107,6 +110,8 @@ class InputRaster:
             for low, high in self.nodata:  # on the stored values, as GDAL's nodata value
                 valid &= (data < low) | (data > high)
             scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
+            if (scale, offset) == (1.0, 0.0):
+                scale, offset = self.label_scaling
             if (scale, offset) != (1.0, 0.0):  # DN to radiance (PDS, ISIS, GeoTIFF scaling)
                 data = data.astype(np.float64) * scale + offset
             if self._masked(band):
@@ -490,7 +495,12 @@ def sun_from_product(path: str, dataset: gdal.Dataset | None = None,
             if sources[0] == metadata_file:
                 spread = _azimuth_spread(azimuths)
     if any(missing):
-        take("label", _sun_from_label(path, dataset))
+        suns = [_sun_from_label(label) for label in _read_labels(path, dataset)]
+        source = "label" if len(suns) < 2 else "labels"
+        take(source, _mean_sun([a for a, _ in suns if a is not None],
+                               [e for _, e in suns if e is not None]))
+        if sources[0] == source:
+            spread = _azimuth_spread([a for a, _ in suns if a is not None])
     return ProductSun(*angles, *sources, spread)
 
 
@@ -565,18 +575,36 @@ def _metadata_file(dataset: gdal.Dataset) -> str:
     return files[0] if files else "the product's metadata file"
 
 
-def _sun_from_label(path: str, dataset: gdal.Dataset | None) -> tuple[float | None, float | None]:
-    label = _read_label(path, dataset)
+def _sun_from_label(label: str) -> tuple[float | None, float | None]:
+    """Sun azimuth (from north) and elevation from a PDS3 label; an angle out of its range
+    (a NOT_APPLICABLE_CONSTANT such as -9998) counts as absent."""
     values = {}
-    for key in ("SUB_SOLAR_AZIMUTH", "NORTH_AZIMUTH", "INCIDENCE_ANGLE"):
+    for key, low, high in (("SUB_SOLAR_AZIMUTH", 0.0, 360.0), ("NORTH_AZIMUTH", 0.0, 360.0),
+                           ("INCIDENCE_ANGLE", 0.0, 90.0)):
         match = re.search(r"^\s*" + key + _LABEL_NUMBER, label, re.MULTILINE)
-        if match:
+        if match and low <= float(match.group(1)) <= high:
             values[key] = float(match.group(1))
     incidence = values.get("INCIDENCE_ANGLE")
     elevation = None if incidence is None else 90.0 - incidence
     if "SUB_SOLAR_AZIMUTH" not in values:
         return None, elevation
     return (values["SUB_SOLAR_AZIMUTH"] - values.get("NORTH_AZIMUTH", 270.0)) % 360, elevation
+
+
+def _label_scaling(label: str) -> tuple[float, float]:
+    """``SCALING_FACTOR`` and ``OFFSET`` of the label's IMAGE object (DN to I/F in HiRISE
+    products); (1, 0) without them."""
+    image = re.search(r"^\s*OBJECT\s*=\s*IMAGE\s*$(.*?)^\s*END_OBJECT\s*=\s*IMAGE\s*$", label,
+                      re.MULTILINE | re.DOTALL)
+    found = {}
+    for key in ("SCALING_FACTOR", "OFFSET"):
+        match = re.search(r"^\s*" + key + _LABEL_NUMBER, image.group(1) if image else "",
+                          re.MULTILINE)
+        found[key] = float(match.group(1)) if match else None
+    scale, offset = found["SCALING_FACTOR"], found["OFFSET"]
+    if scale is None or not math.isfinite(scale) or scale <= 0:
+        return 1.0, 0.0
+    return scale, offset if offset is not None and math.isfinite(offset) else 0.0
 
 
 def _north_from_label(path: str, dataset: gdal.Dataset) -> float:
@@ -601,19 +629,47 @@ def _number(meta: dict[str, str], key: str) -> float | None:
 
 
 def _read_label(path: str, dataset: gdal.Dataset | None) -> str:
-    """The PDS3 label, detached (same stem, .LBL) or attached at the start of the file: the
-    input's, else that of a file it is read from (a crop to a VRT keeps its product's label)."""
-    sources = [path, *((dataset.GetFileList() or [])[1:] if dataset is not None else [])]
-    for candidate in (c for source in map(Path, sources)
-                      for c in (source.with_suffix(".LBL"), source.with_suffix(".lbl"), source)):
+    """The first of ``_read_labels``, or ''."""
+    return next(iter(_read_labels(path, dataset)), "")
+
+
+def _read_labels(path: str, dataset: gdal.Dataset | None) -> list[str]:
+    """PDS3 labels, detached (same stem, .LBL) or attached at the start of the file: the
+    input's own, else those of the first ``VRT_PRODUCTS`` files it is read from (a crop to a
+    VRT keeps its product's label; a mosaic of several products has theirs)."""
+    if (own := _label_of(path)) is not None:
+        return [own]
+    sources = (dataset.GetFileList() or [])[1:] if dataset is not None else []
+    labels = (_label_of(source) for source in sources[:VRT_PRODUCTS])
+    return list(dict.fromkeys(label for label in labels if label is not None))
+
+
+def _head(path: str) -> bytes:
+    """The first MiB of a file that starts like a PDS3 label, else its first 200 bytes (a VRT
+    may list hundreds of large sources); RuntimeError where it cannot be read."""
+    handle = gdal.VSIFOpenL(path, "rb")
+    if handle is None:
+        raise RuntimeError(f"cannot open {path}")
+    try:
+        head = gdal.VSIFReadL(1, 200, handle) or b""
+        if b"PDS_VERSION_ID" in head:
+            head += gdal.VSIFReadL(1, (1 << 20) - 200, handle) or b""
+        return head
+    finally:
+        gdal.VSIFCloseL(handle)
+
+
+def _label_of(source: str) -> str | None:
+    """The label of one file, beside it or at its start; read through GDAL, so a product in a
+    zip (``/vsizip/``) or behind another virtual file system has its label found too."""
+    stem = os.path.splitext(source)[0]
+    for candidate in (stem + ".LBL", stem + ".lbl", source):
         try:
-            with open(candidate, "rb") as handle:  # a VRT may list hundreds of large sources
-                if b"PDS_VERSION_ID" not in handle.read(200):
-                    continue
-                handle.seek(0)
-                head = handle.read(1 << 20).decode("latin-1")
-        except OSError:  # absent, a folder, or not readable: no label there
+            head = _head(candidate)
+        except RuntimeError:  # absent, a folder, or not readable: no label there
             continue
-        end = re.search(r"^END\s*$", head, re.MULTILINE)
-        return head[: end.start()] if end else head
-    return ""
+        if b"PDS_VERSION_ID" in head[:200]:
+            text = head.decode("latin-1")
+            end = re.search(r"^END\s*$", text, re.MULTILINE)
+            return text[: end.start()] if end else text
+    return None

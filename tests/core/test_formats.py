@@ -212,8 +212,8 @@ def test_a_product_whose_images_have_other_suns_says_so(tmp_path, suns, cautione
     model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
                              input_scaling="mean_ratio")
     _, report = run(source, tmp_path, "dtm.tif", model)
-    said = [m for m in report.messages if "of several images" in m]
-    assert said == ([Caution("The product's image.IMD gives the sun of several images up to 15 "
+    said = [m for m in report.messages if "images in the product" in m]
+    assert said == ([Caution("The suns of the images in the product (image.IMD) lie up to 15 "
                              "degrees of azimuth from their mean, which is used; give the sun "
                              "of the image run here")] if cautioned else [])
 

@@ -144,6 +144,68 @@ def test_label_values_that_are_no_numbers_count_as_absent(tmp_path):
                                                                   pytest.approx(30.0))
 
 
+def test_label_values_marked_not_applicable_count_as_absent(tmp_path):
+    (tmp_path / "product.LBL").write_text(
+        "PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = -9998.0\nSUB_SOLAR_AZIMUTH = -9998.0\n"
+        "NORTH_AZIMUTH = 270.0\nEND\n")
+    assert sun_from_product(str(tmp_path / "product.IMG"))[:2] == (None, None)
+
+
+HIRISE_IMAGE_OBJECT = ("OBJECT = IMAGE\n  LINES = 40\n  SAMPLE_BITS = 16\n"
+                       "  SCALING_FACTOR = 2.379E-04\n  OFFSET = 0.038\nEND_OBJECT = IMAGE\n")
+
+
+def _labelled_dn_image(path, label_extra: str = "") -> np.ndarray:
+    dn = (np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) % 700 + 100)
+    write_raster(path, dn, (0, 1.0, 0, 0, 0, -1.0))
+    path.with_suffix(".LBL").write_text(
+        "PDS_VERSION_ID = PDS3\nOBJECT = COMPRESSED_FILE\n  FILE_NAME = x\n"
+        "END_OBJECT = COMPRESSED_FILE\nOBJECT = UNCOMPRESSED_FILE\n"
+        + HIRISE_IMAGE_OBJECT + label_extra + "END_OBJECT = UNCOMPRESSED_FILE\nEND\n")
+    return dn
+
+
+def test_a_labels_dn_scaling_is_applied_where_gdal_gives_none(tmp_path):
+    dn = _labelled_dn_image(tmp_path / "ESP_RED.tif")
+    values, valid = InputRaster(str(tmp_path / "ESP_RED.tif")).read(0, 0, 30, 40)
+    assert valid.all()
+    np.testing.assert_allclose(values, dn * 2.379e-4 + 0.038, rtol=1e-6)
+    # GDAL's own scale and offset win: never both.
+    gdal.Translate(str(tmp_path / "scaled.tif"), str(tmp_path / "ESP_RED.tif"),
+                   scaleParams=None, options="-a_scale 2 -a_offset 1")
+    (tmp_path / "scaled.LBL").write_bytes((tmp_path / "ESP_RED.LBL").read_bytes())
+    values, _ = InputRaster(str(tmp_path / "scaled.tif")).read(0, 0, 30, 40)
+    np.testing.assert_allclose(values, dn * 2.0 + 1.0)
+
+
+def test_a_mosaic_of_labelled_products_takes_their_mean_sun_and_spread(tmp_path):
+    for name, azimuth in (("a", 120.0), ("b", 140.0)):
+        write_raster(tmp_path / f"{name}.tif", ramp(8, 8), (0, 1.0, 0, 0, 0, -1.0))
+        (tmp_path / f"{name}.LBL").write_text(
+            f"PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = 60.0\nSUB_SOLAR_AZIMUTH = {azimuth}\n"
+            "NORTH_AZIMUTH = 270.0\nEND\n")
+    gdal.BuildVRT(str(tmp_path / "mosaic.vrt"), [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")])
+    raster = InputRaster(str(tmp_path / "mosaic.vrt"))
+    sun = sun_from_product(str(tmp_path / "mosaic.vrt"), raster.dataset)
+    assert sun.azimuth == pytest.approx((130.0 - 270.0) % 360)
+    assert (sun.azimuth_from, sun.azimuth_spread) == ("labels", pytest.approx(10.0))
+
+
+def test_a_label_beside_the_image_in_a_zip_is_read(tmp_path):
+    import zipfile
+
+    _labelled_dn_image(tmp_path / "ESP_RED.tif", "SUB_SOLAR_AZIMUTH = 200.0\n"
+                       "INCIDENCE_ANGLE = 50.0\nNORTH_AZIMUTH = 270.0\n")
+    with zipfile.ZipFile(tmp_path / "product.zip", "w") as archive:
+        for name in ("ESP_RED.tif", "ESP_RED.LBL"):
+            archive.write(tmp_path / name, name)
+    inside = f"/vsizip/{tmp_path / 'product.zip'}/ESP_RED.tif"
+    raster = InputRaster(inside)
+    assert sun_from_product(inside, raster.dataset)[:3] == (pytest.approx(290.0),
+                                                            pytest.approx(40.0), "label")
+    assert raster.label_scaling == (pytest.approx(2.379e-4), pytest.approx(0.038))
+
+
 def test_no_label_no_sun(tmp_path):
     path = write_raster(tmp_path / "plain.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0))
     assert sun_from_product(str(path))[:2] == (None, None)

@@ -176,6 +176,10 @@ class DtmWriter:
         # describe the old file.
         for sidecar in (".aux.xml", ".ovr", ".msk"):
             Path(f"{self.path}{sidecar}").unlink(missing_ok=True)
+        # A CRS that GeoTIFF's keys cannot hold (an oblique Mars projection) is in the
+        # partial file's own .aux.xml: it goes with the file.
+        if Path(f"{self.partial}.aux.xml").exists():
+            os.replace(f"{self.partial}.aux.xml", f"{self.path}.aux.xml")
 
     def _fail(self, why: str) -> None:
         self.abort()

@@ -304,3 +304,25 @@ def test_pds3_float_with_missing_constant_is_nodata_there(tmp_path, model):
     dataset = gdal.Open(str(img))
     assert read_raster(tmp_path / "dtm.tif")[1].GetGeoTransform() == \
         dataset.GetGeoTransform()
+
+
+def test_a_crs_that_geotiff_keys_cannot_hold_reaches_the_output(tmp_path, model):
+    from osgeo import osr
+
+    oblique = osr.SpatialReference()
+    oblique.ImportFromProj4("+proj=ob_tran +o_proj=eqc +o_lat_p=45 +o_lon_p=0 +lon_0=0 "
+                            "+R=3396190 +units=m")
+    source = tmp_path / "in" / "oblique.cub"
+    source.parent.mkdir()
+    ds = gdal.GetDriverByName("ISIS3").Create(str(source), 70, 60, 1, gdal.GDT_Float32)
+    ds.SetGeoTransform(GT)
+    ds.SetSpatialRef(oblique)
+    ds.GetRasterBand(1).WriteArray(ramp(60, 70) + 100)
+    ds = None
+    out = tmp_path / "out" / "dtm.tif"
+    out.parent.mkdir()
+    predict_dtm(str(source), str(out), PredictOptions(model_path=str(model)))
+    written, given = (gdal.Open(str(path)).GetSpatialRef() for path in (out, source))
+    assert written is not None and written.ExportToWkt() == given.ExportToWkt()
+    assert "+proj=ob_tran" in written.ExportToWkt()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["dtm.tif", "dtm.tif.aux.xml"]

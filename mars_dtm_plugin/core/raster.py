@@ -108,6 +108,8 @@ class InputRaster:
         for band, weight in zip(self.bands, self.weights):
             data = band.ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
             for low, high in self.nodata:  # on the stored values, as GDAL's nodata value
+                if data.dtype.kind == "f":  # rounded to the band's type, as GDAL does
+                    low, high = data.dtype.type(low), data.dtype.type(high)
                 valid &= (data < low) | (data > high)
             scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
             if (scale, offset) == (1.0, 0.0):

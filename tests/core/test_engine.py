@@ -203,6 +203,15 @@ def test_nodata_ranges_given_are_nodata_on_the_stored_values(tmp_path):
     assert plane_fit(heights, ~invalid)[1] < 1e-3
 
 
+def test_a_nodata_value_given_as_gdalinfo_prints_it_masks_the_float32_fill(tmp_path):
+    image = ramp(100, 120) + 10
+    fill = np.float32(-3.4028226550889045e38)  # HiRISE's MISSING_CONSTANT, a number not NaN
+    image[:, :30] = fill
+    # gdalinfo prints it as -3.4028227e+38, which is not that float32 until rounded to one.
+    heights, _, _ = predict(tmp_path, image, nodata=((-3.4028227e38, -3.4028227e38),))
+    assert (heights[:, :30] == NODATA).all() and (heights[:, 30:] != NODATA).all()
+
+
 def test_the_files_nodata_value_switched_off_is_a_value_like_any_other(tmp_path):
     image = ramp(80, 90).astype(np.float32) + 10
     image[20:30] = -1  # the file's nodata value

@@ -187,7 +187,7 @@ class _Run:
         if product.azimuth is None:
             raise DtmError("This model needs the sun azimuth and the input's label or metadata "
                            "does not give it; give it in degrees clockwise from north "
-                           "(--sun-azimuth, or Sun azimuth in QGIS).")
+                           "(--sun-azimuth; Sun azimuth in QGIS, SUN_AZIMUTH in qgis_process).")
         return product.azimuth, product.azimuth_from
 
     @cached_property

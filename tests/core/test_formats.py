@@ -241,8 +241,8 @@ def test_the_satellite_angles_are_not_taken_for_the_sun(tmp_path):
         "\tmeanSatEl = 71.0;\n\tmeanOffNadirViewAngle = 19.0;\nEND_GROUP = IMAGE_1\nEND;\n")
     model = write_test_model(tmp_path / "sun.onnx", "ramp", sun_mode="rotate",
                              input_scaling="mean_ratio")
-    with pytest.raises(DtmError, match=r"needs the sun azimuth.*\(--sun-azimuth, or Sun "
-                                       r"azimuth in QGIS\)\.$"):
+    with pytest.raises(DtmError, match=r"needs the sun azimuth.*\(--sun-azimuth; Sun azimuth "
+                                       r"in QGIS, SUN_AZIMUTH in qgis_process\)\.$"):
         run(source, tmp_path, "dtm.tif", model)
 
 

@@ -112,6 +112,20 @@ def test_an_image_of_one_value_is_refused(tmp_path, model):
                    "from.")
 
 
+def test_an_unmarked_fill_value_is_refused_by_value(tmp_path, model):
+    image = (np.arange(60 * 60, dtype=np.float32).reshape(60, 60) % 97) + 10
+    image[30, 30] = -3.4028226550889045e38  # HiRISE's MISSING_CONSTANT, not marked nodata
+    source = write_raster(tmp_path / "float.tif", image, GT)
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(source), str(out), "--model", str(model)), out,
+                   "The image holds the value -3.4028226550889045e+38, a fill value rather than "
+                   "a brightness; give it as nodata (--nodata=-3.4028226550889045e+38, or the "
+                   "layer's no data values in QGIS), or set the file's nodata value.")
+    # As gdalinfo prints it: rounded to the band's float32, it is that value.
+    assert cli(str(source), str(out), "--model", str(model), "--nodata=-3.4028227e+38",
+               "--sun-azimuth", "270").returncode == 0
+
+
 def test_unreadable_and_truncated_input(tmp_path, scene, model):
     out = tmp_path / "out.tif"
     garbage = tmp_path / "garbage.tif"

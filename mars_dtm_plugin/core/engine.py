@@ -33,7 +33,7 @@ __all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 
 Progress = Callable[[float], None]
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
-FILL_LIKE = 1e30  # brightness this far from 0 is a fill value (HiRISE's is -3.4e38)
+FILL_LIKE = 1e30  # beside ordinary brightness, a value this large is a fill (HiRISE's -3.4e38)
 SUN_SPREAD_DEG = 5.0  # a product whose images' suns differ more is worth a word
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
 # Edge tiles are this share of a tile narrower: half of it is context beyond the edge, filled
@@ -168,7 +168,9 @@ class _Run:
         if sample.min() == sample.max() and raster.one_value():
             raise DtmError(f"The image is {sample[0]:g} wherever it has data: there is no "
                            "shading to read heights from.")
-        if (fill := sample[np.abs(sample) >= FILL_LIKE]).size:
+        extreme = np.abs(sample) >= FILL_LIKE
+        if extreme.any() and not extreme.all():  # beside ordinary values: a fill value
+            fill = sample[extreme]
             raise DtmError(f"The image holds the value {fill[0]}, a fill value rather than a "
                            f"brightness; give it as nodata (--nodata={fill[0]}, or the "
                            "layer's no data values in QGIS), or set the file's nodata value.")

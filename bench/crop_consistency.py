@@ -28,10 +28,13 @@ from mars_dtm_plugin.core.engine import (
     default_model_path,
     predict_dtm,
 )
+from mars_dtm_plugin.core.errors import DtmError
 from mars_dtm_plugin.core.model import Generator
 from mars_dtm_plugin.core.tiling import axis_spans
 from tests.rasters import write_raster
 from training.evaluate import DATA_DIR
+
+from . import at_least, existing_file
 
 TILES = DATA_DIR / "hirise_tiles"
 BANDS_PX = ((1, 4), (4, 16), (16, 64), (64, 256))
@@ -88,9 +91,10 @@ def correlations(whole: np.ndarray, cropped: np.ndarray, shift: int) -> list[flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.crop_consistency",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(default_model_path()))
-    parser.add_argument("--shift", type=int, help="default: half a tile stride")
-    parser.add_argument("--overlap", type=int, help="tile overlap in px (default: the model's)")
+    parser.add_argument("--model", type=existing_file, default=default_model_path())
+    parser.add_argument("--shift", type=at_least(1), help="default: half a tile stride")
+    parser.add_argument("--overlap", type=at_least(1),
+                        help="tile overlap in px (default: the model's)")
     args = parser.parse_args(argv)
     if not TILES.is_dir():
         print(f"skipped: {TILES} is absent")
@@ -99,15 +103,27 @@ def main(argv: list[str] | None = None) -> int:
     overlap = args.overlap if args.overlap is not None else round(
         contract.tile_size * contract.tiles_overlap / 100)
     stride = contract.tile_size - overlap
+    if args.shift is not None and args.shift >= contract.tile_size:
+        parser.error(f"--shift must be below the model's tile size, {contract.tile_size} px")
     shifts = [stride // 2 if args.shift is None else args.shift, stride]
+    try:
+        measure(args, contract.tile_size, overlap, shifts)
+    except DtmError as exc:  # an overlap the engine refuses for this model, say
+        parser.exit(1, f"error: {exc}\n")
+    return 0
+
+
+def measure(args: argparse.Namespace, tile_size: int, overlap: int, shifts: list[int]) -> None:
+    """Print the correlations of the whole mosaic's DTM with each shifted crop's."""
+    stride = tile_size - overlap
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        source = mosaic(work / "mosaic.tif", contract.tile_size, overlap)
+        source = mosaic(work / "mosaic.tif", tile_size, overlap)
         side = gdal.Open(str(source))
         sides = (side.RasterXSize, side.RasterYSize)
-        assert all(same_grid(n, contract.tile_size, overlap, stride) for n in sides)
+        assert all(same_grid(n, tile_size, overlap, stride) for n in sides)
         whole = predict(source, work / "whole.tif", args.model, args.overlap)
-        print(f"{sides[0]} x {sides[1]} px; tiles of {contract.tile_size} px, overlap "
+        print(f"{sides[0]} x {sides[1]} px; tiles of {tile_size} px, overlap "
               f"{overlap} px, stride {stride} px")
         print("shift (px) | " + " | ".join(f"{a}-{b} px" for a, b in BANDS_PX))
         for shift in shifts:
@@ -116,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{shift} (control)" if shift == stride else str(shift)
             print(f"{label} | " + " | ".join(f"{r:.2f}" for r in
                                              correlations(whole, cropped, shift)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from osgeo import gdal
 
 from tests.models import write_test_model
 
+from . import at_least, existing_file
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import resource, sys
@@ -67,9 +69,9 @@ def peak_rss_mib(scene: Path, model: Path, output: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
-    parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--model", type=Path,
+    parser.add_argument("--sizes", type=at_least(16), nargs="+", default=[2000, 20000])
+    parser.add_argument("--tile-size", type=at_least(16), default=512)
+    parser.add_argument("--model", type=existing_file,
                         help="ONNX model to run (default: a 3x3 convolution, fast)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=ROOT / "build" if (ROOT / "build").is_dir() else None

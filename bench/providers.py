@@ -22,6 +22,7 @@ import numpy as np
 from mars_dtm_plugin.core.errors import DtmError
 from mars_dtm_plugin.core.model import Generator
 
+from . import at_least, existing_file
 from .models import benchmark_model
 
 
@@ -55,11 +56,12 @@ def seconds(generator: Generator, data: np.ndarray, batch: int, repeats: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="ONNX model (default: bundled or stand-in)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[4, 16, 64],
+    parser.add_argument("--model", type=existing_file,
+                        help="ONNX model (default: bundled or stand-in)")
+    parser.add_argument("--batches", type=at_least(1), nargs="+", default=[4, 16, 64],
                         help="tiles per model call")
-    parser.add_argument("--tiles", type=int, default=64, help="tiles per pass")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiles", type=at_least(1), default=64, help="tiles per pass")
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     args = parser.parse_args()
     if max(args.batches) > args.tiles:
         parser.error(f"--tiles {args.tiles} is fewer than a batch of {max(args.batches)}")

@@ -16,6 +16,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from . import at_least, existing_file
+
 
 def largest_difference(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
@@ -41,11 +43,14 @@ def runs(options: dict, folder: Path, half: int) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=Path("training/configs/quick.json"))
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--patches", type=int, default=96, help="patches rendered to train on")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers")
+    parser.add_argument("--recipe", type=existing_file,
+                        default=Path("training/configs/quick.json"))
+    parser.add_argument("--steps", type=at_least(2), default=200,
+                        help="steps of each run (the resumed run starts from the middle one)")
+    parser.add_argument("--batch-size", type=at_least(1), default=16)
+    parser.add_argument("--patches", type=at_least(1), default=96,
+                        help="patches rendered to train on")
+    parser.add_argument("--workers", type=at_least(0), default=4, help="DataLoader workers")
     args = parser.parse_args()
 
     import torch

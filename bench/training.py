@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import at_least, existing_file
+
 VARIANTS = {  # name: training options
     "cpu": {"device": "cpu", "amp": False},
     "cuda fp32": {"device": "cuda", "amp": False},
@@ -126,19 +128,21 @@ def child(variant: str, options: dict, warmup: int, steps: int) -> dict:
     return {"steps_per_s": float(result.stdout.strip().splitlines()[-1])}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=Path("training/configs/quick.json"))
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (CPU: a quarter)")
+    parser.add_argument("--recipe", type=existing_file,
+                        default=Path("training/configs/quick.json"))
+    parser.add_argument("--batch-size", type=at_least(1), default=16)
+    parser.add_argument("--warmup", type=at_least(0), default=5)
+    parser.add_argument("--steps", type=at_least(1), default=20,
+                        help="timed steps (CPU: a quarter)")
     parser.add_argument("--gan", action="store_true", help="with the PatchGAN discriminator")
-    parser.add_argument("--reader-workers", type=int, nargs="*", default=[],
+    parser.add_argument("--reader-workers", type=at_least(0), nargs="*", default=[],
                         help="DataLoader workers to time the shard reader with")
-    parser.add_argument("--pool", type=int, default=3200,
+    parser.add_argument("--pool", type=at_least(1), default=3200,
                         help="patches rendered for the reader (an epoch should end within "
                              "--reader-steps batches)")
-    parser.add_argument("--reader-steps", type=int, default=150)
+    parser.add_argument("--reader-steps", type=at_least(1), default=150)
     args = parser.parse_args()
 
     import torch
@@ -175,6 +179,7 @@ def main() -> None:
         print(f"| {name} | {rate:.2f} | {rate * args.batch_size:.0f} | {ratio} |")
     if args.reader_workers:
         print_feeding(args, train)
+    return 1 if any("error" in row for row in rows.values()) else 0
 
 
 def print_feeding(args: argparse.Namespace, train: dict) -> None:
@@ -194,4 +199,4 @@ def print_feeding(args: argparse.Namespace, train: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

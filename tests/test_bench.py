@@ -1,0 +1,47 @@
+"""The benchmarks' arguments and what they compare (not their timings)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+from tests.models import write_test_model
+from tests.rasters import write_raster
+
+ROOT = Path(__file__).parents[1]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'build'}{os.pathsep}{ROOT}"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["bench.throughput", "--size", "10"], "argument --size: must be at least 16, not 10"),
+    (["bench.providers", "--batches", "0"], "argument --batches: must be at least 1, not 0"),
+    (["bench.memory", "--model", "none.onnx"], "argument --model: none.onnx is not a file"),
+    (["bench.reproducibility", "--steps", "1"], "argument --steps: must be at least 2, not 1"),
+])
+def test_bad_arguments_are_one_sentence(args, said):
+    result = bench(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert said in result.stderr
+
+
+def test_bare_onnxruntime_runs_as_many_tiles_as_a_turned_scene_needs(tmp_path):
+    # The sun at 225: the engine turns the scene, whose footprint then needs more tiles.
+    model = write_test_model(tmp_path / "turned.onnx", "conv", tile_size=64,
+                             tiles_overlap=25.0, sun_mode="rotate", sun_azimuth=225.0)
+    result = bench("bench.throughput", "--size", "200", "--repeats", "1", "--model", str(model))
+    assert result.returncode == 0, result.stderr
+
+    image = np.random.default_rng(0).integers(50, 200, (200, 200)).astype(np.uint8)
+    source = write_raster(tmp_path / "s.tif", image, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    report = predict_dtm(str(source), str(tmp_path / "d.tif"),
+                         PredictOptions(model_path=str(model), sun_azimuth=270.0))
+    assert f"; {report.tiles} tiles of 64 px;" in result.stdout

@@ -23,7 +23,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.raster import ground_pixel_size_m, north_in_image
-from training.labels import missing_constant, read_label, sun_geometry
+from training.labels import image_scaling, missing_constant, read_label, sun_geometry
 from training.scrape import SAFE_NAME, read_manifest, write_json
 from training.shards import Patch, ShardWriter
 from training.splits import SPLITS, load_splits
@@ -147,7 +147,8 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
     ortho = gdal.Open(str(pair.ortho))
     if not ortho.GetProjection():
         raise ValueError(f"{pair.ortho.name} carries no georeferencing")
-    sun = sun_geometry(read_label(pair.label))
+    label = read_label(pair.label)
+    sun, (scale, offset) = sun_geometry(label), image_scaling(label)
     base = {"pair_id": pair.pair_id, "source": "hirise", "crs_wkt": dtm.wkt,
             "height_units": "m",
             "height_reference": "patch_mean", "dtm_product_id": pair.dtm.stem,
@@ -169,7 +170,10 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
             meta = {**base, "window": [x0, y0, size, size], "geotransform": gt,
                     "height_offset_m": mean, "north_deg": north_in_image(gt, srs, size, size),
                     "pixel_size_m": ground_pixel_size_m(gt, srs, size, size)}
-            yield Patch(f"{pair.pair_id}_x{x0:06d}_y{y0:06d}", image[:, x0:x0 + size].copy(),
+            pixels = image[:, x0:x0 + size].copy()
+            if (scale, offset) != (1.0, 0.0):  # I/F, as the engine reads such a product
+                pixels = (pixels * scale + offset).astype(np.float32)
+            yield Patch(f"{pair.pair_id}_x{x0:06d}_y{y0:06d}", pixels,
                         (patch_h - mean).astype(np.float32), meta)
 
 

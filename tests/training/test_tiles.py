@@ -123,6 +123,26 @@ def test_isis_special_pixels_are_missing_heights(tmp_path: Path) -> None:
     assert all(np.abs(p.height).max() < 10 for p in patches)
 
 
+def test_an_orthos_dn_scaling_turns_its_patches_into_i_over_f(tmp_path: Path) -> None:
+    """As the engine reads such a product: a model trained on the patches sees what it will."""
+    from tests.training.fakesite import write_ortho, write_pds_dtm
+    from training.tiles import PairFiles, pair_patches
+
+    heights = np.linspace(-2500, -2490, 32 * 32, dtype=np.float32).reshape(32, 32)
+    dtm = tmp_path / "DTEEC_000001_1000_000002_1000_A01.IMG"
+    write_pds_dtm(dtm, heights, 350000.0, -120000.0, ("ESP_000001_1000", "ESP_000002_1000"))
+    ortho = tmp_path / "ESP_000001_1000_RED_C_01_ORTHO.JP2"
+    dn = (np.arange(32 * 32).reshape(32, 32) % 200 + 20).astype(np.uint8)
+    write_ortho(ortho, dn, (350000.0, 1, 0, -120000.0, 0, -1), gdal.Open(str(dtm)).GetProjection())
+    label = ortho.with_suffix(".LBL")
+    label.write_text(label.read_text().replace(
+        "END\n", "OBJECT = IMAGE\n  SCALING_FACTOR = 2.5E-04\n  OFFSET = 0.04\n"
+                  "END_OBJECT = IMAGE\nEND\n"))
+    patch = next(pair_patches(PairFiles("p", dtm, ortho, label), 16, 0))
+    assert patch.image.dtype == np.float32
+    np.testing.assert_allclose(patch.image, dn[:16, :16] * 2.5e-4 + 0.04, rtol=1e-6)
+
+
 @pytest.mark.parametrize("across", [False, True])  # the edge across columns, or rows
 def test_pixels_only_partly_imaged_at_the_orthos_edge_are_left_out(tmp_path: Path,
                                                                    across: bool) -> None:

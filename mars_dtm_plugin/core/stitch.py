@@ -34,19 +34,10 @@ class OffsetProblem:
         """Record the mean difference of two tiles' heights (NaN = no data) where they overlap.
 
         ``whole``: the caller knows neither tile has NaN (the common case, and faster)."""
-        x0, x1 = _inside(max(ta.x0, tb.x0), min(ta.x1, tb.x1))
-        y0, y1 = _inside(max(ta.y0, tb.y0), min(ta.y1, tb.y1))
-        if x1 <= x0 or y1 <= y0:
-            return
-        da = pa[y0 - ta.y0 : y1 - ta.y0, x0 - ta.x0 : x1 - ta.x0]
-        db = pb[y0 - tb.y0 : y1 - tb.y0, x0 - tb.x0 : x1 - tb.x0]
-        if whole:  # no NaN on either side: the mean difference is the difference of means
-            count, difference = da.size, float(da.mean() - db.mean())
-        else:
-            delta = da - db
-            shared = np.isfinite(delta)
-            count = int(np.count_nonzero(shared))
-            difference = float(delta[shared].mean()) if count else 0.0
+        xs, ys = (max(ta.x0, tb.x0), min(ta.x1, tb.x1)), (max(ta.y0, tb.y0), min(ta.y1, tb.y1))
+        count, difference = _mean_difference(ta, pa, tb, pb, _inside(*xs), _inside(*ys), whole)
+        if not count:  # shared pixels only near the overlap's ends, which the blend mixes too
+            count, difference = _mean_difference(ta, pa, tb, pb, xs, ys, whole)
         if not count:  # however few, shared pixels link two tiles; the weight says how much
             return
         self.a.append(ta.index)
@@ -72,6 +63,24 @@ class OffsetProblem:
         # Minimise sum w (o_a - o_b + d)^2: the normal equations are L o = rhs.
         rhs = np.bincount(b, w * d, self.n_tiles) - np.bincount(a, w * d, self.n_tiles)
         return conjugate_gradient(laplacian, rhs, tolerance)
+
+
+def _mean_difference(ta: Tile, pa: np.ndarray, tb: Tile, pb: np.ndarray,
+                     xs: tuple[int, int], ys: tuple[int, int],
+                     whole: bool) -> tuple[int, float]:
+    """How many pixels of the window ``xs`` x ``ys`` both tiles have, and their mean
+    height difference there."""
+    (x0, x1), (y0, y1) = xs, ys
+    if x1 <= x0 or y1 <= y0:
+        return 0, 0.0
+    da = pa[y0 - ta.y0 : y1 - ta.y0, x0 - ta.x0 : x1 - ta.x0]
+    db = pb[y0 - tb.y0 : y1 - tb.y0, x0 - tb.x0 : x1 - tb.x0]
+    if whole:  # no NaN on either side: the mean difference is the difference of means
+        return da.size, float(da.mean() - db.mean())
+    delta = da - db
+    shared = np.isfinite(delta)
+    count = int(np.count_nonzero(shared))
+    return count, float(delta[shared].mean()) if count else 0.0
 
 
 def _inside(start: int, end: int) -> tuple[int, int]:

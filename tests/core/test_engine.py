@@ -181,6 +181,19 @@ def test_data_joined_by_a_thin_strip_stitches_into_one_surface(tmp_path):
     assert residual < 1e-3
 
 
+def test_data_joined_only_at_the_rasters_edge_stitches_into_one_surface(tmp_path):
+    # The two blobs share data only in rows 0-1, the ends of their tiles' overlaps, which
+    # are blended: those rows must tie the tiles too.
+    image = ramp(300, 333) + 100
+    valid = np.zeros(image.shape, bool)
+    valid[0:2, :] = True
+    valid[0:40, 0:30] = valid[0:40, 80:110] = True
+    heights, _, _ = predict(tmp_path, np.where(valid, image, -1), "offsets",
+                            raster={"nodata": -1})
+    _, residual = plane_fit(heights, valid)
+    assert residual < 1e-3
+
+
 def test_tiles_always_overlap_so_that_they_can_be_stitched(tmp_path):
     # 176 = 56 + 64 + 56: without overlap the edge tiles and the middle one would just abut.
     image = ramp(176, 176) + 5

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+SNAP_DEG = 0.5  # a scene turned within this of a quarter turn is turned by the quarter turn
 
 @dataclass(frozen=True)
 class Tile:
@@ -83,14 +84,22 @@ class Rotation:
     """
 
     def __init__(self, degrees: float, tile_size: int) -> None:
+        quarter = degrees / 90
+        # A turn this close to a quarter one is made exact: the model sees its sun that much
+        # off (well within what a model takes), where resampling would blur every pixel.
+        if abs(quarter - round(quarter)) * 90 < SNAP_DEG:
+            degrees = round(quarter) * 90.0
         self.degrees = degrees % 360
         self.tile_size = tile_size
         quarter = self.degrees / 90
-        self.quarter_turns = round(quarter) % 4 if abs(quarter - round(quarter)) < 1e-6 else None
+        self.quarter_turns = round(quarter) % 4 if quarter == round(quarter) else None
         radians = math.radians(self.degrees)
         self.cos, self.sin = math.cos(radians), math.sin(radians)
         if self.quarter_turns is None:
-            self.footprint = int(tile_size / (abs(self.cos) + abs(self.sin)))
+            footprint = int(tile_size / (abs(self.cos) + abs(self.sin)))
+            # Of the tile size's parity: at small angles samples then fall near pixel
+            # centres, not halfway between them.
+            self.footprint = footprint - (tile_size - footprint) % 2
         else:
             self.footprint = tile_size
 

@@ -314,6 +314,30 @@ def test_a_grid_turned_against_the_sun_is_not_rotated_a_full_turn(tmp_path):
     assert "scene rotated by 0.0 degrees" in report.messages[4]
 
 
+def test_a_sun_a_hair_off_the_models_turns_the_scene_exactly(tmp_path):
+    # A north-up UTM scene near its central meridian has north a thousandth of a degree off
+    # grid up: resampling for it blurred every pixel (samples halfway between pixels).
+    rng = np.random.default_rng(3)
+    image = ramp(150, 170) + rng.normal(0, 5, (150, 170)).astype(np.float32)  # texture
+    contract = {"sun_mode": "rotate", "sun_azimuth": 270.0}
+    exact, _, _ = predict(tmp_path, image, sun_azimuth=270.0, contract=contract)
+    hair, _, report = predict(tmp_path, image, name="hair.tif", sun_azimuth=270.3,
+                              contract=contract)
+    assert "Tiles: 16 of 64 px (64 px footprint), scene rotated by 0.0 degrees" in report.messages
+    np.testing.assert_array_equal(hair, exact)
+
+
+def test_a_small_turn_samples_near_pixel_centres():
+    from mars_dtm_plugin.core.tiling import Rotation, Tile
+
+    rotation = Rotation(0.7, 64)  # beyond the snap: resampled; 63 px would fit, 62 is used
+    tile = Tile(0, 0, 0, 100, 100, rotation.footprint, rotation.footprint)
+    x0, y0, width, height = rotation.context(tile)
+    impulse = np.zeros((height, width), np.float32)
+    impulse[tile.y0 + tile.height // 2 - y0, tile.x0 + tile.width // 2 - x0] = 1.0
+    assert rotation.to_model(impulse, tile).max() > 0.95  # not spread over four pixels
+
+
 @pytest.mark.parametrize("flip", ["south-up", "east-left"])
 def test_a_mirrored_grid_keeps_the_sun_where_it_is_on_the_ground(tmp_path, flip):
     # Rows running north (or columns running west) turn clockwise on the ground into

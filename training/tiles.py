@@ -167,8 +167,13 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
             # and the ground: say where north lies and how large a pixel is on the ground in
             # this patch, as the engine does for a scene, so the sun can be turned and
             # heights read in pixel sizes as the engine will.
+            north = north_in_image(gt, srs, size, size)
+            # The label's sun is in the image's frame (from its +sample axis), the same over
+            # the whole ortho; from north it turns with the meridians (polar stereographic).
+            sun_from_north = (sun["sub_solar_azimuth_deg"] - 270.0 - north) % 360.0
             meta = {**base, "window": [x0, y0, size, size], "geotransform": gt,
-                    "height_offset_m": mean, "north_deg": north_in_image(gt, srs, size, size),
+                    "height_offset_m": mean, "north_deg": north,
+                    "sun_azimuth_deg": sun_from_north,
                     "pixel_size_m": ground_pixel_size_m(gt, srs, size, size)}
             pixels = image[:, x0:x0 + size].copy()
             if (scale, offset) != (1.0, 0.0):  # I/F, as the engine reads such a product

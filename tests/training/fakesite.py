@@ -45,7 +45,7 @@ RATIONALE_DESC            = "Test terrain for the patch builder,
 
 OBJECT = IMAGE_MAP_PROJECTION
     ^DATA_SET_MAP_PROJECTION     = "DSMAP.CAT"
-    MAP_PROJECTION_TYPE          = "EQUIRECTANGULAR"
+    MAP_PROJECTION_TYPE          = "{projection}"
     PROJECTION_LATITUDE_TYPE     = PLANETOCENTRIC
     A_AXIS_RADIUS                = 3396.19 <KM>
     B_AXIS_RADIUS                = 3396.19 <KM>
@@ -53,7 +53,7 @@ OBJECT = IMAGE_MAP_PROJECTION
     COORDINATE_SYSTEM_NAME       = PLANETOCENTRIC
     POSITIVE_LONGITUDE_DIRECTION = EAST
     CENTER_LATITUDE              = {center_lat} <DEG>
-    CENTER_LONGITUDE             = 180.0 <DEG>
+    CENTER_LONGITUDE             = {center_lon} <DEG>
     LINE_FIRST_PIXEL             = 1
     LINE_LAST_PIXEL              = {lines}
     SAMPLE_FIRST_PIXEL           = 1
@@ -101,7 +101,9 @@ def missing_value() -> np.float32:
 
 
 def write_pds_dtm(path: Path, heights: np.ndarray, ulx: float, uly: float,
-                  obs: tuple[str, str], scale: float = 1.0) -> None:
+                  obs: tuple[str, str], scale: float = 1.0,
+                  projection: str = "EQUIRECTANGULAR", center: tuple[float, float] = (-15.0, 180.0),
+                  ) -> None:
     """A PDS3 DTM with an attached label, float32 LSB, GDAL-readable with its georeferencing.
 
     GDAL puts the upper-left corner at ((-SAMPLE_OFFSET - 0.5), (LINE_OFFSET + 0.5)) pixels.
@@ -109,7 +111,8 @@ def write_pds_dtm(path: Path, heights: np.ndarray, ulx: float, uly: float,
     lines, samples = heights.shape
     record_bytes = samples * 4
     fields = {"record_bytes": record_bytes, "product_id": path.stem, "obs1": obs[0],
-              "obs2": obs[1], "center_lat": -15.0, "lines": lines, "samples": samples,
+              "obs2": obs[1], "center_lat": center[0], "center_lon": center[1],
+              "projection": projection, "lines": lines, "samples": samples,
               "scale": scale, "line_offset": uly / scale - 0.5,
               "sample_offset": -ulx / scale - 0.5}
     sized = DTM_LABEL.format(**fields, file_records=0, label_records=0, image_record=0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal
+from osgeo import gdal, osr
 
 from tests.training.conftest import options
 from tests.training.fakesite import DTM_A, PAIR_A, PAIR_B, SiteServer, Terrain
@@ -141,6 +141,33 @@ def test_an_orthos_dn_scaling_turns_its_patches_into_i_over_f(tmp_path: Path) ->
     patch = next(pair_patches(PairFiles("p", dtm, ortho, label), 16, 0))
     assert patch.image.dtype == np.float32
     np.testing.assert_allclose(patch.image, dn[:16, :16] * 2.5e-4 + 0.04, rtol=1e-6)
+
+
+def test_a_polar_pairs_patches_keep_the_labels_sun_in_the_grid(tmp_path: Path) -> None:
+    """The label's sun is in the image frame, the same all over a polar stereographic ortho;
+    from north it turns with the meridians, so each patch's is its own."""
+    from mars_dtm_plugin.core.raster import north_in_image
+    from tests.training.fakesite import write_ortho, write_pds_dtm
+    from training.tiles import PairFiles, pair_patches
+
+    dtm = tmp_path / "DTEPC_000001_1000_000002_1000_A01.IMG"
+    # 18 km across at 87 N, 0 E (12 m pixels): north turns some 3 degrees across it.
+    write_pds_dtm(dtm, np.zeros((64, 1500), np.float32), -9000.0, -177600.0,
+                  ("ESP_000001_1000", "ESP_000002_1000"), scale=12.0,
+                  projection="POLAR STEREOGRAPHIC", center=(90.0, 0.0))
+    opened = gdal.Open(str(dtm))
+    ortho = tmp_path / "ESP_000001_1000_RED_C_01_ORTHO.JP2"
+    write_ortho(ortho, np.full((64, 1500), 100, np.uint8), opened.GetGeoTransform(),
+                opened.GetProjection(), sub_solar=45.0, north=270.0)
+    patches = list(pair_patches(PairFiles("p", dtm, ortho, ortho.with_suffix(".LBL")), 64, 0))
+    norths = [p.meta["north_deg"] for p in patches]
+    assert np.ptp(norths) > 2.5  # the scene is wide enough to tell
+    for patch in patches:  # sun 45 from the +sample axis: 135 clockwise from image up
+        grid_sun = (patch.meta["sun_azimuth_deg"] + patch.meta["north_deg"]) % 360
+        assert grid_sun == pytest.approx(135.0, abs=1e-6)
+    assert norths[0] == pytest.approx(north_in_image(
+        patches[0].meta["geotransform"], osr.SpatialReference(wkt=opened.GetProjection()),
+        64, 64))
 
 
 @pytest.mark.parametrize("across", [False, True])  # the edge across columns, or rows

@@ -239,7 +239,12 @@ def _write_pairs(pairs: list[PairFiles], shards: Shards, index: dict, size: int,
         for patch in _until_unreadable(pair_patches(pair, size, overlap), unreadable):
             shards.write(split, patch)
             count += 1
-        if not unreadable:
+        if not unreadable and not count:  # an ortho off its DTM, say: not silently lost
+            index["skipped"][pair.pair_id] = (
+                f"no {size} px window with heights and image throughout (does the ortho lie "
+                "on the DTM?)")
+            log.warning("skipped %s: %s", pair.pair_id, index["skipped"][pair.pair_id])
+        elif not unreadable:
             index["pairs"][pair.pair_id] = {"patches": count, "split": split}
         elif count:  # its patches so far are in the shards: say so, and why it stopped
             index["pairs"][pair.pair_id] = {"patches": count, "split": split,

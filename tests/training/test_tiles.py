@@ -123,6 +123,23 @@ def test_isis_special_pixels_are_missing_heights(tmp_path: Path) -> None:
     assert all(np.abs(p.height).max() < 10 for p in patches)
 
 
+def test_a_pair_whose_ortho_lies_off_its_dtm_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    from tests.training.fakesite import write_ortho, write_pds_dtm
+    from training.tiles import PairFiles
+
+    heights = np.linspace(-2500, -2490, 32 * 32, dtype=np.float32).reshape(32, 32)
+    dtm = tmp_path / "DTEEC_000001_1000_000002_1000_A01.IMG"
+    write_pds_dtm(dtm, heights, 350000.0, -120000.0, ("ESP_000001_1000", "ESP_000002_1000"))
+    ortho = tmp_path / "ESP_000001_1000_RED_C_01_ORTHO.JP2"
+    write_ortho(ortho, np.full((32, 32), 100, np.uint8), (0.0, 1, 0, 0.0, 0, -1),
+                gdal.Open(str(dtm)).GetProjection())  # 350 km away
+    index = build([PairFiles("p", dtm, ortho, ortho.with_suffix(".LBL"))], tmp_path / "out", 16,
+                  0)
+    assert index["pairs"] == {}
+    assert index["skipped"] == {"p": "no 16 px window with heights and image throughout (does "
+                                     "the ortho lie on the DTM?)"}
+
+
 def test_an_orthos_dn_scaling_turns_its_patches_into_i_over_f(tmp_path: Path) -> None:
     """As the engine reads such a product: a model trained on the patches sees what it will."""
     from tests.training.fakesite import write_ortho, write_pds_dtm

@@ -17,7 +17,7 @@ import itertools
 import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,6 +260,14 @@ def write_pool(sources: Sequence[tuple[SyntheticPatches | DemShapePatches, int]]
     return writer.paths
 
 
+def scene_level(whole: np.ndarray, crop: np.ndarray,
+                stretch: Callable[[np.ndarray], np.ndarray] | None) -> float:
+    """The whole patch's mean over the crop's, ``crop`` already stretched and ``whole`` stretched
+    here alike (a gamma changes the ratio of two means)."""
+    whole_mean = float((stretch(whole) if stretch else whole).mean())
+    return whole_mean / max(float(crop.mean()), 1e-6)
+
+
 class ShardPatches(IterableDataset):
     """Streams shards: each rank and DataLoader worker reads its own subset of shard files.
 
@@ -323,17 +331,20 @@ class ShardPatches(IterableDataset):
             image, height = to_canonical(image, height, sun, self.canonical)
         if min(image.shape) < self.size:
             return None  # too small for a training patch once turned
-        whole_mean = float(image.mean())
+        whole = image
         image, height = self._crop(image, height, rng)
         if self.augment and self.low_relief and rng.random() < self.low_relief:
             image, height = flattened(image, height, rng)
-        # mean_ratio: the engine divides each tile by its scene's mean, not the tile's own;
-        # a crop of a larger pool patch can be scaled the same way (before the stretch below).
-        level = whole_mean / max(float(image.mean()), 1e-6) if self.scene_mean else 1.0
+        stretch = None
         if self.augment:
             if rng.random() < 0.5:
                 image, height = image[::-1], height[::-1]
-            image = self._restretch(image, rng)
+            stretch = self._restretch(image, rng)
+            image = stretch(image)
+        # mean_ratio: the engine divides each tile by its scene's mean, not the tile's own;
+        # a crop of a larger pool patch can be scaled the same way, the whole patch stretched
+        # as the crop was.
+        level = scene_level(whole, image, stretch) if self.scene_mean else 1.0
         jitter = self.mean_jitter if self.augment else 0.0
         if jitter:
             level *= float(rng.uniform(1 - jitter, 1 + jitter))
@@ -345,15 +356,19 @@ class ShardPatches(IterableDataset):
             x = x * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-shift, shift))
         return x, y
 
-    def _restretch(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _restretch(self, image: np.ndarray,
+                   rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
         """A random gamma; percentile models also see a min-max stretch, ratio models only
-        a small dark offset (stretching to zero would inflate their contrast)."""
+        a small dark offset (stretching to zero would inflate their contrast). Drawn for
+        ``image``, returned as a function of pixel values (to apply to its whole patch too)."""
         if self.norm.scaling == "percentile":
             lo, hi = float(image.min()), float(image.max())
-            return ((image - lo) / max(hi - lo, 1e-6)) ** rng.uniform(0.8, 1.25)
+            gamma = rng.uniform(0.8, 1.25)
+            return lambda values: np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, None) ** gamma
         hi = max(float(image.max()), 1e-6)
         offset = rng.uniform(-0.1, 0.1) * float(image.mean()) / hi
-        return np.clip(image / hi + offset, 0.0, None) ** rng.uniform(0.8, 1.25)
+        gamma = rng.uniform(0.8, 1.25)
+        return lambda values: np.clip(values / hi + offset, 0.0, None) ** gamma
 
     def _crop(self, image: np.ndarray, height: np.ndarray,
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -168,3 +168,18 @@ def test_low_relief_patches_scale_heights_and_contrast_together(pool):
 
     plain, every = samples(0.0), samples(1.0)
     assert sum(float(np.std(y)) for y in every) < 0.5 * sum(float(np.std(y)) for y in plain)
+
+
+def test_a_crop_scaled_by_its_whole_patch_mean_sees_the_patch_stretched_alike():
+    from training.data import scene_level
+
+    whole = np.concatenate([np.full((64, 32), 50.0), np.full((64, 32), 150.0)], axis=1)
+    crop = whole[:, :32]  # the dark half: the patch's mean is twice the crop's
+
+    def stretch(values: np.ndarray) -> np.ndarray:  # a gamma of 0.5
+        return np.sqrt(values / 150.0)
+
+    assert scene_level(whole, crop, None) == pytest.approx(2.0)
+    # Stretched, the dark half is sqrt(1/3) of the bright: the means' ratio is no longer 2.
+    expected = (np.sqrt(50 / 150) + 1.0) / 2 / np.sqrt(50 / 150)
+    assert scene_level(whole, stretch(crop), stretch) == pytest.approx(expected)

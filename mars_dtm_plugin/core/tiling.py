@@ -9,6 +9,7 @@ import numpy as np
 
 SNAP_DEG = 0.5  # a scene turned within this of a quarter turn is turned by the quarter turn
 
+
 @dataclass(frozen=True)
 class Tile:
     """A footprint of the output grid that one model tile predicts."""

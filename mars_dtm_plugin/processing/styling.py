@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from qgis.core import (
     QgsColorRampShader,
+    QgsDataProvider,
     QgsGradientColorRamp,
     QgsGradientStop,
     QgsMapLayer,
@@ -100,4 +101,8 @@ class DtmStyler(QgsProcessingLayerPostProcessorInterface):
     def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> None:
         if isinstance(layer, QgsRasterLayer) and layer.isValid():
+            # A run into a file loaded in the project gets that project layer back, still
+            # reading the file it replaced: it opens the new one first.
+            layer.setDataSource(layer.source(), layer.name(), layer.providerType(),
+                                QgsDataProvider.ProviderOptions())
             style_as_dtm(layer, self.low, self.high)

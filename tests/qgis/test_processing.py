@@ -518,3 +518,30 @@ def test_cancel_leaves_no_output(provider, identity_model, image_factory, tmp_pa
         run({"INPUT": str(image), "MODEL": str(identity_model), "OUTPUT": str(output)},
             feedback)
     assert list(output.parent.iterdir()) == []
+
+
+def test_a_run_into_a_loaded_output_shows_the_new_dtm(provider, identity_model, image_factory,
+                                                      tmp_path):
+    # As the dialog runs it: the result is loaded into the project, which already has it.
+    output = str(tmp_path / "dtm.tif")
+    first = image_factory("a.tif")
+    second = image_factory("b.tif", seed=5, geotransform=(1_250_000.0, 4.0, 0.0, -280_000.0,
+                                                          0.0, -4.0))
+    for image in (first, second):
+        processing.runAndLoadResults(ALGORITHM_ID, {"INPUT": str(image),
+                                                    "MODEL": str(identity_model),
+                                                    "OUTPUT": output})
+    loaded = [layer for layer in QgsProject.instance().mapLayers().values()
+              if Path(layer.source()) == Path(output)]
+    try:
+        (layer,) = loaded
+        fresh = QgsRasterLayer(output, "fresh")
+        assert layer.extent() == fresh.extent()
+        stats = fresh.dataProvider().bandStatistics(1)
+        renderer = layer.renderer()
+        assert (renderer.classificationMin(), renderer.classificationMax()) == pytest.approx(
+            (stats.minimumValue, stats.maximumValue), abs=1e-3)
+        assert layer.dataProvider().bandStatistics(1).maximumValue == pytest.approx(
+            stats.maximumValue, abs=1e-4)
+    finally:
+        QgsProject.instance().removeMapLayers([layer.id() for layer in loaded])

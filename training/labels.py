@@ -103,17 +103,6 @@ def missing_constant(label: dict) -> float:
     return float(value) if isinstance(value, (int, float)) else MISSING_CONSTANT
 
 
-def image_scaling(label: dict) -> tuple[float, float]:
-    """``SCALING_FACTOR`` and ``OFFSET`` of the label's IMAGE object, which turn a HiRISE
-    product's DN into I/F (the engine applies them to such an input); (1, 0) without them."""
-    image = find(label, "IMAGE")
-    image = image if isinstance(image, dict) else {}
-    scale, offset = image.get("SCALING_FACTOR"), image.get("OFFSET", 0.0)
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        return 1.0, 0.0
-    return float(scale), float(offset) if isinstance(offset, (int, float)) else 0.0
-
-
 def _number(label: dict, key: str) -> float:
     value = find(label, key)
     if not isinstance(value, (int, float)) or not math.isfinite(value):

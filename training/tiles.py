@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, osr
 
-from mars_dtm_plugin.core.raster import ground_pixel_size_m, north_in_image
-from training.labels import image_scaling, missing_constant, read_label, sun_geometry
+from mars_dtm_plugin.core.raster import ground_pixel_size_m, label_scaling, north_in_image
+from training.labels import missing_constant, read_label, sun_geometry
 from training.scrape import SAFE_NAME, read_manifest, write_json
 from training.shards import Patch, ShardWriter
 from training.splits import SPLITS, load_splits
@@ -147,8 +147,8 @@ def pair_patches(pair: PairFiles, size: int, overlap: int) -> Iterator[Patch]:
     ortho = gdal.Open(str(pair.ortho))
     if not ortho.GetProjection():
         raise ValueError(f"{pair.ortho.name} carries no georeferencing")
-    label = read_label(pair.label)
-    sun, (scale, offset) = sun_geometry(label), image_scaling(label)
+    sun = sun_geometry(read_label(pair.label))
+    scale, offset = label_scaling(str(pair.ortho))  # as the engine will read such a product
     base = {"pair_id": pair.pair_id, "source": "hirise", "crs_wkt": dtm.wkt,
             "height_units": "m",
             "height_reference": "patch_mean", "dtm_product_id": pair.dtm.stem,

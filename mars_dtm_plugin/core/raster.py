@@ -593,6 +593,12 @@ def _sun_from_label(label: str) -> tuple[float | None, float | None]:
     return (values["SUB_SOLAR_AZIMUTH"] - values.get("NORTH_AZIMUTH", 270.0)) % 360, elevation
 
 
+def label_scaling(path: str) -> tuple[float, float]:
+    """The DN-to-I/F scaling of a product's PDS3 label, as a run on ``path`` applies it where
+    GDAL gives none; (1, 0) without one."""
+    return _label_scaling(_read_label(path, None))
+
+
 def _label_scaling(label: str) -> tuple[float, float]:
     """``SCALING_FACTOR`` and ``OFFSET`` of the label's IMAGE object (DN to I/F in HiRISE
     products); (1, 0) without them."""

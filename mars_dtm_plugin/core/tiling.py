@@ -85,15 +85,13 @@ class Rotation:
     """
 
     def __init__(self, degrees: float, tile_size: int) -> None:
-        quarter = degrees / 90
         # A turn this close to a quarter one is made exact: the model sees its sun that much
         # off (well within what a model takes), where resampling would blur every pixel.
-        if abs(quarter - round(quarter)) * 90 < SNAP_DEG:
-            degrees = round(quarter) * 90.0
-        self.degrees = degrees % 360
+        turns = round(degrees / 90)
+        exact = abs(degrees - 90 * turns) < SNAP_DEG
+        self.degrees = (90.0 * turns if exact else degrees) % 360
         self.tile_size = tile_size
-        quarter = self.degrees / 90
-        self.quarter_turns = round(quarter) % 4 if quarter == round(quarter) else None
+        self.quarter_turns = turns % 4 if exact else None
         radians = math.radians(self.degrees)
         self.cos, self.sin = math.cos(radians), math.sin(radians)
         if self.quarter_turns is None:

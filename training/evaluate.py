@@ -8,7 +8,8 @@ measured is what ships). Test sets, written under ``--data`` when missing:
 - ``synthetic``: 48 procedural scenes (512 px, 1 m, sun from any azimuth), a seed never used for
   training;
 - ``louth``: the rows of the real Louth crater HiRISE DTM held out of training, rendered;
-- ``karoo``: the real QuickBird 8 m image, predictions averaged 3 x 3 onto the real 24 m DEM;
+- ``karoo``: the real QuickBird 8 m image, predictions averaged 3 x 3 onto the real 24 m DEM,
+  under the sun of the image's acquisition time;
 - ``gale``: the real HiRISE colour image (grey = mean of bands 1-3), predictions averaged
   8 x 8 onto the real 5 m DTM (one tile: a smoke test);
 - ``hirise``: 24 real HiRISE tiles without truth: re-shading consistency only;
@@ -40,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # The real DEM shapes and test sets (docs/data.md, "Real data for evaluation (and the DEM shapes)").
 DATA_DIR = Path(os.environ.get("MARSDTM_DATA") or ROOT.parent / "shared" / "data")
 HIRISE_ASSUMED_SUN = (270.0, 40.0)
+KAROO_ACQUIRED = datetime(2003, 11, 18, 8, 20, 12, tzinfo=timezone.utc)
+"""When QuickBird-2 took the Karoo image: its source product,
+03NOV18082012-P1BS-056844553010_01_P001, is named after its acquisition time in UTC."""
 BASELINES = ("flat", "sfs")
 MADE_HERE = ".made-by-evaluate"  # marks a generated set's folder as the evaluation's own
 TILT_SUFFIX = "+true scene tilt"
@@ -216,11 +221,33 @@ def reshading_correlation(image: np.ndarray, dem: np.ndarray, pixel_size_m: floa
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def sun_over(path: Path, when: datetime) -> tuple[float, float]:
+    """The sun over a georeferenced image's centre at ``when``: azimuth clockwise from image up,
+    elevation, in degrees (no refraction)."""
+    from astral import Observer
+    from astral.sun import azimuth, elevation
+    from osgeo import gdal, osr
+
+    from mars_dtm_plugin.core.raster import north_in_image
+
+    dataset = gdal.Open(str(path))
+    gt, cols, rows = dataset.GetGeoTransform(), dataset.RasterXSize, dataset.RasterYSize
+    srs, wgs84 = osr.SpatialReference(wkt=dataset.GetProjection()), osr.SpatialReference()
+    wgs84.ImportFromEPSG(4326)
+    for ref in (srs, wgs84):
+        ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    lon, lat, _ = osr.CoordinateTransformation(srs, wgs84).TransformPoint(
+        *gdal.ApplyGeoTransform(gt, cols / 2, rows / 2))
+    observer = Observer(latitude=lat, longitude=lon)
+    return ((azimuth(observer, when) + north_in_image(gt, srs, cols, rows)) % 360,
+            elevation(observer, when, with_refraction=False))
+
+
 def estimate_sun(image: np.ndarray, dem: np.ndarray, pixel_size_m: float,
                  valid: np.ndarray | None = None) -> tuple[float, float, float]:
     """Sun (azimuth, elevation) whose shading of the true DEM best matches the image.
 
-    Stands in for the product metadata that these real test images lack; returns the
+    Stands in for the product metadata that the Gale test image lacks; returns the
     correlation reached as well.
     """
     best = (0.0, 45.0, -2.0)
@@ -363,11 +390,15 @@ def karoo_scenes(_folder: Path, _seed: int) -> list[Scene]:
     valid8 = image != (nodata if nodata is not None else 0)
     valid24 = block_mean(valid8.astype(float), 3) == 1.0
     image24 = block_mean(image.astype(float), 3)
-    sun = estimate_sun(image24, dem, 24.0, valid24 & np.isfinite(dem))
-    scene = Scene("karoo", base / "image_qb2_pan_8m.tif", image, valid8, gt[1], sun[:2],
+    sun = sun_over(base / "image_qb2_pan_8m.tif", KAROO_ACQUIRED)
+    scored = valid24 & np.isfinite(dem)
+    shading = reshading_correlation(image24, dem, 24.0, *sun, scored)
+    fit = estimate_sun(image24, dem, 24.0, scored)
+    scene = Scene("karoo", base / "image_qb2_pan_8m.tif", image, valid8, gt[1], sun,
                   dem, 24.0, factor=3, tile=64, truth_valid=valid24)
-    scene.notes = {"sun": f"estimated from the 24 m DEM (az {sun[0]:.0f}, el {sun[1]:.0f}, "
-                          f"r = {sun[2]:.2f})"}
+    scene.notes = {"sun": f"at the acquisition time (az {sun[0]:.0f}, el {sun[1]:.0f}; the 24 m "
+                          f"DEM shaded under it: r = {shading:.2f}, under the best-fitting sun "
+                          f"az {fit[0]:.0f}, el {fit[1]:.0f}: r = {fit[2]:.2f})"}
     return [scene]
 
 

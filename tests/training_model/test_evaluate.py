@@ -9,6 +9,7 @@ import pytest
 
 from tests.models import write_test_model
 from training.evaluate import (
+    KAROO_ACQUIRED,
     TEST_SETS,
     Scene,
     average,
@@ -23,13 +24,14 @@ from training.evaluate import (
     scene_metrics,
     set_source,
     sfs_fourier,
+    sun_over,
     synthetic_scenes,
     tile_metrics,
     truth_without_scene_tilt,
     with_true_scene_tilt,
 )
 from training.shards import read_shards
-from training.synth import cos_incidence
+from training.synth import cos_incidence, write_geotiff
 
 
 def _ramp(gain: float) -> np.ndarray:
@@ -190,6 +192,33 @@ def test_reshading_and_sun_estimate_on_a_rendered_dem():
     assert reshading_correlation(image, dem, 1.0, 20.0, 30.0) < 0.0
     azimuth, _, r = estimate_sun(image, dem, 1.0)
     assert abs(azimuth - 200.0) <= 5.0 and r > 0.99
+
+
+def test_the_sun_over_an_image_is_the_solar_tables_and_turns_with_its_grid(tmp_path):
+    """Over the Karoo scene (33.69 S, 24.39 E) at its acquisition time NOAA's solar position
+    equations give azimuth 65.46 and elevation 62.06; in a grid whose north is turned off image
+    up (a transverse Mercator far from its central meridian) the azimuth turns with it."""
+    from osgeo import osr
+
+    from mars_dtm_plugin.core.raster import north_in_image
+
+    image = np.zeros((10, 10), np.uint8)
+    geographic = write_geotiff(tmp_path / "g.tif", image, (24.39 - 5e-4, 1e-4, 0, -33.69 + 5e-4,
+                                                           0, -1e-4), osr.SRS_WKT_WGS84_LAT_LONG)
+    azimuth, elevation = sun_over(geographic, KAROO_ACQUIRED)
+    assert azimuth == pytest.approx(65.46, abs=0.02) and elevation == pytest.approx(62.06, abs=0.02)
+
+    far = osr.SpatialReference()
+    far.ImportFromProj4("+proj=tmerc +lon_0=40 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m")
+    lat_lon = osr.SpatialReference(osr.SRS_WKT_WGS84_LAT_LONG)
+    x, y, _ = osr.CoordinateTransformation(lat_lon, far).TransformPoint(-33.69, 24.39)
+    gt = (x - 50.0, 10.0, 0, y + 50.0, 0, -10.0)
+    turned = write_geotiff(tmp_path / "t.tif", image, gt, far.ExportToWkt())
+    north = north_in_image(gt, far, 10, 10)
+    assert abs(north) > 8  # grid convergence, 15.6 degrees of longitude from the meridian
+    azimuth_turned, elevation_turned = sun_over(turned, KAROO_ACQUIRED)
+    assert azimuth_turned == pytest.approx((azimuth + north) % 360, abs=0.02)
+    assert elevation_turned == pytest.approx(elevation, abs=0.02)
 
 
 def test_block_mean_and_tile_weighted_average():

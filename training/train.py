@@ -275,6 +275,10 @@ def _out_of_range(cfg: TrainConfig) -> str:
                 "lower contrast")
     if cfg.mean_jitter >= 1:
         return f"--mean-jitter must be below 1 (a mean scaled by 1 - it), not {cfg.mean_jitter}"
+    last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    if outside := [step for step in cfg.keep_steps if not 1 <= step <= last]:
+        return (f"--keep-steps {outside[0]} is not a step of the run (1 to {last}): no "
+                f"checkpoint would be kept there")
     if len(cfg.percentiles) != 2 or not 0 <= cfg.percentiles[0] < cfg.percentiles[1] <= 100:
         return (f"--percentiles must be two percentiles, low then high, between 0 and 100, "
                 f"not {cfg.percentiles}")

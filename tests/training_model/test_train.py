@@ -539,6 +539,9 @@ def test_patches_all_too_small_are_one_clear_error(pool, tmp_path, capsys):
     ("--low-relief", "1.5", "--low-relief is a share of the patches, at most 1, not 1.5"),
     ("--keep-steps", "3,abc", "argument --keep-steps: expected numbers separated by commas, "
                               "got '3,abc' (see --help)"),
+    ("--keep-steps", "0", "--keep-steps 0 is not a step of the run (1 to 6000): no checkpoint "
+                          "would be kept there"),
+    ("--keep-steps", "100,7000", "--keep-steps 7000 is not a step of the run (1 to 6000)"),
     ("--percentiles", "99,1", "--percentiles must be two percentiles, low then high, between "
                               "0 and 100, not [99, 1]"),
     ("--percentiles", "1", "--percentiles must be two percentiles, low then high, between "

@@ -80,6 +80,12 @@ class MarsDtmPlugin:
                                    "QGIS's Python: click More for what to do."),
                 missing, Qgis.Critical, 0)
             return
-        import processing  # QGIS's Processing plugin, loaded by the time a button is clicked
-
+        try:
+            import processing  # QGIS's Processing plugin, loaded by the time a button is clicked
+        except ImportError:  # disabled in the Plugin Manager
+            self.iface.messageBar().pushWarning(
+                tr("Mars DTM"), tr("The DTM tool runs in QGIS's Processing plugin, which is "
+                                   "disabled: enable Processing under Plugins > Manage and "
+                                   "Install Plugins > Installed."))
+            return
         processing.execAlgorithmDialog(ALGORITHM_ID, {"INPUT": layer})

@@ -125,6 +125,18 @@ def test_button_without_onnxruntime_says_so_before_opening_the_dialog(
     assert "onnxruntime is not installed" in more and "pip install" in more
 
 
+def test_button_without_the_processing_plugin_says_how_to_enable_it(
+        plugin, qgis_iface, image_factory, monkeypatch):
+    layer = QgsRasterLayer(str(image_factory(width=60, height=60)), "scene")
+    QgsProject.instance().addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    monkeypatch.setitem(sys.modules, "processing", None)  # as if disabled in the Plugin Manager
+    plugin.actions[0].trigger()
+    assert algorithm_dialog() is None
+    assert any("QGIS's Processing plugin, which is disabled: enable Processing" in text
+               for text in warnings_of(qgis_iface))
+
+
 def test_button_on_vector_layer_warns(plugin, qgis_iface):
     points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
     warned = warnings_on(plugin, qgis_iface, points)

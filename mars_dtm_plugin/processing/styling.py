@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import ClassVar
 
 from qgis.core import (
@@ -81,6 +82,7 @@ class DtmStyler(QgsProcessingLayerPostProcessorInterface):
     # object is garbage-collected before the layer loads. Keyed by output so that batch rows do
     # not drop each other's; a few recent ones are kept, never removed while Processing may call.
     _alive: ClassVar[dict[str, DtmStyler]] = {}
+    _alive_lock = threading.Lock()  # batch rows may run in parallel tasks
     _KEEP = 64
 
     def __init__(self, key: str, low: float | None, high: float | None) -> None:
@@ -92,10 +94,11 @@ class DtmStyler(QgsProcessingLayerPostProcessorInterface):
     @classmethod
     def create(cls, key: str, low: float | None = None, high: float | None = None) -> DtmStyler:
         styler = cls(key, low, high)
-        cls._alive.pop(key, None)
-        cls._alive[key] = styler
-        while len(cls._alive) > cls._KEEP:
-            del cls._alive[next(iter(cls._alive))]
+        with cls._alive_lock:
+            cls._alive.pop(key, None)
+            cls._alive[key] = styler
+            while len(cls._alive) > cls._KEEP:
+                del cls._alive[next(iter(cls._alive))]
         return styler
 
     def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,

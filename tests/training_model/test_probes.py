@@ -33,3 +33,12 @@ def test_low_contrast_probe_measures_the_slope_up_towards_the_sun(tmp_path, caps
     assert slope == pytest.approx(math.degrees(math.atan(1 / 148.0)), rel=1e-2)
     assert about_plane < 0.1  # a plane and nothing else
     assert table[0.5][2] == pytest.approx(slope / 2, rel=0.05)
+
+
+def test_an_image_other_than_karoo_needs_its_sun(tmp_path, capsys):
+    source = write_raster(tmp_path / "other.tif", np.full((32, 32), 9, np.uint8),
+                          (0.0, 2.0, 0.0, 0.0, 0.0, -2.0))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--image", str(source)])
+    assert exit_info.value.code == 2
+    assert "give --sun AZ EL for an image other than the Karoo scene" in capsys.readouterr().err

@@ -5,8 +5,8 @@
 Scales the image's brightness about its mean (factors 1 down to 0.01), runs each
 through the engine and prints the contrast (standard deviation over mean), the DTM's height
 spread, its best-fit plane's slope up towards the sun and its spread about that plane. The
-default image is the Karoo pair's 8 m QuickBird scene with the sun `training.evaluate` fits
-there. Results: the model card's failure modes ("Little contrast").
+default image is the Karoo pair's 8 m QuickBird scene under the sun of its acquisition time,
+as `training.evaluate` scores it. Results: the model card's failure modes ("Little contrast").
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from osgeo import gdal
 
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import DtmError
-from training.evaluate import plane_fit, set_source
+from mars_dtm_plugin.core.raster import InputRaster
+from training.evaluate import KAROO_ACQUIRED, plane_fit, set_source, sun_over
 
 FACTORS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.03, 0.01)
 
@@ -65,11 +66,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="8-bit one-band north-up georeferenced image (default: Karoo's 8 m "
                              "scene)")
     parser.add_argument("--model", default=None, help="ONNX model (default: the bundled one)")
-    parser.add_argument("--sun", type=float, nargs=2, default=(55.0, 45.0),
-                        metavar=("AZ", "EL"), help="sun azimuth and elevation (default: 55 45)")
+    parser.add_argument("--sun", type=float, nargs=2, metavar=("AZ", "EL"),
+                        help="sun azimuth from north and elevation (default: Karoo's at the "
+                             "image's acquisition time)")
     args = parser.parse_args(argv)
     if args.image is None or not args.image.exists():
         parser.error("give --image: the Karoo scene is not in ../shared/data")
+    if args.sun is None:
+        if args.image != parser.get_default("image"):
+            parser.error("give --sun AZ EL for an image other than the Karoo scene")
+        azimuth, elevation = sun_over(args.image, KAROO_ACQUIRED)  # from image up
+        args.sun = ((azimuth - InputRaster(str(args.image)).georef.north_deg) % 360, elevation)
     options = PredictOptions(model_path=args.model, sun_azimuth=args.sun[0],
                              sun_elevation=args.sun[1], provider="cpu")
     source = gdal.Open(str(args.image))

@@ -228,7 +228,7 @@ def sun_over(path: Path, when: datetime) -> tuple[float, float]:
     from astral.sun import azimuth, elevation
     from osgeo import gdal, osr
 
-    from mars_dtm_plugin.core.raster import north_in_image
+    from mars_dtm_plugin.core.raster import InputRaster
 
     dataset = gdal.Open(str(path))
     gt, cols, rows = dataset.GetGeoTransform(), dataset.RasterXSize, dataset.RasterYSize
@@ -239,7 +239,7 @@ def sun_over(path: Path, when: datetime) -> tuple[float, float]:
     lon, lat, _ = osr.CoordinateTransformation(srs, wgs84).TransformPoint(
         *gdal.ApplyGeoTransform(gt, cols / 2, rows / 2))
     observer = Observer(latitude=lat, longitude=lon)
-    return ((azimuth(observer, when) + north_in_image(gt, srs, cols, rows)) % 360,
+    return (InputRaster(str(path)).georef.image_azimuth(azimuth(observer, when)),
             elevation(observer, when, with_refraction=False))
 
 
@@ -633,8 +633,9 @@ def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple
     georef = scene.image_path.suffix.lower() == ".tif"
     # The engine takes the azimuth from true north, which in a polar stereographic scene
     # (Louth crater, 70 N) lies some 100 degrees from image up.
-    north = InputRaster(str(scene.image_path)).georef.north_deg if georef else 0.0
-    options = PredictOptions(model_path=str(model), sun_azimuth=(scene.sun[0] - north) % 360,
+    azimuth = InputRaster(str(scene.image_path)).georef.north_azimuth(scene.sun[0]) if georef \
+        else scene.sun[0]
+    options = PredictOptions(model_path=str(model), sun_azimuth=azimuth,
                              sun_elevation=scene.sun[1], provider="cpu", threads=threads,
                              pixel_size=None if georef else scene.pixel_size_m)
     try:

@@ -220,8 +220,7 @@ class _Run:
             raise DtmError("Where north points cannot be found from the input's CRS (the "
                            "scene's centre lies outside the area it is defined for); check "
                            "the input's georeferencing.")
-        georef = self.raster.georef
-        in_image = georef.north_deg + (-self.sun_azimuth if georef.mirrored else self.sun_azimuth)
+        in_image = self.raster.georef.image_azimuth(self.sun_azimuth)
         # Rounded: a north 1e-13 degrees off up must not turn the scene by 359.9999999.
         return round(self.contract.sun_azimuth - in_image, 6) % 360
 

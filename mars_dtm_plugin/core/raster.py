@@ -68,6 +68,14 @@ class Georeferencing:
     """Rational polynomial coefficients of an input placed by them alone (a satellite's raw
     product), kept for the same reason."""
 
+    def image_azimuth(self, from_north: float) -> float:
+        """An azimuth given clockwise from north, clockwise from image up."""
+        return (self.north_deg + (-from_north if self.mirrored else from_north)) % 360
+
+    def north_azimuth(self, in_image: float) -> float:
+        """An azimuth given clockwise from image up, clockwise from north."""
+        return (self.north_deg - in_image if self.mirrored else in_image - self.north_deg) % 360
+
 
 class InputRaster:
     """One band (or the luminance of RGB) of a raster, read in windows with its validity mask."""

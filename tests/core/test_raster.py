@@ -9,7 +9,7 @@ import pytest
 from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.errors import DtmError
-from mars_dtm_plugin.core.raster import InputRaster, sun_from_product
+from mars_dtm_plugin.core.raster import Georeferencing, InputRaster, sun_from_product
 from tests.conftest import SHARED_DATA
 from tests.rasters import ramp, write_raster
 
@@ -286,3 +286,12 @@ def test_a_local_crs_keeps_its_linear_unit(tmp_path):
              'AXIS["X",EAST],AXIS["Y",NORTH]]')
     path = write_raster(tmp_path / "local.tif", ramp(8, 8), (0, 2.0, 0, 0, 0, -2.0), wkt=local)
     assert InputRaster(str(path)).georef.pixel_size_m == pytest.approx(2 * 0.3048006, rel=1e-6)
+
+
+@pytest.mark.parametrize("mirrored, in_image", [(False, 100.0), (True, 320.0)])
+def test_an_azimuth_turns_into_the_image_and_back(mirrored, in_image):
+    """North 30 degrees clockwise of image up; a sun at 70 from north lies 30 + 70 clockwise of
+    image up, or, with east on the image's left, 30 - 70."""
+    georef = Georeferencing(None, "", 1.0, north_deg=30.0, mirrored=mirrored)
+    assert georef.image_azimuth(70.0) == pytest.approx(in_image)
+    assert georef.north_azimuth(in_image) == pytest.approx(70.0)

@@ -197,10 +197,11 @@ def test_reshading_and_sun_estimate_on_a_rendered_dem():
 def test_the_sun_over_an_image_is_the_solar_tables_and_turns_with_its_grid(tmp_path):
     """Over the Karoo scene (33.69 S, 24.39 E) at its acquisition time NOAA's solar position
     equations give azimuth 65.46 and elevation 62.06; in a grid whose north is turned off image
-    up (a transverse Mercator far from its central meridian) the azimuth turns with it."""
+    up (a transverse Mercator far from its central meridian) the azimuth turns with it, and in a
+    grid with east on the left it turns the other way."""
     from osgeo import osr
 
-    from mars_dtm_plugin.core.raster import north_in_image
+    from mars_dtm_plugin.core.raster import image_frame
 
     image = np.zeros((10, 10), np.uint8)
     geographic = write_geotiff(tmp_path / "g.tif", image, (24.39 - 5e-4, 1e-4, 0, -33.69 + 5e-4,
@@ -212,13 +213,14 @@ def test_the_sun_over_an_image_is_the_solar_tables_and_turns_with_its_grid(tmp_p
     far.ImportFromProj4("+proj=tmerc +lon_0=40 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m")
     lat_lon = osr.SpatialReference(osr.SRS_WKT_WGS84_LAT_LONG)
     x, y, _ = osr.CoordinateTransformation(lat_lon, far).TransformPoint(-33.69, 24.39)
-    gt = (x - 50.0, 10.0, 0, y + 50.0, 0, -10.0)
-    turned = write_geotiff(tmp_path / "t.tif", image, gt, far.ExportToWkt())
-    north = north_in_image(gt, far, 10, 10)
-    assert abs(north) > 8  # grid convergence, 15.6 degrees of longitude from the meridian
-    azimuth_turned, elevation_turned = sun_over(turned, KAROO_ACQUIRED)
-    assert azimuth_turned == pytest.approx((azimuth + north) % 360, abs=0.02)
-    assert elevation_turned == pytest.approx(elevation, abs=0.02)
+    for name, x_step, turn in (("turned", 10.0, 1), ("east left", -10.0, -1)):
+        gt = (x - 5 * x_step, x_step, 0, y + 50.0, 0, -10.0)
+        north, mirrored = image_frame(gt, far, 10, 10)
+        assert abs(north) > 8 and mirrored == (turn < 0)  # grid convergence 15.6 deg of longitude
+        in_image, elevation_there = sun_over(
+            write_geotiff(tmp_path / f"{name}.tif", image, gt, far.ExportToWkt()), KAROO_ACQUIRED)
+        assert in_image == pytest.approx((north + turn * azimuth) % 360, abs=0.02), name
+        assert elevation_there == pytest.approx(elevation, abs=0.02)
 
 
 def test_block_mean_and_tile_weighted_average():

@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sun is None:
         if args.image != parser.get_default("image"):
             parser.error("give --sun AZ EL for an image other than the Karoo scene")
-        azimuth, elevation = sun_over(args.image, KAROO_ACQUIRED)  # from image up
-        args.sun = ((azimuth - InputRaster(str(args.image)).georef.north_deg) % 360, elevation)
+        in_image, elevation = sun_over(args.image, KAROO_ACQUIRED)
+        args.sun = (InputRaster(str(args.image)).georef.north_azimuth(in_image), elevation)
     options = PredictOptions(model_path=args.model, sun_azimuth=args.sun[0],
                              sun_elevation=args.sun[1], provider="cpu")
     source = gdal.Open(str(args.image))

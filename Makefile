@@ -21,7 +21,7 @@ build:
 	mkdir -p $(BUILD)
 	cp -r $(PLUGIN)/. $(BUILD)/
 	cp -r metadata.txt LICENSE icons resources.qrc $(BUILD)/
-	find $(BUILD) -name __pycache__ -prune -exec rm -rf {} +
+	find $(BUILD) \( -name __pycache__ -o -name '*.py[co]' -o -name '.*' \) -prune -exec rm -rf {} +
 
 # The installable plugin zip: exactly $(BUILD) (package, metadata, icons, licence, bundled
 # model), nothing from training/ or tests/. ALLOW_NO_MODEL=1 zips without the model (tests).
@@ -32,7 +32,7 @@ zip: build
 	mkdir -p $(dir $(ZIP))
 	rm -f $(ZIP)
 	cd $(dir $(BUILD)) && $(ZIP_PY) -m zipfile -c $(abspath $(ZIP)) $(PLUGIN)
-	@! $(ZIP_PY) -m zipfile -l $(ZIP) | grep -E '/(training|tests|__pycache__)/' || \
+	@! $(ZIP_PY) -m zipfile -l $(ZIP) | grep -E '/(training|tests|__pycache__)/|\.py[co]\b|/\.' || \
 		{ echo "$(ZIP) holds files that must not ship" >&2; rm -f $(ZIP); exit 1; }
 	@echo "built $(ZIP)"
 

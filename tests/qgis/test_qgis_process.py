@@ -80,18 +80,35 @@ def test_zip_holds_what_ships_and_nothing_else(plugin_zip):
         assert "mars_dtm_plugin/models/mars_dtm_generator.onnx" in names
 
 
-def test_make_zip_refuses_to_ship_without_the_model(tmp_path):
-    checkout = tmp_path / "checkout"  # the files `make zip` reads, less the model
+def _checkout_without_model(checkout: Path) -> Path:
+    """The files `make zip` reads, less the model."""
     shutil.copytree(ROOT / "mars_dtm_plugin", checkout / "mars_dtm_plugin",
                     ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
     shutil.copytree(ROOT / "icons", checkout / "icons")
     for name in ("Makefile", "metadata.txt", "LICENSE", "resources.qrc"):
         shutil.copy(ROOT / name, checkout)
+    return checkout
+
+
+def test_make_zip_refuses_to_ship_without_the_model(tmp_path):
+    checkout = _checkout_without_model(tmp_path / "checkout")
     done = subprocess.run(["make", "-s", "-C", str(checkout), "zip",
                            f"BUILD={tmp_path / 'mars_dtm_plugin'}", f"ZIP={tmp_path / 'p.zip'}"],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "mars_dtm_generator.onnx" in done.stderr
     assert not (tmp_path / "p.zip").exists()
+
+
+def test_make_zip_leaves_out_stray_compiled_and_hidden_files(tmp_path):
+    checkout = _checkout_without_model(tmp_path / "checkout")
+    for stray in ("core/engine.pyc", ".DS_Store", "processing/.engine.py.swp"):
+        (checkout / "mars_dtm_plugin" / stray).write_bytes(b"stray")
+    subprocess.run(["make", "-s", "-C", str(checkout), "zip", "ALLOW_NO_MODEL=1",
+                    f"BUILD={tmp_path / 'mars_dtm_plugin'}", f"ZIP={tmp_path / 'p.zip'}"],
+                   check=True, capture_output=True, text=True)
+    names = zipfile.ZipFile(tmp_path / "p.zip").namelist()
+    assert "mars_dtm_plugin/core/engine.py" in names
+    assert not [n for n in names if n.endswith((".pyc", ".DS_Store", ".swp"))], names
 
 
 def test_qgis_process_lists_the_algorithm(qgis_env):

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from html.parser import HTMLParser
@@ -227,11 +228,15 @@ class Summary:
     refused: list[str] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)
     """Folders whose listing failed: the pairs in them were not seen."""
+    unchecked: list[str] = field(default_factory=list)
+    """Pairs complete from an earlier crawl that this one could not check again: their files
+    and records are kept as they were."""
 
     def line(self) -> str:
         return (f"pairs found {self.found}, fetched {self.fetched}, skipped {self.skipped}, "
                 f"failed {self.failed}, unusable {self.unusable}; "
-                f"links refused {len(self.refused)}; folders unlisted {len(self.unlisted)}")
+                f"links refused {len(self.refused)}; folders unlisted {len(self.unlisted)}; "
+                f"complete pairs not checked again {len(self.unchecked)}")
 
 
 class Scraper:
@@ -243,6 +248,7 @@ class Scraper:
                          options.timeout, self.stopping)
         self.refused: list[str] = []
         self.unlisted: list[str] = []
+        self.unchecked: list[str] = []
         self.pairs_done: Callable[[int], object] = lambda n: None
 
     def listing(self, url: str) -> list[Link]:
@@ -286,8 +292,11 @@ class Scraper:
                 self.stopping.set()
                 pool.shutdown(cancel_futures=True)
                 raise
-        summary = Summary(found=len(records), refused=self.refused, unlisted=self.unlisted)
+        summary = Summary(found=len(records), refused=self.refused, unlisted=self.unlisted,
+                          unchecked=sorted(self.unchecked))
         for record in records:
+            if record["pair_id"] in self.unchecked:
+                continue
             outcome = pair_outcome(record)
             setattr(summary, outcome, getattr(summary, outcome) + 1)
         return summary, sorted(records, key=lambda r: r["pair_id"])
@@ -312,6 +321,13 @@ class Scraper:
             record.update(status="incomplete", reason=f"{type(error).__name__}: {error}")
         if self.stopping.is_set():  # cut short: the rerun writes what it finds
             return record
+        if record["status"] == "incomplete" and (earlier := complete_on_disk(folder)):
+            # A server hiccup on a rerun must not unlist files that are whole on disk.
+            log.warning("pair %s: not checked again (%s); its complete files are kept", pair,
+                        record["reason"])
+            self.unchecked.append(str(pair))
+            self.pairs_done(1)
+            return earlier
         if record["status"] != "complete":
             log.warning("pair %s: %s", pair, record["reason"])
         write_json(folder / "pair.json", record)
@@ -360,15 +376,23 @@ class Scraper:
         if offset > size or not part.exists():  # an empty file is fetched as an empty .part
             part.write_bytes(b"")
             offset = 0
-        if offset < size:
+        if offset < size or not size:  # an empty file too: its GET checks what HEAD said
             # The rest only of a file known unchanged; without a validator, all of it again.
             known = _validator(part).read_text() if _validator(part).exists() else ""
             headers = {"Range": f"bytes={offset}-", "If-Range": known} if offset and known \
                 else {}
             if not headers:
                 offset = 0
-            self.http.request(url, headers=headers,
-                              consume=lambda r: self._append(r, part, offset, size, known, bar))
+            try:
+                self.http.request(url, headers=headers, consume=lambda r: self._append(
+                    r, part, offset, size, known, bar))
+            except urllib.error.HTTPError as error:
+                if error.code != 416 or not headers:
+                    raise
+                part.write_bytes(b"")  # the server will not continue it: start again
+                _validator(part).unlink(missing_ok=True)
+                raise ShortRead(f"the server would not continue {part.name}; fetching it "
+                                f"whole") from error
         if part.stat().st_size != size:
             raise ShortRead(f"{part.name}: {part.stat().st_size} of {size} bytes")
 
@@ -377,6 +401,10 @@ class Scraper:
         ranged = response.status == 206
         if ranged and response.headers.get("Content-Range") != f"bytes {offset}-{size - 1}/{size}":
             raise ShortRead(f"server answered a different range for {part.name}")
+        length, expected = response.headers.get("Content-Length"), size - offset if ranged else size
+        if length is not None and length.isdigit() and int(length) != expected:
+            raise ShortRead(f"the server sends {length} bytes of {part.name} where {expected} "
+                            f"were expected (its HEAD gave {size})")
         if ranged and _validator_of(response) != known:
             # A server that ignores If-Range sends the rest of another file: start again.
             part.write_bytes(b"")
@@ -412,6 +440,18 @@ def _remember_validator(response: http.client.HTTPResponse, part: Path) -> None:
         _validator(part).write_text(value)
     else:  # nothing to check a resume against: a later try fetches the whole file again
         _validator(part).unlink(missing_ok=True)
+
+
+def complete_on_disk(folder: Path) -> dict | None:
+    """The pair's record from an earlier crawl, when it says complete and every file it lists
+    is there at its recorded size."""
+    try:
+        earlier = json.loads((folder / "pair.json").read_text())
+        whole = earlier["status"] == "complete" and all(
+            local_path(folder, [f["path"]]).stat().st_size == f["size"] for f in earlier["files"])
+    except (OSError, ValueError, KeyError, TypeError):  # none, unreadable, or not ours
+        return None
+    return earlier if whole else None
 
 
 def pair_outcome(record: dict) -> str:
@@ -458,20 +498,40 @@ def scrape(options: Options) -> Summary:
         root = scraper.listing(scraper.base_url)
     except Exception as error:
         raise ScrapeError(f"cannot read the listing at {scraper.base_url}: {error}") from error
-    summary, records = scraper.run(root)
-    if not summary.found:  # a wrong URL: keep whatever manifest an earlier crawl wrote
-        unlisted = f" ({len(summary.unlisted)} folders could not be listed)" \
-            if summary.unlisted else ""
-        raise ScrapeError(f"no pair folders ({'/'.join(PHASES)}/ORB_*/<pair>/) found under "
-                          f"{scraper.base_url}{unlisted}; check --base-url")
-    manifest = options.out / "manifest.json"
-    write_json(manifest, {
-        "base_url": scraper.base_url, "user_agent": USER_AGENT, "scale": options.scale,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "summary": asdict(summary),
-        "pairs": _with_earlier_pairs(manifest, records),
-    })
+    with _only_crawl_into(options.out):
+        summary, records = scraper.run(root)
+        if not summary.found:  # a wrong URL: keep whatever manifest an earlier crawl wrote
+            unlisted = f" ({len(summary.unlisted)} folders could not be listed)" \
+                if summary.unlisted else ""
+            raise ScrapeError(f"no pair folders ({'/'.join(PHASES)}/ORB_*/<pair>/) found "
+                              f"under {scraper.base_url}{unlisted}; check --base-url")
+        manifest = options.out / "manifest.json"
+        write_json(manifest, {
+            "base_url": scraper.base_url, "user_agent": USER_AGENT, "scale": options.scale,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "summary": asdict(summary),
+            "pairs": _with_earlier_pairs(manifest, records),
+        })
     return summary
+
+
+@contextmanager
+def _only_crawl_into(out: Path) -> Iterator[None]:
+    """Hold ``out/.scrape.lock`` while crawling: two crawls into one folder would write the same
+    ``.part`` files. The lock goes with the process, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".scrape.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ScrapeError(f"another crawl is writing into {out}; let it finish (or stop "
+                              f"it) and run this one again") from None
+        yield
 
 
 def _with_earlier_pairs(manifest: Path, records: list[dict]) -> list[dict]:
@@ -535,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
               "and the same command resumes.", file=sys.stderr)
         return 130
     print(f"{summary.line()}; manifest {options.out / 'manifest.json'}")
-    return 1 if summary.failed or summary.unlisted else 0
+    return 1 if summary.failed or summary.unlisted or summary.unchecked else 0
 
 
 if __name__ == "__main__":

@@ -275,7 +275,8 @@ class SiteServer:
     listing; ``redirects[url_path]`` answers with a 302 to that location; ``busy[url_path]`` is a
     list of Retry-After values: each GET takes the next and is answered 503. ``validators`` off:
     files carry no ETag; ``honours_if_range`` off: a Range is served whatever the If-Range
-    says (as some proxies do).
+    says (as some proxies do); ``refuses_ranges`` on: every Range is answered 416.
+    ``head_lengths[url_path]`` is the Content-Length a HEAD of that file reports.
     """
 
     def __init__(self, root: Path) -> None:
@@ -286,7 +287,9 @@ class SiteServer:
         self.redirects: dict[str, str] = {}
         self.slow: dict[str, float] = {}
         self.busy: dict[str, list[str]] = {}
+        self.head_lengths: dict[str, str] = {}
         self.validators = self.honours_if_range = True
+        self.refuses_ranges = False
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -309,7 +312,9 @@ class SiteServer:
         self.redirects.clear()
         self.slow.clear()
         self.busy.clear()
+        self.head_lengths.clear()
         self.validators = self.honours_if_range = True
+        self.refuses_ranges = False
 
     def gets(self, name: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"].endswith(name)]
@@ -366,6 +371,17 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
 
         def _send_file(self, path: str, data: bytes, body: bool) -> None:
             etag = f'"{zlib.crc32(data):08x}"'
+            if not body and path in site.head_lengths:
+                self.send_response(200)
+                self.send_header("Content-Length", site.head_lengths[path])
+                self.end_headers()
+                return
+            if site.refuses_ranges and self.headers.get("Range") is not None:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             ranged = self.headers.get("Range") is not None and (not site.honours_if_range or
                 self.headers.get("If-Range", etag) == etag)  # else whole, as Apache sends it
             start = int(self.headers["Range"][6:].split("-")[0]) if ranged else 0

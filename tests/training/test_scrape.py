@@ -54,8 +54,9 @@ def test_full_crawl_mirrors_the_chosen_products(server: SiteServer, site: Path,
     summary = scrape(options(server, tmp_path))
     assert (summary.found, summary.fetched, summary.skipped, summary.failed,
             summary.unusable) == (4, 3, 0, 0, 1)
+    records = ("pair.json", "manifest.json", ".scrape.lock")
     fetched = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
-                     if p.is_file() and p.name != "pair.json" and p.name != "manifest.json")
+                     if p.is_file() and p.name not in records)
     assert len(fetched) == 9
     for rel in fetched:
         assert (tmp_path / rel).read_bytes() == (site / DTM_ROOT.strip("/") / rel).read_bytes()
@@ -69,6 +70,60 @@ def test_full_crawl_mirrors_the_chosen_products(server: SiteServer, site: Path,
         "dtm", "complete", (tmp_path / record["dir"] / dtm["path"]).stat().st_size)
     assert _pair_record(tmp_path, PAIR_NO_DTM)["reason"] == f"no DTM of pair {PAIR_NO_DTM} listed"
     assert {r["agent"] for r in server.requests} == {USER_AGENT}
+
+
+def test_a_rerun_the_server_fails_keeps_the_pairs_complete_on_disk(
+        server: SiteServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    scrape(options(server, tmp_path))
+    before = _pair_record(tmp_path, PAIR_A)
+    server.reset()
+    server.busy[DTM_A.rsplit("/", 1)[0] + "/"] = ["0"] * 10  # the pair's folder is down
+    summary = scrape(options(server, tmp_path, retries=1))
+    assert summary.unchecked == [PAIR_A] and (summary.failed, summary.skipped) == (0, 2)
+    assert _pair_record(tmp_path, PAIR_A) == before
+    assert json.loads((tmp_path / before["dir"] / "pair.json").read_text()) == before
+    server.busy[DTM_A.rsplit("/", 1)[0] + "/"] = ["0"] * 10
+    code = main(["--out", str(tmp_path), "--base-url", server.url + DTM_ROOT, "--delay", "0",
+                 "--retries", "0"])
+    assert code == 1 and "complete pairs not checked again 1" in capsys.readouterr().out
+
+
+def test_a_second_crawl_into_the_same_folder_is_refused(server: SiteServer, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    import fcntl
+
+    with open(tmp_path / ".scrape.lock", "w") as held:  # as a crawl under way holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code = main(["--out", str(tmp_path), "--base-url", server.url + DTM_ROOT, "--delay", "0"])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: another crawl is writing into {tmp_path}; let it finish (or stop it) and run "
+        "this one again.")
+    assert [p.name for p in tmp_path.iterdir()] == [".scrape.lock"]
+    assert scrape(options(server, tmp_path)).fetched == 3  # once it has ended
+
+
+def test_a_server_that_will_not_continue_a_file_gets_asked_for_all_of_it(
+        server: SiteServer, site: Path, tmp_path: Path) -> None:
+    server.cuts[DTM_A] = [5000]
+    scrape(options(server, tmp_path, retries=0))
+    server.reset()
+    server.refuses_ranges = True  # 416, as behind a cache whose HEAD and GET disagree
+    assert scrape(options(server, tmp_path, retries=1)).failed == 0
+    assert [r["range"] for r in server.gets(dtm_name(PAIR_A))] == ["bytes=5000-", None]
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    assert local.read_bytes() == (site / DTM_A.lstrip("/")).read_bytes()
+
+
+@pytest.mark.parametrize("head_says", ["0", "100"])
+def test_a_size_the_download_does_not_bear_out_is_never_complete(
+        server: SiteServer, tmp_path: Path, head_says: str) -> None:
+    server.head_lengths[DTM_A] = head_says  # a proxy's HEAD that does not match its GET
+    summary = scrape(options(server, tmp_path, retries=0))
+    assert summary.failed == 1
+    dtm = _pair_record(tmp_path, PAIR_A)["files"][0]
+    assert dtm["status"] != "complete" and f"where {head_says} were expected" in dtm["error"]
+    assert not (tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)).exists()
 
 
 def test_rerun_skips_complete_files(server: SiteServer, tmp_path: Path) -> None:

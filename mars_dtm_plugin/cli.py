@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("input", metavar="INPUT",
                          help="image: georeferenced, or give --pixel-size")
     predict.add_argument("output", metavar="OUTPUT", help="DTM GeoTIFF to write")
-    predict.add_argument("--model", help="ONNX generator (default: the bundled model)")
-    predict.add_argument("--band", type=int,
+    predict.add_argument("--model", metavar="PATH",
+                         help="ONNX generator (default: the bundled model)")
+    predict.add_argument("--band", type=int, metavar="N",
                          help="band to use (default: 1, or luminance of RGB; 0: luminance)")
     predict.add_argument("--overlap", type=int, metavar="PX",
                          help="tile overlap in pixels (default: the model's)")
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--nodata", type=float, action="append", default=[], metavar="V",
                          help="a value to read as nodata besides what the file marks, such as "
                               "0 for a black collar without a nodata value (repeatable)")
-    predict.add_argument("--batch-size", type=int, default=None,
+    predict.add_argument("--batch-size", type=int, default=None, metavar="N",
                          help="tiles per model call (default: about half a megapixel)")
     predict.add_argument("--threads", type=int, default=None, metavar="N",
                          help="CPU threads for the model (default: one per physical core)")

@@ -511,12 +511,17 @@ class _Run:
         ]
         return report
 
+    @property
+    def _elevation_source(self) -> str:
+        if self.sun_elevation is None:
+            return "assumed"
+        given = self.options.sun_elevation is not None
+        return "user" if given else self._product_sun.elevation_from
+
     def provenance(self) -> dict[str, str]:
         """What the DTM was made with, kept in its file (gdalinfo, QGIS's layer properties)."""
-        source = ("assumed" if self.sun_elevation is None else "user"
-                  if self.options.sun_elevation is not None else self._product_sun.elevation_from)
         elevation = ("not used" if self.contract.input_scaling != "mean_ratio"
-                     else f"{self._sun_elevation_used:.1f} ({source})")
+                     else f"{self._sun_elevation_used:.1f} ({self._elevation_source})")
         return {
             "MARSDTM_MODEL": f"{self.generator.path.name}, version {self.contract.version}",
             "MARSDTM_SUN_AZIMUTH": ("not used" if self.sun_azimuth is None
@@ -552,7 +557,8 @@ class _Run:
                     + ("not used" if self.sun_azimuth is None
                        else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"))
         if self.sun_elevation is not None:
-            said.append(f"Sun elevation: {self.sun_elevation:.1f} degrees")
+            said.append(f"Sun elevation: {self.sun_elevation:.1f} degrees "
+                        f"({self._elevation_source})")
         return said
 
     def _cautions(self) -> list[Caution]:

@@ -21,7 +21,12 @@ RAMP = np.array([[44, 123, 182], [171, 217, 233], [255, 255, 191], [253, 174, 97
 
 
 def _read_small(path: str) -> tuple[np.ndarray, np.ndarray]:
-    ds = gdal.Open(path)
+    try:
+        ds = gdal.OpenEx(path, gdal.OF_RASTER)
+    except RuntimeError:  # where GDAL's exceptions are on
+        ds = None
+    if ds is None:
+        raise DtmError(f"{path} is not a raster GDAL can read.")
     band = ds.GetRasterBand(1)
     scale = max(ds.RasterXSize, ds.RasterYSize) / PREVIEW_SIDE
     width, height = (max(1, round(n / max(scale, 1))) for n in (ds.RasterXSize, ds.RasterYSize))
@@ -86,7 +91,17 @@ def _write_png(rgb: np.ndarray, path: str) -> None:
     Path(path + ".aux.xml").unlink(missing_ok=True)
 
 
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m mars_dtm_plugin.core.preview IMAGE DTM OUT.png", file=sys.stderr)
+        return 2
+    try:
+        make_preview(*argv)
+    except DtmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit("usage: python -m mars_dtm_plugin.core.preview IMAGE DTM OUT.png")
-    make_preview(*sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

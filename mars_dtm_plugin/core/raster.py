@@ -116,6 +116,8 @@ class InputRaster:
         for band, weight in zip(self.bands, self.weights):
             data = band.ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
             for low, high in self.nodata:  # on the stored values, as GDAL's nodata value
+                if math.isnan(low):  # NaN is nodata anyway (below); it compares false
+                    continue
                 if data.dtype.kind == "f":  # rounded to the band's type, as GDAL does
                     low, high = data.dtype.type(low), data.dtype.type(high)
                 valid &= (data < low) | (data > high)

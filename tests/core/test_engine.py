@@ -225,6 +225,14 @@ def test_a_nodata_value_given_as_gdalinfo_prints_it_masks_the_float32_fill(tmp_p
     assert (heights[:, :30] == NODATA).all() and (heights[:, 30:] != NODATA).all()
 
 
+def test_nan_given_as_nodata_masks_the_nans_only(tmp_path):
+    """As a batch passes on a file's "NoData Value=nan": NaN compares false with everything."""
+    image = ramp(100, 120).astype(np.float32) + 10
+    image[:, :30] = np.nan
+    heights, _, _ = predict(tmp_path, image, nodata=((math.nan, math.nan),))
+    assert (heights[:, :30] == NODATA).all() and (heights[:, 30:] != NODATA).all()
+
+
 def test_the_files_nodata_value_switched_off_is_a_value_like_any_other(tmp_path):
     image = ramp(80, 90).astype(np.float32) + 10
     image[20:30] = -1  # the file's nodata value
@@ -369,6 +377,7 @@ def test_sun_from_label_is_used_when_not_given(tmp_path):
     assert report.sun_source == "label"
     assert report.sun_azimuth == pytest.approx(270.0)
     assert report.sun_elevation == pytest.approx(30.0)
+    assert "Sun elevation: 30.0 degrees (label)" in report.messages
     # What the DTM was made with stays in its file.
     assert dataset.GetMetadata() == {
         "AREA_OR_POINT": "Area", "MARSDTM_MODEL": "ramp.onnx, version test",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from osgeo import gdal
 
-from mars_dtm_plugin.core.preview import make_preview
+from mars_dtm_plugin.core.preview import main, make_preview
 from tests.rasters import ramp, write_raster
 
 MARS_LON_LAT = ('GEOGCS["Mars 2000",DATUM["D_Mars_2000",SPHEROID["Mars_2000_IAU_IAG",'
@@ -58,3 +58,11 @@ def test_an_image_with_nan_pixels_is_stretched_over_the_rest(tmp_path):
     make_preview(str(source), str(dtm), str(tmp_path / "preview.png"))
     panel = gdal.Open(str(tmp_path / "preview.png")).ReadAsArray()[0, 5:, :80].astype(int)
     assert panel.min() < 10 and panel.max() > 245  # stretched 1 % to 99 %, not all black
+
+
+def test_an_input_that_is_not_there_is_one_sentence(tmp_path, capsys):
+    dtm = write_raster(tmp_path / "dtm.tif", ramp(60, 80), (0, 1.0, 0, 0, 0, -1.0))
+    missing = tmp_path / "moved.tif"
+    assert main([str(missing), str(dtm), str(tmp_path / "p.png")]) == 1
+    assert capsys.readouterr().err == f"error: {missing} is not a raster GDAL can read.\n"
+    assert not (tmp_path / "p.png").exists()

@@ -397,12 +397,19 @@ def _to_geographic(srs: osr.SpatialReference, inverse: bool = False
     # planetographic CRSs count longitude west).
     geographic = osr.SpatialReference()
     geographic.SetGeogCS("body", "body", "body", srs.GetSemiMajor(), srs.GetInvFlattening())
-    for ref in (srs, geographic):
-        ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    try:
-        return osr.CoordinateTransformation(*((geographic, srs) if inverse else (srs, geographic)))
-    except RuntimeError:  # PROJ finds no way between them
-        return None
+    # A CRS bound to WGS84 by a datum shift (+towgs84, as many Mars and Moon exports carry) has
+    # PROJ look for a way through WGS84 that no other body has: its own geographic CRS needs none.
+    for target in (geographic, srs.CloneGeogCS()):
+        for ref in (srs, target):
+            ref.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        try:  # None, or RuntimeError where osr's exceptions are on, when PROJ finds no way
+            transform = osr.CreateCoordinateTransformation(
+                *((target, srs) if inverse else (srs, target)))
+        except RuntimeError:
+            transform = None
+        if transform is not None:
+            return transform
+    return None
 
 
 def north_in_image(gt: tuple[float, ...], srs: osr.SpatialReference, cols: int,

@@ -46,17 +46,22 @@ def test_projected_pixel_size_and_rotated_grid(tmp_path):
     assert InputRaster(str(north_up)).georef.north_deg == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("bound", ["", " +towgs84=0,0,0"])  # as many GIS exports write it
 @pytest.mark.parametrize("lon, expected", [(0.0, 0.0), (90.0, 270.0), (180.0, 180.0),
                                            (-90.0, 90.0)])
-def test_true_north_in_a_polar_stereographic_grid(tmp_path, lon, expected):
+def test_true_north_in_a_polar_stereographic_grid(tmp_path, lon, expected, bound):
     # North polar stereographic on the Mars sphere: north points at the pole, not up.
     srs = osr.SpatialReference()
-    srs.ImportFromProj4("+proj=stere +lat_0=90 +lon_0=0 +k=1 +R=3396190 +units=m")
+    srs.ImportFromProj4("+proj=stere +lat_0=90 +lon_0=0 +k=1 +R=3396190 +units=m" + bound)
     r = 200_000.0
     cx, cy = r * math.sin(math.radians(lon)), -r * math.cos(math.radians(lon))
     gt = (cx - 50.0, 1.0, 0.0, cy + 50.0, 0.0, -1.0)
     path = write_raster(tmp_path / "polar.tif", ramp(100, 100), gt, wkt=srs.ExportToWkt())
-    assert InputRaster(str(path)).georef.north_deg == pytest.approx(expected, abs=0.1)
+    raster = InputRaster(str(path))
+    assert raster.dataset.GetSpatialRef().HasTOWGS84() == bool(bound)
+    assert raster.georef.north_deg == pytest.approx(expected, abs=0.1)
+    # On the ground: a map metre at 200 km from the pole is 0.9991 m (the projection's scale).
+    assert raster.georef.pixel_size_m == pytest.approx(1 / (1 + (r / 2 / 3396190) ** 2), rel=1e-4)
 
 
 @pytest.mark.parametrize(("metadata", "imd", "key"), [

@@ -22,6 +22,7 @@ from .errors import DtmError
 # ITU-R BT.601 luma weights, the usual choice for greyscale from RGB imagery.
 LUMINANCE = (0.299, 0.587, 0.114)
 SAMPLE_SIDE = 1024  # scene percentiles from at most a million pixels: plenty, and fast
+SAMPLE_MIN_SIDE = 64  # a long strip's short side is sampled this many times, not once
 
 
 _exceptions_lock = threading.Lock()
@@ -160,8 +161,9 @@ class InputRaster:
     def sample(self) -> np.ndarray:
         """Valid values from a decimated read of the whole scene (for scene statistics)."""
         scale = max(self.width, self.height) / SAMPLE_SIDE
-        buf = (self.width, self.height) if scale <= 1 else (
-            max(1, round(self.width / scale)), max(1, round(self.height / scale)))
+        buf = (self.width, self.height) if scale <= 1 else tuple(
+            max(min(side, SAMPLE_MIN_SIDE), round(side / scale))
+            for side in (self.width, self.height))
         values, valid = self._read_inside(0, 0, self.width, self.height, buf)
         found = values[valid]
         if not found.size and scale > 1:

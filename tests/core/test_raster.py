@@ -300,3 +300,13 @@ def test_an_azimuth_turns_into_the_image_and_back(mirrored, in_image):
     georef = Georeferencing(None, "", 1.0, north_deg=30.0, mirrored=mirrored)
     assert georef.image_azimuth(70.0) == pytest.approx(in_image)
     assert georef.north_azimuth(in_image) == pytest.approx(70.0)
+
+
+def test_a_long_strips_sample_spans_its_short_side(tmp_path):
+    """A 200 x 40 000 strip decimated alike on both sides would be sampled in 5 columns, here
+    all off its bright tenth: the scene mean (the input's scaling) would be off by a quarter."""
+    image = np.full((40_000, 200), 50, np.uint8)
+    image[:, :20] = 200  # true mean 65
+    path = write_raster(tmp_path / "strip.tif", image, (0, 1.0, 0, 0, 0, -1.0))
+    sample = InputRaster(str(path)).sample()
+    assert sample.size <= 1024 * 64 and sample.mean() == pytest.approx(65.0, rel=0.03)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import socket
+import stat
 import sys
 import threading
 import uuid
@@ -48,6 +49,18 @@ def check_output_path(input_path: str, output_path: str, input_files: Iterable[s
                        "file name, or make it writable to replace it.")
     if not os.access(out.parent, os.W_OK):
         raise DtmError(f"The output folder '{out.parent}' is not writable.")
+    if out.is_file() and not _may_replace(out):
+        raise DtmError(f"The output '{out.name}' belongs to another user in a folder where only "
+                       "a file's owner may replace it (such as /tmp); choose another file name.")
+
+
+def _may_replace(path: Path) -> bool:
+    """Whether this process may rename a new file over ``path`` (the writer's last step): in
+    a sticky folder only the file's or the folder's owner (or root) may."""
+    if os.name != "posix":
+        return True
+    folder, me = path.parent.stat(), os.geteuid()
+    return not folder.st_mode & stat.S_ISVTX or me in (0, folder.st_uid, path.stat().st_uid)
 
 
 def _same_file(a: Path, b: Path) -> bool:

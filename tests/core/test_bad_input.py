@@ -465,6 +465,26 @@ def test_write_protected_output_is_kept(tmp_path, scene, model):
     assert out.read_bytes() == b"an earlier result"
 
 
+@pytest.mark.parametrize("sticky", [True, False])
+def test_another_users_output_in_a_sticky_folder_is_refused_before_the_run(
+        tmp_path, monkeypatch, sticky):
+    """In /tmp and shared scratch folders only a file's owner may replace it: the run would
+    end, after all its work, failing to rename the new DTM over it."""
+    from mars_dtm_plugin.core.writer import check_output_path
+
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    folder.chmod(0o1777 if sticky else 0o777)
+    out = folder / "dtm.tif"
+    out.write_bytes(b"another user's DTM")
+    monkeypatch.setattr(os, "geteuid", lambda: out.stat().st_uid + 4242)  # someone else
+    if sticky:
+        with pytest.raises(DtmError, match="belongs to another user in a folder where only"):
+            check_output_path(str(tmp_path / "in.tif"), str(out))
+    else:
+        check_output_path(str(tmp_path / "in.tif"), str(out))
+
+
 @pytest.mark.parametrize("rows, cols", [(1, 1), (2, 981), (15, 40)])
 def test_an_image_too_small_to_show_relief_is_refused(tmp_path, model, rows, cols):
     path = write_raster(tmp_path / "tiny.tif", ramp(rows, cols), GT)

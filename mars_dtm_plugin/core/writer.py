@@ -59,8 +59,9 @@ def _may_replace(path: Path) -> bool:
     a sticky folder only the file's or the folder's owner (or root) may."""
     if os.name != "posix":
         return True
-    folder, me = path.parent.stat(), os.geteuid()
-    return not folder.st_mode & stat.S_ISVTX or me in (0, folder.st_uid, path.stat().st_uid)
+    target = Path(os.path.realpath(path))  # a link is written through: its target is replaced
+    folder, me = target.parent.stat(), os.geteuid()
+    return not folder.st_mode & stat.S_ISVTX or me in (0, folder.st_uid, target.stat().st_uid)
 
 
 def _same_file(a: Path, b: Path) -> bool:

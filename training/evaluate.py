@@ -770,6 +770,8 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                      "intervals": {}}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
+        drawn_figures = Path(tmp) / "figures"
+        drawn_figures.mkdir()
         for set_name in sets:
             scenes = pair_scenes(test_shards, Path(tmp)) if set_name == "pairs" \
                 else TEST_SETS[set_name](data, seed)
@@ -802,10 +804,21 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 results["intervals"][set_name] = {"drawn": drawn, "count": count,
                                                   "against": found}
             results["notes"][set_name] = _set_note(notes)
-            figures(set_name, figure_rows, first, out)
+            figures(set_name, figure_rows, first, drawn_figures)
         if speed and results["sets"]:
             results["speed"] = measure_speed(models[first], Path(tmp))
+        if results["sets"]:
+            _replace_figures(drawn_figures, out)
     return results
+
+
+def _replace_figures(drawn: Path, out: Path) -> None:
+    """Swaps the figures of an earlier report in ``out`` for this run's, so that none of a set
+    left out this time stays beside the new report; a run that fails touches none."""
+    for set_name in (*TEST_SETS, "pairs"):
+        (out / f"{set_name}.png").unlink(missing_ok=True)
+    for figure in drawn.iterdir():
+        figure.replace(out / figure.name)
 
 
 def _tilt_controls(scene: Scene, row: dict[str, np.ndarray],

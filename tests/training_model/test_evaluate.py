@@ -359,12 +359,19 @@ def test_evaluation_runs_models_through_the_engine_and_writes_a_report(tmp_path)
         pytest.skip("the shared Gale HiRISE pair is absent")
     model = write_test_model(tmp_path / "identity.onnx", "identity")
     out = tmp_path / "report"
+    out.mkdir()
+    for earlier in ("gale.png", "louth.png", "notes.txt"):  # an earlier report's, and the user's
+        (out / earlier).write_text("earlier")
     assert main(["--model", f"ident={model}", "--data", str(tmp_path / "data"), "--out",
                  str(out), "--sets", "gale", "--no-speed", "--roughness-control", "4"]) == 0
     text = (out / "report.md").read_text()
     assert "| ident |" in text and "| flat |" in text and "| sfs |" in text
     assert "| ident+noise4px |" in text
     assert (out / "gale.png").stat().st_size > 10_000
+    # A set left out this time keeps no figure beside the new report; other files stay.
+    assert not (out / "louth.png").exists() and (out / "notes.txt").read_text() == "earlier"
+    assert sorted(p.name for p in out.iterdir()) == ["gale.png", "metrics.json", "notes.txt",
+                                                     "report.md"]
     metrics = json.loads((out / "metrics.json").read_text())["sets"]["gale"]
     # The identity model returns brightness as height: it must not score like the truth.
     assert metrics["ident"]["rmse_m"] > 0 and metrics["flat"]["delta1"] == 0.0

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-data", default=DEFAULT_TRAINING_DATA,
                         help="one line on what the model learned from")
     parser.add_argument("--tiles-overlap", type=float, default=DEFAULT_OVERLAP,
-                        help="default overlap of the engine's tiles, percent of the tile")
+                        help="default overlap of the engine's tiles, percent of a tile's footprint")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest allowed |ONNX - PyTorch| output difference (pixel units)")
     args = parser.parse_args(argv)

@@ -349,8 +349,9 @@ def synthetic_scenes(folder: Path, seed: int, count: int = SYNTHETIC_SCENES) -> 
     return scenes
 
 
-def louth_scenes(folder: Path, seed: int) -> list[Scene]:
-    """Renders of the held-out rows (600-999) of the Louth crater HiRISE DTM."""
+def louth_scenes(folder: Path, seed: int, suns: int = 1) -> list[Scene]:
+    """Renders of the held-out rows (600-999) of the Louth crater HiRISE DTM: three crops,
+    each under ``suns`` random suns."""
     from osgeo import osr
 
     from mars_dtm_plugin.core.raster import ground_pixel_size_m
@@ -367,7 +368,8 @@ def louth_scenes(folder: Path, seed: int) -> list[Scene]:
     out.mkdir(parents=True, exist_ok=True)
     scenes = []
     top = HOLDOUT_ROWS[name]
-    for i, c0 in enumerate((0, 308, 616)):
+    crops = [(0, 308, 616)[i % 3] for i in range(3 * suns)]
+    for i, c0 in enumerate(crops):
         crop = dem[top:top + 384, c0:c0 + 384].astype(np.float32)
         sun = (float(rng.uniform(0, 360)), float(rng.uniform(20, 50)))
         crop_gt = (gt[0] + c0 * gt[1], gt[1], 0.0, gt[3] + top * gt[5], 0.0, gt[5])
@@ -750,7 +752,8 @@ def intervals(by_method: dict[str, list[dict]], model: str, seed: int,
 
 def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
              sets: list[str], speed: bool = True, roughness_px: float = 0.0,
-             tilt_control: bool = False, test_shards: Path | None = None) -> dict:
+             tilt_control: bool = False, test_shards: Path | None = None,
+             louth_suns: int = 1) -> dict:
     """All metrics: {set: {method: averaged metrics}} plus per-scene details and figures.
 
     ``roughness_px`` > 0 adds a control row: the first model's heights plus white noise of
@@ -758,7 +761,8 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
     ``tilt_control`` adds rows for the first model and both baselines with the true scene
     tilt (``with_true_scene_tilt``) on the sets with truth, and one for the truth without its
     scene tilt (``truth_without_scene_tilt``): what being right but for that tilt scores.
-    ``test_shards`` is the folder the ``pairs`` set reads.
+    ``test_shards`` is the folder the ``pairs`` set reads; ``louth_suns`` how many suns each
+    Louth crop is rendered under.
     """
     first, *more = models
     others = [*BASELINES, *more]  # what the first model's lead is measured against
@@ -773,8 +777,12 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
         drawn_figures = Path(tmp) / "figures"
         drawn_figures.mkdir()
         for set_name in sets:
-            scenes = pair_scenes(test_shards, Path(tmp)) if set_name == "pairs" \
-                else TEST_SETS[set_name](data, seed)
+            if set_name == "pairs":
+                scenes = pair_scenes(test_shards, Path(tmp))
+            elif set_name == "louth":
+                scenes = louth_scenes(data, seed, louth_suns)
+            else:
+                scenes = TEST_SETS[set_name](data, seed)
             by_method: dict[str, list[dict]] = {}
             figure_rows, notes = [], []
             for index, scene in enumerate(scenes):
@@ -953,6 +961,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score the first model and the baselines with each scene's "
                              "tilt taken from the truth (which a mean-scaled image does not show), "
                              "and the truth without that tilt")
+    parser.add_argument("--louth-suns", type=int, default=1, metavar="N",
+                        help="render each of the three Louth crops under N random suns "
+                             "(default 1: three scenes)")
     parser.add_argument("--test-shards", type=Path, metavar="DIR",
                         help="shards of held-out real pairs from training.tiles (e.g. "
                              "data/patches/test), scored as the 'pairs' set")
@@ -963,6 +974,8 @@ def main(argv: list[str] | None = None) -> int:
         models = _parse_models(args.model)
         if unknown := [s for s in sets if s not in (*TEST_SETS, "pairs")]:
             raise ValueError(f"unknown test set(s) {', '.join(unknown)}")
+        if args.louth_suns < 1:
+            raise ValueError(f"--louth-suns {args.louth_suns}: give at least 1 sun per crop")
         _check_test_shards(args.test_shards, "pairs" in sets)
         check_data_folder(Path(args.data), args.seed, sets)
         if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -974,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
                            not args.no_speed, args.roughness_control, args.tilt_control,
-                           args.test_shards)
+                           args.test_shards, args.louth_suns)
     except (UnreadableShard, ModelFailed) as exc:  # found part-way
         print(f"error: {exc}; no report was written", file=sys.stderr)
         return 1

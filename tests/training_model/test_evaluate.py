@@ -340,6 +340,27 @@ def test_two_models_under_one_name_are_refused(tmp_path, capsys, second):
     assert "is taken; name each model NAME=FILE" in capsys.readouterr().err
 
 
+def test_more_louth_suns_add_renders_of_the_same_crops_after_the_first_three(tmp_path):
+    from training.evaluate import louth_scenes
+
+    one = louth_scenes(tmp_path / "one", 7)
+    if not one:
+        pytest.skip(f"the shared Louth DTM is absent ({set_source('louth')})")
+    two = louth_scenes(tmp_path / "two", 7, suns=2)
+    assert len(one) == 3 and len(two) == 6
+    for a, b in zip(one, two[:3]):  # --louth-suns 1 is the default set, image for image
+        assert a.sun == b.sun and np.array_equal(a.image, b.image)
+    for a, b in zip(two[:3], two[3:]):  # the same ground, another sun
+        assert np.array_equal(a.truth, b.truth) and a.sun != b.sun
+        assert not np.array_equal(a.image, b.image)
+
+
+def test_no_louth_sun_is_refused(tmp_path, capsys):
+    model = write_test_model(tmp_path / "m.onnx")
+    assert main(["--model", str(model), "--data", str(tmp_path / "d"), "--louth-suns", "0"]) == 2
+    assert "--louth-suns 0: give at least 1 sun per crop" in capsys.readouterr().err
+
+
 def test_the_synthetic_set_follows_the_seed(tmp_path):
     def suns(seed: int) -> list[tuple[float, float]]:
         return [s.sun for s in synthetic_scenes(tmp_path, seed, count=2)]

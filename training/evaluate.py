@@ -585,6 +585,40 @@ def _fmt(value: float | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3g}"
 
 
+def bar_checks(results: dict, model: str) -> tuple[int, list[str]]:
+    """The bar: on each metric of ``INTERVAL_KEYS`` in every set with truth, ``model`` beats
+    both flat and SFS (errors lower, δ higher, as averaged in the tables). Returns the number of
+    checks (set and metric) and a line for each one failed."""
+    checks, failed = 0, []
+    for set_name, metrics in results["sets"].items():
+        if "rmse_m" not in metrics.get(model, {}):
+            continue  # no truth: re-shading consistency is reported, not checked
+        for key in INTERVAL_KEYS:
+            checks += 1
+            ours = metrics[model].get(key, math.nan)
+            lost = [f"{name}'s {metrics[name].get(key, math.nan):.4g}" for name in BASELINES
+                    if not (ours > metrics[name].get(key, math.nan) if key.startswith("delta")
+                            else ours < metrics[name].get(key, math.nan))]
+            if lost:
+                failed.append(f"{set_name} {COLUMNS[key]} ({ours:.4g} against "
+                              + " and ".join(lost) + ")")
+    return checks, failed
+
+
+def _bar_section(results: dict, models: list[str]) -> list[str]:
+    lines = []
+    for model in models:
+        checks, failed = bar_checks(results, model)
+        if checks:
+            lines.append(f"- `{model}` passes {checks - len(failed)} of {checks}"
+                         + (f"; fails {', '.join(failed)}" if failed else ""))
+    if not lines:
+        return []
+    return ["## The bar", "", "A check is one metric of one set with truth (RMSE, MAE, slope "
+            "error, the three δ); a model passes it where it beats both flat and SFS there "
+            "(errors lower, δ higher, as averaged in the tables).", "", *lines, ""]
+
+
 def write_report(results: dict, models: list[str], out: Path, command: str) -> Path:
     order = [*models, *results.get("controls", []), *BASELINES]
     lines = ["# Evaluation report", "",
@@ -602,6 +636,7 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
                   "scene: what a method right about everything but that tilt would score. "
                   f"`{TILT_SUFFIX}` rows swap a method's own plane over the scene for the "
                   "truth's.", ""]
+    lines += _bar_section(results, models)
     for set_name, metrics in results["sets"].items():
         lines += [f"## {SET_TITLES[set_name]}", "", results["notes"].get(set_name, ""), "",
                   table(metrics, order), ""]

@@ -340,6 +340,26 @@ def test_two_models_under_one_name_are_refused(tmp_path, capsys, second):
     assert "is taken; name each model NAME=FILE" in capsys.readouterr().err
 
 
+def test_the_bar_wants_both_baselines_beaten_on_every_metric_of_every_set_with_truth():
+    from training.evaluate import bar_checks
+
+    base = {"rmse_m": 2.0, "mae_m": 1.5, "slope_err_deg": 10.0,
+            "delta1": 0.2, "delta2": 0.4, "delta3": 0.6}
+    sets = {"a": {"m": {**base, "rmse_m": 1.9, "delta1": 0.3},
+                  "flat": {**base, "delta1": 0.0}, "sfs": {**base, "slope_err_deg": 12.0}},
+            "tiles": {"m": {"reshade_r": 0.1}, "flat": {}, "sfs": {"reshade_r": 0.9}}}
+    checks, failed = bar_checks({"sets": sets}, "m")
+    # Set "a" only (no truth in "tiles"): RMSE and δ<1.25 beat both; slope error beats SFS but
+    # ties flat; the rest tie both, and a tie is no win.
+    assert checks == 6
+    assert failed == ["a MAE (m) (1.5 against flat's 1.5 and sfs's 1.5)",
+                      "a slope err (°) (10 against flat's 10)",
+                      "a δ<1.25² (0.4 against flat's 0.4 and sfs's 0.4)",
+                      "a δ<1.25³ (0.6 against flat's 0.6 and sfs's 0.6)"]
+    del sets["a"]["m"]["mae_m"]  # a metric a model left unscored is not passed
+    assert "a MAE (m) (nan against flat's 1.5 and sfs's 1.5)" in bar_checks({"sets": sets}, "m")[1]
+
+
 def test_more_louth_suns_add_renders_of_the_same_crops_after_the_first_three(tmp_path):
     from training.evaluate import louth_scenes
 
@@ -388,6 +408,7 @@ def test_evaluation_runs_models_through_the_engine_and_writes_a_report(tmp_path)
     text = (out / "report.md").read_text()
     assert "| ident |" in text and "| flat |" in text and "| sfs |" in text
     assert "| ident+noise4px |" in text
+    assert re.search(r"## The bar\n\n.*\n\n- `ident` passes \d+ of 6", text)
     assert (out / "gale.png").stat().st_size > 10_000
     # A set left out this time keeps no figure beside the new report; other files stay.
     assert not (out / "louth.png").exists() and (out / "notes.txt").read_text() == "earlier"

@@ -727,3 +727,29 @@ def test_a_black_collar_without_nodata_is_pointed_out(tmp_path):
     assert not any("black collar" in m for m in untagged.messages)
     nodata = ds.GetRasterBand(1).GetNoDataValue()
     assert (heights[0] == nodata).all() and (heights[8:-8, 8:-8] != nodata).all()
+
+
+def test_a_turned_grid_of_oblong_pixels_keeps_its_geotransform_and_ground_pixel_size(tmp_path):
+    # Columns 2 m apart and rows 3 m apart, the grid turned 30 degrees, in a local CRS in metres.
+    turn = math.radians(30.0)
+    gt = (500.0, 2 * math.cos(turn), 3 * math.sin(turn), 900.0, 2 * math.sin(turn),
+          -3 * math.cos(turn))
+    local = osr.SpatialReference()
+    local.SetLocalCS("site grid")
+    local.SetLinearUnits("metre", 1.0)
+    rng = np.random.default_rng(5)
+    image = (100 + 20 * rng.random((150, 170))).astype(np.float32)
+    source = write_raster(tmp_path / "image.tif", image, gt, wkt=local.ExportToWkt())
+    model = write_test_model(tmp_path / "identity.onnx", "identity")
+    predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                PredictOptions(model_path=str(model), sun_azimuth=90.0))
+    heights, ds = read_raster(tmp_path / "dtm.tif")
+    assert ds.GetGeoTransform() == pytest.approx(gt)
+    # The geometric mean of the two sides, not of the geotransform's rows.
+    assert float(ds.GetMetadataItem("MARSDTM_PIXEL_SIZE_M")) == pytest.approx(math.sqrt(6.0))
+    # The statistics stored with the band are those of the heights written.
+    band = ds.GetRasterBand(1)
+    stored = [float(band.GetMetadataItem(f"STATISTICS_{k}")) for k in
+              ("MINIMUM", "MAXIMUM", "MEAN", "STDDEV")]
+    assert stored == pytest.approx([heights.min(), heights.max(), heights.mean(), heights.std()],
+                                   rel=1e-4, abs=1e-6)

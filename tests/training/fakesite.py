@@ -273,9 +273,10 @@ class SiteServer:
     with an If-Range of another ETag gets the whole file. ``slow[url_path]`` sends that file
     1 kB at a time, that many seconds apart. ``extra_links[url_path]`` adds raw hrefs to a
     listing; ``redirects[url_path]`` answers with a 302 to that location; ``busy[url_path]`` is a
-    list of Retry-After values: each GET takes the next and is answered 503. ``validators`` off:
-    files carry no ETag; ``honours_if_range`` off: a Range is served whatever the If-Range
-    says (as some proxies do); ``refuses_ranges`` on: every Range is answered 416.
+    list of Retry-After values: each GET takes the next and is answered ``busy_status`` (503).
+    ``validators`` off: files carry no ETag; ``honours_if_range`` off: a Range is served
+    whatever the If-Range says (as some proxies do); ``refuses_ranges`` on: every Range is
+    answered 416.
     ``head_lengths[url_path]`` is the Content-Length a HEAD of that file reports.
     """
 
@@ -287,6 +288,7 @@ class SiteServer:
         self.redirects: dict[str, str] = {}
         self.slow: dict[str, float] = {}
         self.busy: dict[str, list[str]] = {}
+        self.busy_status = 503
         self.head_lengths: dict[str, str] = {}
         self.validators = self.honours_if_range = True
         self.refuses_ranges = False
@@ -312,6 +314,7 @@ class SiteServer:
         self.redirects.clear()
         self.slow.clear()
         self.busy.clear()
+        self.busy_status = 503
         self.head_lengths.clear()
         self.validators = self.honours_if_range = True
         self.refuses_ranges = False
@@ -353,7 +356,7 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
                                   "agent": self.headers.get("User-Agent")})
             local = (site.root / path.lstrip("/")).resolve()
             if self.command == "GET" and site.busy.get(path):
-                self.send_response(503)
+                self.send_response(site.busy_status)
                 self.send_header("Retry-After", site.busy[path].pop(0))
                 self.send_header("Content-Length", "0")
                 self.end_headers()

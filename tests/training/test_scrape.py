@@ -86,6 +86,13 @@ def test_a_rerun_the_server_fails_keeps_the_pairs_complete_on_disk(
     code = main(["--out", str(tmp_path), "--base-url", server.url + DTM_ROOT, "--delay", "0",
                  "--retries", "0"])
     assert code == 1 and "complete pairs not checked again 1" in capsys.readouterr().out
+    # A file since cut short on disk makes its pair no longer complete, checked or not.
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    local.write_bytes(local.read_bytes()[:5000])
+    server.busy[DTM_A.rsplit("/", 1)[0] + "/"] = ["0"] * 10
+    summary = scrape(options(server, tmp_path, retries=1))
+    assert summary.unchecked == [] and summary.failed == 1
+    assert _pair_record(tmp_path, PAIR_A)["status"] == "incomplete"
 
 
 def test_a_second_crawl_into_the_same_folder_is_refused(server: SiteServer, tmp_path: Path,
@@ -132,6 +139,18 @@ def test_rerun_skips_complete_files(server: SiteServer, tmp_path: Path) -> None:
     summary = scrape(options(server, tmp_path))
     assert (summary.fetched, summary.skipped, summary.failed, summary.unusable) == (0, 3, 0, 1)
     assert not [r for r in server.requests if r["method"] == "GET" and not r["path"].endswith("/")]
+
+
+def test_a_file_cut_short_on_disk_since_the_last_crawl_is_fetched_again(
+        server: SiteServer, site: Path, tmp_path: Path) -> None:
+    scrape(options(server, tmp_path))
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    whole = local.read_bytes()
+    local.write_bytes(whole[:5000])  # a copy or a sync that stopped part-way
+    server.reset()
+    assert scrape(options(server, tmp_path)).failed == 0
+    assert [r["range"] for r in server.gets(dtm_name(PAIR_A))] == [None]
+    assert local.read_bytes() == whole == (site / DTM_A.lstrip("/")).read_bytes()
 
 
 def test_interrupted_download_resumes_on_rerun(server: SiteServer, site: Path,
@@ -375,12 +394,14 @@ def test_an_empty_remote_file_is_fetched_as_an_empty_file(server: SiteServer, si
     assert dest.read_bytes() == b"" and not (tmp_path / "empty.LBL.part").exists()
 
 
-@pytest.mark.parametrize("asked", ["2", "date"])
+@pytest.mark.parametrize("asked, status", [("2", 503), ("date", 503), ("2", 429)])
 def test_a_busy_server_is_given_the_time_it_asks_for(server: SiteServer, site: Path,
-                                                     tmp_path: Path, asked: str) -> None:
+                                                     tmp_path: Path, asked: str,
+                                                     status: int) -> None:
     later = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=3),
                                         usegmt=True)
     server.busy[DTM_A] = [later if asked == "date" else asked]
+    server.busy_status = status  # 503 Service Unavailable, 429 Too Many Requests
     summary = scrape(options(server, tmp_path))  # retries 10 ms apart unless asked otherwise
     assert summary.failed == 0
     busy, served = [r["time"] for r in server.requests if r["path"] == DTM_A

@@ -33,8 +33,10 @@ def test_exported_model_passes_the_engine_contract(exported):
     contract = parse_contract({p.key: p.value for p in model.metadata_props})
     assert contract.version == "9.9"
     assert contract.sun_mode == "rotate" and contract.height_units == "gsd"
+    assert contract.sun_azimuth == 270.0  # the canonical azimuth it was trained to
     assert contract.extra["marsdtm:size_multiple"] == 4
     assert contract.extra["marsdtm:training_steps"] == 2
+    assert contract.extra["marsdtm:adversarial"] is False
     assert contract.input_scaling == "mean_ratio"
     assert contract.standardization_std == [0.3]
     assert contract.extra["marsdtm:architecture"]["shading_prior"] is True
@@ -42,6 +44,23 @@ def test_exported_model_passes_the_engine_contract(exported):
     assert [i.name for i in model.graph.input] == ["image"]
     assert [o.name for o in model.graph.output] == ["height"]
     assert model.opset_import[0].version == 17
+
+
+def test_a_fine_tune_with_the_gan_says_so_and_counts_the_steps_it_started_from(
+        exported, pool, tmp_path):
+    _, path = exported  # 2 steps, no GAN
+    cfg = TrainConfig(data=str(pool), out=str(tmp_path), patch_size=64, batch_size=4, steps=1,
+                      channels=[4, 8, 16], threads=1, checkpoint_every=1000,
+                      input_scaling="mean_ratio", norm_mean=0.0, norm_std=0.3,
+                      shading_prior=True, prior_window=15, gan=True,
+                      init_from=str(path.parent / "last.pt"))
+    tuned = Trainer(cfg)
+    tuned.fit()
+    assert export_main([str(tuned.save()), str(tmp_path / "tuned.onnx")]) == 0
+    model = onnx.load(str(tmp_path / "tuned.onnx"))
+    contract = parse_contract({p.key: p.value for p in model.metadata_props})
+    assert contract.extra["marsdtm:adversarial"] is True
+    assert contract.extra["marsdtm:training_steps"] == 3
 
 
 def test_onnxruntime_matches_pytorch_at_another_shape(exported):

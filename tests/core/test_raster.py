@@ -127,6 +127,15 @@ def test_metadata_and_label_each_give_what_the_other_lacks(tmp_path):
                                                            "label", "metadata", 0.0)
 
 
+def test_a_label_without_north_azimuth_has_north_up(tmp_path):
+    path = write_raster(tmp_path / "product.tif", ramp(4, 4), (0, 1.0, 0, 0, 0, -1.0))
+    (tmp_path / "product.LBL").write_text(
+        "PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = 60.0 <DEG>\nSUB_SOLAR_AZIMUTH = 200.0\nEND\n")
+    # Clockwise from the right edge, image up is 270: the sun lies 200 - 270 = 290 from north.
+    assert sun_from_product(str(path), InputRaster(str(path)).dataset)[:2] == \
+        (pytest.approx(290.0), pytest.approx(30.0))
+
+
 def test_elevation_alone_is_read_from_label_or_metadata(tmp_path):
     (tmp_path / "product.LBL").write_text(
         "PDS_VERSION_ID = PDS3\nINCIDENCE_ANGLE = 60.0 <DEG>\nEND\n")
@@ -291,6 +300,18 @@ def test_a_local_crs_keeps_its_linear_unit(tmp_path):
              'AXIS["X",EAST],AXIS["Y",NORTH]]')
     path = write_raster(tmp_path / "local.tif", ramp(8, 8), (0, 2.0, 0, 0, 0, -2.0), wkt=local)
     assert InputRaster(str(path)).georef.pixel_size_m == pytest.approx(2 * 0.3048006, rel=1e-6)
+
+
+def test_a_local_grid_turned_anticlockwise_has_north_clockwise_of_image_up(tmp_path):
+    # One row up steps (-1.5, +2.6) m in the site's x and y: toward 330 degrees, so north lies
+    # 30 degrees clockwise of image up.
+    local = ('LOCAL_CS["site grid",LOCAL_DATUM["d",0],UNIT["metre",1],'
+             'AXIS["X",EAST],AXIS["Y",NORTH]]')
+    turn = math.radians(30.0)
+    gt = (0, 2 * math.cos(turn), 3 * math.sin(turn), 0, 2 * math.sin(turn), -3 * math.cos(turn))
+    path = write_raster(tmp_path / "turned.tif", ramp(8, 8), gt, wkt=local)
+    georef = InputRaster(str(path)).georef
+    assert georef.north_deg == pytest.approx(30.0) and not georef.mirrored
 
 
 @pytest.mark.parametrize("mirrored, in_image", [(False, 100.0), (True, 320.0)])

@@ -753,3 +753,11 @@ def test_a_turned_grid_of_oblong_pixels_keeps_its_geotransform_and_ground_pixel_
               ("MINIMUM", "MAXIMUM", "MEAN", "STDDEV")]
     assert stored == pytest.approx([heights.min(), heights.max(), heights.mean(), heights.std()],
                                    rel=1e-4, abs=1e-6)
+
+
+def test_a_model_of_fixed_batch_size_returns_each_tile_its_own_heights(tmp_path):
+    path = write_test_model(tmp_path / "four.onnx", "identity", dims=[4, 1, 64, 64])
+    generator = model_module.Generator(path, "cpu")
+    assert generator.max_batch == 4
+    tiles = np.random.default_rng(2).normal(size=(6, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(generator.run(tiles), tiles)  # one full batch, one padded

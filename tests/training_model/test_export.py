@@ -74,6 +74,18 @@ def test_onnxruntime_matches_pytorch_at_another_shape(exported):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_parity_is_the_largest_difference_not_a_typical_one(exported):
+    model, path = exported
+
+    class OnePixelOff(torch.nn.Module):
+        def forward(self, x):
+            y = model(x).clone()
+            y[..., 5, 7] += 1.0
+            return y
+
+    assert parity(OnePixelOff(), path, shape=(1, 1, 64, 64)) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     torch.save({"weights": 1}, bad)

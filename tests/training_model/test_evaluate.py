@@ -168,6 +168,16 @@ def test_linear_sfs_heights_grow_with_the_pixel_size():
                                2.5 * sfs_fourier(image, 1.0, 270.0, 35.0), rtol=1e-5, atol=1e-5)
 
 
+def test_a_tile_less_than_four_fifths_valid_is_not_scored():
+    truth = np.random.default_rng(1).normal(size=(8, 16))
+    valid = np.ones(truth.shape, bool)
+    valid[:, :3] = False  # the left 8 x 8 tile keeps 5/8 of its pixels, the right one all
+    rows = scene_metrics(truth + 0.5, truth, 1.0, 8, valid)
+    assert len(rows) == 1 and rows[0]["rmse_m"] == pytest.approx(0.0, abs=1e-12)
+    valid[:, :3], valid[:1, :8] = True, False  # 7/8 valid: scored
+    assert len(scene_metrics(truth + 0.5, truth, 1.0, 8, valid)) == 2
+
+
 def test_sfs_reads_only_the_valid_pixels():
     dem = _hills()
     image = np.clip(cos_incidence(dem, 1.0, 135.0, 35.0), 0, None)

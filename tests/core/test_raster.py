@@ -49,11 +49,11 @@ def test_projected_pixel_size_and_rotated_grid(tmp_path):
 @pytest.mark.parametrize("bound", ["", " +towgs84=0,0,0"])  # as many GIS exports write it
 @pytest.mark.parametrize("lon, expected", [(0.0, 0.0), (90.0, 270.0), (180.0, 180.0),
                                            (-90.0, 90.0)])
-def test_true_north_in_a_polar_stereographic_grid(tmp_path, lon, expected, bound):
+@pytest.mark.parametrize("r", [200_000.0, 3.0])  # 86.6 N; 3 m from the pole, which the scene holds
+def test_true_north_in_a_polar_stereographic_grid(tmp_path, lon, expected, bound, r):
     # North polar stereographic on the Mars sphere: north points at the pole, not up.
     srs = osr.SpatialReference()
     srs.ImportFromProj4("+proj=stere +lat_0=90 +lon_0=0 +k=1 +R=3396190 +units=m" + bound)
-    r = 200_000.0
     cx, cy = r * math.sin(math.radians(lon)), -r * math.cos(math.radians(lon))
     gt = (cx - 50.0, 1.0, 0.0, cy + 50.0, 0.0, -1.0)
     path = write_raster(tmp_path / "polar.tif", ramp(100, 100), gt, wkt=srs.ExportToWkt())

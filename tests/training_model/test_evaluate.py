@@ -284,6 +284,12 @@ def test_difference_interval_has_the_width_of_the_mean_over_scenes():
                                              seed=3)
     assert diff == 0.0
     assert low == pytest.approx(-0.62, abs=0.07) and high == pytest.approx(0.62, abs=0.07)
+    # Forty scenes spread evenly (a mean that is drawn nearly continuously): 95 %, not 90 %
+    # (which would be 0.84 of this width).
+    spread = np.linspace(-1.0, 1.0, 40)
+    _, low, high, _ = difference_interval(_scenes(spread), _scenes(np.zeros(40)), "delta1",
+                                          seed=3)
+    assert (high - low) / (2 * 1.96 * spread.std() / math.sqrt(40)) == pytest.approx(1.0, abs=0.07)
 
 
 def test_scenes_of_one_group_are_drawn_together():

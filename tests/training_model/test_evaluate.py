@@ -208,6 +208,12 @@ def test_linear_sfs_recovers_gentle_hills(azimuth, elevation):
     assert 0.85 < heights[inner].std() / dem[inner].std() < 1.1
 
 
+def test_reshading_a_dem_with_slopes_in_shadow_matches_its_render():
+    dem = 6 * _hills()  # under a 15 degree sun, some 30 % of it faces away
+    image = np.clip(cos_incidence(dem, 1.0, 200.0, 15.0), 0, None)
+    assert reshading_correlation(image, dem, 1.0, 200.0, 15.0) > 0.9999
+
+
 def test_reshading_and_sun_estimate_on_a_rendered_dem():
     dem = _hills()
     image = np.clip(cos_incidence(dem, 1.0, 200.0, 30.0), 0, None)

@@ -379,9 +379,9 @@ def test_closing_errors_stay_with_their_run(tmp_path):
 
 def test_a_model_with_a_fixed_batch_gets_full_batches(tmp_path):
     image = np.random.default_rng(3).integers(1, 255, (64, 150)).astype(np.uint8)
-    source = write_raster(tmp_path / "scene.tif", image, GT)  # 3 tiles: a short last batch
+    source = write_raster(tmp_path / "scene.tif", image, GT)  # 8 tiles: batches of 3, 3 and 2
     heights = {}
-    for name, dims in (("dynamic", ["n", 1, "h", "w"]), ("fixed", [2, 1, "h", "w"])):
+    for name, dims in (("dynamic", ["n", 1, "h", "w"]), ("fixed", [3, 1, "h", "w"])):
         model = write_test_model(tmp_path / f"{name}.onnx", dims=dims)
         out = tmp_path / f"{name}.tif"
         predict_dtm(str(source), str(out), PredictOptions(model_path=str(model)))

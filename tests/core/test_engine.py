@@ -755,9 +755,9 @@ def test_a_turned_grid_of_oblong_pixels_keeps_its_geotransform_and_ground_pixel_
                                    rel=1e-4, abs=1e-6)
 
 
-def test_a_model_of_fixed_batch_size_returns_each_tile_its_own_heights(tmp_path):
-    path = write_test_model(tmp_path / "four.onnx", "identity", dims=[4, 1, 64, 64])
-    generator = model_module.Generator(path, "cpu")
-    assert generator.max_batch == 4
-    tiles = np.random.default_rng(2).normal(size=(6, 64, 64)).astype(np.float32)
-    np.testing.assert_array_equal(generator.run(tiles), tiles)  # one full batch, one padded
+def test_the_scene_mean_is_about_zero_where_tiles_hold_unequal_shares_of_data(tmp_path):
+    image = ramp(200, 300, a=3.0, b=1.0) + 50
+    image[:, 150:] = 0  # the right half nodata: the tiles along its edge are partly valid
+    heights, _, _ = predict(tmp_path, image, "offsets", raster={"nodata": 0})
+    valid = heights != NODATA
+    assert abs(heights[valid].mean()) < 0.03 * np.ptp(heights[valid])

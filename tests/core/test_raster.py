@@ -331,3 +331,9 @@ def test_a_long_strips_sample_spans_its_short_side(tmp_path):
     path = write_raster(tmp_path / "strip.tif", image, (0, 1.0, 0, 0, 0, -1.0))
     sample = InputRaster(str(path)).sample()
     assert sample.size <= 1024 * 64 and sample.mean() == pytest.approx(65.0, rel=0.03)
+
+
+def test_a_black_collar_is_counted_on_every_side(tmp_path):
+    path = write_raster(tmp_path / "collar.tif", np.pad(ramp(40, 40) + 5, 1),
+                        (0, 1.0, 0, 0, 0, -1.0))
+    assert InputRaster(str(path)).zero_rim() == 1.0

@@ -127,3 +127,9 @@ def test_bilinear_interpolates_between_pixels():
     image = np.array([[0, 10], [20, 30]], np.float32)
     assert bilinear(image, np.array([0.5]), np.array([0.5]))[0] == pytest.approx(15.0)
     assert bilinear(image, np.array([1.0]), np.array([0.0]))[0] == pytest.approx(10.0)
+
+
+def test_a_tile_inside_the_grid_has_eight_neighbours():
+    # Corners count: data joined only across a tile's corner still forms one surface.
+    grid = tile_grid(300, 300, 64, 16)
+    assert len(grid.neighbours(grid.at(1, 1))) == 8

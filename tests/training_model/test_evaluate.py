@@ -212,6 +212,9 @@ def test_reshading_a_dem_with_slopes_in_shadow_matches_its_render():
     dem = 6 * _hills()  # under a 15 degree sun, some 30 % of it faces away
     image = np.clip(cos_incidence(dem, 1.0, 200.0, 15.0), 0, None)
     assert reshading_correlation(image, dem, 1.0, 200.0, 15.0) > 0.9999
+    # The outermost pixels, where the DEM's gradient is one-sided, are left out.
+    image[[0, -1], :] = image[:, [0, -1]] = 50.0
+    assert reshading_correlation(image, dem, 1.0, 200.0, 15.0) > 0.9999
 
 
 def test_reshading_and_sun_estimate_on_a_rendered_dem():

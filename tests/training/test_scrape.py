@@ -153,6 +153,17 @@ def test_a_file_cut_short_on_disk_since_the_last_crawl_is_fetched_again(
     assert local.read_bytes() == whole == (site / DTM_A.lstrip("/")).read_bytes()
 
 
+def test_a_part_left_whole_by_a_crawl_stopped_before_its_rename_is_not_fetched_again(
+        server: SiteServer, site: Path, tmp_path: Path) -> None:
+    scrape(options(server, tmp_path))
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    local.rename(local.with_name(local.name + ".part"))
+    server.reset()
+    assert scrape(options(server, tmp_path)).failed == 0
+    assert server.gets(dtm_name(PAIR_A)) == []
+    assert local.read_bytes() == (site / DTM_A.lstrip("/")).read_bytes()
+
+
 def test_interrupted_download_resumes_on_rerun(server: SiteServer, site: Path,
                                                tmp_path: Path) -> None:
     server.cuts[DTM_A] = [5000]

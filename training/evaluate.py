@@ -368,8 +368,7 @@ def louth_scenes(folder: Path, seed: int, suns: int = 1) -> list[Scene]:
     out.mkdir(parents=True, exist_ok=True)
     scenes = []
     top = HOLDOUT_ROWS[name]
-    crops = [(0, 308, 616)[i % 3] for i in range(3 * suns)]
-    for i, c0 in enumerate(crops):
+    for i, c0 in enumerate((0, 308, 616) * suns):
         crop = dem[top:top + 384, c0:c0 + 384].astype(np.float32)
         sun = (float(rng.uniform(0, 360)), float(rng.uniform(20, 50)))
         crop_gt = (gt[0] + c0 * gt[1], gt[1], 0.0, gt[3] + top * gt[5], 0.0, gt[5])
@@ -469,6 +468,8 @@ TEST_SETS: dict[str, Callable[[Path, int], list[Scene]]] = {
     "synthetic": synthetic_scenes, "louth": louth_scenes, "karoo": karoo_scenes,
     "gale": gale_scenes, "hirise": hirise_scenes,
 }
+ALL_SETS = (*TEST_SETS, "pairs")
+"""Every set the evaluation knows: ``pairs`` is read from test shards, not made."""
 
 
 # -- report --------------------------------------------------------------------------------
@@ -596,9 +597,9 @@ def bar_checks(results: dict, model: str) -> tuple[int, list[str]]:
         for key in INTERVAL_KEYS:
             checks += 1
             ours = metrics[model].get(key, math.nan)
-            lost = [f"{name}'s {metrics[name].get(key, math.nan):.4g}" for name in BASELINES
-                    if not (ours > metrics[name].get(key, math.nan) if key.startswith("delta")
-                            else ours < metrics[name].get(key, math.nan))]
+            theirs = {name: metrics[name].get(key, math.nan) for name in BASELINES}
+            lost = [f"{name}'s {value:.4g}" for name, value in theirs.items()
+                    if not (ours > value if key.startswith("delta") else ours < value)]
             if lost:
                 failed.append(f"{set_name} {COLUMNS[key]} ({ours:.4g} against "
                               + " and ".join(lost) + ")")
@@ -858,7 +859,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
 def _replace_figures(drawn: Path, out: Path) -> None:
     """Swaps the figures of an earlier report in ``out`` for this run's, so that none of a set
     left out this time stays beside the new report; a run that fails touches none."""
-    for set_name in (*TEST_SETS, "pairs"):
+    for set_name in ALL_SETS:
         (out / f"{set_name}.png").unlink(missing_ok=True)
     for figure in drawn.iterdir():
         figure.replace(out / figure.name)
@@ -1007,7 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
         [*TEST_SETS, *(["pairs"] if args.test_shards else [])]
     try:
         models = _parse_models(args.model)
-        if unknown := [s for s in sets if s not in (*TEST_SETS, "pairs")]:
+        if unknown := [s for s in sets if s not in ALL_SETS]:
             raise ValueError(f"unknown test set(s) {', '.join(unknown)}")
         if args.louth_suns < 1:
             raise ValueError(f"--louth-suns {args.louth_suns}: give at least 1 sun per crop")

@@ -19,7 +19,9 @@ NAMESPACE = "marsdtm:"
 HEIGHT_UNITS = ("gsd", "metres")
 SUN_MODES = ("rotate", "none")
 INPUT_SCALINGS = ("percentile", "mean_ratio")
-OPTIONAL_DEFAULTS = {"input_scaling": "percentile"}  # keys added after contract version 1
+# Keys added after contract version 1. An engine that predates ``coarse_pass`` ignores it (it
+# lands in ``extra``) and runs the model without that pass: no new contract version.
+OPTIONAL_DEFAULTS = {"input_scaling": "percentile", "coarse_pass": None}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class ModelContract:
     """``percentile``: scene percentiles to 0..1. ``mean_ratio``: (I / scene mean - 1) times
     tan(sun elevation), the linearised Lambertian slope toward the sun, which keeps the
     image's contrast, and so the size of its slopes, that a percentile stretch removes."""
+    coarse_pass: dict | None = None
+    """``{"factor": k, "sigma_px": s}``: the engine also runs the model on the image averaged
+    over k x k blocks and takes the DTM's wavelengths beyond s pixels from that pass (see
+    ``core.coarse``); None: one pass."""
     contract_version: int = CONTRACT_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -125,6 +131,12 @@ def _numbers(value: object, count: int) -> bool:
     return isinstance(value, list) and len(value) == count and all(map(_is_number, value))
 
 
+def _is_coarse_pass(value: object) -> bool:
+    return (isinstance(value, dict) and set(value) == {"factor", "sigma_px"}
+            and isinstance(value["factor"], int) and not isinstance(value["factor"], bool)
+            and value["factor"] >= 2 and _is_number(value["sigma_px"]) and value["sigma_px"] > 0)
+
+
 def _check(c: ModelContract, source: str) -> None:
     def fail(key: str, why: str) -> None:
         raise DtmError(f"{source} has an invalid metadata key '{_key_of(key)}': {why}.")
@@ -155,6 +167,9 @@ def _check(c: ModelContract, source: str) -> None:
         fail("sun_azimuth", "expected a number of degrees")
     if c.input_scaling not in INPUT_SCALINGS:
         fail("input_scaling", f"expected one of {', '.join(INPUT_SCALINGS)}")
+    if c.coarse_pass is not None and not _is_coarse_pass(c.coarse_pass):
+        fail("coarse_pass", "expected null or {\"factor\": an integer of at least 2, "
+                            "\"sigma_px\": a positive number}")
     lo_hi = c.input_percentiles
     if not (_numbers(lo_hi, 2) and 0 <= lo_hi[0] < lo_hi[1] <= 100):
         fail("input_percentiles", "expected [low, high] percentiles with low < high")

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .coarse import BlockAveraged, block_mean, long_wavelength_correction, upsample_rows
 from .contract import ModelContract
 from .errors import Caution, DtmCancelled, DtmError
 from .model import Generator, default_model_path, shared_generator
@@ -153,17 +154,10 @@ class _Run:
         self.sun_azimuth, self.sun_source = self._sun()
         self.sun_elevation = self._sun_elevation()  # checked now, before anything is written
         self.rotation = Rotation(self._rotation_degrees(), self.contract.tile_size)
-        # Turned by quarter turns, a tile fills the model's view: the raster's edge tiles are
-        # made narrower to give its edge context (turned otherwise, every tile has some).
-        margin = (round(self.rotation.footprint * EDGE_MARGIN)
-                  if self.rotation.quarter_turns is not None else 0)
         self.overlap = self._overlap()
-        self.grid = tile_grid(raster.width, raster.height, self.rotation.footprint,
-                              self.overlap, margin)
-        self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
-        self._weights_of: dict[tuple[int, bool], np.ndarray] = {}
-        self._row_ramps: dict[int, np.ndarray] = {}
-        self._col_ramps: dict[int, np.ndarray] = {}
+        self._lay_tiles()
+        self.coarse = self._coarse_pass()
+        self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()
         if sample.min() == sample.max() and raster.one_value():
             raise DtmError(f"The image is {sample[0]:g} wherever it has data: there is no "
@@ -182,6 +176,30 @@ class _Run:
                              if self.contract.height_units == "gsd" else 1.0)
 
     # -- set-up -------------------------------------------------------------------------------
+    def _lay_tiles(self) -> None:
+        """The tile grid over the raster, and empty caches of its blending weights."""
+        # Turned by quarter turns, a tile fills the model's view: the raster's edge tiles are
+        # made narrower to give its edge context (turned otherwise, every tile has some).
+        margin = (round(self.rotation.footprint * EDGE_MARGIN)
+                  if self.rotation.quarter_turns is not None else 0)
+        self.grid = tile_grid(self.raster.width, self.raster.height, self.rotation.footprint,
+                              self.overlap, margin)
+        self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
+        self._weights_of: dict[tuple[int, bool], np.ndarray] = {}
+        self._row_ramps: dict[int, np.ndarray] = {}
+        self._col_ramps: dict[int, np.ndarray] = {}
+
+    def _coarse_pass(self) -> _CoarsePass | None:
+        """The model's second pass for long wavelengths, where it asks for one and the image
+        averaged over its blocks is still large enough to read relief from."""
+        wanted = self.contract.coarse_pass
+        if wanted is None:
+            return None
+        factor = wanted["factor"]
+        if min(self.raster.width, self.raster.height) < MIN_SIDE_PX * factor:
+            return None
+        return _CoarsePass(factor, float(wanted["sigma_px"]))
+
     def _sun(self) -> tuple[float | None, str]:
         azimuth = self.options.sun_azimuth
         if azimuth is not None:
@@ -275,24 +293,45 @@ class _Run:
     # -- pass 1: the model --------------------------------------------------------------------
     def execute(self, output_path: str) -> RunReport:
         clock = [time.perf_counter()]
-        with tempfile.TemporaryFile(dir=Path(output_path).parent, prefix=".marsdtm-") as file:
+        folder = Path(output_path).parent
+        with tempfile.TemporaryFile(dir=folder, prefix=".marsdtm-") as file:
             self.store = _TileStore(file, self.grid.tiles)
             problem = self._predict_tiles()
             clock.append(time.perf_counter())
             offsets = self._offsets(problem)
             clock.append(time.perf_counter())
-            statistics = self._blend(output_path, offsets)
+            correction = self._long_wavelengths(offsets, folder) if self.coarse else None
+            clock.append(time.perf_counter())
+            statistics = self._blend(output_path, offsets, correction)
             clock.append(time.perf_counter())
         report = self._report(output_path, statistics)
-        report.timings = dict(zip(("model pass", "offsets", "blend and write"),
-                                  np.diff(clock).tolist()))
+        stages = ("model pass", "offsets", "coarse pass", "blend and write")
+        report.timings = {stage: float(seconds) for stage, seconds in zip(stages, np.diff(clock))
+                          if self.coarse or stage != "coarse pass"}
         return report
+
+    def _long_wavelengths(self, offsets: np.ndarray, folder: Path) -> np.ndarray:
+        """What the coarse pass adds to the stitched heights, on a grid of cells of
+        ``self.coarse.cell`` px: the two passes' difference, blurred beyond ``sigma`` px."""
+        coarse = self.coarse
+        fine_cells = self._cell_means(offsets, coarse.cell)
+        coarse_cells = _CoarseRun(self, coarse.factor).cell_means(coarse.cell // coarse.factor,
+                                                                 folder)
+        return long_wavelength_correction(fine_cells, coarse_cells, coarse.sigma / coarse.cell)
+
+    def _cell_means(self, offsets: np.ndarray, cell: int) -> np.ndarray:
+        """The stitched heights averaged over ``cell`` x ``cell`` blocks, strip by strip."""
+        step = cell * max(1, BLOCK // cell)
+        return np.vstack([
+            block_mean(self._blend_strip(y0, min(y0 + step, self.raster.height), offsets), cell)
+            for y0 in range(0, self.raster.height, step)])
 
     def _predict_tiles(self) -> OffsetProblem:
         """Three stages in step: read batch n+1, run the model on n, file the heights of n-1."""
         problem = OffsetProblem(len(self.grid.tiles))
         recent: dict[int, np.ndarray] = {}
         batches = list(_chunks(self.grid.tiles, self._batch_size()))
+        start, end = self.model_span
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as filer:
             pending = reader.submit(self._prepare, batches[0])
             filed = []
@@ -307,7 +346,7 @@ class _Run:
                                           valids, problem, recent))
                 if len(filed) > 2:  # bounded memory; also surfaces the filer's errors
                     filed.pop(0).result()
-                self.progress(MODEL_SHARE * (number + 1) / len(batches))
+                self.progress(start + (end - start) * (number + 1) / len(batches))
             for future in filed:
                 future.result()
         return problem
@@ -374,7 +413,8 @@ class _Run:
         recent[tile.index] = heights
 
     # -- pass 2: blending ---------------------------------------------------------------------
-    def _blend(self, output_path: str, offsets: np.ndarray) -> tuple[float, float, float, float]:
+    def _blend(self, output_path: str, offsets: np.ndarray, correction: np.ndarray | None
+               ) -> tuple[float, float, float, float]:
         """Blend strip by strip; a writer thread compresses one strip while the next blends."""
         georef = self.raster.georef
         writer = DtmWriter(output_path, self.raster.width, self.raster.height,
@@ -388,7 +428,11 @@ class _Run:
                 for number, y0 in enumerate(strips):
                     if self.is_cancelled():
                         raise DtmCancelled
-                    strip = self._blend_strip(y0, min(y0 + BLOCK, self.raster.height), offsets)
+                    y1 = min(y0 + BLOCK, self.raster.height)
+                    strip = self._blend_strip(y0, y1, offsets)
+                    if correction is not None:
+                        strip += upsample_rows(correction, self.coarse.cell, y0, y1,
+                                               self.raster.width)
                     if written is not None:
                         written.result()
                     written = writing.submit(self._write_strip, writer, y0, strip, statistics)
@@ -530,6 +574,7 @@ class _Run:
             "MARSDTM_PIXEL_SIZE_M": f"{self.raster.georef.pixel_size_m:.6g}",
             "MARSDTM_TILES": f"{self.contract.tile_size} px ({self.rotation.footprint} px "
                              f"footprint), overlap {self.overlap} px",
+            "MARSDTM_COARSE_PASS": self.coarse.describe() if self.coarse else "none",
             "MARSDTM_HEIGHTS": "metres, relative: the scene's mean height is about 0",
         }
 
@@ -553,6 +598,8 @@ class _Run:
         said.append(f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
                     f"({self.rotation.footprint} px footprint), scene rotated by "
                     f"{self.rotation.degrees:.1f} degrees")
+        if self.coarse:
+            said.append(self.coarse.describe())
         said.append(f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
                     + ("not used" if self.sun_azimuth is None
                        else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"))
@@ -591,6 +638,54 @@ class _Run:
             said.append(Caution(f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees "
                                 "assumed; give it for heights at the right scale"))
         return said
+
+
+@dataclass(frozen=True)
+class _CoarsePass:
+    """The model's second pass over the image averaged in ``factor`` x ``factor`` blocks."""
+
+    factor: int
+    sigma: float
+    """Where the fine pass's detail ends, in fine pixels: the long wavelengths beyond it
+    come from the coarse pass."""
+
+    @property
+    def cell(self) -> int:
+        """Side in fine pixels of the cells the correction is computed on: a whole number of
+        coarse pixels, some half a sigma (finer adds nothing to a blur that wide)."""
+        return self.factor * max(1, round(self.sigma / (2 * self.factor)))
+
+    def describe(self) -> str:
+        return (f"Long wavelengths: beyond {self.sigma:g} px, from a second pass over the "
+                f"image averaged in {self.factor} x {self.factor} blocks")
+
+    @property
+    def share(self) -> float:
+        """The coarse pass's share of the model's work."""
+        return 1 / (1 + self.factor**2)
+
+
+class _CoarseRun(_Run):
+    """The model over the fine run's input averaged in ``factor`` x ``factor`` blocks,
+    scaled, turned and tiled as the fine run is; heights in metres on the coarse grid."""
+
+    def __init__(self, fine: _Run, factor: int) -> None:
+        # Not _Run's: the fine run has checked the input and resolved the sun and scaling.
+        self.raster = BlockAveraged(fine.raster, factor)
+        self.generator, self.options, self.contract = fine.generator, fine.options, fine.contract
+        self.progress, self.is_cancelled = fine.progress, fine.is_cancelled
+        self.rotation, self.overlap = fine.rotation, fine.overlap
+        self.scale, self.fill = fine.scale, fine.fill
+        gsd = self.contract.height_units == "gsd"
+        self.height_scale = fine.height_scale * (factor if gsd else 1)
+        self.model_span = (fine.model_span[1], MODEL_SHARE)
+        self._lay_tiles()
+
+    def cell_means(self, cell: int, folder: Path) -> np.ndarray:
+        """The stitched coarse heights averaged over ``cell`` x ``cell`` coarse pixels."""
+        with tempfile.TemporaryFile(dir=folder, prefix=".marsdtm-") as file:
+            self.store = _TileStore(file, self.grid.tiles)
+            return self._cell_means(self._offsets(self._predict_tiles()), cell)
 
 
 class _TileStore:

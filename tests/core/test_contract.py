@@ -29,7 +29,7 @@ def test_shared_keys_keep_deepness_names_and_ours_are_namespaced():
     ours = set(props) - {"model_type", "tile_size", "tiles_overlap", "resolution",
                          "standardization_mean", "standardization_std"}
     assert ours and all(key.startswith("marsdtm:") for key in ours)
-    assert set(props) == set(REQUIRED_KEYS) | {"marsdtm:input_scaling"}
+    assert set(props) == set(REQUIRED_KEYS) | {"marsdtm:input_scaling", "marsdtm:coarse_pass"}
 
 
 def test_models_from_before_input_scaling_read_as_percentile():
@@ -48,6 +48,11 @@ def test_models_from_before_input_scaling_read_as_percentile():
     ("standardization_std", "[0]", "positive"),
     ("marsdtm:contract_version", "99", "contract version"),
     ("marsdtm:input_scaling", '"log"', "percentile, mean_ratio"),
+    ("marsdtm:coarse_pass", '{"factor": 1, "sigma_px": 24}', "at least 2"),
+    ("marsdtm:coarse_pass", '{"factor": 3.0, "sigma_px": 24}', "at least 2"),
+    ("marsdtm:coarse_pass", '{"factor": 3, "sigma_px": 0}', "positive number"),
+    ("marsdtm:coarse_pass", '{"factor": 3}', "sigma_px"),
+    ("marsdtm:coarse_pass", '3', "factor"),
     # Values of the wrong JSON type are refused as clearly as wrong values.
     ("tiles_overlap", '"25"', "percentage"),
     ("resolution", "null", "positive number"),
@@ -62,6 +67,13 @@ def test_invalid_values_are_refused_naming_the_key(key, value, words):
     props[key] = value
     with pytest.raises(DtmError, match=f"'{key}'.*{words}"):
         parse_contract(props)
+
+
+def test_a_model_without_a_coarse_pass_gets_one_pass_and_one_with_it_keeps_it():
+    props = contract_for_tests(coarse_pass={"factor": 3, "sigma_px": 24.0}).to_metadata()
+    assert parse_contract(props).coarse_pass == {"factor": 3, "sigma_px": 24.0}
+    del props["marsdtm:coarse_pass"]  # a model exported before the key
+    assert parse_contract(props).coarse_pass is None
 
 
 def test_non_json_value_is_refused():

@@ -383,6 +383,7 @@ def test_sun_from_label_is_used_when_not_given(tmp_path):
         "AREA_OR_POINT": "Area", "MARSDTM_MODEL": "ramp.onnx, version test",
         "MARSDTM_SUN_AZIMUTH": "270.0 (label)", "MARSDTM_SUN_ELEVATION": "30.0 (label)",
         "MARSDTM_PIXEL_SIZE_M": "2", "MARSDTM_TILES": "64 px (64 px footprint), overlap 16 px",
+        "MARSDTM_COARSE_PASS": "none",
         "MARSDTM_HEIGHTS": "metres, relative: the scene's mean height is about 0"}
 
 
@@ -761,3 +762,72 @@ def test_the_scene_mean_is_about_zero_where_tiles_hold_unequal_shares_of_data(tm
     heights, _, _ = predict(tmp_path, image, "offsets", raster={"nodata": 0})
     valid = heights != NODATA
     assert abs(heights[valid].mean()) < 0.03 * np.ptp(heights[valid])
+
+
+def _waves(size: int = 384) -> tuple[np.ndarray, np.ndarray]:
+    """A wave 384 px long down the rows and one 8 px long across them."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    return 20 * np.sin(2 * np.pi * yy / size), 10 * np.sin(2 * np.pi * xx / 8)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_a_coarse_pass_gives_the_long_wavelengths_and_the_fine_pass_the_detail(tmp_path, factor):
+    # The identity model's heights are its input times the pixel size: over blocks of
+    # `factor` pixels, `factor` times those of the fine pass. Beyond sigma the DTM takes the
+    # coarse pass's (the long wave `factor` times as high, less a blur's gain of 0.97);
+    # below it the fine pass's (the short wave as it was).
+    long_wave, short_wave = _waves()
+    image = (100 + long_wave + short_wave).astype(np.float32)
+    coarse_pass = {"factor": factor, "sigma_px": 16.0}
+    heights, ds, report = predict(tmp_path, image, contract={"coarse_pass": coarse_pass})
+    one_pass, *_ = predict(tmp_path, image, name="one.tif")
+    scale = 2.0 / np.ptp(image)  # percentile scaling [0, 100], 2 m pixels
+    inner = (slice(64, -64), slice(64, -64))  # away from the scene's edges
+    design = np.c_[long_wave[inner].ravel(), short_wave[inner].ravel(), np.ones(inner_size(inner))]
+    fitted, *_ = np.linalg.lstsq(design, heights[inner].ravel() / scale, rcond=None)
+    assert fitted[0] == pytest.approx(1 + (factor - 1) * 0.97, rel=0.03)
+    assert fitted[1] == pytest.approx(1.0, abs=0.03)
+    fitted_one, *_ = np.linalg.lstsq(design, one_pass[inner].ravel() / scale, rcond=None)
+    assert fitted_one[:2] == pytest.approx([1.0, 1.0], abs=0.01)
+    said = f"image averaged in {factor} x {factor} blocks"
+    assert any(said in line for line in report.messages)
+    assert said in ds.GetMetadataItem("MARSDTM_COARSE_PASS")
+    assert list(report.timings)[2] == "coarse pass" and report.timings["coarse pass"] > 0
+
+
+def inner_size(window: tuple[slice, slice], size: int = 384) -> int:
+    return len(range(size)[window[0]]) * len(range(size)[window[1]])
+
+
+def test_a_coarse_pass_keeps_nodata_where_it_was_and_heights_beside_it(tmp_path):
+    long_wave, short_wave = _waves(256)
+    image = (100 + long_wave + short_wave).astype(np.float32)
+    image[100:140, 30:90] = -9999
+    heights, ds, _ = predict(tmp_path, image, raster={"nodata": -9999},
+                             contract={"coarse_pass": {"factor": 3, "sigma_px": 16.0}})
+    nodata = ds.GetRasterBand(1).GetNoDataValue()
+    assert (heights[100:140, 30:90] == nodata).all()
+    beside = np.ones(heights.shape, bool)
+    beside[100:140, 30:90] = False
+    assert np.isfinite(heights[beside]).all() and (heights[beside] != nodata).all()
+
+
+def test_a_raster_too_small_for_a_coarse_pass_gets_one_pass(tmp_path):
+    image = ramp(40, 60) + 50  # 40 / 3 px is less than the 16 a run needs
+    heights, ds, report = predict(tmp_path, image,
+                                  contract={"coarse_pass": {"factor": 3, "sigma_px": 16.0}})
+    one_pass, *_ = predict(tmp_path, image, name="one.tif")
+    np.testing.assert_array_equal(heights, one_pass)
+    assert ds.GetMetadataItem("MARSDTM_COARSE_PASS") == "none"
+    assert not any("Long wavelengths" in line for line in report.messages)
+
+
+def test_progress_reaches_one_and_increases_through_a_coarse_pass(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(300, 300), GT)
+    model = write_test_model(tmp_path / "m.onnx",
+                             coarse_pass={"factor": 2, "sigma_px": 16.0})
+    seen = []
+    predict_dtm(str(source), str(tmp_path / "o.tif"), PredictOptions(model_path=str(model)),
+                progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    assert any(0.7 < fraction < MODEL_SHARE for fraction in seen)  # the coarse pass's share

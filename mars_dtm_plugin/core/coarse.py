@@ -1,0 +1,117 @@
+"""Long wavelengths from a coarser pass: the arithmetic on grids, free of GDAL and the model.
+
+A model's tiles see a few hundred pixels, so relief longer than a tile is what it reads least.
+The same model run on the image averaged over ``factor`` x ``factor`` blocks sees ``factor``
+times as much ground per tile. The DTM keeps the fine pass's detail and takes the wavelengths
+beyond ``sigma`` fine pixels from the coarse pass:
+
+    fine + upsample(blur(coarse - block_mean(fine)))
+
+computed on the coarse grid, so the fine DTM is never blurred whole.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Readable(Protocol):
+    width: int
+    height: int
+
+    def read(self, x0: int, y0: int, width: int, height: int
+             ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class BlockAveraged:
+    """A raster averaged over ``factor`` x ``factor`` blocks, read on demand from the fine
+    one; a block is valid only where all its pixels are (a ragged last row or column of
+    blocks is not)."""
+
+    def __init__(self, raster: Readable, factor: int) -> None:
+        self.raster, self.factor = raster, factor
+        self.width, self.height = -(-raster.width // factor), -(-raster.height // factor)
+
+    def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """Values (float32) and validity of a window of blocks; outside, 0 and invalid."""
+        k = self.factor
+        values, valid = self.raster.read(x0 * k, y0 * k, width * k, height * k)
+        blocks = (height, k, width, k)
+        sums = np.where(valid, values, 0).reshape(blocks).sum(axis=(1, 3), dtype=np.float64)
+        whole = valid.reshape(blocks).all(axis=(1, 3))
+        return np.where(whole, sums / k**2, 0).astype(np.float32), whole
+
+
+def block_mean(heights: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block of finite values (NaN where it has none);
+    a ragged last row or column of blocks averages what it holds."""
+    rows, cols = -(-heights.shape[0] // factor), -(-heights.shape[1] // factor)
+    padded = np.full((rows * factor, cols * factor), np.nan, np.float64)
+    padded[:heights.shape[0], :heights.shape[1]] = heights
+    blocks = padded.reshape(rows, factor, cols, factor)
+    counts = np.isfinite(blocks).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, np.nansum(blocks, axis=(1, 3)) / counts, np.nan)
+
+
+def gaussian_within(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of the finite values, each output a weighted mean of those alone (so
+    the blur is not pulled towards zero at the data's edges); NaN far from any data."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    known = np.isfinite(values)
+    total, weight = np.where(known, values, 0.0), known.astype(np.float64)
+    for axis in (0, 1):
+        total = _convolve(total, taps, axis)
+        weight = _convolve(weight, taps, axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 1e-3 * taps.sum() ** 2, total / weight, np.nan)
+
+
+def _convolve(values: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
+    """``values`` convolved with the symmetric ``taps`` along ``axis``, zero beyond the edges
+    (one shifted sum per tap: a few dozen whole-array operations)."""
+    radius, length = len(taps) // 2, values.shape[axis]
+    pads = [(0, 0), (0, 0)]
+    pads[axis] = (radius, radius)
+    padded = np.pad(values, pads)
+    out = np.zeros_like(values)
+    for shift, tap in enumerate(taps):
+        window = [slice(None), slice(None)]
+        window[axis] = slice(shift, shift + length)
+        out += tap * padded[tuple(window)]
+    return out
+
+
+def upsample_rows(grid: np.ndarray, factor: int, y0: int, y1: int, width: int) -> np.ndarray:
+    """Rows [y0, y1) and columns [0, width) of the fine grid, bilinear between the centres of
+    ``grid``'s cells (each ``factor`` fine pixels wide), flat beyond the outermost centres."""
+    rows = _positions(y0, y1, factor, grid.shape[0])
+    cols = _positions(0, width, factor, grid.shape[1])
+    r0, r_weight = rows
+    c0, c_weight = cols
+    top = grid[r0] * (1 - r_weight[:, None]) + grid[r0 + 1] * r_weight[:, None] \
+        if grid.shape[0] > 1 else grid[r0]
+    return top[:, c0] * (1 - c_weight) + top[:, c0 + 1] * c_weight \
+        if grid.shape[1] > 1 else top[:, c0]
+
+
+def _positions(start: int, stop: int, factor: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """For fine pixels [start, stop): the coarse cell before each one's centre, and the weight
+    of the next cell."""
+    at = (np.arange(start, stop) + 0.5) / factor - 0.5  # in coarse cells' centres
+    at = np.clip(at, 0, max(cells - 1, 0))
+    before = np.minimum(np.floor(at).astype(int), max(cells - 2, 0))
+    return before, at - before
+
+
+def long_wavelength_correction(fine_blocks: np.ndarray, coarse: np.ndarray,
+                               sigma_coarse: float) -> np.ndarray:
+    """What the coarse pass adds to the fine one, on the coarse grid: their difference,
+    blurred; 0 where either has no data."""
+    rows = min(fine_blocks.shape[0], coarse.shape[0])
+    cols = min(fine_blocks.shape[1], coarse.shape[1])
+    difference = coarse[:rows, :cols] - fine_blocks[:rows, :cols]
+    return np.nan_to_num(gaussian_within(difference, sigma_coarse))

@@ -1,0 +1,83 @@
+"""The coarse pass's grid arithmetic, checked against values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mars_dtm_plugin.core.coarse import (
+    BlockAveraged,
+    block_mean,
+    gaussian_within,
+    long_wavelength_correction,
+    upsample_rows,
+)
+from mars_dtm_plugin.core.raster import InputRaster
+from tests.rasters import write_raster
+
+
+def test_block_means_skip_missing_values_and_keep_ragged_blocks():
+    heights = np.arange(20, dtype=float).reshape(4, 5)
+    heights[0, 0] = np.nan
+    means = block_mean(heights, 2)
+    assert means.shape == (2, 3)
+    assert means[0, 0] == pytest.approx((1 + 5 + 6) / 3)  # the NaN left out, not read as 0
+    assert means[0, 2] == pytest.approx((4 + 9) / 2)  # the ragged last column
+    assert np.isnan(block_mean(np.full((2, 2), np.nan), 2)[0, 0])
+
+
+def test_a_block_averaged_raster_reads_whole_blocks_of_data_only(tmp_path):
+    image = np.arange(70, dtype=np.float32).reshape(7, 10) + 1
+    image[0, 3] = 0  # nodata: its block is no block of data
+    raster = InputRaster(str(write_raster(tmp_path / "i.tif", image, nodata=0)))
+    coarse = BlockAveraged(raster, 2)
+    assert (coarse.width, coarse.height) == (5, 4)
+    values, valid = coarse.read(-1, 0, 7, 4)  # a column of blocks outside on each side
+    assert not valid[:, 0].any() and not valid[:, 6].any()
+    assert values[1, 1] == pytest.approx(image[2:4, 0:2].mean())
+    assert values[1, 5] == pytest.approx(image[2:4, 8:10].mean())
+    assert not valid[0, 2]  # holds the nodata pixel
+    assert valid[0, 1] and valid[0, 3]
+    assert not valid[3].any()  # the last row of blocks holds one row of the image
+    raster.close()
+
+
+def test_upsampling_is_bilinear_between_cell_centres_and_flat_beyond_them():
+    cells = np.add.outer(10.0 * np.arange(4), np.arange(5.0))  # 10 a cell down, 1 across
+    fine = upsample_rows(cells, 4, 0, 16, 20)
+    # A fine pixel's centre lies at (j + 0.5) / 4 - 0.5 cells: on the plane inside the outer
+    # centres, and level with them beyond.
+    cols = np.clip((np.arange(20) + 0.5) / 4 - 0.5, 0, 4)
+    rows = np.clip((np.arange(16) + 0.5) / 4 - 0.5, 0, 3)
+    np.testing.assert_allclose(fine, np.add.outer(10 * rows, cols), atol=1e-12)
+    # Strip by strip the same as whole.
+    np.testing.assert_array_equal(upsample_rows(cells, 4, 5, 11, 20), fine[5:11])
+
+
+def test_a_blur_within_the_data_is_not_pulled_towards_zero_at_its_edges():
+    values = np.full((30, 30), 7.0)
+    values[:, :10] = np.nan
+    blurred = gaussian_within(values, 3.0)
+    np.testing.assert_allclose(blurred[:, 10:], 7.0)
+    assert np.isfinite(blurred[:, 8]).all()  # a little beyond the data: its edge's value
+    np.testing.assert_allclose(blurred[:, 8], 7.0)
+
+
+def test_a_blur_keeps_a_wave_much_longer_than_sigma_and_removes_a_short_one():
+    x = np.arange(200)
+    long_wave = np.tile(np.sin(2 * np.pi * x / 100), (20, 1))
+    short_wave = np.tile(np.sin(2 * np.pi * x / 4), (20, 1))
+    sigma = 2.0  # gains exp(-2 pi^2 sigma^2 / wavelength^2): 0.992 and 0.007
+    middle = (slice(None), slice(50, 150))
+    kept = gaussian_within(long_wave, sigma)[middle]
+    np.testing.assert_allclose(kept, 0.992 * long_wave[middle], atol=2e-3)
+    assert np.abs(gaussian_within(short_wave, sigma)[middle]).max() < 0.01
+
+
+def test_the_correction_is_the_blurred_difference_and_zero_off_the_data():
+    fine = np.zeros((12, 12))
+    coarse = np.full((12, 12), 2.0)
+    coarse[:, 6:] = np.nan
+    correction = long_wavelength_correction(fine, coarse, 1.0)
+    np.testing.assert_allclose(correction[:, :6], 2.0)  # within the coarse data
+    assert (correction[:, 11] == 0).all()  # far from it: no correction

@@ -65,8 +65,19 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
     return model.eval(), {**complete_config(state["config"]), "trained_steps": int(steps)}
 
 
+def coarse_pass_arg(text: str) -> dict:
+    """``FACTORxSIGMA`` as the contract's ``coarse_pass``."""
+    factor, _, sigma = text.partition("x")
+    try:
+        return {"factor": int(factor), "sigma_px": float(sigma)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FACTORxSIGMA, such as 3x24, not {text!r}")\
+            from None
+
+
 def build_contract(config: dict, model: Generator, version: str, training_data: str,
-                   revision: str, tiles_overlap: float = DEFAULT_OVERLAP) -> ModelContract:
+                   revision: str, tiles_overlap: float = DEFAULT_OVERLAP,
+                   coarse_pass: dict | None = None) -> ModelContract:
     tile = int(config["patch_size"])
     if tile % model.size_multiple:
         raise ValueError(f"the checkpoint's patch size {tile} is not a multiple of its U-Net's "
@@ -86,6 +97,7 @@ def build_contract(config: dict, model: Generator, version: str, training_data: 
         sun_azimuth=float(config["canonical_azimuth"]),
         input_percentiles=[float(p) for p in config["percentiles"]],
         input_scaling=config["input_scaling"],
+        coarse_pass=coarse_pass,
         version=version,
         training_data=training_data,
         code_revision=revision,
@@ -145,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="one line on what the model learned from")
     parser.add_argument("--tiles-overlap", type=float, default=DEFAULT_OVERLAP,
                         help="default overlap of the engine's tiles, percent of a tile's footprint")
+    parser.add_argument("--coarse-pass", type=coarse_pass_arg, metavar="FACTORxSIGMA",
+                        help="ask the engine for a second pass over the image averaged in "
+                             "FACTOR x FACTOR blocks, for the wavelengths beyond SIGMA pixels "
+                             "(e.g. 3x24; default: one pass)")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest allowed |ONNX - PyTorch| output difference (pixel units)")
     args = parser.parse_args(argv)
@@ -160,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, config = load_generator(args.checkpoint)
         contract = build_contract(config, model, version, args.training_data, revision,
-                                  args.tiles_overlap)
+                                  args.tiles_overlap, args.coarse_pass)
         parse_contract(contract.to_metadata(), "The exported model")  # before any writing
     except (ValueError, DtmError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,7 +8,8 @@ the same pool, weights and numbers. The main run is trained without the adversar
 the ablation trains the same recipe with it, stopped at ``ablation.stop_at`` steps, and is
 compared with the main run's checkpoint at the same step. A recipe with a ``finetune``
 section (options over ``train``) continues the main run's weights with them, and that run is
-the one bundled.
+the one bundled. An ``export`` section's ``coarse_pass`` (``FACTORxSIGMA``) goes into every
+exported model's contract (``training.export_onnx --coarse-pass``).
 """
 
 from __future__ import annotations
@@ -214,11 +215,13 @@ def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
 
     exported = _exported(recipe)
     shipped = next(iter(exported))
+    # Every model gets the recipe's coarse pass: the ablation compares them through one engine.
+    coarse = recipe.get("export", {}).get("coarse_pass")
     for name, checkpoint in exported.items():
         # Only the shipped model carries the recipe's version; the others say which run they are.
         version = recipe["version"] + ("" if name == shipped else f"+{name}")
         if export([str(work / checkpoint), str(work / "onnx" / f"{name}.onnx"),
-                   "--version", version]) != 0:
+                   "--version", version, *(["--coarse-pass", coarse] if coarse else [])]) != 0:
             raise RuntimeError(f"export of {checkpoint} failed")
     bundle.parent.mkdir(parents=True, exist_ok=True)
     partial = bundle.with_name(bundle.name + ".part")  # an interrupted copy is no model

@@ -38,6 +38,7 @@ def test_exported_model_passes_the_engine_contract(exported):
     assert contract.extra["marsdtm:training_steps"] == 2
     assert contract.extra["marsdtm:adversarial"] is False
     assert contract.input_scaling == "mean_ratio"
+    assert contract.coarse_pass is None  # one pass unless asked
     assert contract.standardization_std == [0.3]
     assert contract.extra["marsdtm:architecture"]["shading_prior"] is True
     assert contract.extra["marsdtm:architecture"]["prior_window"] == 15
@@ -96,6 +97,7 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("options, code, words", [
     (["--tolerance", "-1"], 1, "differs from PyTorch"),  # parity can never pass
     (["--tiles-overlap", "60"], 2, "'tiles_overlap'"),
+    (["--coarse-pass", "1x24"], 2, "'marsdtm:coarse_pass'"),
 ])
 def test_a_failed_export_leaves_no_file(exported, tmp_path, capsys, options, code, words):
     checkpoint = exported[1].parent / "last.pt"
@@ -103,6 +105,17 @@ def test_a_failed_export_leaves_no_file(exported, tmp_path, capsys, options, cod
     assert export_main([str(checkpoint), str(tmp_path / "m.onnx"), *options]) == code
     assert words in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_coarse_pass_asked_for_is_in_the_contract(exported, tmp_path, capsys):
+    checkpoint = exported[1].parent / "last.pt"
+    assert export_main([str(checkpoint), str(tmp_path / "m.onnx"), "--coarse-pass", "3x24"]) == 0
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    contract = parse_contract({p.key: p.value for p in model.metadata_props})
+    assert contract.coarse_pass == {"factor": 3, "sigma_px": 24.0}
+    with pytest.raises(SystemExit):
+        export_main([str(checkpoint), str(tmp_path / "n.onnx"), "--coarse-pass", "three"])
+    assert "expected FACTORxSIGMA, such as 3x24, not 'three'" in capsys.readouterr().err
 
 
 def test_without_a_version_the_export_is_a_development_build_of_its_code(exported, tmp_path):

@@ -25,6 +25,7 @@ def test_the_recipe_runs_end_to_end(tmp_path):
                   "threads": 1, "val_every": 2, "checkpoint_every": 2},
         "ablation": {"stop_at": 2},
         "finetune": {"steps": 2, "lr": 0.001, "distribution": 1.0},
+        "export": {"coarse_pass": "2x16"},
         "evaluate": {"sets": ["gale"], "speed": False, "tilt_control": True},
     }
     path = tmp_path / "recipe.json"
@@ -37,8 +38,10 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     assert contract.version == "0.0.1" and contract.extra["marsdtm:training_steps"] == 4 + 2
     assert bundle.read_bytes() == (tmp_path / "work" / "onnx" / "finetune.onnx").read_bytes()
     main_run = onnx.load(str(tmp_path / "work" / "onnx" / "main.onnx"))
-    assert parse_contract({p.key: p.value for p in main_run.metadata_props}).version == \
-        "0.0.1+main"  # what did not ship says which run it is
+    main_contract = parse_contract({p.key: p.value for p in main_run.metadata_props})
+    assert main_contract.version == "0.0.1+main"  # what did not ship says which run it is
+    # The recipe's coarse pass is in every model, so the ablation compares like with like.
+    assert contract.coarse_pass == main_contract.coarse_pass == {"factor": 2, "sigma_px": 16.0}
     report = (tmp_path / "work" / "eval" / "report.md").read_text()
     for row in ("| finetune |", "| main |", "| nogan_2 |", "| gan_2 |", "| flat |", "| sfs |",
                 "| finetune+true scene tilt |", "| sfs+true scene tilt |",

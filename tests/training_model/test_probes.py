@@ -42,3 +42,16 @@ def test_an_image_other_than_karoo_needs_its_sun(tmp_path, capsys):
         main(["--image", str(source)])
     assert exit_info.value.code == 2
     assert "give --sun AZ EL for an image other than the Karoo scene" in capsys.readouterr().err
+
+
+def test_the_coarse_pass_probe_writes_each_pass_into_a_copy_of_the_model(tmp_path):
+    from mars_dtm_plugin.core.model import load_contract
+    from training.probes.coarse_pass import model_copies
+
+    model = write_test_model(tmp_path / "m.onnx", coarse_pass={"factor": 4, "sigma_px": 8.0})
+    copies = model_copies(model, ["2x24", "3x48"], tmp_path)
+    assert list(copies) == ["one_pass", "k2s24", "k3s48"]
+    assert load_contract(copies["one_pass"]).coarse_pass is None  # the model's own is gone
+    assert load_contract(copies["k2s24"]).coarse_pass == {"factor": 2, "sigma_px": 24.0}
+    assert load_contract(copies["k3s48"]).coarse_pass == {"factor": 3, "sigma_px": 48.0}
+    assert load_contract(copies["k3s48"]).version == load_contract(model).version

@@ -83,6 +83,7 @@ class RunReport:
     provider: str
     provider_note: str
     tiles: int
+    """Tiles the model ran over, the coarse pass's included."""
     seconds: float
     pixel_size_m: float
     sun_azimuth: float | None
@@ -157,6 +158,7 @@ class _Run:
         self.overlap = self._overlap()
         self._lay_tiles()
         self.coarse = self._coarse_pass()
+        self.coarse_tiles = 0  # counted when the coarse pass runs
         self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()
         if sample.min() == sample.max() and raster.one_value():
@@ -315,8 +317,9 @@ class _Run:
         ``self.coarse.cell`` px: the two passes' difference, blurred beyond ``sigma`` px."""
         coarse = self.coarse
         fine_cells = self._cell_means(offsets, coarse.cell)
-        coarse_cells = _CoarseRun(self, coarse.factor).cell_means(coarse.cell // coarse.factor,
-                                                                 folder)
+        run = _CoarseRun(self, coarse.factor)
+        self.coarse_tiles = len(run.grid.tiles)
+        coarse_cells = run.cell_means(coarse.cell // coarse.factor, folder)
         return long_wavelength_correction(fine_cells, coarse_cells, coarse.sigma / coarse.cell)
 
     def _cell_means(self, offsets: np.ndarray, cell: int) -> np.ndarray:
@@ -544,7 +547,8 @@ class _Run:
         generator, georef = self.generator, self.raster.georef
         report = RunReport(
             output_path=output_path, provider=generator.provider,
-            provider_note=generator.provider_note, tiles=len(self.grid.tiles), seconds=0.0,
+            provider_note=generator.provider_note,
+            tiles=len(self.grid.tiles) + self.coarse_tiles, seconds=0.0,
             pixel_size_m=georef.pixel_size_m, sun_azimuth=self.sun_azimuth,
             sun_source=self.sun_source, height_min=statistics[0], height_max=statistics[1],
             sun_elevation=self.sun_elevation)

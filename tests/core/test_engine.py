@@ -793,6 +793,9 @@ def test_a_coarse_pass_gives_the_long_wavelengths_and_the_fine_pass_the_detail(t
     assert any(said in line for line in report.messages)
     assert said in ds.GetMetadataItem("MARSDTM_COARSE_PASS")
     assert list(report.timings)[2] == "coarse pass" and report.timings["coarse pass"] > 0
+    # 384 px in tiles of 64 overlapping by 16: 8 x 8; the coarse pass's 384 / factor px more.
+    coarse_side = {2: 4, 3: 3}[factor]
+    assert report.tiles == 8 * 8 + coarse_side**2
 
 
 def inner_size(window: tuple[slice, slice], size: int = 384) -> int:

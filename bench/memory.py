@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+from mars_dtm_plugin.core.contract import coarse_pass_arg
 from tests.models import write_test_model
 
 from . import at_least, existing_file
@@ -73,12 +74,18 @@ def main() -> None:
     parser.add_argument("--tile-size", type=at_least(16), default=512)
     parser.add_argument("--model", type=existing_file,
                         help="ONNX model to run (default: a 3x3 convolution, fast)")
+    parser.add_argument("--coarse-pass", type=coarse_pass_arg, metavar="FACTORxSIGMA",
+                        help="the 3x3 convolution asks for this coarse pass (e.g. 2x48, the "
+                             "bundled model's)")
     args = parser.parse_args()
+    if args.model and args.coarse_pass:
+        parser.error("--coarse-pass is the stand-in model's; a --model has its own")
     with tempfile.TemporaryDirectory(dir=ROOT / "build" if (ROOT / "build").is_dir() else None
                                      ) as tmp:
         work = Path(tmp)
         model = args.model or write_test_model(work / "conv.onnx", "conv",
-                                               tile_size=args.tile_size)
+                                               tile_size=args.tile_size,
+                                               coarse_pass=args.coarse_pass)
         rows = []
         for size in sorted(args.sizes):
             scene = write_scene(work / f"scene_{size}.tif", size)
@@ -89,7 +96,7 @@ def main() -> None:
     base = rows[0][1]
     print(f"model: {args.model}" if args.model else
           f"model: 3x3 convolution, tiles of {args.tile_size} px (memory, not speed, is "
-          "measured)")
+          "measured)" + (f", coarse pass {args.coarse_pass}" if args.coarse_pass else ""))
     print(f"{'size':>12} {'peak RSS':>10} {'vs smallest':>12} {'time':>8}")
     for size, rss, seconds in rows:
         print(f"{size:>5} x {size:<5} {rss:7.0f} MiB {rss / base:11.2f}x {seconds:7.1f} s")

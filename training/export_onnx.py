@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 
-from mars_dtm_plugin.core.contract import ModelContract, parse_contract
+from mars_dtm_plugin.core.contract import ModelContract, coarse_pass_arg, parse_contract
 from mars_dtm_plugin.core.errors import DtmError
 from training.model import Generator, GeneratorConfig, conv_flops, load_checkpoint
 from training.train import complete_config
@@ -63,16 +63,6 @@ def load_generator(checkpoint: str | Path) -> tuple[Generator, dict]:
     model.load_state_dict(state["generator"])
     steps = state["step"] + state.get("prior_steps", 0)  # a fine-tune counts its start's too
     return model.eval(), {**complete_config(state["config"]), "trained_steps": int(steps)}
-
-
-def coarse_pass_arg(text: str) -> dict:
-    """``FACTORxSIGMA`` as the contract's ``coarse_pass``."""
-    factor, _, sigma = text.partition("x")
-    try:
-        return {"factor": int(factor), "sigma_px": float(sigma)}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FACTORxSIGMA, such as 3x24, not {text!r}")\
-            from None
 
 
 def build_contract(config: dict, model: Generator, version: str, training_data: str,

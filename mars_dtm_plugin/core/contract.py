@@ -6,6 +6,7 @@ the rest live under the ``marsdtm:`` namespace. See docs/model-contract.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Mapping
@@ -120,6 +121,17 @@ def parse_contract(props: Mapping[str, str], source: str = "the model") -> Model
     contract = ModelContract(**values, extra=extra)
     _check(contract, source)
     return contract
+
+
+def coarse_pass_arg(text: str) -> dict:
+    """``FACTORxSIGMA`` (such as ``3x24``) as a ``coarse_pass`` value, for command lines;
+    ``parse_contract`` checks the numbers."""
+    factor, _, sigma = text.partition("x")
+    try:
+        return {"factor": int(factor), "sigma_px": float(sigma)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FACTORxSIGMA, such as 3x24, not {text!r}")\
+            from None
 
 
 def _is_number(value: object) -> bool:

@@ -96,7 +96,8 @@ def main() -> None:
     base = rows[0][1]
     print(f"model: {args.model}" if args.model else
           f"model: 3x3 convolution, tiles of {args.tile_size} px (memory, not speed, is "
-          "measured)" + (f", coarse pass {args.coarse_pass}" if args.coarse_pass else ""))
+          "measured)" + (", coarse pass of {factor} x {factor} blocks beyond {sigma_px:g} px"
+                          .format(**args.coarse_pass) if args.coarse_pass else ""))
     print(f"{'size':>12} {'peak RSS':>10} {'vs smallest':>12} {'time':>8}")
     for size, rss, seconds in rows:
         print(f"{size:>5} x {size:<5} {rss:7.0f} MiB {rss / base:11.2f}x {seconds:7.1f} s")

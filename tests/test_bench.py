@@ -26,6 +26,10 @@ def bench(*args: str) -> subprocess.CompletedProcess:
     (["bench.providers", "--batches", "0"], "argument --batches: must be at least 1, not 0"),
     (["bench.memory", "--model", "none.onnx"], "argument --model: none.onnx is not a file"),
     (["bench.reproducibility", "--steps", "1"], "argument --steps: must be at least 2, not 1"),
+    (["bench.memory", "--coarse-pass", "two"],
+     "argument --coarse-pass: expected FACTORxSIGMA, such as 3x24, not 'two'"),
+    (["bench.memory", "--model", "pyproject.toml", "--coarse-pass", "2x48"],
+     "--coarse-pass is the stand-in model's; a --model has its own"),
 ])
 def test_bad_arguments_are_one_sentence(args, said):
     result = bench(*args)
@@ -45,3 +49,9 @@ def test_bare_onnxruntime_runs_as_many_tiles_as_a_turned_scene_needs(tmp_path):
     report = predict_dtm(str(source), str(tmp_path / "d.tif"),
                          PredictOptions(model_path=str(model), sun_azimuth=270.0))
     assert f"; {report.tiles} tiles of 64 px;" in result.stdout
+
+
+def test_the_memory_bench_runs_its_stand_in_with_a_coarse_pass(tmp_path):
+    result = bench("bench.memory", "--sizes", "64", "--tile-size", "32", "--coarse-pass", "2x8")
+    assert result.returncode == 0, result.stderr
+    assert "coarse pass of 2 x 2 blocks beyond 8 px" in result.stdout

@@ -38,22 +38,40 @@ class BlockAveraged:
         """Values (float32) and validity of a window of blocks; outside, 0 and invalid."""
         k = self.factor
         values, valid = self.raster.read(x0 * k, y0 * k, width * k, height * k)
-        blocks = (height, k, width, k)
-        sums = np.where(valid, values, 0).reshape(blocks).sum(axis=(1, 3), dtype=np.float64)
-        whole = valid.reshape(blocks).all(axis=(1, 3))
-        return np.where(whole, sums / k**2, 0).astype(np.float32), whole
+        # Summed k rows, then k columns, at a time: for small k, whole-array adds are some ten
+        # times faster than a 4-D reduction.
+        means = _block_sum(values, k) / np.float32(k * k)
+        whole = _block_sum(valid.astype(np.uint8), k) == k * k
+        means[~whole] = 0
+        return means, whole
+
+
+def _block_sum(values: np.ndarray, k: int) -> np.ndarray:
+    """Sums over k x k blocks of an array whose sides are multiples of k."""
+    rows = values[0::k].copy()
+    for i in range(1, k):
+        rows += values[i::k]
+    cols = rows[:, 0::k].copy()
+    for j in range(1, k):
+        cols += rows[:, j::k]
+    return cols
 
 
 def block_mean(heights: np.ndarray, factor: int) -> np.ndarray:
     """Mean of each ``factor`` x ``factor`` block of finite values (NaN where it has none);
     a ragged last row or column of blocks averages what it holds."""
     rows, cols = -(-heights.shape[0] // factor), -(-heights.shape[1] // factor)
-    padded = np.full((rows * factor, cols * factor), np.nan, np.float64)
-    padded[:heights.shape[0], :heights.shape[1]] = heights
-    blocks = padded.reshape(rows, factor, cols, factor)
-    counts = np.isfinite(blocks).sum(axis=(1, 3))
+    if heights.shape != (rows * factor, cols * factor):
+        padded = np.full((rows * factor, cols * factor), np.nan,
+                         np.result_type(heights, np.float32))
+        padded[:heights.shape[0], :heights.shape[1]] = heights
+        heights = padded
+    known = np.isfinite(heights)
+    blocks = (rows, factor, cols, factor)
+    sums = np.where(known, heights, 0).reshape(blocks).sum(axis=(1, 3), dtype=np.float64)
+    counts = known.reshape(blocks).sum(axis=(1, 3))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, np.nansum(blocks, axis=(1, 3)) / counts, np.nan)
+        return np.where(counts > 0, sums / counts, np.nan)
 
 
 def gaussian_within(values: np.ndarray, sigma: float) -> np.ndarray:

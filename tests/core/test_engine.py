@@ -294,12 +294,18 @@ def test_raster_smaller_than_a_tile(tmp_path):
     assert residual < 1e-4
 
 
-@pytest.mark.parametrize("azimuth", [0.0, 90.0, 135.0, 200.0, 333.0])
-def test_rotation_puts_the_sun_where_the_model_expects_it(tmp_path, azimuth):
+@pytest.mark.parametrize("azimuth, coarse_pass", [
+    (0.0, None), (90.0, None), (135.0, None), (200.0, None), (333.0, None),
+    # A coarse pass turns its tiles alike, and its heights (in units of its blocks) slope as
+    # steeply: the long wavelengths it gives are the same plane.
+    (135.0, {"factor": 2, "sigma_px": 16.0}), (200.0, {"factor": 3, "sigma_px": 24.0}),
+])
+def test_rotation_puts_the_sun_where_the_model_expects_it(tmp_path, azimuth, coarse_pass):
     # The ramp model's heights rise to the right of its own frame, i.e. away from its canonical
     # sun at 270 degrees; back in the scene they must rise away from the scene's sun.
     heights, _, _ = predict(tmp_path, ramp(300, 330), "ramp", sun_azimuth=azimuth,
-                            contract={"sun_mode": "rotate", "sun_azimuth": 270.0})
+                            contract={"sun_mode": "rotate", "sun_azimuth": 270.0,
+                                      "coarse_pass": coarse_pass})
     coef, residual = plane_fit(heights)
     east, north = coef[0], -coef[1]  # rows run south
     bearing = math.degrees(math.atan2(east, north)) % 360

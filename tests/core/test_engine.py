@@ -416,6 +416,23 @@ def test_cancelling_leaves_no_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif", "m.onnx"]
 
 
+def test_cancelling_during_the_coarse_pass_leaves_no_file(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(300, 300), GT)
+    model = write_test_model(tmp_path / "m.onnx", coarse_pass={"factor": 2, "sigma_px": 16.0})
+    seen: list[float] = []
+
+    def cancel_in_the_coarse_pass() -> bool:
+        # The first pass's share ends at MODEL_SHARE * 4 / 5 with 2 x 2 blocks.
+        return bool(seen) and seen[-1] > MODEL_SHARE * 0.8 + 1e-9
+
+    with pytest.raises(DtmCancelled):
+        predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                    PredictOptions(model_path=str(model), batch_size=1),
+                    progress=seen.append, is_cancelled=cancel_in_the_coarse_pass)
+    assert MODEL_SHARE * 0.8 < seen[-1] < MODEL_SHARE  # stopped within the coarse pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif", "m.onnx"]
+
+
 def test_cancelling_while_writing_leaves_no_file(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(700, 300), GT)
     model = write_test_model(tmp_path / "m.onnx")

@@ -5,9 +5,10 @@ The same model run on the image averaged over ``factor`` x ``factor`` blocks see
 times as much ground per tile. The DTM keeps the fine pass's detail and takes the wavelengths
 beyond ``sigma`` fine pixels from the coarse pass:
 
-    fine + upsample(blur(coarse - block_mean(fine)))
+    fine + upsample(blur(block_mean(coarse) - block_mean(fine)))
 
-computed on the coarse grid, so the fine DTM is never blurred whole.
+with both passes averaged onto one grid of cells some sigma / 2 wide, so that the fine DTM is
+never held or blurred whole.
 """
 
 from __future__ import annotations
@@ -125,11 +126,11 @@ def _positions(start: int, stop: int, factor: int, cells: int) -> tuple[np.ndarr
     return before, at - before
 
 
-def long_wavelength_correction(fine_blocks: np.ndarray, coarse: np.ndarray,
-                               sigma_coarse: float) -> np.ndarray:
-    """What the coarse pass adds to the fine one, on the coarse grid: their difference,
-    blurred; 0 where either has no data."""
-    rows = min(fine_blocks.shape[0], coarse.shape[0])
-    cols = min(fine_blocks.shape[1], coarse.shape[1])
-    difference = coarse[:rows, :cols] - fine_blocks[:rows, :cols]
-    return np.nan_to_num(gaussian_within(difference, sigma_coarse))
+def long_wavelength_correction(fine_cells: np.ndarray, coarse_cells: np.ndarray,
+                               sigma_cells: float) -> np.ndarray:
+    """What the coarse pass adds to the fine one, on their common grid of cells: their
+    difference where both have data, blurred within it; 0 far from it."""
+    rows = min(fine_cells.shape[0], coarse_cells.shape[0])
+    cols = min(fine_cells.shape[1], coarse_cells.shape[1])
+    difference = coarse_cells[:rows, :cols] - fine_cells[:rows, :cols]
+    return np.nan_to_num(gaussian_within(difference, sigma_cells))

@@ -13,6 +13,7 @@ never held or blurred whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -73,6 +74,15 @@ def block_mean(heights: np.ndarray, factor: int) -> np.ndarray:
     counts = known.reshape(blocks).sum(axis=(1, 3))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / counts, np.nan)
+
+
+def cell_means(strip: Callable[[int, int], np.ndarray], height: int, cell: int,
+               rows_per_strip: int) -> np.ndarray:
+    """``block_mean`` over ``cell`` x ``cell`` blocks of the rows that ``strip(y0, y1)`` gives,
+    read in strips of whole cells, some ``rows_per_strip`` high."""
+    step = cell * max(1, rows_per_strip // cell)
+    return np.vstack([block_mean(strip(y0, min(y0 + step, height)), cell)
+                      for y0 in range(0, height, step)])
 
 
 def gaussian_within(values: np.ndarray, sigma: float) -> np.ndarray:

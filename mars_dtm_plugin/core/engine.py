@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .coarse import BlockAveraged, block_mean, long_wavelength_correction, upsample_rows
+from .coarse import BlockAveraged, cell_means, long_wavelength_correction, upsample_rows
 from .contract import ModelContract
 from .errors import Caution, DtmCancelled, DtmError
 from .model import Generator, default_model_path, shared_generator
@@ -324,10 +324,8 @@ class _Run:
 
     def _cell_means(self, offsets: np.ndarray, cell: int) -> np.ndarray:
         """The stitched heights averaged over ``cell`` x ``cell`` blocks, strip by strip."""
-        step = cell * max(1, BLOCK // cell)
-        return np.vstack([
-            block_mean(self._blend_strip(y0, min(y0 + step, self.raster.height), offsets), cell)
-            for y0 in range(0, self.raster.height, step)])
+        return cell_means(lambda y0, y1: self._blend_strip(y0, y1, offsets),
+                          self.raster.height, cell, BLOCK)
 
     def _predict_tiles(self) -> OffsetProblem:
         """Three stages in step: read batch n+1, run the model on n, file the heights of n-1."""

@@ -8,6 +8,7 @@ import pytest
 from mars_dtm_plugin.core.coarse import (
     BlockAveraged,
     block_mean,
+    cell_means,
     gaussian_within,
     long_wavelength_correction,
     upsample_rows,
@@ -52,6 +53,40 @@ def test_upsampling_is_bilinear_between_cell_centres_and_flat_beyond_them():
     np.testing.assert_allclose(fine, np.add.outer(10 * rows, cols), atol=1e-12)
     # Strip by strip the same as whole.
     np.testing.assert_array_equal(upsample_rows(cells, 4, 5, 11, 20), fine[5:11])
+
+
+def test_cell_means_read_in_strips_are_those_of_the_whole():
+    heights = np.random.default_rng(0).normal(size=(600, 50))
+    heights[300:320, 10:20] = np.nan
+    read = []
+
+    def strip(y0: int, y1: int) -> np.ndarray:
+        read.append((y0, y1))
+        return heights[y0:y1]
+
+    np.testing.assert_allclose(cell_means(strip, 600, 9, 256), block_mean(heights, 9))
+    assert read == [(0, 252), (252, 504), (504, 600)]  # whole cells of 9 rows each
+
+
+def test_upsampling_a_spike_gives_a_tent_between_the_neighbouring_centres():
+    cells = np.zeros((5, 5))
+    cells[2, 2] = 1.0
+    fine = upsample_rows(cells, 4, 0, 20, 20)
+    at = (np.arange(20) + 0.5) / 4 - 0.5  # fine pixel centres, in cells
+    tent = np.clip(1 - np.abs(at - 2), 0, None)
+    np.testing.assert_allclose(fine, np.outer(tent, tent), atol=1e-12)
+
+
+def test_a_blur_within_the_data_blurs_rows_and_columns_alike_and_stops_far_from_it():
+    values = np.full((31, 31), np.nan)
+    values[15, 15] = 1.0
+    values[15, 20] = 3.0
+    blurred = gaussian_within(values, 2.0)
+    transposed = values.T.copy()
+    np.testing.assert_allclose(gaussian_within(transposed, 2.0), blurred.T)
+    assert np.isfinite(blurred[15, 17]) and 1.0 < blurred[15, 17] < 3.0
+    # Six pixels off both ways is within the kernel but too far to speak for: no value.
+    assert np.isnan(blurred[21, 9])
 
 
 def test_a_blur_within_the_data_is_not_pulled_towards_zero_at_its_edges():

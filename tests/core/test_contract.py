@@ -53,6 +53,9 @@ def test_models_from_before_input_scaling_read_as_percentile():
     ("marsdtm:coarse_pass", '{"factor": 3, "sigma_px": 0}', "positive number"),
     ("marsdtm:coarse_pass", '{"factor": 3}', "sigma_px"),
     ("marsdtm:coarse_pass", '3', "factor"),
+    ("marsdtm:coarse_pass", '{"factor": 3, "sigma_px": 24, "blur": 1}', "factor"),
+    ("marsdtm:coarse_pass", '{"factor": 3, "sigma_px": Infinity}', "positive number"),
+    ("marsdtm:coarse_pass", '{"factor": 3, "sigma_px": true}', "positive number"),
     # Values of the wrong JSON type are refused as clearly as wrong values.
     ("tiles_overlap", '"25"', "percentage"),
     ("resolution", "null", "positive number"),
@@ -74,6 +77,12 @@ def test_a_model_without_a_coarse_pass_gets_one_pass_and_one_with_it_keeps_it():
     assert parse_contract(props).coarse_pass == {"factor": 3, "sigma_px": 24.0}
     del props["marsdtm:coarse_pass"]  # a model exported before the key
     assert parse_contract(props).coarse_pass is None
+
+
+def test_a_coarse_pass_on_the_command_line_keeps_a_fractional_sigma():
+    from mars_dtm_plugin.core.contract import coarse_pass_arg
+
+    assert coarse_pass_arg("3x12.5") == {"factor": 3, "sigma_px": 12.5}
 
 
 def test_non_json_value_is_refused():

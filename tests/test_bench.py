@@ -55,3 +55,6 @@ def test_the_memory_bench_runs_its_stand_in_with_a_coarse_pass(tmp_path):
     result = bench("bench.memory", "--sizes", "64", "--tile-size", "32", "--coarse-pass", "2x8")
     assert result.returncode == 0, result.stderr
     assert "coarse pass of 2 x 2 blocks beyond 8 px" in result.stdout
+    # What the run did, not only what the bench asked for.
+    assert ("coarse pass, as the last DTM records it: Long wavelengths: beyond 8 px, from a "
+            "second pass over the image averaged in 2 x 2 blocks") in result.stdout

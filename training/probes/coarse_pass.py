@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mars_dtm_plugin.core.contract import coarse_pass_arg
 from training import synth
 from training.data import load_dem_shapes
 from training.evaluate import DATA_DIR, Scene, average, predict, score, synthetic_scenes, table
@@ -45,10 +46,9 @@ def model_copies(model: Path, passes: list[str], out: Path) -> dict[str, Path]:
         del copy.metadata_props[:]
         copy.metadata_props.extend(kept)
         if name != "one_pass":
-            factor, sigma = name.split("x")
             entry = copy.metadata_props.add()
             entry.key = "marsdtm:coarse_pass"
-            entry.value = json.dumps({"factor": int(factor), "sigma_px": float(sigma)})
+            entry.value = json.dumps(coarse_pass_arg(name))
         label = name if name == "one_pass" else f"k{name.replace('x', 's')}"
         copies[label] = out / f"{label}.onnx"
         onnx.save(copy, str(copies[label]))

@@ -138,9 +138,7 @@ def _positions(start: int, stop: int, factor: int, cells: int) -> tuple[np.ndarr
 
 def long_wavelength_correction(fine_cells: np.ndarray, coarse_cells: np.ndarray,
                                sigma_cells: float) -> np.ndarray:
-    """What the coarse pass adds to the fine one, on their common grid of cells: their
-    difference where both have data, blurred within it; 0 far from it."""
-    rows = min(fine_cells.shape[0], coarse_cells.shape[0])
-    cols = min(fine_cells.shape[1], coarse_cells.shape[1])
-    difference = coarse_cells[:rows, :cols] - fine_cells[:rows, :cols]
-    return np.nan_to_num(gaussian_within(difference, sigma_cells))
+    """What the coarse pass adds to the fine one, on their common grid of cells (the same
+    shape: ceil(ceil(H / k) / m) = ceil(H / (k m))): their difference where both have data,
+    blurred within it; 0 far from it."""
+    return np.nan_to_num(gaussian_within(coarse_cells - fine_cells, sigma_cells))

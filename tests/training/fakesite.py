@@ -9,6 +9,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -269,12 +270,13 @@ class SiteServer:
     """Serves ``root`` on 127.0.0.1 and records every request.
 
     ``cuts[url_path]`` is a list of byte counts: each GET of that path takes the next one and
-    drops the connection after sending that many bytes. Files carry an ETag, and a Range
-    with an If-Range of another ETag gets the whole file. ``slow[url_path]`` sends that file
-    1 kB at a time, that many seconds apart. ``extra_links[url_path]`` adds raw hrefs to a
+    drops the connection after sending that many bytes. Files carry an ETag and a Last-Modified
+    date, and a Range with an If-Range of neither gets the whole file. ``slow[url_path]`` sends
+    that file 1 kB at a time, that many seconds apart. ``extra_links[url_path]`` adds raw hrefs to a
     listing; ``redirects[url_path]`` answers with a 302 to that location; ``busy[url_path]`` is a
     list of Retry-After values: each GET takes the next and is answered ``busy_status`` (503).
-    ``validators`` off: files carry no ETag; ``honours_if_range`` off: a Range is served
+    ``validators`` off: files carry no ETag or date; ``weak_etags`` on: their ETags are weak,
+    so only the date can make an If-Range match; ``honours_if_range`` off: a Range is served
     whatever the If-Range says (as some proxies do); ``refuses_ranges`` on: every Range is
     answered 416.
     ``head_lengths[url_path]`` is the Content-Length a HEAD of that file reports.
@@ -291,7 +293,7 @@ class SiteServer:
         self.busy_status = 503
         self.head_lengths: dict[str, str] = {}
         self.validators = self.honours_if_range = True
-        self.refuses_ranges = False
+        self.weak_etags = self.refuses_ranges = False
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -317,7 +319,7 @@ class SiteServer:
         self.busy_status = 503
         self.head_lengths.clear()
         self.validators = self.honours_if_range = True
-        self.refuses_ranges = False
+        self.weak_etags = self.refuses_ranges = False
 
     def gets(self, name: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"].endswith(name)]
@@ -370,10 +372,12 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, _listing(path, local, site.extra_links.get(path, [])),
                            "text/html", body)
             else:
-                self._send_file(path, local.read_bytes(), body)
+                self._send_file(path, local, body)
 
-        def _send_file(self, path: str, data: bytes, body: bool) -> None:
-            etag = f'"{zlib.crc32(data):08x}"'
+        def _send_file(self, path: str, local: Path, body: bool) -> None:
+            data = local.read_bytes()
+            etag = ("W/" if site.weak_etags else "") + f'"{zlib.crc32(data):08x}"'
+            modified = formatdate(local.stat().st_mtime, usegmt=True)
             if not body and path in site.head_lengths:
                 self.send_response(200)
                 self.send_header("Content-Length", site.head_lengths[path])
@@ -385,8 +389,10 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            # A weak ETag never matches an If-Range; the date does (RFC 9110, 13.1.5).
+            current = {modified} if site.weak_etags else {etag, modified}
             ranged = self.headers.get("Range") is not None and (not site.honours_if_range or
-                self.headers.get("If-Range", etag) == etag)  # else whole, as Apache sends it
+                self.headers.get("If-Range", etag) in current)  # else whole, as Apache sends it
             start = int(self.headers["Range"][6:].split("-")[0]) if ranged else 0
             if ranged:
                 self.send_response(206)
@@ -395,6 +401,7 @@ def _handler(site: SiteServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(200)
             if site.validators:
                 self.send_header("ETag", etag)
+                self.send_header("Last-Modified", modified)
             part = data[start:]
             self.send_header("Content-Length", str(len(part)))
             self.end_headers()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -197,6 +198,33 @@ def test_a_file_changed_on_the_server_since_the_cut_is_fetched_whole(
     local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
     assert local.read_bytes() == changed
     assert not list(local.parent.glob(local.name + ".*"))  # no .part, no .part.validator
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_behind_a_weak_etag_a_resume_is_checked_against_the_date(
+        server: SiteServer, site: Path, tmp_path: Path, changed: bool) -> None:
+    server.weak_etags = True
+    server.cuts[DTM_A] = [5000]
+    scrape(options(server, tmp_path, retries=0))
+    remote = site / DTM_A.lstrip("/")
+    original, stamp = remote.read_bytes(), remote.stat().st_mtime
+    cut_on = email.utils.formatdate(stamp, usegmt=True)
+    try:
+        if changed:  # the same size, a later date: only the date tells
+            remote.write_bytes(bytes(255 - b for b in original))
+            os.utime(remote, (stamp + 60, stamp + 60))
+        server.reset()
+        server.weak_etags = True
+        assert scrape(options(server, tmp_path)).failed == 0
+        expected = remote.read_bytes()
+    finally:
+        remote.write_bytes(original)  # the site is the session's
+        os.utime(remote, (stamp, stamp))
+    gets = server.gets(dtm_name(PAIR_A))
+    assert [(g["range"], g["if_range"]) for g in gets] == [("bytes=5000-", cut_on)]
+    local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
+    assert local.read_bytes() == expected
+    assert (expected != original) == changed
 
 
 @pytest.mark.parametrize("server_kind", ["ignores If-Range", "sends no ETag"])

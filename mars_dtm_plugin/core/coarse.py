@@ -114,11 +114,13 @@ def _convolve(values: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
-def upsample_rows(grid: np.ndarray, factor: int, y0: int, y1: int, width: int) -> np.ndarray:
+def upsample_rows(grid: np.ndarray, factor: int, y0: int, y1: int, width: int,
+                  ring: int = 0) -> np.ndarray:
     """Rows [y0, y1) and columns [0, width) of the fine grid, bilinear between the centres of
-    ``grid``'s cells (each ``factor`` fine pixels wide), flat beyond the outermost centres."""
-    rows = _positions(y0, y1, factor, grid.shape[0])
-    cols = _positions(0, width, factor, grid.shape[1])
+    ``grid``'s cells (each ``factor`` fine pixels wide, ``ring`` of them beyond the fine grid's
+    first row and column), flat beyond the outermost centres."""
+    rows = _positions(y0, y1, factor, grid.shape[0], ring)
+    cols = _positions(0, width, factor, grid.shape[1], ring)
     r0, r_weight = rows
     c0, c_weight = cols
     top = grid[r0] * (1 - r_weight[:, None]) + grid[r0 + 1] * r_weight[:, None] \
@@ -127,10 +129,11 @@ def upsample_rows(grid: np.ndarray, factor: int, y0: int, y1: int, width: int) -
         if grid.shape[1] > 1 else top[:, c0]
 
 
-def _positions(start: int, stop: int, factor: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+def _positions(start: int, stop: int, factor: int, cells: int,
+               ring: int) -> tuple[np.ndarray, np.ndarray]:
     """For fine pixels [start, stop): the coarse cell before each one's centre, and the weight
     of the next cell."""
-    at = (np.arange(start, stop) + 0.5) / factor - 0.5  # in coarse cells' centres
+    at = (np.arange(start, stop) + 0.5) / factor - 0.5 + ring  # in coarse cells' centres
     at = np.clip(at, 0, max(cells - 1, 0))
     before = np.minimum(np.floor(at).astype(int), max(cells - 2, 0))
     return before, at - before

@@ -26,6 +26,7 @@ from .contract import ModelContract
 from .errors import Caution, DtmCancelled, DtmError
 from .model import Generator, default_model_path, shared_generator
 from .raster import InputRaster, ProductSun, gdal_exceptions, sun_from_product
+from .reference import open_reference
 from .stitch import OffsetProblem, blend_ramps
 from .tiling import Rotation, Tile, tile_grid
 from .writer import BLOCK, DtmWriter, check_output_path
@@ -75,6 +76,9 @@ class PredictOptions:
     and NaN always do."""
     open_options: tuple[str, ...] = ()
     """GDAL open options of the input (``KEY=VALUE``), as a GIS layer may be opened with."""
+    reference_dtm: str | None = None
+    """A coarser DTM of the same ground in metres (MOLA, HRSC, CTX stereo): the output takes
+    its long wavelengths and its datum from it, and its heights are no longer relative."""
 
 
 @dataclass
@@ -109,7 +113,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
         raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt,
                              options.nodata, options.file_nodata, options.open_options)
         try:
-            check_output_path(input_path, output_path, raster.files_read())
+            check_output_path(input_path, output_path, raster.files_read()
+                              + ([options.reference_dtm] if options.reference_dtm else []))
             if os.path.islink(output_path):  # written through, as GDAL does: the link stays
                 output_path = os.path.realpath(output_path)
             generator = shared_generator(options.model_path or default_model_path(),
@@ -159,6 +164,8 @@ class _Run:
         self._lay_tiles()
         self.coarse = self._coarse_pass()
         self.coarse_tiles = 0  # counted when the coarse pass runs
+        self.reference = (open_reference(options.reference_dtm, raster.georef, raster.width,
+                                         raster.height) if options.reference_dtm else None)
         self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()
         if sample.min() == sample.max() and raster.one_value():
@@ -302,14 +309,21 @@ class _Run:
             clock.append(time.perf_counter())
             offsets = self._offsets(problem)
             clock.append(time.perf_counter())
-            correction = self._long_wavelengths(offsets, folder) if self.coarse else None
+            corrections = []  # (grid, cell, ring): added to the stitched heights, bilinear
+            if self.coarse:
+                corrections.append((self._long_wavelengths(offsets, folder), self.coarse.cell, 0))
             clock.append(time.perf_counter())
-            statistics = self._blend(output_path, offsets, correction)
+            if self.reference:
+                corrections.append((self._reference_correction(offsets, corrections),
+                                    self.reference.cell, self.reference.ring))
+            clock.append(time.perf_counter())
+            statistics = self._blend(output_path, offsets, corrections)
             clock.append(time.perf_counter())
         report = self._report(output_path, statistics)
-        stages = ("model pass", "offsets", "coarse pass", "blend and write")
+        stages = ("model pass", "offsets", "coarse pass", "reference DTM", "blend and write")
+        ran = {"coarse pass": bool(self.coarse), "reference DTM": bool(self.reference)}
         report.timings = {stage: float(seconds) for stage, seconds in zip(stages, np.diff(clock))
-                          if self.coarse or stage != "coarse pass"}
+                          if ran.get(stage, True)}
         return report
 
     def _long_wavelengths(self, offsets: np.ndarray, folder: Path) -> np.ndarray:
@@ -321,6 +335,21 @@ class _Run:
         self.coarse_tiles = len(run.grid.tiles)
         coarse_cells = run.cell_means(coarse.cell // coarse.factor, folder)
         return long_wavelength_correction(fine_cells, coarse_cells, coarse.sigma / coarse.cell)
+
+    def _reference_correction(self, offsets: np.ndarray,
+                              corrections: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
+        """What the reference DTM adds to the heights corrected so far, on its cells."""
+        cell = self.reference.cell
+        dtm_cells = cell_means(lambda y0, y1: self._corrected_strip(y0, y1, offsets, corrections),
+                               self.raster.height, cell, BLOCK)
+        return self.reference.correction(dtm_cells)
+
+    def _corrected_strip(self, y0: int, y1: int, offsets: np.ndarray,
+                         corrections: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
+        strip = self._blend_strip(y0, y1, offsets)
+        for grid, cell, ring in corrections:
+            strip += upsample_rows(grid, cell, y0, y1, self.raster.width, ring)
+        return strip
 
     def _cell_means(self, offsets: np.ndarray, cell: int) -> np.ndarray:
         """The stitched heights averaged over ``cell`` x ``cell`` blocks, strip by strip."""
@@ -414,7 +443,8 @@ class _Run:
         recent[tile.index] = heights
 
     # -- pass 2: blending ---------------------------------------------------------------------
-    def _blend(self, output_path: str, offsets: np.ndarray, correction: np.ndarray | None
+    def _blend(self, output_path: str, offsets: np.ndarray,
+               corrections: list[tuple[np.ndarray, int, int]]
                ) -> tuple[float, float, float, float]:
         """Blend strip by strip; a writer thread compresses one strip while the next blends."""
         georef = self.raster.georef
@@ -430,10 +460,7 @@ class _Run:
                     if self.is_cancelled():
                         raise DtmCancelled
                     y1 = min(y0 + BLOCK, self.raster.height)
-                    strip = self._blend_strip(y0, y1, offsets)
-                    if correction is not None:
-                        strip += upsample_rows(correction, self.coarse.cell, y0, y1,
-                                               self.raster.width)
+                    strip = self._corrected_strip(y0, y1, offsets, corrections)
                     if written is not None:
                         written.result()
                     written = writing.submit(self._write_strip, writer, y0, strip, statistics)
@@ -577,7 +604,9 @@ class _Run:
             "MARSDTM_TILES": f"{self.contract.tile_size} px ({self.rotation.footprint} px "
                              f"footprint), overlap {self.overlap} px",
             "MARSDTM_COARSE_PASS": self.coarse.describe() if self.coarse else "none",
-            "MARSDTM_HEIGHTS": "metres, relative: the scene's mean height is about 0",
+            "MARSDTM_REFERENCE": self.reference.describe() if self.reference else "none",
+            "MARSDTM_HEIGHTS": ("metres, on the reference DTM's datum" if self.reference else
+                                "metres, relative: the scene's mean height is about 0"),
         }
 
     def setup_messages(self) -> list[str]:
@@ -600,8 +629,7 @@ class _Run:
         said.append(f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
                     f"({self.rotation.footprint} px footprint), scene rotated by "
                     f"{self.rotation.degrees:.1f} degrees")
-        if self.coarse:
-            said.append(self.coarse.describe())
+        said += [part.describe() for part in (self.coarse, self.reference) if part]
         said.append(f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
                     + ("not used" if self.sun_azimuth is None
                        else f"{self.sun_azimuth:.1f} degrees ({self.sun_source})"))

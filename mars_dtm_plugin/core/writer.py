@@ -38,7 +38,7 @@ def check_output_path(input_path: str, output_path: str, input_files: Iterable[s
         raise DtmError("The output path is the input path; choose another file name.")
     for used in input_files:
         if _same_file(out, Path(used)):
-            raise DtmError(f"The output path is '{used}', which the input is read from; "
+            raise DtmError(f"The output path is '{used}', which this run reads from; "
                            "choose another file name.")
     if not out.parent.is_dir():
         raise DtmError(f"The output folder '{out.parent}' does not exist.")

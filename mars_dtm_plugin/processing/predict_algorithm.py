@@ -93,6 +93,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
     INPUT = "INPUT"
     BAND = "BAND"
     MODEL = "MODEL"
+    REFERENCE_DTM = "REFERENCE_DTM"
     SUN_AZIMUTH = "SUN_AZIMUTH"
     SUN_ELEVATION = "SUN_ELEVATION"
     OVERLAP = "OVERLAP"
@@ -152,6 +153,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             "is read from the product's label or metadata when there is one (HiRISE, Maxar "
             "and Landsat products carry it); otherwise enter it, or the run stops and says so "
             "if the model needs it.</p>"
+            "<p><b>Reference DTM</b>: a coarser DTM of the same ground (MOLA, HRSC, CTX "
+            "stereo) gives the output the regional slope and the datum that shading cannot "
+            "show; without one, heights are relative to the scene's mean.</p>"
             "<p>Needs the onnxruntime Python package (see the plugin's About text).</p>"
         )
 
@@ -166,6 +170,15 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             behavior=QgsProcessingParameterFile.File, fileFilter=tr("ONNX models (*.onnx)"),
             optional=True))
         self._add_sun_parameters()
+        reference = QgsProcessingParameterRasterLayer(
+            self.REFERENCE_DTM, tr("Reference DTM (optional; coarser, heights in metres)"),
+            optional=True)
+        reference.setHelp(tr(
+            "A coarser DTM of the same ground, such as MOLA, HRSC or CTX stereo. The output "
+            "takes from it what one image cannot show: the slope the whole scene shares, relief "
+            "longer than some ten of its pixels, and its datum, so heights are no longer "
+            "relative to the scene's mean. It must cover the whole image."))
+        self.addParameter(reference)
         self._add_advanced_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT, tr("Predicted DTM")))
@@ -324,7 +337,17 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             sun_elevation=self._optional_number(parameters, self.SUN_ELEVATION, context),
             provider=EXECUTION_PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)],
             pixel_size=self._optional_number(parameters, self.PIXEL_SIZE, context),
+            reference_dtm=self._reference_dtm(parameters, context),
         )
+
+    def _reference_dtm(self, parameters: dict[str, Any],
+                       context: QgsProcessingContext) -> str | None:
+        layer = self.parameterAsRasterLayer(parameters, self.REFERENCE_DTM, context)
+        if layer is None:
+            return None
+        if not layer.isValid():
+            raise QgsProcessingException(self.invalidRasterError(parameters, self.REFERENCE_DTM))
+        return gdal_source(layer.source())[0]
 
     def _optional_number(self, parameters: dict[str, Any], name: str,
                          context: QgsProcessingContext) -> float | None:

@@ -180,7 +180,7 @@ def test_output_that_the_input_is_read_from(tmp_path, scene, model):
     gdal.Translate(str(vrt), str(scene), format="VRT")  # reads scene.tif
     before = scene.read_bytes()
     result = cli(str(vrt), str(scene), "--model", str(model))
-    assert result.returncode != 0 and "which the input is read from" in result.stderr
+    assert result.returncode != 0 and "which this run reads from" in result.stderr
     assert scene.read_bytes() == before
     outer = tmp_path / "outer.vrt"
     gdal.BuildVRT(str(outer), [str(vrt)])  # reads scene.vrt, which reads scene.tif
@@ -192,7 +192,7 @@ def test_output_that_the_input_is_read_from(tmp_path, scene, model):
     gdal.BuildVRT(str(by_name), [f"GTIFF_DIR:1:{scene}"])
     for source in (outer, of_xml, by_name):
         result = cli(str(source), str(scene), "--model", str(model))
-        assert result.returncode != 0 and "which the input is read from" in result.stderr
+        assert result.returncode != 0 and "which this run reads from" in result.stderr
         assert scene.read_bytes() == before
     link = tmp_path / "link.tif"
     link.symlink_to(scene)  # the same file under another name

@@ -42,6 +42,25 @@ def test_nodata_values_given_are_masked(tmp_path):
     assert ((heights == nodata) == (image == 0)).all()
 
 
+def test_a_reference_dtm_given_sets_the_datum_and_a_bad_one_is_one_sentence(tmp_path):
+    model = write_test_model(tmp_path / "model.onnx")
+    scene = write_raster(tmp_path / "scene.tif", ramp(90, 100) + 20, GT)
+    flat = write_raster(tmp_path / "ctx.tif", np.full((20, 20), -2500.0, np.float32),
+                        (-40.0, 16.0, 0.0, 40.0, 0.0, -16.0))
+    out = tmp_path / "dtm.tif"
+    done = predict_command(str(scene), str(out), "--model", str(model), "--reference-dtm",
+                           str(flat))
+    assert done.returncode == 0, done.stderr
+    assert "from the reference DTM ctx.tif" in done.stdout
+    # The ramp is the model's long wavelengths, the reference's level replaces them.
+    heights, _ = read_raster(out)
+    assert abs(heights.mean() + 2500) < 0.05
+    done = predict_command(str(scene), str(tmp_path / "other.tif"), "--model", str(model),
+                           "--reference-dtm", str(tmp_path / "missing.tif"))
+    assert done.returncode != 0 and not (tmp_path / "other.tif").exists()
+    assert "The reference DTM" in done.stderr and "cannot be read" in done.stderr
+
+
 def test_the_cli_module_runs_as_the_package_does(tmp_path):
     """``python -m mars_dtm_plugin.cli`` is not a silent no-op."""
     done = predict_command(str(tmp_path / "missing.tif"), str(tmp_path / "out.tif"),

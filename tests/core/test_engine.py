@@ -389,7 +389,7 @@ def test_sun_from_label_is_used_when_not_given(tmp_path):
         "AREA_OR_POINT": "Area", "MARSDTM_MODEL": "ramp.onnx, version test",
         "MARSDTM_SUN_AZIMUTH": "270.0 (label)", "MARSDTM_SUN_ELEVATION": "30.0 (label)",
         "MARSDTM_PIXEL_SIZE_M": "2", "MARSDTM_TILES": "64 px (64 px footprint), overlap 16 px",
-        "MARSDTM_COARSE_PASS": "none",
+        "MARSDTM_COARSE_PASS": "none", "MARSDTM_REFERENCE": "none",
         "MARSDTM_HEIGHTS": "metres, relative: the scene's mean height is about 0"}
 
 

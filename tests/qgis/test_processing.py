@@ -37,6 +37,7 @@ from .conftest import (
     read_raster,
     same_crs,
     terrain_image,
+    write_geotiff,
 )
 
 
@@ -59,8 +60,10 @@ def test_provider_comes_from_the_assembled_plugin(provider):
 def test_parameters(provider):
     alg = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID)
     names = [p.name() for p in alg.parameterDefinitions()]
-    assert names == ["INPUT", "BAND", "MODEL", "SUN_AZIMUTH", "SUN_ELEVATION", "OVERLAP",
-                     "PIXEL_SIZE", "PROVIDER", "OUTPUT"]
+    assert names == ["INPUT", "BAND", "MODEL", "SUN_AZIMUTH", "SUN_ELEVATION", "REFERENCE_DTM",
+                     "OVERLAP", "PIXEL_SIZE", "PROVIDER", "OUTPUT"]
+    assert alg.parameterDefinition("REFERENCE_DTM").flags() & \
+        QgsProcessingParameterDefinition.FlagOptional
     band = alg.parameterDefinition("BAND")
     assert isinstance(band, QgsProcessingParameterBand)
     assert band.parentLayerParameterName() == "INPUT"
@@ -103,6 +106,30 @@ def test_run_gives_a_dtm_on_the_input_grid(provider, identity_model, image_facto
     assert "CPUExecutionProvider" in log and "Tiles:" in log and str(output) in log
     assert not warnings  # Auto without a GPU is no cause for a warning
     assert "Finished in" in log and "progress 100" in log
+
+
+def test_a_reference_dtm_layer_gives_the_dtm_its_datum(provider, identity_model, image_factory,
+                                                       tmp_path):
+    # A DTM of 40 m pixels, 1 234 m up, around the image: a layer of the project.
+    image = image_factory(width=150, height=110)
+    wider = (GEOTRANSFORM[0] - 400, 40.0, 0.0, GEOTRANSFORM[3] + 400, 0.0, -40.0)
+    reference = write_geotiff(tmp_path / "mola.tif", np.full((30, 30), 1234.0, np.float32),
+                              geotransform=wider)
+    layer = QgsRasterLayer(str(reference), "MOLA")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        output = tmp_path / "dtm.tif"
+        run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer.id(),
+             "OUTPUT": str(output)})
+        heights, *_ = read_raster(output)
+        relative = tmp_path / "relative.tif"
+        run({"INPUT": str(image), "MODEL": str(identity_model), "OUTPUT": str(relative)})
+        # The detail is the model's; beyond it, the reference's flat ground 1 234 m up.
+        assert heights.mean() == pytest.approx(1234.0, abs=0.05)
+        assert abs(read_raster(relative)[0].mean()) < 0.01
+        assert "mola.tif" in gdal.Open(str(output)).GetMetadataItem("MARSDTM_REFERENCE")
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
 
 
 @pytest.mark.parametrize("file_crs", [None, "EPSG:4087"])  # none, or Earth's in place of Mars's

@@ -1,0 +1,114 @@
+"""A coarser DTM of the same ground (MOLA, HRSC, CTX stereo) for what one image cannot show.
+
+Shading tells slopes, not the slope the whole scene shares nor how high the ground is. A
+reference DTM does: the output takes its wavelengths beyond ``sigma`` image pixels, and its
+datum, from the reference, and the detail from the model,
+
+    dtm + upsample(blur(reference) - blur(block_mean(dtm)))
+
+on cells some sigma / 2 wide, as the coarse pass does (``coarse.py``). The reference is blurred
+with what it holds beyond the image, so the image's edges take its slope unbent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, osr
+
+from .coarse import gaussian_within
+from .errors import DtmError
+from .raster import Georeferencing, ground_pixel_size_m
+
+# A DTM resolves little finer than a few of its pixels (stereo matching windows, MOLA's tracks
+# between grid nodes): the blur keeps half of a wavelength some 5.3 sigma long, 10 of its pixels.
+SIGMA_REFERENCE_PIXELS = 2.0
+METRES = {"", "m", "metre", "metres", "meter", "meters"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    path: str
+    sigma: float
+    """Where the model's detail ends, in image pixels: beyond it the reference's heights."""
+    long: np.ndarray
+    """The reference's heights beyond sigma on the image's grid of ``cell`` x ``cell`` px,
+    with a ring of cells around it (so the image's edges lie between cells' centres); NaN far
+    from its data."""
+    ring = 1
+
+    @property
+    def cell(self) -> int:
+        return max(1, round(self.sigma / 2))
+
+    def describe(self) -> str:
+        return (f"Long wavelengths and the heights' datum: beyond {self.sigma:.3g} px, from the "
+                f"reference DTM {Path(self.path).name}")
+
+    def correction(self, dtm_cells: np.ndarray) -> np.ndarray:
+        """What the reference adds to the DTM on the cells: its long wavelengths for the
+        DTM's. Every cell of the DTM's data must be near the reference's."""
+        ringed = np.pad(dtm_cells, self.ring, constant_values=np.nan)
+        added = self.long - gaussian_within(ringed, self.sigma / self.cell)
+        beyond = np.isfinite(ringed) & ~np.isfinite(self.long)
+        if beyond.any():
+            share = beyond.sum() / np.isfinite(dtm_cells).sum()
+            raise DtmError(f"The reference DTM {Path(self.path).name} leaves {share:.0%} of the "
+                           "image uncovered; give one that covers the whole image.")
+        return np.nan_to_num(added)
+
+
+def open_reference(path: str, georef: Georeferencing, width: int, height: int) -> Reference:
+    """The reference DTM at ``path`` averaged onto cells of the image's grid."""
+    if georef.geotransform is None or not georef.crs_wkt:
+        raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
+                       "place the one on the other.")
+    try:
+        dataset = gdal.Open(str(path))
+    except RuntimeError as exc:
+        raise DtmError(f"The reference DTM '{path}' cannot be read: "
+                       f"{str(exc).strip().splitlines()[0]}") from exc
+    name, band = Path(path).name, dataset.GetRasterBand(1)
+    gt = dataset.GetGeoTransform(can_return_null=True)
+    if gt is None or not dataset.GetProjection():
+        raise DtmError(f"The reference DTM {name} has no geotransform and CRS to place it by.")
+    if band.GetUnitType().lower() not in METRES:
+        raise DtmError(f"The reference DTM {name} holds heights in '{band.GetUnitType()}'; "
+                       "give one in metres.")
+    srs = osr.SpatialReference(wkt=dataset.GetProjection())
+    pixel_m = ground_pixel_size_m(gt, srs, dataset.RasterXSize, dataset.RasterYSize)
+    sigma = max(SIGMA_REFERENCE_PIXELS * pixel_m / georef.pixel_size_m, 2.0)
+    cell = max(1, round(sigma / 2))
+    pad = math.ceil(3 * sigma / cell)  # the blur's reach, in cells
+    cells = _warp(dataset, georef, -(-width // cell), -(-height // cell), cell, pad)
+    inside = (slice(pad, -pad), slice(pad, -pad))
+    if not np.isfinite(cells[inside]).any():
+        raise DtmError(f"The reference DTM {name} does not overlap the image.")
+    ringed = (slice(pad - Reference.ring, Reference.ring - pad),) * 2
+    return Reference(str(path), sigma, gaussian_within(cells, sigma / cell)[ringed])
+
+
+def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,
+          cell: int, pad: int) -> np.ndarray:
+    """The reference's heights in metres, averaged onto the image's grid coarsened by
+    ``cell`` and widened by ``pad`` cells on each side; NaN where it has none."""
+    gt = georef.geotransform
+    target = gdal.GetDriverByName("MEM").Create("", cols + 2 * pad, rows + 2 * pad, 1,
+                                                gdal.GDT_Float32)
+    step = [value * cell for value in gt]
+    target.SetGeoTransform((gt[0] - pad * (step[1] + step[2]), step[1], step[2],
+                            gt[3] - pad * (step[4] + step[5]), step[4], step[5]))
+    target.SetProjection(georef.crs_wkt)
+    target.GetRasterBand(1).SetNoDataValue(math.nan)
+    target.GetRasterBand(1).Fill(math.nan)
+    try:
+        gdal.Warp(target, dataset, resampleAlg="average")
+    except RuntimeError as exc:  # another body's CRS, a transform PROJ cannot do
+        raise DtmError(f"The reference DTM {Path(dataset.GetDescription()).name} cannot be "
+                       f"placed on the image's grid: {str(exc).strip().splitlines()[0]}") from exc
+    band = dataset.GetRasterBand(1)
+    values = target.GetRasterBand(1).ReadAsArray().astype(np.float64)
+    return values * (band.GetScale() or 1.0) + (band.GetOffset() or 0.0)

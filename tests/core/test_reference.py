@@ -1,0 +1,134 @@
+"""A reference DTM gives the output its long wavelengths and datum; the model, the detail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+from mars_dtm_plugin.core.errors import DtmError
+from tests.models import write_test_model
+from tests.rasters import mars_eqc_wkt, read_raster, write_raster
+
+GT = (1000.0, 2.0, 0.0, 5000.0, 0.0, -2.0)  # 2 m pixels
+SIZE = 256
+
+
+def _image() -> np.ndarray:
+    """Flat ground but for a wave 8 px long across the rows: all the identity model sees."""
+    xx = np.mgrid[0:SIZE, 0:SIZE][1]
+    return (100 + 10 * np.sin(2 * np.pi * xx / 8)).astype(np.float32)
+
+
+def _plane(east: np.ndarray, north: np.ndarray) -> np.ndarray:
+    return 3000 + 0.1 * (east - 1000) - 0.05 * (north - 5000)
+
+
+def _pixel_centres(gt: tuple[float, ...], rows: int, cols: int) -> tuple[np.ndarray, ...]:
+    rr, cc = np.mgrid[0:rows, 0:cols] + 0.5
+    return gt[0] + cc * gt[1] + rr * gt[2], gt[3] + cc * gt[4] + rr * gt[5]
+
+
+def _run(tmp_path, reference, name: str = "dtm.tif", **options):
+    source = write_raster(tmp_path / "image.tif", _image(), GT)
+    model = write_test_model(tmp_path / "identity.onnx", "identity", height_units="metres")
+    out = tmp_path / name
+    report = predict_dtm(str(source), str(out), PredictOptions(
+        model_path=str(model), reference_dtm=reference and str(reference), **options))
+    heights, ds = read_raster(out)
+    return heights, ds, report
+
+
+def _plane_reference(tmp_path, gt=(900.0, 16.0, 0.0, 5100.0, 0.0, -16.0), size=50, **kw):
+    """The plane on a grid of 16 m pixels that overlaps the image's with an offset."""
+    heights = _plane(*_pixel_centres(gt, size, size)).astype(np.float32)
+    return write_raster(tmp_path / "reference.tif", heights, gt, **kw)
+
+
+def test_the_output_takes_the_reference_s_plane_and_datum_and_keeps_the_model_s_detail(
+        tmp_path):
+    reference = _plane_reference(tmp_path)
+    heights, ds, report = _run(tmp_path, reference)
+    without, *_ = _run(tmp_path, None, name="relative.tif")
+    plane = _plane(*_pixel_centres(GT, SIZE, SIZE))
+    # Alone, the model's heights are its detail about zero; with the reference, that detail
+    # on the reference's plane: 3 000 m up, rising 0.1 m per metre east.
+    # The reference beyond the image keeps its slope unbent up to the image's edges.
+    assert abs(without.mean()) < 0.01
+    np.testing.assert_allclose(heights, plane + without, atol=0.01)
+    assert "reference DTM reference.tif" in ds.GetMetadataItem("MARSDTM_REFERENCE")
+    assert ds.GetMetadataItem("MARSDTM_HEIGHTS") == "metres, on the reference DTM's datum"
+    assert any("beyond 16 px, from the reference DTM reference.tif" in line
+               for line in report.messages)
+    assert report.timings["reference DTM"] > 0
+    assert report.height_min == pytest.approx(float(heights.min()), abs=1e-3)
+
+
+def test_a_reference_in_another_crs_and_scaled_integers_is_warped_and_scaled(tmp_path):
+    # A geographic grid of Mars, in decimetres above -1 000 m: the output's level is its
+    # height in metres, wherever its pixels fall on the image's grid.
+    srs = osr.SpatialReference(wkt=mars_eqc_wkt())
+    geographic = srs.CloneGeogCS()
+    geographic.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_degrees = osr.CoordinateTransformation(srs, geographic)
+    corners = np.array([to_degrees.TransformPoint(GT[0] + dx, GT[3] - dy)[:2]
+                        for dx in (0, SIZE * 2) for dy in (0, SIZE * 2)])
+    west, north = corners[:, 0].min() - 0.002, corners[:, 1].max() + 0.002
+    stored = np.full((40, 40), 2500, np.int16)  # -1 000 + 0.1 * 2 500 = -750 m
+    # Pixels of 32 m, cells of 16 px: whole cells, each two waves of the model's detail.
+    degrees = 32 / np.radians(srs.GetSemiMajor())
+    path = write_raster(tmp_path / "geographic.tif", stored,
+                        (west, degrees, 0, north, 0, -degrees), geographic.ExportToWkt())
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    ds.GetRasterBand(1).SetScale(0.1)
+    ds.GetRasterBand(1).SetOffset(-1000.0)
+    ds = None
+    heights, _, _ = _run(tmp_path, path)
+    without, *_ = _run(tmp_path, None, name="relative.tif")
+    np.testing.assert_allclose(heights, without - 750.0, atol=0.01)
+
+
+def _refusal(tmp_path, reference, says: str, **options) -> None:
+    with pytest.raises(DtmError, match=says):
+        _run(tmp_path, reference, **options)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("dtm", ".marsdtm"))]
+
+
+def test_a_reference_that_does_not_overlap_the_image_is_refused(tmp_path):
+    far = _plane_reference(tmp_path, gt=(90000.0, 16.0, 0.0, 5100.0, 0.0, -16.0))
+    _refusal(tmp_path, far, "The reference DTM reference.tif does not overlap the image.")
+
+
+def test_a_reference_that_covers_part_of_the_image_is_refused_after_the_model(tmp_path):
+    half = _plane_reference(tmp_path, gt=(1256.0, 16.0, 0.0, 5000.0, 0.0, -16.0), size=16)
+    _refusal(tmp_path, half, r"leaves \d+% of the image uncovered; give one that covers")
+
+
+def test_a_reference_in_feet_without_a_crs_or_unreadable_is_refused(tmp_path):
+    feet = _plane_reference(tmp_path)
+    ds = gdal.Open(str(feet), gdal.GA_Update)
+    ds.GetRasterBand(1).SetUnitType("ft")
+    ds = None
+    _refusal(tmp_path, feet, "holds heights in 'ft'; give one in metres.")
+    placeless = _plane_reference(tmp_path, wkt="")
+    _refusal(tmp_path, placeless, "has no geotransform and CRS to place it by.")
+    (tmp_path / "text.tif").write_text("not a raster")
+    _refusal(tmp_path, tmp_path / "text.tif", "The reference DTM '.*text.tif' cannot be read")
+
+
+def test_a_reference_needs_a_georeferenced_image(tmp_path):
+    reference = _plane_reference(tmp_path)
+    source = write_raster(tmp_path / "plain.tif", _image(), None, wkt="")
+    model = write_test_model(tmp_path / "identity.onnx", "identity")
+    with pytest.raises(DtmError, match="A reference DTM needs an image with a geotransform"):
+        predict_dtm(str(source), str(tmp_path / "dtm.tif"), PredictOptions(
+            model_path=str(model), pixel_size=2.0, reference_dtm=str(reference)))
+
+
+def test_the_output_may_not_overwrite_the_reference(tmp_path):
+    reference = _plane_reference(tmp_path)
+    before = reference.read_bytes()
+    with pytest.raises(DtmError, match="which this run reads from"):
+        _run(tmp_path, reference, name="reference.tif")
+    assert reference.read_bytes() == before

@@ -59,6 +59,8 @@ KAROO_ACQUIRED = datetime(2003, 11, 18, 8, 20, 12, tzinfo=timezone.utc)
 BASELINES = ("flat", "sfs")
 MADE_HERE = ".made-by-evaluate"  # marks a generated set's folder as the evaluation's own
 TILT_SUFFIX = "+true scene tilt"
+REFERENCE_SUFFIX = "+reference DTM {}x"
+REFERENCE_ALONE = "reference DTM {}x"
 DETILTED_TRUTH = "truth-scene tilt"
 DETAIL_SIGMA_PX = 4.0
 """The detail ratio compares what a Gaussian of this many truth pixels smooths away."""
@@ -637,6 +639,11 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
                   "scene: what a method right about everything but that tilt would score. "
                   f"`{TILT_SUFFIX}` rows swap a method's own plane over the scene for the "
                   "truth's.", ""]
+    if factor := results.get("reference_factor"):
+        lines += [f"`{models[0]}{REFERENCE_SUFFIX.format(factor)}` is `{models[0]}` given a "
+                  f"reference DTM, the truth averaged over {factor} x {factor} of its cells, for "
+                  f"its long wavelengths and datum; `{REFERENCE_ALONE.format(factor)}` is that "
+                  "DTM alone, bilinear on the image's grid.", ""]
     lines += _bar_section(results, models)
     for set_name, metrics in results["sets"].items():
         lines += [f"## {SET_TITLES[set_name]}", "", results["notes"].get(set_name, ""), "",
@@ -661,8 +668,10 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
 
 
 # -- running -------------------------------------------------------------------------------
-def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple[np.ndarray, float]:
-    """The engine's DTM for ``scene`` (metres) and its run time in seconds."""
+def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2,
+            reference: Path | None = None) -> tuple[np.ndarray, float]:
+    """The engine's DTM for ``scene`` (metres), given ``reference`` as its reference DTM, and
+    its run time in seconds."""
     from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
     from mars_dtm_plugin.core.errors import DtmError
     from mars_dtm_plugin.core.raster import InputRaster
@@ -675,7 +684,8 @@ def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple
         else scene.sun[0]
     options = PredictOptions(model_path=str(model), sun_azimuth=azimuth,
                              sun_elevation=scene.sun[1], provider="cpu", threads=threads,
-                             pixel_size=None if georef else scene.pixel_size_m)
+                             pixel_size=None if georef else scene.pixel_size_m,
+                             reference_dtm=reference and str(reference))
     try:
         report = predict_dtm(str(scene.image_path), str(out), options)
     except DtmError as exc:  # the whole evaluation stops: a model that fails is not scored
@@ -683,6 +693,37 @@ def predict(model: Path, scene: Scene, workdir: Path, threads: int = 2) -> tuple
     dtm, *_ = read_band(out)
     out.unlink()  # a test split has thousands of scenes
     return dtm.astype(np.float32), report.seconds
+
+
+def coarser_truth(scene: Scene, factor: int) -> np.ndarray:
+    """The truth averaged over ``factor`` x ``factor`` of its cells: a coarser DTM of the same
+    ground, such as an analyst may have."""
+    from mars_dtm_plugin.core.coarse import block_mean as nan_block_mean
+
+    return nan_block_mean(np.where(scene.scored(), scene.truth, np.nan), factor)
+
+
+def write_reference(scene: Scene, factor: int, folder: Path) -> Path:
+    """``coarser_truth`` placed as the image is."""
+    from osgeo import gdal
+
+    image = gdal.Open(str(scene.image_path))
+    step = scene.factor * factor
+    gt = [value * (step if i not in (0, 3) else 1)
+          for i, value in enumerate(image.GetGeoTransform())]
+    return write_geotiff(folder / f"{scene.name}_reference.tif",
+                         coarser_truth(scene, factor).astype(np.float32), gt,
+                         image.GetProjection(), nodata=float("nan"))
+
+
+def reference_alone(scene: Scene, factor: int) -> np.ndarray:
+    """``coarser_truth`` on the image's grid, bilinear between its cells' centres."""
+    from mars_dtm_plugin.core.coarse import upsample_rows
+
+    heights = coarser_truth(scene, factor)
+    heights = np.where(np.isfinite(heights), heights, np.nanmean(heights))
+    rows, cols = scene.image.shape
+    return upsample_rows(heights, factor * scene.factor, 0, rows, cols)
 
 
 def baseline(name: str, scene: Scene) -> np.ndarray:
@@ -789,7 +830,7 @@ def intervals(by_method: dict[str, list[dict]], model: str, seed: int,
 def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
              sets: list[str], speed: bool = True, roughness_px: float = 0.0,
              tilt_control: bool = False, test_shards: Path | None = None,
-             louth_suns: int = 1) -> dict:
+             louth_suns: int = 1, reference_factor: int = 0) -> dict:
     """All metrics: {set: {method: averaged metrics}} plus per-scene details and figures.
 
     ``roughness_px`` > 0 adds a control row: the first model's heights plus white noise of
@@ -798,16 +839,20 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
     tilt (``with_true_scene_tilt``) on the sets with truth, and one for the truth without its
     scene tilt (``truth_without_scene_tilt``): what being right but for that tilt scores.
     ``test_shards`` is the folder the ``pairs`` set reads; ``louth_suns`` how many suns each
-    Louth crop is rendered under.
+    Louth crop is rendered under. ``reference_factor`` > 0 adds a row for the first model given
+    a reference DTM: the truth averaged over that many of its cells on a side.
     """
     first, *more = models
     others = [*BASELINES, *more]  # what the first model's lead is measured against
     control = f"{first}+noise{roughness_px:g}px" if roughness_px > 0 else None
     tilted = [first, *BASELINES] if tilt_control else []
+    referenced = f"{first}{REFERENCE_SUFFIX.format(reference_factor)}" \
+        if reference_factor > 0 else None
     controls = ([control] if control else []) + [f"{name}{TILT_SUFFIX}" for name in tilted] \
-        + ([DETILTED_TRUTH] if tilt_control else [])
+        + ([DETILTED_TRUTH] if tilt_control else []) \
+        + ([referenced, REFERENCE_ALONE.format(reference_factor)] if referenced else [])
     results: dict = {"sets": {}, "notes": {}, "speed": {}, "controls": controls,
-                     "intervals": {}}
+                     "intervals": {}, "reference_factor": reference_factor}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         drawn_figures = Path(tmp) / "figures"
@@ -832,6 +877,13 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                     by_method.setdefault(control, []).append(score(scene, row[first] + noise))
                 for name, scores in _tilt_controls(scene, row, tilted):
                     by_method.setdefault(name, []).append(scores)
+                if referenced and scene.truth is not None:
+                    reference = write_reference(scene, reference_factor, Path(tmp))
+                    heights, _ = predict(models[first], scene, Path(tmp), reference=reference)
+                    reference.unlink()
+                    by_method.setdefault(referenced, []).append(score(scene, heights))
+                    by_method.setdefault(REFERENCE_ALONE.format(reference_factor), []).append(
+                        score(scene, reference_alone(scene, reference_factor)))
                 if index < FIGURE_SCENES:
                     figure_rows.append(row)
                 notes.append(scene.notes)
@@ -997,6 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score the first model and the baselines with each scene's "
                              "tilt taken from the truth (which a mean-scaled image does not show), "
                              "and the truth without that tilt")
+    parser.add_argument("--reference-control", type=int, default=0, metavar="N",
+                        help="also score the first model given a reference DTM: the truth "
+                             "averaged over N x N of its cells")
     parser.add_argument("--louth-suns", type=int, default=1, metavar="N",
                         help="render each of the three Louth crops under N random suns "
                              "(default 1: three scenes)")
@@ -1023,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = evaluate(models, Path(args.data), Path(args.out), args.seed, sets,
                            not args.no_speed, args.roughness_control, args.tilt_control,
-                           args.test_shards, args.louth_suns)
+                           args.test_shards, args.louth_suns, args.reference_control)
     except (UnreadableShard, ModelFailed) as exc:  # found part-way
         print(f"error: {exc}; no report was written", file=sys.stderr)
         return 1

@@ -23,9 +23,10 @@ from .coarse import gaussian_within
 from .errors import DtmError
 from .raster import Georeferencing, ground_pixel_size_m
 
-# A DTM resolves little finer than a few of its pixels (stereo matching windows, MOLA's tracks
-# between grid nodes): the blur keeps half of a wavelength some 5.3 sigma long, 10 of its pixels.
-SIGMA_REFERENCE_PIXELS = 2.0
+# The reference is trusted down to its own pixels: the blur keeps half of a wavelength some 5.3
+# sigma long, under 3 of them (2 are the shortest a grid holds). Of 2, 1 and 0.5 pixels, 0.5
+# scored best (`training.evaluate --reference-control`: the model card's "With a reference DTM").
+SIGMA_REFERENCE_PIXELS = 0.5
 METRES = {"", "m", "metre", "metres", "meter", "meters"}
 
 
@@ -93,7 +94,7 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int) -
 
 def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,
           cell: int, pad: int) -> np.ndarray:
-    """The reference's heights in metres, averaged onto the image's grid coarsened by
+    """The reference's heights in metres, bilinear on the image's grid coarsened by
     ``cell`` and widened by ``pad`` cells on each side; NaN where it has none."""
     gt = georef.geotransform
     target = gdal.GetDriverByName("MEM").Create("", cols + 2 * pad, rows + 2 * pad, 1,
@@ -105,7 +106,7 @@ def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,
     target.GetRasterBand(1).SetNoDataValue(math.nan)
     target.GetRasterBand(1).Fill(math.nan)
     try:
-        gdal.Warp(target, dataset, resampleAlg="average")
+        gdal.Warp(target, dataset, resampleAlg="bilinear")  # its cells are a quarter pixel
     except RuntimeError as exc:  # another body's CRS, a transform PROJ cannot do
         raise DtmError(f"The reference DTM {Path(dataset.GetDescription()).name} cannot be "
                        f"placed on the image's grid: {str(exc).strip().splitlines()[0]}") from exc

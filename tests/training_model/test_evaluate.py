@@ -536,6 +536,35 @@ def _score_pairs(tmp_path, *more: str) -> tuple[dict, Path]:
     return json.loads((out / "metrics.json").read_text()), out
 
 
+def test_the_reference_control_scores_the_coarser_truth_alone_and_under_the_model(tmp_path):
+    made = _polar_pairs(tmp_path / "shards")
+    model = write_test_model(tmp_path / "m.onnx", "identity")
+    out = tmp_path / "report"
+    assert main(["--model", f"ident={model}", "--data", str(tmp_path / "d"), "--out", str(out),
+                 "--sets", "pairs", "--test-shards", str(tmp_path / "shards"), "--no-speed",
+                 "--reference-control", "8"]) == 0
+    pairs = json.loads((out / "metrics.json").read_text())["sets"]["pairs"]
+
+    def bilinear(cells: np.ndarray, size: int) -> np.ndarray:  # between the 8 px cells' centres
+        at = (np.arange(size) + 0.5) / 8 - 0.5
+        rows = np.array([np.interp(at, np.arange(len(col)), col) for col in cells.T]).T
+        return np.array([np.interp(at, np.arange(len(row)), row) for row in rows])
+
+    def tile_rmse(heights: np.ndarray, truth: np.ndarray) -> list[float]:
+        tiles = [(slice(r, r + 256), slice(c, c + 256)) for r in (0, 256) for c in (0, 256)]
+        return [np.sqrt(np.mean((heights[t] - heights[t].mean() - truth[t] + truth[t].mean())
+                                ** 2)) for t in tiles]
+
+    alone = [e for p in made for e in tile_rmse(
+        bilinear(p["truth"].reshape(64, 8, 64, 8).mean(axis=(1, 3)), 512), p["truth"])]
+    assert pairs["reference DTM 8x"]["rmse_m"] == pytest.approx(np.mean(alone), rel=1e-3)
+    # Under the identity model's brightness, the reference's relief beyond some 20 px.
+    assert pairs["ident+reference DTM 8x"]["rmse_m"] < 0.5 * pairs["ident"]["rmse_m"]
+    assert pairs["reference DTM 8x"]["rmse_m"] < 0.5 * pairs["flat"]["rmse_m"]
+    assert "`ident+reference DTM 8x` is `ident` given a reference DTM" in \
+        (out / "report.md").read_text()
+
+
 def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):
     made = _polar_pairs(tmp_path / "shards")
     metrics, out = _score_pairs(tmp_path)

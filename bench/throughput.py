@@ -1,6 +1,6 @@
 """Pipeline throughput against bare onnxruntime on the same model and as many tiles (random input).
 
-    python -m bench.throughput [--size 2048] [--model M.onnx]
+    python -m bench.throughput [--size 2048] [--model M.onnx] [--reference-pixels 64]
 
 The ratio (bare time / pipeline time) is what counts: both are measured in the same run, so
 the machine's speed and noise cancel. The target is at least 0.85. Runs after the first reuse
@@ -38,6 +38,14 @@ def scene(path: Path, size: int) -> Path:
                         (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
 
 
+def reference(path: Path, size: int, pixels: int) -> Path:
+    """A plane on a grid of ``pixels`` times the scene's pixel, a pixel beyond it all round."""
+    cells = -(-size // pixels) + 2
+    yy, xx = np.mgrid[0:cells, 0:cells]
+    return write_raster(path, (500 + 3.0 * xx - 2.0 * yy).astype(np.float32),
+                        (-pixels, pixels, 0.0, pixels, 0.0, -pixels))
+
+
 def bare_seconds(model: Path, tiles: int, batch: int, threads: int | None) -> float:
     generator = Generator(model, "cpu", threads)
     size = generator.contract.tile_size
@@ -59,6 +67,8 @@ def main() -> None:
                         help="tiles per model call (default: the engine's)")
     parser.add_argument("--threads", type=at_least(1), default=None, help="onnxruntime threads")
     parser.add_argument("--repeats", type=at_least(1), default=3)
+    parser.add_argument("--reference-pixels", type=at_least(1), default=None, metavar="N",
+                        help="give the run a reference DTM with pixels N times the scene's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -66,8 +76,11 @@ def main() -> None:
         source = scene(work / "scene.tif", args.size)
         contract = Generator(model, "cpu").contract
         batch = args.batch or default_batch_size(contract.tile_size)
+        given = args.reference_pixels and reference(work / "reference.tif", args.size,
+                                                    args.reference_pixels)
         options = PredictOptions(model_path=str(model), provider="cpu", sun_azimuth=270.0,
-                                 batch_size=batch, threads=args.threads)
+                                 batch_size=batch, threads=args.threads,
+                                 reference_dtm=given and str(given))
         pipeline, bare, stages = [], [], {}
         for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit both
             started = time.perf_counter()

@@ -1,6 +1,7 @@
 """The benchmarks' arguments and what they compare (not their timings)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,11 @@ def test_the_memory_bench_runs_its_stand_in_with_a_coarse_pass(tmp_path):
     # What the run did, not only what the bench asked for.
     assert ("coarse pass, as the last DTM records it: Long wavelengths: beyond 8 px, from a "
             "second pass over the image averaged in 2 x 2 blocks") in result.stdout
+
+
+def test_the_throughput_bench_times_a_reference_dtm_when_given_one(tmp_path):
+    model = write_test_model(tmp_path / "m.onnx", "conv", tile_size=64)
+    result = bench("bench.throughput", "--size", "200", "--repeats", "1", "--model", str(model),
+                   "--reference-pixels", "16")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"stages of the best pipeline run: .*, reference DTM [0-9.]+ s", result.stdout)

@@ -27,6 +27,7 @@ from .raster import Georeferencing, ground_pixel_size_m
 # sigma long, under 3 of them (2 are the shortest a grid holds). Of 2, 1 and 0.5 pixels, 0.5
 # scored best (`training.evaluate --reference-control`: the model card's "With a reference DTM").
 SIGMA_REFERENCE_PIXELS = 0.5
+FEW_PIXELS = 4  # across the image, fewer of the reference's tell its height, hardly its slope
 METRES = {"", "m", "metre", "metres", "meter", "meters"}
 
 
@@ -35,6 +36,8 @@ class Reference:
     path: str
     sigma: float
     """Where the model's detail ends, in image pixels: beyond it the reference's heights."""
+    across: float
+    """The reference's pixels across the image's shorter side."""
     long: np.ndarray
     """The reference's heights beyond sigma on the image's grid of ``cell`` x ``cell`` px,
     with a ring of cells around it (so the image's edges lie between cells' centres); NaN far
@@ -44,6 +47,13 @@ class Reference:
     @property
     def cell(self) -> int:
         return max(1, round(self.sigma / 2))
+
+    def caution(self) -> str | None:
+        if self.across >= FEW_PIXELS:
+            return None
+        return (f"The reference DTM {Path(self.path).name} has only {self.across:.1f} pixels "
+                "across the image: the DTM takes little more than its height from it, and "
+                "loses the slope the model reads across the image; give a finer one")
 
     def describe(self) -> str:
         return (f"Long wavelengths and the heights' datum: beyond {self.sigma:.3g} px, from the "
@@ -89,7 +99,8 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int) -
     if not np.isfinite(cells[inside]).any():
         raise DtmError(f"The reference DTM {name} does not overlap the image.")
     ringed = (slice(pad - Reference.ring, Reference.ring - pad),) * 2
-    return Reference(str(path), sigma, gaussian_within(cells, sigma / cell)[ringed])
+    across = min(width, height) * georef.pixel_size_m / pixel_m
+    return Reference(str(path), sigma, across, gaussian_within(cells, sigma / cell)[ringed])
 
 
 def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,

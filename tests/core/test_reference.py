@@ -7,7 +7,7 @@ import pytest
 from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
-from mars_dtm_plugin.core.errors import DtmError
+from mars_dtm_plugin.core.errors import Caution, DtmError
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, read_raster, write_raster
 
@@ -134,3 +134,13 @@ def test_the_output_may_not_overwrite_the_reference(tmp_path):
     with pytest.raises(DtmError, match="which this run reads from"):
         _run(tmp_path, reference, name="reference.tif")
     assert reference.read_bytes() == before
+
+
+def test_a_reference_of_few_pixels_across_the_image_is_a_caution(tmp_path):
+    # 512 m of image under pixels of 200 m: 2.6 of them.
+    coarse = _plane_reference(tmp_path, gt=(600.0, 200.0, 0.0, 5400.0, 0.0, -200.0), size=6)
+    *_, report = _run(tmp_path, coarse)
+    assert any(isinstance(line, Caution) and "has only 2.6 pixels across the image" in line
+               for line in report.messages)
+    *_, fine = _run(tmp_path, _plane_reference(tmp_path), name="fine.tif")
+    assert not any(isinstance(line, Caution) for line in fine.messages)

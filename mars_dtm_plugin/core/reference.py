@@ -105,7 +105,7 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int) -
 
 def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,
           cell: int, pad: int) -> np.ndarray:
-    """The reference's heights in metres, bilinear on the image's grid coarsened by
+    """The reference's heights in metres, averaged onto the image's grid coarsened by
     ``cell`` and widened by ``pad`` cells on each side; NaN where it has none."""
     gt = georef.geotransform
     target = gdal.GetDriverByName("MEM").Create("", cols + 2 * pad, rows + 2 * pad, 1,
@@ -117,7 +117,7 @@ def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,
     target.GetRasterBand(1).SetNoDataValue(math.nan)
     target.GetRasterBand(1).Fill(math.nan)
     try:
-        gdal.Warp(target, dataset, resampleAlg="bilinear")  # its cells are a quarter pixel
+        gdal.Warp(target, dataset, resampleAlg="average")
     except RuntimeError as exc:  # another body's CRS, a transform PROJ cannot do
         raise DtmError(f"The reference DTM {Path(dataset.GetDescription()).name} cannot be "
                        f"placed on the image's grid: {str(exc).strip().splitlines()[0]}") from exc

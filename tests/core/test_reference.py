@@ -55,10 +55,11 @@ def test_the_output_takes_the_reference_s_plane_and_datum_and_keeps_the_model_s_
     plane = _plane(*_pixel_centres(GT, SIZE, SIZE))
     # Alone, the model's heights are its detail about zero; with the reference, that detail
     # on the reference's plane: 3 000 m up, rising 0.1 m per metre east.
-    # The reference beyond the image keeps its slope unbent up to the image's edges (where
-    # the model's own heights bend by a centimetre or so, that too is taken for the plane's).
+    # The reference beyond the image keeps its slope unbent up to the image's edges. Averaged
+    # onto cells a quarter of its pixel, it is a staircase that the blur of half a pixel
+    # smooths to within 0.6 % of a pixel's rise (6.4 m here).
     assert abs(without.mean()) < 0.01
-    np.testing.assert_allclose(heights, plane + without, atol=0.02)
+    np.testing.assert_allclose(heights, plane + without, atol=0.006 * 6.4)
     assert "reference DTM reference.tif" in ds.GetMetadataItem("MARSDTM_REFERENCE")
     assert ds.GetMetadataItem("MARSDTM_HEIGHTS") == "metres, on the reference DTM's datum"
     assert any("beyond 16 px, from the reference DTM reference.tif" in line

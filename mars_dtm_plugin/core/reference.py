@@ -29,6 +29,8 @@ from .raster import Georeferencing, ground_pixel_size_m
 SIGMA_REFERENCE_PIXELS = 0.5
 FEW_PIXELS = 4  # across the image, fewer of the reference's tell its height, hardly its slope
 METRES = {"", "m", "metre", "metres", "meter", "meters"}
+MAX_CELLS = 4_000_000  # some 32 MB a grid: a reference nearly as fine as a huge image gets
+# cells wider than half its sigma, so that memory stays flat
 
 
 @dataclass(frozen=True)
@@ -38,15 +40,13 @@ class Reference:
     """Where the model's detail ends, in image pixels: beyond it the reference's heights."""
     across: float
     """The reference's pixels across the image's shorter side."""
+    cell: int
+    """Side of the cells, in image pixels."""
     long: np.ndarray
     """The reference's heights beyond sigma on the image's grid of ``cell`` x ``cell`` px,
     with a ring of cells around it (so the image's edges lie between cells' centres); NaN far
     from its data."""
     ring = 1
-
-    @property
-    def cell(self) -> int:
-        return max(1, round(self.sigma / 2))
 
     def caution(self) -> str | None:
         if self.across >= FEW_PIXELS:
@@ -92,7 +92,7 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int) -
     srs = osr.SpatialReference(wkt=dataset.GetProjection())
     pixel_m = ground_pixel_size_m(gt, srs, dataset.RasterXSize, dataset.RasterYSize)
     sigma = max(SIGMA_REFERENCE_PIXELS * pixel_m / georef.pixel_size_m, 2.0)
-    cell = max(1, round(sigma / 2))
+    cell = max(1, round(sigma / 2), math.ceil(math.sqrt(width * height / MAX_CELLS)))
     pad = math.ceil(3 * sigma / cell)  # the blur's reach, in cells
     cells = _warp(dataset, georef, -(-width // cell), -(-height // cell), cell, pad)
     inside = (slice(pad, -pad), slice(pad, -pad))
@@ -100,7 +100,8 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int) -
         raise DtmError(f"The reference DTM {name} does not overlap the image.")
     ringed = (slice(pad - Reference.ring, Reference.ring - pad),) * 2
     across = min(width, height) * georef.pixel_size_m / pixel_m
-    return Reference(str(path), sigma, across, gaussian_within(cells, sigma / cell)[ringed])
+    return Reference(str(path), sigma, across, cell,
+                     gaussian_within(cells, sigma / cell)[ringed])
 
 
 def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,

@@ -176,8 +176,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         reference.setHelp(tr(
             "A coarser DTM of the same ground, such as MOLA, HRSC or CTX stereo. The output "
             "takes from it what one image cannot show: the slope the whole scene shares, relief "
-            "longer than some ten of its pixels, and its datum, so heights are no longer "
-            "relative to the scene's mean. It must cover the whole image."))
+            "longer than a few of its pixels, and its datum, so heights are no longer relative "
+            "to the scene's mean. It must cover the whole image."))
         self.addParameter(reference)
         self._add_advanced_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination(

@@ -8,6 +8,7 @@ from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import Caution, DtmError
+from mars_dtm_plugin.core.raster import InputRaster
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, read_raster, write_raster
 
@@ -145,3 +146,16 @@ def test_a_reference_of_few_pixels_across_the_image_is_a_caution(tmp_path):
                for line in report.messages)
     *_, fine = _run(tmp_path, _plane_reference(tmp_path), name="fine.tif")
     assert not any(isinstance(line, Caution) for line in fine.messages)
+
+
+def test_the_cells_of_a_fine_reference_under_a_huge_image_stay_few(tmp_path):
+    from mars_dtm_plugin.core.reference import MAX_CELLS, open_reference
+
+    # A reference of 2 m pixels, as fine as the image, under 40 000 x 40 000 of them.
+    fine = _plane_reference(tmp_path, gt=(600.0, 2.0, 0.0, 5400.0, 0.0, -2.0), size=300)
+    georef = InputRaster(str(write_raster(tmp_path / "image.tif", _image(), GT))).georef
+    small = open_reference(str(fine), georef, SIZE, SIZE)
+    huge = open_reference(str(fine), georef, 40_000, 40_000)
+    assert (small.sigma, small.cell) == (2.0, 1)
+    assert (huge.sigma, huge.cell) == (2.0, 20)
+    assert huge.long.size <= 1.01 * MAX_CELLS

@@ -25,7 +25,7 @@ from .coarse import BlockAveraged, cell_means, long_wavelength_correction, upsam
 from .contract import ModelContract
 from .errors import Caution, DtmCancelled, DtmError
 from .model import Generator, default_model_path, shared_generator
-from .raster import InputRaster, ProductSun, gdal_exceptions, sun_from_product
+from .raster import FILL_LIKE, InputRaster, ProductSun, gdal_exceptions, sun_from_product
 from .reference import open_reference
 from .stitch import OffsetProblem, blend_ramps
 from .tiling import Rotation, Tile, tile_grid
@@ -35,7 +35,6 @@ __all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 
 Progress = Callable[[float], None]
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
-FILL_LIKE = 1e30  # beside ordinary brightness, a value this large is a fill (HiRISE's -3.4e38)
 SUN_SPREAD_DEG = 5.0  # a product whose images' suns differ more is worth a word
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
 # Edge tiles are this share of a tile narrower: half of it is context beyond the edge, filled

@@ -23,6 +23,7 @@ from .errors import DtmError
 LUMINANCE = (0.299, 0.587, 0.114)
 SAMPLE_SIDE = 1024  # scene percentiles from at most a million pixels: plenty, and fast
 SAMPLE_MIN_SIDE = 64  # a long strip's short side is sampled this many times, not once
+FILL_LIKE = 1e30  # beside ordinary values, a value this large is a fill (HiRISE's -3.4e38)
 
 
 _exceptions_lock = threading.Lock()

@@ -21,7 +21,7 @@ from osgeo import gdal, osr
 
 from .coarse import gaussian_within
 from .errors import DtmError
-from .raster import Georeferencing, ground_pixel_size_m
+from .raster import FILL_LIKE, Georeferencing, ground_pixel_size_m
 
 # The reference is trusted down to its own pixels: the blur keeps half of a wavelength some 5.3
 # sigma long, under 3 of them (2 are the shortest a grid holds). Of 2, 1 and 0.5 pixels, 0.5
@@ -124,4 +124,5 @@ def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,
                        f"placed on the image's grid: {str(exc).strip().splitlines()[0]}") from exc
     band = dataset.GetRasterBand(1)
     values = target.GetRasterBand(1).ReadAsArray().astype(np.float64)
+    values[np.abs(values) >= FILL_LIKE] = np.nan  # an unmarked fill, alone or averaged in
     return values * (band.GetScale() or 1.0) + (band.GetOffset() or 0.0)

@@ -159,3 +159,18 @@ def test_the_cells_of_a_fine_reference_under_a_huge_image_stay_few(tmp_path):
     assert (small.sigma, small.cell) == (2.0, 1)
     assert (huge.sigma, huge.cell) == (2.0, 20)
     assert huge.long.size <= 1.01 * MAX_CELLS
+
+
+def test_an_unmarked_fill_in_the_reference_is_a_hole_the_blur_closes(tmp_path):
+    reference = _plane_reference(tmp_path)
+    ds = gdal.Open(str(reference), gdal.GA_Update)
+    heights = ds.GetRasterBand(1).ReadAsArray()
+    heights[8, 8] = -3.4028227e38  # under the image, as a HiRISE DTM marks a gap
+    ds.GetRasterBand(1).WriteArray(heights)
+    ds = None
+    heights, *_ = _run(tmp_path, reference)
+    without, *_ = _run(tmp_path, None, name="relative.tif")
+    plane = _plane(*_pixel_centres(GT, SIZE, SIZE))
+    # Across the hole, the plane is bridged from around it: within half a pixel's rise.
+    assert np.abs(heights - plane - without).max() < 0.5 * 6.4
+    assert np.abs(heights - plane - without)[160:].max() < 0.006 * 6.4  # and far from it

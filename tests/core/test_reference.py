@@ -87,6 +87,7 @@ def test_a_reference_in_another_crs_and_scaled_integers_is_warped_and_scaled(tmp
     ds = gdal.Open(str(path), gdal.GA_Update)
     ds.GetRasterBand(1).SetScale(0.1)
     ds.GetRasterBand(1).SetOffset(-1000.0)
+    ds.GetRasterBand(1).SetUnitType("Metres")  # as some products spell it
     ds = None
     heights, _, _ = _run(tmp_path, path)
     without, *_ = _run(tmp_path, None, name="relative.tif")

@@ -703,24 +703,23 @@ def coarser_truth(scene: Scene, factor: int) -> np.ndarray:
     return nan_block_mean(np.where(scene.scored(), scene.truth, np.nan), factor)
 
 
-def write_reference(scene: Scene, factor: int, folder: Path) -> Path:
-    """``coarser_truth`` placed as the image is."""
+def write_reference(scene: Scene, heights: np.ndarray, factor: int, folder: Path) -> Path:
+    """``coarser_truth`` (``heights``) placed as the image is."""
     from osgeo import gdal
 
     image = gdal.Open(str(scene.image_path))
     step = scene.factor * factor
     gt = [value * (step if i not in (0, 3) else 1)
           for i, value in enumerate(image.GetGeoTransform())]
-    return write_geotiff(folder / f"{scene.name}_reference.tif",
-                         coarser_truth(scene, factor).astype(np.float32), gt,
-                         image.GetProjection(), nodata=float("nan"))
+    return write_geotiff(folder / f"{scene.name}_reference.tif", heights.astype(np.float32),
+                         gt, image.GetProjection(), nodata=float("nan"))
 
 
-def reference_alone(scene: Scene, factor: int) -> np.ndarray:
-    """``coarser_truth`` on the image's grid, bilinear between its cells' centres."""
+def reference_alone(scene: Scene, heights: np.ndarray, factor: int) -> np.ndarray:
+    """``coarser_truth`` (``heights``) on the image's grid, bilinear between its cells'
+    centres."""
     from mars_dtm_plugin.core.coarse import upsample_rows
 
-    heights = coarser_truth(scene, factor)
     heights = np.where(np.isfinite(heights), heights, np.nanmean(heights))
     rows, cols = scene.image.shape
     return upsample_rows(heights, factor * scene.factor, 0, rows, cols)
@@ -878,12 +877,13 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 for name, scores in _tilt_controls(scene, row, tilted):
                     by_method.setdefault(name, []).append(scores)
                 if referenced and scene.truth is not None:
-                    reference = write_reference(scene, reference_factor, Path(tmp))
+                    coarser = coarser_truth(scene, reference_factor)
+                    reference = write_reference(scene, coarser, reference_factor, Path(tmp))
                     heights, _ = predict(models[first], scene, Path(tmp), reference=reference)
                     reference.unlink()
                     by_method.setdefault(referenced, []).append(score(scene, heights))
                     by_method.setdefault(REFERENCE_ALONE.format(reference_factor), []).append(
-                        score(scene, reference_alone(scene, reference_factor)))
+                        score(scene, reference_alone(scene, coarser, reference_factor)))
                 if index < FIGURE_SCENES:
                     figure_rows.append(row)
                 notes.append(scene.notes)

@@ -343,9 +343,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
     def _reference_dtm(self, parameters: dict[str, Any],
                        context: QgsProcessingContext) -> str | None:
         layer = self.parameterAsRasterLayer(parameters, self.REFERENCE_DTM, context)
-        if layer is None:
+        if layer is None and parameters.get(self.REFERENCE_DTM) in (None, ""):
             return None
-        if not layer.isValid():
+        if layer is None or not layer.isValid():  # a vector layer, say: refused, not ignored
             raise QgsProcessingException(self.invalidRasterError(parameters, self.REFERENCE_DTM))
         return gdal_source(layer.source())[0]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from osgeo import gdal, osr
@@ -16,9 +18,9 @@ GT = (1000.0, 2.0, 0.0, 5000.0, 0.0, -2.0)  # 2 m pixels
 SIZE = 256
 
 
-def _image() -> np.ndarray:
+def _image(rows: int = SIZE, cols: int = SIZE) -> np.ndarray:
     """Flat ground but for a wave 8 px long across the rows: all the identity model sees."""
-    xx = np.mgrid[0:SIZE, 0:SIZE][1]
+    xx = np.mgrid[0:rows, 0:cols][1]
     return (100 + 10 * np.sin(2 * np.pi * xx / 8)).astype(np.float32)
 
 
@@ -31,9 +33,11 @@ def _pixel_centres(gt: tuple[float, ...], rows: int, cols: int) -> tuple[np.ndar
     return gt[0] + cc * gt[1] + rr * gt[2], gt[3] + cc * gt[4] + rr * gt[5]
 
 
-def _run(tmp_path, reference, name: str = "dtm.tif", **options):
-    source = write_raster(tmp_path / "image.tif", _image(), GT)
-    model = write_test_model(tmp_path / "identity.onnx", "identity", height_units="metres")
+def _run(tmp_path, reference, name: str = "dtm.tif", image=None, gt=GT, model=None,
+         **options):
+    source = write_raster(tmp_path / "image.tif", _image() if image is None else image, gt)
+    model = model or write_test_model(tmp_path / "identity.onnx", "identity",
+                                      height_units="metres")
     out = tmp_path / name
     report = predict_dtm(str(source), str(out), PredictOptions(
         model_path=str(model), reference_dtm=reference and str(reference), **options))
@@ -106,8 +110,14 @@ def test_a_reference_that_does_not_overlap_the_image_is_refused(tmp_path):
 
 
 def test_a_reference_that_covers_part_of_the_image_is_refused_after_the_model(tmp_path):
-    half = _plane_reference(tmp_path, gt=(1256.0, 64.0, 0.0, 5000.0, 0.0, -64.0), size=4)
-    _refusal(tmp_path, half, r"leaves \d+% of the image uncovered; give one that covers")
+    # It covers the image's top right quarter. The blur reaches 3 sigma and a cell or two
+    # beyond it, under 64 px: at least 44 % of the image is uncovered, at most 75 %.
+    quarter = _plane_reference(tmp_path, gt=(1256.0, 64.0, 0.0, 5000.0, 0.0, -64.0), size=4)
+    with pytest.raises(DtmError, match="give one that covers the whole image") as refusal:
+        _run(tmp_path, quarter)
+    share = int(re.search(r"leaves (\d+)% of the image uncovered", str(refusal.value))[1])
+    assert 44 <= share <= 75
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("dtm", ".marsdtm"))]
 
 
 def test_a_reference_in_feet_without_a_crs_or_unreadable_is_refused(tmp_path):
@@ -175,3 +185,97 @@ def test_an_unmarked_fill_in_the_reference_is_a_hole_the_blur_closes(tmp_path):
     # Across the hole, the plane is bridged from around it: within half a pixel's rise.
     assert np.abs(heights - plane - without).max() < 0.5 * 6.4
     assert np.abs(heights - plane - without)[160:].max() < 0.006 * 6.4  # and far from it
+
+
+def _rotated(degrees: float) -> tuple[float, ...]:
+    """2 m pixels whose rows run ``degrees`` anticlockwise from east."""
+    c, s = 2 * np.cos(np.radians(degrees)), 2 * np.sin(np.radians(degrees))
+    return (1000.0, c, s, 5000.0, s, -c)
+
+
+def test_a_rotated_oblong_image_takes_the_reference_s_plane_at_its_own_pixels(tmp_path):
+    # 256 x 192 px turned by 20 degrees: the reference, north-up, is placed by the image's
+    # full geotransform, its rotation terms included, and widened on every side alike.
+    image, gt = _image(192, SIZE), _rotated(20)
+    reference = _plane_reference(tmp_path, gt=(400.0, 64.0, 0.0, 5600.0, 0.0, -64.0), size=24)
+    heights, ds, _ = _run(tmp_path, reference, image=image, gt=gt)
+    without, *_ = _run(tmp_path, None, name="relative.tif", image=image, gt=gt)
+    assert ds.GetGeoTransform() == pytest.approx(gt)
+    plane = _plane(*_pixel_centres(gt, 192, SIZE))
+    np.testing.assert_allclose(heights, plane + without, atol=0.006 * 6.4)
+
+
+def test_the_caution_counts_the_reference_s_pixels_across_the_shorter_side(tmp_path):
+    from mars_dtm_plugin.core.reference import open_reference
+
+    # The shorter side is 192 px of 2 m, 384 m: 3.84 pixels of 100 m (a caution) and 4.27
+    # of 90 m (none); the longer side would hold 5.1 and 5.7.
+    georef = InputRaster(str(write_raster(tmp_path / "image.tif", _image(192, SIZE),
+                                          _rotated(20)))).georef
+    coarse = _plane_reference(tmp_path, gt=(0.0, 100.0, 0.0, 6000.0, 0.0, -100.0))
+    caution = open_reference(str(coarse), georef, SIZE, 192).caution()
+    assert caution and "has only 3.8 pixels across the image" in caution
+    finer = _plane_reference(tmp_path, gt=(0.0, 90.0, 0.0, 6000.0, 0.0, -90.0), size=24)
+    assert open_reference(str(finer), georef, SIZE, 192).caution() is None
+
+
+def test_with_a_coarse_pass_the_reference_still_sets_the_long_wavelengths(tmp_path):
+    # A model whose heights rise 1 m per pixel of its input, on the image and on the coarse
+    # pass's half-size image alike, so the coarse pass halves the DTM's slope. The reference
+    # must replace the slope so corrected, not the model's alone, leaving its plane to within
+    # 1 % of the model's rise. Within 3 sigma (48 px) of the edges the DTM's own blur, within
+    # its data, bends a slope.
+    model = write_test_model(tmp_path / "coarse.onnx", "ramp", height_units="metres",
+                             coarse_pass={"factor": 2, "sigma_px": 16.0})
+    heights, *_ = _run(tmp_path, _plane_reference(tmp_path), model=model)
+    without, *_ = _run(tmp_path, None, name="relative.tif", model=model)
+    inner = slice(48, -48)
+    rise = np.ptp(without[inner, inner])
+    assert rise > 50  # the model's own slope, which gives way
+    plane = _plane(*_pixel_centres(GT, SIZE, SIZE))
+    np.testing.assert_allclose(heights[inner, inner], plane[inner, inner], atol=0.01 * rise)
+
+
+def test_the_model_s_relief_beyond_the_blur_gives_way_to_the_reference_s(tmp_path):
+    # A wave 128 px long in the image, which the identity model passes on: beyond sigma (16
+    # px) the reference's level ground replaces it, so what is left of it is the part a
+    # Gaussian of 16 px does not keep, exp(-2 pi^2 16^2 / 128^2) = 0.73 of it kept, 0.27 left.
+    xx = np.mgrid[0:SIZE, 0:SIZE][1]
+    long_wave = np.sin(2 * np.pi * xx / 128)
+    image = (_image() + 20 * long_wave).astype(np.float32)
+    level_ground = write_raster(tmp_path / "reference.tif", np.full((20, 20), 3000, np.float32),
+                                (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0))
+    heights, *_ = _run(tmp_path, level_ground, image=image)
+    without, *_ = _run(tmp_path, None, name="relative.tif", image=image)
+    # The model's heights as level, short wave and long wave (the engine scales its input).
+    terms = np.stack([np.ones_like(long_wave), _image() - 100, long_wave], axis=-1)
+    level, _, long_amplitude = np.linalg.lstsq(terms.reshape(-1, 3), without.ravel(),
+                                               rcond=None)[0]
+    assert long_amplitude > 0.2  # the model did pass the long wave on
+    kept = np.exp(-2 * np.pi**2 * 16**2 / 128**2)
+    expected = (3000 + without - level
+                - kept * long_amplitude * long_wave)
+    inner = slice(48, -48)  # 3 sigma from the edges, where the blur sees data on all sides
+    np.testing.assert_allclose(heights[inner, inner], expected[inner, inner],
+                               atol=0.05 * long_amplitude)
+
+
+def test_a_reference_finer_than_the_image_is_averaged_onto_its_pixels(tmp_path):
+    # Half-metre pixels under 2 m ones, corrugated +-5 m column by column: four of them
+    # average to the plane beneath, where picking one would shift the output by 5 m.
+    gt = (900.0, 0.5, 0.0, 5100.0, 0.0, -0.5)
+    size = 1400
+    plane = _plane(*_pixel_centres(gt, size, size))
+    corrugated = plane + 5 * np.where(np.arange(size) % 2, 1.0, -1.0)
+    reference = write_raster(tmp_path / "reference.tif", corrugated.astype(np.float32), gt)
+    heights, *_ = _run(tmp_path, reference)
+    without, *_ = _run(tmp_path, None, name="relative.tif")
+    # Sigma is 2 px here: the reference replaces the part of the model's 8 px wave that a
+    # Gaussian of 2 px keeps, exp(-2 pi^2 2^2 / 8^2) = 0.29 of it.
+    terms = np.stack([np.ones((SIZE, SIZE)), _image() - 100], axis=-1).reshape(-1, 2)
+    level, wave = np.linalg.lstsq(terms, without.ravel(), rcond=None)[0]
+    kept = np.exp(-2 * np.pi**2 * 2**2 / 8**2)
+    expected = (_plane(*_pixel_centres(GT, SIZE, SIZE)) + without - level
+                - kept * wave * (_image() - 100))
+    inner = slice(6, -6)  # 3 sigma from the edges, where the blur sees data on all sides
+    np.testing.assert_allclose(heights[inner, inner], expected[inner, inner], atol=0.01)

@@ -510,11 +510,16 @@ def bad_input_cases(tmp_path: Path, image_factory) -> dict:
                           "does not exist"),
         "GCPs only": ({"INPUT": str(write_gcp_only(tmp_path / "gcp.tif"))},
                       "ground control points"),
+        "missing reference": ({"INPUT": str(good), "REFERENCE_DTM": str(tmp_path / "no.tif")},
+                              "REFERENCE_DTM"),
+        "reference not a raster": ({"INPUT": str(good), "REFERENCE_DTM": points},
+                                   "REFERENCE_DTM"),
     }
 
 
 @pytest.mark.parametrize("case", ["not a raster", "missing band", "no CRS", "all nodata",
-                                  "unreadable model", "missing model", "GCPs only"])
+                                  "unreadable model", "missing model", "GCPs only",
+                                  "missing reference", "reference not a raster"])
 def test_bad_input_is_one_clear_sentence(provider, identity_model, image_factory, tmp_path,
                                          case):
     parameters, match = bad_input_cases(tmp_path, image_factory)[case]

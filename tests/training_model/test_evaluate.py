@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from osgeo import gdal
 
 from tests.models import write_test_model
 from training.evaluate import (
@@ -15,11 +16,13 @@ from training.evaluate import (
     average,
     block_mean,
     check_data_folder,
+    coarser_truth,
     difference_interval,
     estimate_sun,
     flat,
     interval_table,
     main,
+    reference_alone,
     reshading_correlation,
     scene_metrics,
     set_source,
@@ -29,6 +32,7 @@ from training.evaluate import (
     tile_metrics,
     truth_without_scene_tilt,
     with_true_scene_tilt,
+    write_reference,
 )
 from training.shards import read_shards
 from training.synth import cos_incidence, write_geotiff
@@ -563,6 +567,39 @@ def test_the_reference_control_scores_the_coarser_truth_alone_and_under_the_mode
     assert pairs["reference DTM 8x"]["rmse_m"] < 0.5 * pairs["flat"]["rmse_m"]
     assert "`ident+reference DTM 8x` is `ident` given a reference DTM" in \
         (out / "report.md").read_text()
+
+
+def test_the_reference_control_on_a_truth_coarser_than_the_image(tmp_path):
+    # Karoo's case: truth cells of 3 image pixels, and truth the image leaves uncovered.
+    factor, size = 3, (24, 36)  # truth cells
+    y, x = (np.indices(size) + 0.5) * factor  # truth cells' centres, in image pixels
+    truth = 100 + 0.5 * x - 0.25 * y
+    valid = np.ones(size, bool)
+    valid[0, 0] = False  # the image covers this cell only in part
+    truth[0, 0] = 1e6  # what such a cell holds must not leak into the reference
+    truth[0, 4:8] = np.nan  # nor a gap
+    image = tmp_path / "image.tif"
+    gt = (5000.0, 8.0, 0.0, 9000.0, 0.0, -8.0)
+    write_geotiff(image, np.zeros((72, 108), np.float32), gt)
+    scene = Scene("k", image, np.zeros((72, 108)), np.ones((72, 108), bool), 8.0, (65.0, 62.0),
+                  truth=truth, truth_pixel_m=24.0, factor=factor, truth_valid=valid)
+    cells = coarser_truth(scene, 4)  # 4 x 4 truth cells, 12 x 12 image pixels
+    assert cells.shape == (6, 9)
+    assert cells[0, 0] == pytest.approx(np.mean(truth[:4, :4][valid[:4, :4]]))
+    assert cells[0, 1] == pytest.approx(np.mean(truth[1:4, 4:8]))
+    written = gdal.Open(str(write_reference(scene, cells, 4, tmp_path)))
+    assert written.GetGeoTransform() == pytest.approx((5000.0, 96.0, 0.0, 9000.0, 0.0, -96.0))
+    assert written.GetProjection() == gdal.Open(str(image)).GetProjection()
+    np.testing.assert_allclose(written.GetRasterBand(1).ReadAsArray(), cells, rtol=1e-6)
+    # Alone, on the image's grid, bilinear between the cells' centres: between them, where
+    # the cells are whole, the plane itself at each pixel's centre.
+    alone = reference_alone(scene, cells, 4)
+    assert alone.shape == (72, 108)
+    yy, xx = np.indices((72, 108)) + 0.5
+    inner = (slice(18, 66), slice(6, 102))
+    np.testing.assert_allclose(alone[inner], (100 + 0.5 * xx - 0.25 * yy)[inner], atol=1e-4)
+    cells[1, 1] = np.nan  # a reference cell with no truth under it at all: filled, not NaN
+    assert np.isfinite(reference_alone(scene, cells, 4)).all()
 
 
 def test_evaluation_scores_held_out_pairs_from_their_shards(tmp_path):

@@ -39,11 +39,17 @@ def test_bad_arguments_are_one_sentence(args, said):
 
 
 def test_bare_onnxruntime_runs_as_many_tiles_as_a_turned_scene_needs(tmp_path):
-    # The sun at 225: the engine turns the scene, whose footprint then needs more tiles.
+    # The model's sun at 225, the scene's at 270: the engine turns the scene, whose footprint
+    # then needs more tiles than one the model's sun lights (the bench's default).
     model = write_test_model(tmp_path / "turned.onnx", "conv", tile_size=64,
                              tiles_overlap=25.0, sun_mode="rotate", sun_azimuth=225.0)
-    result = bench("bench.throughput", "--size", "200", "--repeats", "1", "--model", str(model))
+    result = bench("bench.throughput", "--size", "200", "--repeats", "1", "--model", str(model),
+                   "--sun-azimuth", "270")
     assert result.returncode == 0, result.stderr
+    unturned = bench("bench.throughput", "--size", "200", "--repeats", "1", "--model", str(model))
+    assert "sun azimuth 225 degrees;" in unturned.stdout
+    assert int(re.search(r"(\d+) tiles", unturned.stdout)[1]) < int(
+        re.search(r"(\d+) tiles", result.stdout)[1])
 
     image = np.random.default_rng(0).integers(50, 200, (200, 200)).astype(np.uint8)
     source = write_raster(tmp_path / "s.tif", image, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))

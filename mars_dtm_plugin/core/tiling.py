@@ -91,6 +91,7 @@ class Rotation:
         exact = abs(degrees - 90 * turns) < SNAP_DEG
         self.degrees = (90.0 * turns if exact else degrees) % 360
         self.tile_size = tile_size
+        self._samplers: dict[tuple, BilinearSampler] = {}
         self.quarter_turns = turns % 4 if exact else None
         radians = math.radians(self.degrees)
         self.cos, self.sin = math.cos(radians), math.sin(radians)
@@ -115,12 +116,17 @@ class Rotation:
         """The model tile (tile_size square) cut from the context window, rotated."""
         if self.quarter_turns is not None:
             return np.rot90(window, -self.quarter_turns)
-        x0, y0, _, _ = self.context(tile)
-        centre = (tile.x0 + (tile.width - 1) / 2 - x0, tile.y0 + (tile.height - 1) / 2 - y0)
-        grid = np.arange(self.tile_size, dtype=np.float64) - (self.tile_size - 1) / 2
-        u, v = np.meshgrid(grid, grid)
-        su, sv = self._rotate(u, v, -1)
-        return bilinear(window, su + centre[0], sv + centre[1])
+        key = ("to", window.shape, tile.width, tile.height)
+        if key not in self._samplers:  # the same positions in every window of this shape
+            x0, y0, _, _ = self.context(tile)
+            centre = (tile.x0 + (tile.width - 1) / 2 - x0,
+                      tile.y0 + (tile.height - 1) / 2 - y0)
+            grid = np.arange(self.tile_size, dtype=np.float64) - (self.tile_size - 1) / 2
+            u, v = np.meshgrid(grid, grid)
+            su, sv = self._rotate(u, v, -1)
+            self._samplers[key] = BilinearSampler.at(window.shape, su + centre[0],
+                                                     sv + centre[1])
+        return self._samplers[key](window)
 
     def from_model(self, prediction: np.ndarray, tile: Tile) -> np.ndarray:
         """The prediction turned back onto the tile's footprint."""
@@ -129,12 +135,15 @@ class Rotation:
             back = np.rot90(prediction, self.quarter_turns)
             top, left = tile.y0 - y0, tile.x0 - x0
             return back[top : top + tile.height, left : left + tile.width]
-        u = np.arange(tile.width, dtype=np.float64) - (tile.width - 1) / 2
-        v = np.arange(tile.height, dtype=np.float64) - (tile.height - 1) / 2
-        uu, vv = np.meshgrid(u, v)
-        ru, rv = self._rotate(uu, vv, +1)
-        middle = (self.tile_size - 1) / 2
-        return bilinear(prediction, ru + middle, rv + middle)
+        key = ("from", prediction.shape, tile.width, tile.height)
+        if key not in self._samplers:
+            u = np.arange(tile.width, dtype=np.float64) - (tile.width - 1) / 2
+            v = np.arange(tile.height, dtype=np.float64) - (tile.height - 1) / 2
+            uu, vv = np.meshgrid(u, v)
+            ru, rv = self._rotate(uu, vv, +1)
+            middle = (self.tile_size - 1) / 2
+            self._samplers[key] = BilinearSampler.at(prediction.shape, ru + middle, rv + middle)
+        return self._samplers[key](prediction)
 
     def _rotate(self, u: np.ndarray, v: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray]:
         # Clockwise on screen with rows pointing down is the usual matrix in (col, row).
@@ -144,13 +153,33 @@ class Rotation:
 
 def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Sample ``image`` at fractional (col, row) positions, clamped at the borders."""
-    h, w = image.shape
-    x = np.clip(x, 0, w - 1)
-    y = np.clip(y, 0, h - 1)
-    x0 = np.minimum(np.floor(x).astype(np.intp), w - 2 if w > 1 else 0)
-    y0 = np.minimum(np.floor(y).astype(np.intp), h - 2 if h > 1 else 0)
-    fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
-    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+    return BilinearSampler.at(image.shape, x, y)(image)
+
+
+@dataclass(frozen=True)
+class BilinearSampler:
+    """Bilinear sampling at fixed (col, row) positions of images of one shape: where each
+    sample's four pixels lie and how much each weighs, worked out once for many tiles."""
+
+    corners: tuple[np.ndarray, ...]
+    """Flat indices of the pixels above left, above right, below left, below right."""
+    fx: np.ndarray
+    fy: np.ndarray
+
+    @classmethod
+    def at(cls, shape: tuple[int, int], x: np.ndarray, y: np.ndarray) -> BilinearSampler:
+        h, w = shape
+        x = np.clip(x, 0, w - 1)
+        y = np.clip(y, 0, h - 1)
+        x0 = np.minimum(np.floor(x).astype(np.intp), w - 2 if w > 1 else 0)
+        y0 = np.minimum(np.floor(y).astype(np.intp), h - 2 if h > 1 else 0)
+        fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+        x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+        return cls((y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1), fx, fy)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        flat = image.ravel()
+        above_left, above_right, below_left, below_right = (flat[i] for i in self.corners)
+        top = above_left * (1 - self.fx) + above_right * self.fx
+        bottom = below_left * (1 - self.fx) + below_right * self.fx
+        return (top * (1 - self.fy) + bottom * self.fy).astype(np.float32)

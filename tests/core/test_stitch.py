@@ -123,6 +123,24 @@ def test_general_rotation_round_trip_is_smooth_on_planes():
     np.testing.assert_allclose(back, 0.3 * fx - 0.7 * fy, atol=1e-3)
 
 
+def test_a_rotation_reused_across_tiles_of_other_shapes_resamples_each_as_a_fresh_one():
+    # A run keeps one rotation for all its tiles; edge tiles are narrower or shorter.
+    rotation = Rotation(30.0, 64)
+    full = rotation.footprint
+    rng = np.random.default_rng(1)
+    for width, height in ((full, full), (full - 6, full), (full, full - 9), (full, full)):
+        tile = Tile(0, 0, 0, 100, 100, width, height)
+        *_, w, h = rotation.context(tile)
+        window = rng.normal(size=(h, w)).astype(np.float32)
+        prediction = rng.normal(size=(64, 64)).astype(np.float32)
+        fresh = Rotation(30.0, 64)
+        np.testing.assert_array_equal(rotation.to_model(window, tile),
+                                      fresh.to_model(window, tile))
+        back = rotation.from_model(prediction, tile)
+        assert back.shape == (height, width)
+        np.testing.assert_array_equal(back, fresh.from_model(prediction, tile))
+
+
 def test_bilinear_interpolates_between_pixels():
     image = np.array([[0, 10], [20, 30]], np.float32)
     assert bilinear(image, np.array([0.5]), np.array([0.5]))[0] == pytest.approx(15.0)

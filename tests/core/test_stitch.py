@@ -145,6 +145,9 @@ def test_bilinear_interpolates_between_pixels():
     image = np.array([[0, 10], [20, 30]], np.float32)
     assert bilinear(image, np.array([0.5]), np.array([0.5]))[0] == pytest.approx(15.0)
     assert bilinear(image, np.array([1.0]), np.array([0.0]))[0] == pytest.approx(10.0)
+    oblong = np.array([[0, 10, 20], [30, 40, 50]], np.float32)  # 2 rows, 3 columns
+    np.testing.assert_allclose(bilinear(oblong, np.array([1.5, 2.0]), np.array([0.5, 1.0])),
+                               [30.0, 50.0])
 
 
 def test_a_tile_inside_the_grid_has_eight_neighbours():

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--reference-dtm", metavar="PATH",
                          help="a coarser DTM of the same ground in metres (MOLA, HRSC, CTX "
                               "stereo): the output takes its long wavelengths and its datum")
+    predict.add_argument("--reference-resolution", type=float, metavar="M",
+                         help="the finest relief the reference DTM resolves, in metres "
+                              "(default: its pixel size; a stereo DTM's is some three pixels)")
     predict.add_argument("--nodata", type=float, action="append", default=[], metavar="V",
                          help="a value to read as nodata besides what the file marks, such as "
                               "0 for a black collar without a nodata value (repeatable)")
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         sun_azimuth=args.sun_azimuth, sun_elevation=args.sun_elevation,
         provider=args.provider, pixel_size=args.pixel_size, batch_size=args.batch_size,
         threads=args.threads, nodata=tuple((value, value) for value in args.nodata),
-        reference_dtm=args.reference_dtm)
+        reference_dtm=args.reference_dtm, reference_resolution_m=args.reference_resolution)
     interrupted = []
     # Ctrl-C, and a batch system's time limit or a closed terminal, cancel cleanly; a signal
     # the caller ignores (nohup's SIGHUP) stays ignored.

@@ -78,6 +78,8 @@ class PredictOptions:
     reference_dtm: str | None = None
     """A coarser DTM of the same ground in metres (MOLA, HRSC, CTX stereo): the output takes
     its long wavelengths and its datum from it, and its heights are no longer relative."""
+    reference_resolution_m: float | None = None
+    """The finest relief the reference DTM resolves, in metres; None: its pixel size."""
 
 
 @dataclass
@@ -163,8 +165,11 @@ class _Run:
         self._lay_tiles()
         self.coarse = self._coarse_pass()
         self.coarse_tiles = 0  # counted when the coarse pass runs
+        if options.reference_resolution_m is not None and not options.reference_dtm:
+            raise DtmError("A reference resolution is given without a reference DTM.")
         self.reference = (open_reference(options.reference_dtm, raster.georef, raster.width,
-                                         raster.height) if options.reference_dtm else None)
+                                         raster.height, options.reference_resolution_m)
+                          if options.reference_dtm else None)
         self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()
         if sample.min() == sample.max() and raster.one_value():

@@ -72,8 +72,10 @@ class Reference:
         return np.nan_to_num(added)
 
 
-def open_reference(path: str, georef: Georeferencing, width: int, height: int) -> Reference:
-    """The reference DTM at ``path`` averaged onto cells of the image's grid."""
+def open_reference(path: str, georef: Georeferencing, width: int, height: int,
+                   resolution_m: float | None = None) -> Reference:
+    """The reference DTM at ``path`` averaged onto cells of the image's grid, trusted down to
+    ``resolution_m`` (default: its pixel size; a stereo DTM resolves some three of them)."""
     if georef.geotransform is None or not georef.crs_wkt:
         raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
                        "place the one on the other.")
@@ -91,7 +93,10 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int) -
                        "give one in metres.")
     srs = osr.SpatialReference(wkt=dataset.GetProjection())
     pixel_m = ground_pixel_size_m(gt, srs, dataset.RasterXSize, dataset.RasterYSize)
-    sigma = max(SIGMA_REFERENCE_PIXELS * pixel_m / georef.pixel_size_m, 2.0)
+    if resolution_m is not None and not resolution_m >= 0.999 * pixel_m:
+        raise DtmError(f"The reference DTM's resolution, {resolution_m:g} m, cannot be finer "
+                       f"than its {pixel_m:.3g} m pixels.")
+    sigma = max(SIGMA_REFERENCE_PIXELS * (resolution_m or pixel_m) / georef.pixel_size_m, 2.0)
     cell = max(1, round(sigma / 2), math.ceil(math.sqrt(width * height / MAX_CELLS)))
     pad = math.ceil(3 * sigma / cell)  # the blur's reach, in cells
     cells = _warp(dataset, georef, -(-width // cell), -(-height // cell), cell, pad)

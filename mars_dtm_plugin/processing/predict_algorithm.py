@@ -94,6 +94,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
     BAND = "BAND"
     MODEL = "MODEL"
     REFERENCE_DTM = "REFERENCE_DTM"
+    REFERENCE_RESOLUTION = "REFERENCE_RESOLUTION"
     SUN_AZIMUTH = "SUN_AZIMUTH"
     SUN_ELEVATION = "SUN_ELEVATION"
     OVERLAP = "OVERLAP"
@@ -211,11 +212,18 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         pixel_size.setHelp(tr(
             "Needed for an image without georeferencing (such as a JPEG tile), whose DTM then "
             "has none either; for a georeferenced image it replaces the measured pixel size."))
+        resolution = QgsProcessingParameterNumber(
+            self.REFERENCE_RESOLUTION,
+            tr("Reference DTM resolution in metres (empty: its pixel size)"),
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0)
+        resolution.setHelp(tr(
+            "The finest relief the reference DTM resolves. A stereo DTM is smoother than its "
+            "pixels (some three of them): give that, and the model's relief is kept up to it."))
         provider = QgsProcessingParameterEnum(
             self.PROVIDER, tr("Run on"),
             options=[tr("Auto (GPU when available)"), tr("CPU"), tr("CUDA (NVIDIA GPU)")],
             defaultValue=0)
-        for parameter in (overlap, pixel_size, provider):
+        for parameter in (overlap, pixel_size, resolution, provider):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
 
@@ -338,6 +346,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             provider=EXECUTION_PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)],
             pixel_size=self._optional_number(parameters, self.PIXEL_SIZE, context),
             reference_dtm=self._reference_dtm(parameters, context),
+            reference_resolution_m=self._optional_number(parameters, self.REFERENCE_RESOLUTION,
+                                                         context),
         )
 
     def _reference_dtm(self, parameters: dict[str, Any],

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+import pytest
 
 from tests.conftest import predict_command
 from tests.models import write_test_model
@@ -55,6 +57,15 @@ def test_a_reference_dtm_given_sets_the_datum_and_a_bad_one_is_one_sentence(tmp_
     # The ramp is the model's long wavelengths, the reference's level replaces them.
     heights, _ = read_raster(out)
     assert abs(heights.mean() + 2500) < 0.05
+    smoother = predict_command(str(scene), str(tmp_path / "smoother.tif"), "--model",
+                               str(model), "--reference-dtm", str(flat),
+                               "--reference-resolution", "64")
+    sigma = [float(re.search(r"beyond ([0-9.]+) px", run.stdout)[1]) for run in (done, smoother)]
+    assert sigma[1] / sigma[0] == pytest.approx(4.0, rel=0.01)  # 64 m against its 16 m pixels
+    alone = predict_command(str(scene), str(tmp_path / "alone.tif"), "--model", str(model),
+                            "--reference-resolution", "64")
+    assert alone.returncode != 0 and not (tmp_path / "alone.tif").exists()
+    assert "A reference resolution is given without a reference DTM." in alone.stderr
     done = predict_command(str(scene), str(tmp_path / "other.tif"), "--model", str(model),
                            "--reference-dtm", str(tmp_path / "missing.tif"))
     assert done.returncode != 0 and not (tmp_path / "other.tif").exists()

@@ -133,6 +133,15 @@ def test_a_reference_in_feet_without_a_crs_or_unreadable_is_refused(tmp_path):
     _refusal(tmp_path, tmp_path / "text.tif", "The reference DTM '.*text.tif' cannot be read")
 
 
+def test_a_reference_resolution_finer_than_its_pixels_or_without_a_reference_is_refused(
+        tmp_path):
+    _refusal(tmp_path, _plane_reference(tmp_path),
+             "The reference DTM's resolution, 10 m, cannot be finer than its 64 m pixels.",
+             reference_resolution_m=10.0)
+    _refusal(tmp_path, None, "A reference resolution is given without a reference DTM.",
+             reference_resolution_m=200.0)
+
+
 def test_a_reference_needs_a_georeferenced_image(tmp_path):
     reference = _plane_reference(tmp_path)
     source = write_raster(tmp_path / "plain.tif", _image(), None, wkt="")
@@ -237,26 +246,31 @@ def test_with_a_coarse_pass_the_reference_still_sets_the_long_wavelengths(tmp_pa
     np.testing.assert_allclose(heights[inner, inner], plane[inner, inner], atol=0.01 * rise)
 
 
-def test_the_model_s_relief_beyond_the_blur_gives_way_to_the_reference_s(tmp_path):
+@pytest.mark.parametrize(("resolution_m", "sigma"), [(None, 16), (128.0, 32)])
+def test_the_model_s_relief_beyond_the_blur_gives_way_to_the_reference_s(tmp_path,
+                                                                         resolution_m, sigma):
     # A wave 128 px long in the image, which the identity model passes on: beyond sigma (16
-    # px) the reference's level ground replaces it, so what is left of it is the part a
-    # Gaussian of 16 px does not keep, exp(-2 pi^2 16^2 / 128^2) = 0.73 of it kept, 0.27 left.
+    # px, half a 64 m pixel of 2 m ones; 32 px for a reference that resolves 128 m) the
+    # reference's level ground replaces it, so what is left of it is the part a Gaussian of
+    # sigma does not keep: exp(-2 pi^2 sigma^2 / 128^2), 0.73 or 0.29 of it kept.
     xx = np.mgrid[0:SIZE, 0:SIZE][1]
     long_wave = np.sin(2 * np.pi * xx / 128)
     image = (_image() + 20 * long_wave).astype(np.float32)
     level_ground = write_raster(tmp_path / "reference.tif", np.full((20, 20), 3000, np.float32),
                                 (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0))
-    heights, *_ = _run(tmp_path, level_ground, image=image)
+    heights, _, report = _run(tmp_path, level_ground, image=image,
+                              reference_resolution_m=resolution_m)
+    assert any(f"beyond {sigma} px" in line for line in report.messages)
     without, *_ = _run(tmp_path, None, name="relative.tif", image=image)
     # The model's heights as level, short wave and long wave (the engine scales its input).
     terms = np.stack([np.ones_like(long_wave), _image() - 100, long_wave], axis=-1)
     level, _, long_amplitude = np.linalg.lstsq(terms.reshape(-1, 3), without.ravel(),
                                                rcond=None)[0]
     assert long_amplitude > 0.2  # the model did pass the long wave on
-    kept = np.exp(-2 * np.pi**2 * 16**2 / 128**2)
+    kept = np.exp(-2 * np.pi**2 * sigma**2 / 128**2)
     expected = (3000 + without - level
                 - kept * long_amplitude * long_wave)
-    inner = slice(48, -48)  # 3 sigma from the edges, where the blur sees data on all sides
+    inner = slice(3 * sigma, -3 * sigma)  # where the blur sees data on all sides
     np.testing.assert_allclose(heights[inner, inner], expected[inner, inner],
                                atol=0.05 * long_amplitude)
 

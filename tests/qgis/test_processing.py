@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import zipfile
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_parameters(provider):
     alg = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID)
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["INPUT", "BAND", "MODEL", "SUN_AZIMUTH", "SUN_ELEVATION", "REFERENCE_DTM",
-                     "OVERLAP", "PIXEL_SIZE", "PROVIDER", "OUTPUT"]
+                     "OVERLAP", "PIXEL_SIZE", "REFERENCE_RESOLUTION", "PROVIDER", "OUTPUT"]
     assert alg.parameterDefinition("REFERENCE_DTM").flags() & \
         QgsProcessingParameterDefinition.FlagOptional
     band = alg.parameterDefinition("BAND")
@@ -71,7 +72,7 @@ def test_parameters(provider):
     # No path as default: saved models and batches must not carry this profile's folder.
     assert alg.parameterDefinition("MODEL").defaultValue() is None
     assert alg.parameterDefinition("MODEL").flags() & QgsProcessingParameterDefinition.FlagOptional
-    for name in ("OVERLAP", "PIXEL_SIZE", "PROVIDER"):
+    for name in ("OVERLAP", "PIXEL_SIZE", "REFERENCE_RESOLUTION", "PROVIDER"):
         assert alg.parameterDefinition(name).flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert alg.parameterDefinition("PROVIDER").options() == [
         "Auto (GPU when available)", "CPU", "CUDA (NVIDIA GPU)"]
@@ -128,6 +129,13 @@ def test_a_reference_dtm_layer_gives_the_dtm_its_datum(provider, identity_model,
         assert heights.mean() == pytest.approx(1234.0, abs=0.05)
         assert abs(read_raster(relative)[0].mean()) < 0.01
         assert "mola.tif" in gdal.Open(str(output)).GetMetadataItem("MARSDTM_REFERENCE")
+        # Trusted down to 160 m, four of its pixels: the model's relief is kept up to there.
+        smoother = tmp_path / "smoother.tif"
+        run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer.id(),
+             "REFERENCE_RESOLUTION": 160.0, "OUTPUT": str(smoother)})
+        sigma = [float(re.search(r"beyond ([0-9.]+) px", gdal.Open(str(path)).GetMetadataItem(
+            "MARSDTM_REFERENCE"))[1]) for path in (output, smoother)]
+        assert sigma[1] / sigma[0] == pytest.approx(4.0, rel=0.01)
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
 

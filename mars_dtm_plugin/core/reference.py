@@ -23,9 +23,10 @@ from .coarse import gaussian_within
 from .errors import DtmError
 from .raster import FILL_LIKE, Georeferencing, ground_pixel_size_m
 
-# The reference is trusted down to its own pixels: the blur keeps half of a wavelength some 5.3
-# sigma long, under 3 of them (2 are the shortest a grid holds). Of 2, 1 and 0.5 pixels, 0.5
-# scored best (`training.evaluate --reference-control`: the model card's "With a reference DTM").
+# The reference is trusted down to its own pixels (or the resolution the user gives it): the
+# blur keeps half of a wavelength some 5.3 sigma long, under 3 of them (2 are the shortest a grid
+# holds). Of 2, 1 and 0.5 pixels, 0.5 scored best (`training.evaluate --reference-control`: the
+# model card's "With a reference DTM").
 SIGMA_REFERENCE_PIXELS = 0.5
 FEW_PIXELS = 4  # across the image, fewer of the reference's tell its height, hardly its slope
 METRES = {"", "m", "metre", "metres", "meter", "meters"}

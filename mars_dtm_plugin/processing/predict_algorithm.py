@@ -84,7 +84,8 @@ def uses_file_nodata(layer: QgsRasterLayer) -> bool:
 
 # How an error names each number parameter (their labels also say what empty means).
 NUMBER_NAMES = {"SUN_AZIMUTH": "The sun azimuth", "SUN_ELEVATION": "The sun elevation",
-                "OVERLAP": "The tile overlap", "PIXEL_SIZE": "The pixel size"}
+                "OVERLAP": "The tile overlap", "PIXEL_SIZE": "The pixel size",
+                "REFERENCE_RESOLUTION": "The reference DTM's resolution"}
 
 
 class PredictDtmAlgorithm(QgsProcessingAlgorithm):

@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProject,
     QgsRasterLayer,
@@ -77,6 +78,11 @@ def test_parameters(provider):
     assert alg.parameterDefinition("PROVIDER").options() == [
         "Auto (GPU when available)", "CPU", "CUDA (NVIDIA GPU)"]
     assert "Required" in alg.parameterDefinition("SUN_AZIMUTH").help()
+    # Every number field has a name for the sentence that refuses text typed into it.
+    from mars_dtm_plugin.processing.predict_algorithm import NUMBER_NAMES
+
+    assert set(NUMBER_NAMES) == {p.name() for p in alg.parameterDefinitions()
+                                 if isinstance(p, QgsProcessingParameterNumber)}
     assert isinstance(alg.parameterDefinition("OUTPUT"), QgsProcessingParameterRasterDestination)
     assert alg.canExecute() == (True, "")
 
@@ -405,7 +411,9 @@ def test_checking_a_temporary_output_registers_no_layer_the_run_does_not_write(
     ("SUN_AZIMUTH", "1e400", "The sun azimuth must be a number, not '1e400'."),
     ("OVERLAP", "abc", "The tile overlap must be a number, not 'abc'."),
     ("PIXEL_SIZE", "0,5", "The pixel size must be a number (with a point for decimals), "
-                          "not '0,5'.")])
+                          "not '0,5'."),
+    ("REFERENCE_RESOLUTION", "fine", "The reference DTM's resolution must be a number, not "
+                                     "'fine'.")])
 def test_an_optional_number_that_is_no_number_is_refused(provider, tmp_path, image_factory,
                                                          name, value, said):
     from tests.models import write_test_model

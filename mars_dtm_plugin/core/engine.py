@@ -668,8 +668,8 @@ class _Run:
                 f"The image's brightness varies by only {self.contrast:.1%} of its mean "
                 "(standard deviation): there is little shading to read relief from, and the "
                 "DTM will show more of the model's own bias than of the ground"))
-        if self.reference and self.reference.caution():
-            said.append(Caution(self.reference.caution()))
+        if self.reference and (caution := self.reference.caution()):
+            said.append(Caution(caution))
         if self.sun_elevation is None and ratio_scaled:
             said.append(Caution(f"Sun elevation unknown: {DEFAULT_SUN_ELEVATION:.0f} degrees "
                                 "assumed; give it for heights at the right scale"))

@@ -151,15 +151,11 @@ class Rotation:
         return u * self.cos - v * sin, u * sin + v * self.cos
 
 
-def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Sample ``image`` at fractional (col, row) positions, clamped at the borders."""
-    return BilinearSampler.at(image.shape, x, y)(image)
-
-
 @dataclass(frozen=True)
 class BilinearSampler:
-    """Bilinear sampling at fixed (col, row) positions of images of one shape: where each
-    sample's four pixels lie and how much each weighs, worked out once for many tiles."""
+    """Bilinear sampling at fixed fractional (col, row) positions of images of one shape,
+    clamped at the borders: where each sample's four pixels lie and how much each weighs,
+    worked out once for many tiles."""
 
     corners: tuple[np.ndarray, ...]
     """Flat indices of the pixels above left, above right, below left, below right."""

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from mars_dtm_plugin.core.stitch import OffsetProblem, blend_ramps
-from mars_dtm_plugin.core.tiling import Rotation, Tile, axis_spans, bilinear, tile_grid
+from mars_dtm_plugin.core.tiling import (
+    BilinearSampler,
+    Rotation,
+    Tile,
+    axis_spans,
+    tile_grid,
+)
 
 
 @pytest.mark.parametrize("length, size, overlap, margin",
@@ -142,12 +148,14 @@ def test_a_rotation_reused_across_tiles_of_other_shapes_resamples_each_as_a_fres
 
 
 def test_bilinear_interpolates_between_pixels():
+    def sample(image: np.ndarray, x: list[float], y: list[float]) -> np.ndarray:
+        return BilinearSampler.at(image.shape, np.array(x), np.array(y))(image)
+
     image = np.array([[0, 10], [20, 30]], np.float32)
-    assert bilinear(image, np.array([0.5]), np.array([0.5]))[0] == pytest.approx(15.0)
-    assert bilinear(image, np.array([1.0]), np.array([0.0]))[0] == pytest.approx(10.0)
+    assert sample(image, [0.5], [0.5])[0] == pytest.approx(15.0)
+    assert sample(image, [1.0], [0.0])[0] == pytest.approx(10.0)
     oblong = np.array([[0, 10, 20], [30, 40, 50]], np.float32)  # 2 rows, 3 columns
-    np.testing.assert_allclose(bilinear(oblong, np.array([1.5, 2.0]), np.array([0.5, 1.0])),
-                               [30.0, 50.0])
+    np.testing.assert_allclose(sample(oblong, [1.5, 2.0], [0.5, 1.0]), [30.0, 50.0])
 
 
 def test_a_tile_inside_the_grid_has_eight_neighbours():

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,12 +29,14 @@ from .model import Generator, default_model_path, shared_generator
 from .raster import FILL_LIKE, InputRaster, ProductSun, gdal_exceptions, sun_from_product
 from .reference import open_reference
 from .stitch import OffsetProblem, blend_ramps
-from .tiling import Rotation, Tile, tile_grid
+from .tiling import Rotation, Tile, snap, tile_grid
+from .turn import Turned, interpolate
 from .writer import BLOCK, DtmWriter, check_output_path
 
 __all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 
 Progress = Callable[[float], None]
+Strips = Callable[[int, int], np.ndarray]  # rows [y0, y1) of a DTM, computed on demand
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
 SUN_SPREAD_DEG = 5.0  # a product whose images' suns differ more is worth a word
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
@@ -160,7 +163,11 @@ class _Run:
         self.is_cancelled = is_cancelled or (lambda: False)
         self.sun_azimuth, self.sun_source = self._sun()
         self.sun_elevation = self._sun_elevation()  # checked now, before anything is written
-        self.rotation = Rotation(self._rotation_degrees(), self.contract.tile_size)
+        self.degrees = snap(self._rotation_degrees())
+        whole_turn = self.degrees % 90 != 0  # the scene is turned, not each tile
+        self.turned = Turned(raster, self.degrees) if whole_turn else None
+        self.tiled = self.turned or raster  # the raster the tiles lie on
+        self.rotation = Rotation(0.0 if whole_turn else self.degrees, self.contract.tile_size)
         self.overlap = self._overlap()
         self._lay_tiles()
         self.coarse = self._coarse_pass()
@@ -190,17 +197,23 @@ class _Run:
 
     # -- set-up -------------------------------------------------------------------------------
     def _lay_tiles(self) -> None:
-        """The tile grid over the raster, and empty caches of its blending weights."""
-        # Turned by quarter turns, a tile fills the model's view: the raster's edge tiles are
-        # made narrower to give its edge context (turned otherwise, every tile has some).
-        margin = (round(self.rotation.footprint * EDGE_MARGIN)
-                  if self.rotation.quarter_turns is not None else 0)
-        self.grid = tile_grid(self.raster.width, self.raster.height, self.rotation.footprint,
-                              self.overlap, margin)
+        """The tile grid over the tiled raster, the tiles that meet the image, and empty
+        caches of their blending weights."""
+        # The raster's edge tiles are made narrower to give its edge context.
+        size = self.contract.tile_size
+        self.grid = tile_grid(self.tiled.width, self.tiled.height, size, self.overlap,
+                              round(size * EDGE_MARGIN))
+        self.laid = [tile for tile in self.grid.tiles if self._meets_image(tile)]
+        self.tiles_run = 0  # those with a valid pixel, counted as they are read
         self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}
         self._weights_of: dict[tuple[int, bool], np.ndarray] = {}
         self._row_ramps: dict[int, np.ndarray] = {}
         self._col_ramps: dict[int, np.ndarray] = {}
+
+    def _meets_image(self, tile: Tile) -> bool:
+        """Whether a tile can hold a valid pixel: of a turned scene's grid, not all do."""
+        return self.turned is None or self.turned.meets(tile.x0, tile.y0, tile.width,
+                                                        tile.height)
 
     def _coarse_pass(self) -> _CoarsePass | None:
         """The model's second pass for long wavelengths, where it asks for one and the image
@@ -257,14 +270,14 @@ class _Run:
 
     def _overlap(self) -> int:
         """At least a pixel: tiles that share none cannot be tied into one surface."""
-        footprint = self.rotation.footprint
+        size = self.contract.tile_size
         if self.options.overlap_px is None:
-            return max(1, round(footprint * self.contract.tiles_overlap / 100))
+            return max(1, round(size * self.contract.tiles_overlap / 100))
         overlap = self.options.overlap_px
-        if not 1 <= overlap < footprint // 2:
-            raise DtmError(f"The overlap must be from 1 to {footprint // 2 - 1} pixels for "
-                           f"this model and sun direction (tiles that share no pixels cannot "
-                           f"be stitched), not {overlap}.")
+        if not 1 <= overlap < size // 2:
+            raise DtmError(f"The overlap must be from 1 to {size // 2 - 1} pixels for this "
+                           f"model (tiles that share no pixels cannot be stitched), not "
+                           f"{overlap}.")
         return overlap
 
     def _intensity_mapping(self, sample: np.ndarray) -> tuple[tuple[float, float], float]:
@@ -307,25 +320,38 @@ class _Run:
     def execute(self, output_path: str) -> RunReport:
         clock = [time.perf_counter()]
         folder = Path(output_path).parent
-        with tempfile.TemporaryFile(dir=folder, prefix=".marsdtm-") as file:
-            self.store = _TileStore(file, self.grid.tiles)
+        with ExitStack() as files:
+            def temporary() -> BinaryIO:
+                return files.enter_context(tempfile.TemporaryFile(dir=folder,
+                                                                  prefix=".marsdtm-"))
+
+            self.store = _TileStore(temporary(), self.grid.tiles)
             problem = self._predict_tiles()
             clock.append(time.perf_counter())
             offsets = self._offsets(problem)
             clock.append(time.perf_counter())
-            corrections = []  # (grid, cell, ring): added to the stitched heights, bilinear
-            if self.coarse:
-                corrections.append((self._long_wavelengths(offsets, folder), self.coarse.cell, 0))
+            long = self._long_wavelengths(offsets, folder) if self.coarse else None
+            clock.append(time.perf_counter())
+
+            def tiled(y0: int, y1: int) -> np.ndarray:
+                """Stitched heights on the tiled grid, long wavelengths corrected."""
+                strip = self._blend_strip(y0, y1, offsets)
+                if long is not None:
+                    strip += upsample_rows(long, self.coarse.cell, y0, y1, self.tiled.width)
+                return strip
+
+            stitched = self._turned_back(tiled, temporary()) if self.turned else tiled
             clock.append(time.perf_counter())
             if self.reference:
-                corrections.append((self._reference_correction(offsets, corrections),
-                                    self.reference.cell, self.reference.ring))
+                stitched = self._with_reference(stitched)
             clock.append(time.perf_counter())
-            statistics = self._blend(output_path, offsets, corrections)
+            statistics = self._blend(output_path, stitched)
             clock.append(time.perf_counter())
         report = self._report(output_path, statistics)
-        stages = ("model pass", "offsets", "coarse pass", "reference DTM", "blend and write")
-        ran = {"coarse pass": bool(self.coarse), "reference DTM": bool(self.reference)}
+        stages = ("model pass", "offsets", "coarse pass", "turn back", "reference DTM",
+                  "blend and write")
+        ran = {"coarse pass": bool(self.coarse), "turn back": bool(self.turned),
+               "reference DTM": bool(self.reference)}
         report.timings = {stage: float(seconds) for stage, seconds in zip(stages, np.diff(clock))
                           if ran.get(stage, True)}
         return report
@@ -336,35 +362,56 @@ class _Run:
         coarse = self.coarse
         fine_cells = self._cell_means(offsets, coarse.cell)
         run = _CoarseRun(self, coarse.factor)
-        self.coarse_tiles = len(run.grid.tiles)
         coarse_cells = run.cell_means(coarse.cell // coarse.factor, folder)
+        self.coarse_tiles = run.tiles_run
         return long_wavelength_correction(fine_cells, coarse_cells, coarse.sigma / coarse.cell)
 
-    def _reference_correction(self, offsets: np.ndarray,
-                              corrections: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
-        """What the reference DTM adds to the heights corrected so far, on its cells."""
-        cell = self.reference.cell
-        dtm_cells = cell_means(lambda y0, y1: self._corrected_strip(y0, y1, offsets, corrections),
-                               self.raster.height, cell, BLOCK)
-        return self.reference.correction(dtm_cells)
+    def _turned_back(self, tiled: Strips, file: BinaryIO) -> Strips:
+        """The turned scene's heights parked in ``file``, and strips of them turned back onto
+        the raster's grid, NaN where the raster has no data."""
+        turned = self.turned
+        dtm = np.memmap(file, np.float32, "w+", shape=(turned.height, turned.width))
+        for y0 in range(0, turned.height, BLOCK):
+            if self.is_cancelled():
+                raise DtmCancelled
+            dtm[y0 : y0 + BLOCK] = tiled(y0, min(y0 + BLOCK, turned.height))
 
-    def _corrected_strip(self, y0: int, y1: int, offsets: np.ndarray,
-                         corrections: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
-        strip = self._blend_strip(y0, y1, offsets)
-        for grid, cell, ring in corrections:
-            strip += upsample_rows(grid, cell, y0, y1, self.raster.width, ring)
+        def strip(y0: int, y1: int) -> np.ndarray:
+            width = self.raster.width
+            heights = np.empty((y1 - y0, width), np.float32)
+            for x0 in range(0, width, BLOCK * 8):  # some 2 MB of positions at a time
+                x1 = min(x0 + BLOCK * 8, width)
+                cols, rows = turned.turned(*np.meshgrid(np.arange(x0, x1, dtype=np.float64),
+                                                        np.arange(y0, y1, dtype=np.float64)))
+                values, known = interpolate(dtm, cols, rows)
+                valid = self.raster.read(x0, y0, x1 - x0, y1 - y0)[1]
+                heights[:, x0:x1] = np.where(known & valid, values, np.float32(np.nan))
+            return heights
+
+        return strip
+
+    def _with_reference(self, stitched: Strips) -> Strips:
+        """``stitched`` plus what the reference DTM adds to it, on the reference's cells."""
+        reference = self.reference
+        cells = cell_means(stitched, self.raster.height, reference.cell, BLOCK)
+        correction = reference.correction(cells)
+
+        def strip(y0: int, y1: int) -> np.ndarray:
+            return stitched(y0, y1) + upsample_rows(correction, reference.cell, y0, y1,
+                                                    self.raster.width, reference.ring)
+
         return strip
 
     def _cell_means(self, offsets: np.ndarray, cell: int) -> np.ndarray:
         """The stitched heights averaged over ``cell`` x ``cell`` blocks, strip by strip."""
         return cell_means(lambda y0, y1: self._blend_strip(y0, y1, offsets),
-                          self.raster.height, cell, BLOCK)
+                          self.tiled.height, cell, BLOCK)
 
     def _predict_tiles(self) -> OffsetProblem:
         """Three stages in step: read batch n+1, run the model on n, file the heights of n-1."""
         problem = OffsetProblem(len(self.grid.tiles))
         recent: dict[int, np.ndarray] = {}
-        batches = list(_chunks(self.grid.tiles, self._batch_size()))
+        batches = list(_chunks(self.laid, self._batch_size()))
         start, end = self.model_span
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as filer:
             pending = reader.submit(self._prepare, batches[0])
@@ -424,13 +471,14 @@ class _Run:
         inputs, valids = [], []
         for tile in batch:
             x0, y0, width, height = self.rotation.context(tile)
-            window, valid = self.raster.read(x0, y0, width, height)
+            window, valid = self.tiled.read(x0, y0, width, height)
             scaled = window * np.float32(gain) + np.float32(offset)
             scaled[~valid] = self.fill
             inputs.append(self.rotation.to_model(scaled, tile))
             top, left = tile.y0 - y0, tile.x0 - x0
             valids.append(valid[top : top + tile.height, left : left + tile.width])
         todo = [i for i, valid in enumerate(valids) if valid.any()]
+        self.tiles_run += len(todo)
         return np.stack(inputs), valids, todo
 
     def _compare(self, problem: OffsetProblem, recent: dict[int, np.ndarray], tile: Tile,
@@ -447,10 +495,8 @@ class _Run:
         recent[tile.index] = heights
 
     # -- pass 2: blending ---------------------------------------------------------------------
-    def _blend(self, output_path: str, offsets: np.ndarray,
-               corrections: list[tuple[np.ndarray, int, int]]
-               ) -> tuple[float, float, float, float]:
-        """Blend strip by strip; a writer thread compresses one strip while the next blends."""
+    def _blend(self, output_path: str, stitched: Strips) -> tuple[float, float, float, float]:
+        """Write strip by strip; a writer thread compresses one strip while the next blends."""
         georef = self.raster.georef
         writer = DtmWriter(output_path, self.raster.width, self.raster.height,
                            georef.geotransform, georef.crs_wkt, georef.gcps, georef.gcp_wkt,
@@ -464,7 +510,7 @@ class _Run:
                     if self.is_cancelled():
                         raise DtmCancelled
                     y1 = min(y0 + BLOCK, self.raster.height)
-                    strip = self._corrected_strip(y0, y1, offsets, corrections)
+                    strip = stitched(y0, y1)
                     if written is not None:
                         written.result()
                     written = writing.submit(self._write_strip, writer, y0, strip, statistics)
@@ -491,7 +537,7 @@ class _Run:
                 and all(self.store.complete(tile) for tile in tiles)):
             # Every tile over these rows is there and whole: no pixel is left uncovered.
             return self._blend_full_strip(y0, y1, tiles, offsets)
-        total = np.zeros((y1 - y0, self.raster.width), np.float32)
+        total = np.zeros((y1 - y0, self.tiled.width), np.float32)
         weight = np.zeros_like(total)
         for tile in tiles:
             r0, r1 = max(y0, tile.y0) - tile.y0, min(y1, tile.y1) - tile.y0
@@ -511,7 +557,7 @@ class _Run:
     def _blend_full_strip(self, y0: int, y1: int, tiles: list[Tile],
                           offsets: np.ndarray) -> np.ndarray:
         """The common case, every tile there and whole: weights that already sum to one."""
-        total = np.zeros((y1 - y0, self.raster.width), np.float32)
+        total = np.zeros((y1 - y0, self.tiled.width), np.float32)
         for tile in tiles:
             r0, r1 = max(y0, tile.y0) - tile.y0, min(y1, tile.y1) - tile.y0
             heights = self.store.rows(tile, r0, r1)
@@ -561,8 +607,8 @@ class _Run:
     @cached_property
     def _ramp_sums(self) -> tuple[np.ndarray, np.ndarray]:
         """Row ramps summed down the grid, column ramps across it (the weights' sum)."""
-        sum_y = np.zeros(self.raster.height, np.float32)
-        sum_x = np.zeros(self.raster.width, np.float32)
+        sum_y = np.zeros(self.tiled.height, np.float32)
+        sum_x = np.zeros(self.tiled.width, np.float32)
         for row in range(self.grid.rows):
             tile = self.grid.at(row, 0)
             sum_y[tile.y0 : tile.y1] += self._ramps(tile)[0]
@@ -577,7 +623,7 @@ class _Run:
         report = RunReport(
             output_path=output_path, provider=generator.provider,
             provider_note=generator.provider_note,
-            tiles=len(self.grid.tiles) + self.coarse_tiles, seconds=0.0,
+            tiles=self.tiles_run + self.coarse_tiles, seconds=0.0,
             pixel_size_m=georef.pixel_size_m, sun_azimuth=self.sun_azimuth,
             sun_source=self.sun_source, height_min=statistics[0], height_max=statistics[1],
             sun_elevation=self.sun_elevation)
@@ -605,8 +651,7 @@ class _Run:
                                     else f"{self.sun_azimuth:.1f} ({self.sun_source})"),
             "MARSDTM_SUN_ELEVATION": elevation,
             "MARSDTM_PIXEL_SIZE_M": f"{self.raster.georef.pixel_size_m:.6g}",
-            "MARSDTM_TILES": f"{self.contract.tile_size} px ({self.rotation.footprint} px "
-                             f"footprint), overlap {self.overlap} px",
+            "MARSDTM_TILES": f"{self.contract.tile_size} px, overlap {self.overlap} px",
             "MARSDTM_COARSE_PASS": self.coarse.describe() if self.coarse else "none",
             "MARSDTM_REFERENCE": self.reference.describe() if self.reference else "none",
             "MARSDTM_HEIGHTS": ("metres, on the reference DTM's datum" if self.reference else
@@ -630,9 +675,8 @@ class _Run:
                 f"Execution provider: {generator.provider}"]
         if generator.provider_note:
             said.append(generator.provider_note)
-        said.append(f"Tiles: {len(self.grid.tiles)} of {self.contract.tile_size} px "
-                    f"({self.rotation.footprint} px footprint), scene rotated by "
-                    f"{self.rotation.degrees:.1f} degrees")
+        said.append(f"Tiles: {len(self.laid)} of {self.contract.tile_size} px, scene rotated "
+                    f"by {self.degrees:.1f} degrees")
         said += [part.describe() for part in (self.coarse, self.reference) if part]
         said.append(f"Pixel size: {georef.pixel_size_m:.4g} m; sun azimuth: "
                     + ("not used" if self.sun_azimuth is None
@@ -707,7 +751,8 @@ class _CoarseRun(_Run):
 
     def __init__(self, fine: _Run, factor: int) -> None:
         # Not _Run's: the fine run has checked the input and resolved the sun and scaling.
-        self.raster = BlockAveraged(fine.raster, factor)
+        self.tiled = BlockAveraged(fine.tiled, factor)
+        self.turned, self.factor = fine.turned, factor
         self.generator, self.options, self.contract = fine.generator, fine.options, fine.contract
         self.progress, self.is_cancelled = fine.progress, fine.is_cancelled
         self.rotation, self.overlap = fine.rotation, fine.overlap
@@ -716,6 +761,11 @@ class _CoarseRun(_Run):
         self.height_scale = fine.height_scale * (factor if gsd else 1)
         self.model_span = (fine.model_span[1], MODEL_SHARE)
         self._lay_tiles()
+
+    def _meets_image(self, tile: Tile) -> bool:
+        k = self.factor
+        return self.turned is None or self.turned.meets(tile.x0 * k, tile.y0 * k,
+                                                        tile.width * k, tile.height * k)
 
     def cell_means(self, cell: int, folder: Path) -> np.ndarray:
         """The stitched coarse heights averaged over ``cell`` x ``cell`` coarse pixels."""

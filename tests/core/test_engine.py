@@ -200,7 +200,7 @@ def test_tiles_always_overlap_so_that_they_can_be_stitched(tmp_path):
     heights, ds, _ = predict(tmp_path, image, "offsets", contract={"tiles_overlap": 0.0})
     assert ds.GetMetadataItem("MARSDTM_TILES").endswith("overlap 1 px")
     assert plane_fit(heights)[1] < 1e-3
-    with pytest.raises(DtmError, match=r"from 1 to 31 pixels for this model and sun direction "
+    with pytest.raises(DtmError, match=r"from 1 to 31 pixels for this model "
                                        r"\(.*cannot be stitched\), not 0\."):
         predict(tmp_path, image, "offsets", name="none.tif", overlap_px=0)
     assert not (tmp_path / "none.tif").exists()
@@ -337,19 +337,27 @@ def test_a_sun_a_hair_off_the_models_turns_the_scene_exactly(tmp_path):
     exact, _, _ = predict(tmp_path, image, sun_azimuth=270.0, contract=contract)
     hair, _, report = predict(tmp_path, image, name="hair.tif", sun_azimuth=270.3,
                               contract=contract)
-    assert "Tiles: 16 of 64 px (64 px footprint), scene rotated by 0.0 degrees" in report.messages
+    assert "Tiles: 16 of 64 px, scene rotated by 0.0 degrees" in report.messages
     np.testing.assert_array_equal(hair, exact)
 
 
-def test_a_small_turn_samples_near_pixel_centres():
-    from mars_dtm_plugin.core.tiling import Rotation, Tile
+@pytest.mark.parametrize("width, height", [(101, 101), (100, 101), (101, 100), (100, 100)])
+def test_a_small_turn_samples_near_pixel_centres(width, height):
+    from mars_dtm_plugin.core.turn import Turned
 
-    rotation = Rotation(0.7, 64)  # beyond the snap: resampled; 63 px would fit, 62 is used
-    tile = Tile(0, 0, 0, 100, 100, rotation.footprint, rotation.footprint)
-    x0, y0, width, height = rotation.context(tile)
-    impulse = np.zeros((height, width), np.float32)
-    impulse[tile.y0 + tile.height // 2 - y0, tile.x0 + tile.width // 2 - x0] = 1.0
-    assert rotation.to_model(impulse, tile).max() > 0.95  # not spread over four pixels
+    class Impulse:  # the raster's centre pixel lit (or the four of an even side's centre)
+        def __init__(self) -> None:
+            self.width, self.height = width, height
+            self.image = np.zeros((height, width), np.float32)
+            self.image[(height - 1) // 2, (width - 1) // 2] = 1.0
+
+        def read(self, x0, y0, w, h):
+            values = np.pad(self.image, 200)[y0 + 200 : y0 + 200 + h, x0 + 200 : x0 + 200 + w]
+            return values, np.ones_like(values, bool)
+
+    turned = Turned(Impulse(), 0.7)  # beyond the snap: resampled
+    values, _ = turned.read(0, 0, turned.width, turned.height)
+    assert values.max() > 0.95  # not spread over four pixels
 
 
 @pytest.mark.parametrize("flip", ["south-up", "east-left"])
@@ -388,7 +396,7 @@ def test_sun_from_label_is_used_when_not_given(tmp_path):
     assert dataset.GetMetadata() == {
         "AREA_OR_POINT": "Area", "MARSDTM_MODEL": "ramp.onnx, version test",
         "MARSDTM_SUN_AZIMUTH": "270.0 (label)", "MARSDTM_SUN_ELEVATION": "30.0 (label)",
-        "MARSDTM_PIXEL_SIZE_M": "2", "MARSDTM_TILES": "64 px (64 px footprint), overlap 16 px",
+        "MARSDTM_PIXEL_SIZE_M": "2", "MARSDTM_TILES": "64 px, overlap 16 px",
         "MARSDTM_COARSE_PASS": "none", "MARSDTM_REFERENCE": "none",
         "MARSDTM_HEIGHTS": "metres, relative: the scene's mean height is about 0"}
 

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 
 from mars_dtm_plugin.core.stitch import OffsetProblem, blend_ramps
-from mars_dtm_plugin.core.tiling import (
-    BilinearSampler,
-    Rotation,
-    Tile,
-    axis_spans,
-    tile_grid,
-)
+from mars_dtm_plugin.core.tiling import Rotation, Tile, axis_spans, snap, tile_grid
 
 
 @pytest.mark.parametrize("length, size, overlap, margin",
@@ -106,56 +100,20 @@ def test_disconnected_tiles_keep_zero_offset():
     assert offsets[2] == 0.0
 
 
-def test_quarter_turn_rotation_is_exact_and_general_rotation_agrees():
+def test_quarter_turn_rotation_is_exact():
     image = np.random.default_rng(0).normal(size=(32, 32)).astype(np.float32)
     tile = Tile(0, 0, 0, 0, 0, 32, 32)
     exact = Rotation(90.0, 32)
-    assert exact.footprint == 32
     np.testing.assert_array_equal(exact.to_model(image, tile), np.rot90(image, -1))
     np.testing.assert_array_equal(exact.from_model(exact.to_model(image, tile), tile), image)
     # Clockwise: the top-left corner moves to the top-right.
     assert exact.to_model(image, tile)[0, -1] == image[0, 0]
 
 
-def test_general_rotation_round_trip_is_smooth_on_planes():
-    rotation = Rotation(30.0, 64)
-    assert rotation.footprint == int(64 / (np.cos(np.pi / 6) + 0.5))
-    tile = Tile(0, 0, 0, 100, 100, rotation.footprint, rotation.footprint)
-    x0, y0, w, h = rotation.context(tile)
-    yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
-    plane = (0.3 * xx - 0.7 * yy).astype(np.float32)
-    back = rotation.from_model(rotation.to_model(plane, tile), tile)
-    fy, fx = np.mgrid[tile.y0 : tile.y1, tile.x0 : tile.x1]
-    np.testing.assert_allclose(back, 0.3 * fx - 0.7 * fy, atol=1e-3)
-
-
-def test_a_rotation_reused_across_tiles_of_other_shapes_resamples_each_as_a_fresh_one():
-    # A run keeps one rotation for all its tiles; edge tiles are narrower or shorter.
-    rotation = Rotation(30.0, 64)
-    full = rotation.footprint
-    rng = np.random.default_rng(1)
-    for width, height in ((full, full), (full - 6, full), (full, full - 9), (full, full)):
-        tile = Tile(0, 0, 0, 100, 100, width, height)
-        *_, w, h = rotation.context(tile)
-        window = rng.normal(size=(h, w)).astype(np.float32)
-        prediction = rng.normal(size=(64, 64)).astype(np.float32)
-        fresh = Rotation(30.0, 64)
-        np.testing.assert_array_equal(rotation.to_model(window, tile),
-                                      fresh.to_model(window, tile))
-        back = rotation.from_model(prediction, tile)
-        assert back.shape == (height, width)
-        np.testing.assert_array_equal(back, fresh.from_model(prediction, tile))
-
-
-def test_bilinear_interpolates_between_pixels():
-    def sample(image: np.ndarray, x: list[float], y: list[float]) -> np.ndarray:
-        return BilinearSampler.at(image.shape, np.array(x), np.array(y))(image)
-
-    image = np.array([[0, 10], [20, 30]], np.float32)
-    assert sample(image, [0.5], [0.5])[0] == pytest.approx(15.0)
-    assert sample(image, [1.0], [0.0])[0] == pytest.approx(10.0)
-    oblong = np.array([[0, 10, 20], [30, 40, 50]], np.float32)  # 2 rows, 3 columns
-    np.testing.assert_allclose(sample(oblong, [1.5, 2.0], [0.5, 1.0]), [30.0, 50.0])
+@pytest.mark.parametrize("degrees, snapped", [(90.3, 90.0), (-0.2, 0.0), (359.6, 0.0),
+                                              (0.7, 0.7), (134.5, 134.5), (269.51, 270.0)])
+def test_a_turn_near_a_quarter_turn_is_made_one(degrees, snapped):
+    assert snap(degrees) == pytest.approx(snapped)
 
 
 def test_a_tile_inside_the_grid_has_eight_neighbours():

@@ -1,0 +1,104 @@
+"""The scene turned once so that its sun lies where the model expects it.
+
+A model reads shading under one sun azimuth. Turned by a quarter turn, a tile is turned exactly
+(``tiling.Rotation``); turned by any other angle, the whole scene is resampled onto a grid
+turned by that angle, tiled there like any raster, and the stitched DTM resampled back. Every
+model tile then holds image all over, where a tile turned on its own would keep only the square
+inscribed in it (half of it at 45 degrees), and the output pixels pass through two bilinear
+resamplings either way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .coarse import Readable
+
+
+class Turned:
+    """``raster`` turned clockwise (screen view, rows down) by ``degrees`` about its centre,
+    read on demand: a window's pixels are bilinear in the raster's valid pixels; a pixel is
+    valid where any of its four is (so the turned scene covers each valid pixel's centre)."""
+
+    def __init__(self, raster: Readable, degrees: float) -> None:
+        self.raster, self.degrees = raster, degrees
+        radians = math.radians(degrees)
+        self.cos, self.sin = math.cos(radians), math.sin(radians)
+        w, h = raster.width, raster.height
+        # The raster's bounding box, turned, and a pixel of room on every side (a pixel centre
+        # of the raster then lies a pixel or more inside), of the raster's parity: the centres
+        # coincide, so at small angles samples fall near pixel centres, not between them.
+        self.width = _same_parity(w * abs(self.cos) + h * abs(self.sin) + 2, w)
+        self.height = _same_parity(w * abs(self.sin) + h * abs(self.cos) + 2, h)
+        self._centre = ((w - 1) / 2, (h - 1) / 2)
+        self._turned_centre = ((self.width - 1) / 2, (self.height - 1) / 2)
+
+    def source(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where turned pixels (cols, rows) lie in the raster."""
+        u, v = cols - self._turned_centre[0], rows - self._turned_centre[1]
+        return (u * self.cos + v * self.sin + self._centre[0],
+                -u * self.sin + v * self.cos + self._centre[1])
+
+    def turned(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where raster pixels (xs, ys) lie in the turned grid: ``source``'s inverse."""
+        x, y = xs - self._centre[0], ys - self._centre[1]
+        return (x * self.cos - y * self.sin + self._turned_centre[0],
+                x * self.sin + y * self.cos + self._turned_centre[1])
+
+    def meets(self, x0: int, y0: int, width: int, height: int) -> bool:
+        """Whether the turned window [x0, x0 + width) x [y0, y0 + height) can hold a valid
+        pixel: the window and the raster, both grown by a pixel, overlap (separating axes)."""
+        corners = np.array([[x0 - 1, y0 - 1], [x0 + width, y0 - 1], [x0 - 1, y0 + height],
+                            [x0 + width, y0 + height]], np.float64)
+        xs, ys = self.source(corners[:, 0], corners[:, 1])
+        if (xs.max() < -1 or xs.min() > self.raster.width
+                or ys.max() < -1 or ys.min() > self.raster.height):
+            return False
+        w, h = self.raster.width, self.raster.height
+        cols, rows = self.turned(np.array([-1.0, w, -1.0, w]), np.array([-1.0, -1.0, h, h]))
+        return not (cols.max() < x0 - 1 or cols.min() > x0 + width
+                    or rows.max() < y0 - 1 or rows.min() > y0 + height)
+
+    def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """Values (float32) and validity of a window of the turned grid; 0 where invalid."""
+        xs, ys = self.source(*np.meshgrid(np.arange(x0, x0 + width, dtype=np.float64),
+                                          np.arange(y0, y0 + height, dtype=np.float64)))
+        left, top = math.floor(xs.min()), math.floor(ys.min())
+        right, bottom = math.floor(xs.max()) + 2, math.floor(ys.max()) + 2
+        if right <= 0 or bottom <= 0 or left >= self.raster.width or top >= self.raster.height:
+            return np.zeros((height, width), np.float32), np.zeros((height, width), bool)
+        values, valid = self.raster.read(left, top, right - left, bottom - top)
+        return interpolate(values, xs - left, ys - top, valid)
+
+
+def _same_parity(length: float, like: int) -> int:
+    """The whole number at least ``length`` that is odd where ``like`` is."""
+    whole = math.ceil(length)
+    return whole + (whole - like) % 2
+
+
+def interpolate(image: np.ndarray, x: np.ndarray, y: np.ndarray,
+                valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear in the valid pixels of ``image`` (``valid``; None: the finite ones) at
+    (x, y), each at least 0 and less than the last column and row: the weights of the valid
+    ones among the four around, made to sum to one. Values (float32, 0 where none of the four
+    is valid) and whether any is. ``image`` may be a memory map: only the four are read."""
+    cols = image.shape[1]
+    x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
+    fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+    first = y0 * cols + x0
+    flat = image.reshape(-1)
+    total = np.zeros(x.shape, np.float32)
+    weight = np.zeros(x.shape, np.float32)
+    for step, w in ((0, (1 - fx) * (1 - fy)), (1, fx * (1 - fy)),
+                    (cols, (1 - fx) * fy), (cols + 1, fx * fy)):
+        values = flat[first + step]
+        ok = np.isfinite(values) if valid is None else valid.reshape(-1)[first + step]
+        w[~ok] = 0
+        total += w * np.where(ok, values, 0)
+        weight += w
+    some = weight > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(some, total / weight, np.float32(0)).astype(np.float32), some

@@ -751,8 +751,11 @@ class _CoarseRun(_Run):
 
     def __init__(self, fine: _Run, factor: int) -> None:
         # Not _Run's: the fine run has checked the input and resolved the sun and scaling.
-        self.tiled = BlockAveraged(fine.tiled, factor)
-        self.turned, self.factor = fine.turned, factor
+        # Averaged, then turned: the same grid as the fine pass's turned scene averaged, at a
+        # quarter of the resampling.
+        averaged = BlockAveraged(fine.raster, factor)
+        self.turned = fine.turned.coarser(averaged, factor) if fine.turned else None
+        self.tiled = self.turned or averaged
         self.generator, self.options, self.contract = fine.generator, fine.options, fine.contract
         self.progress, self.is_cancelled = fine.progress, fine.is_cancelled
         self.rotation, self.overlap = fine.rotation, fine.overlap
@@ -761,11 +764,6 @@ class _CoarseRun(_Run):
         self.height_scale = fine.height_scale * (factor if gsd else 1)
         self.model_span = (fine.model_span[1], MODEL_SHARE)
         self._lay_tiles()
-
-    def _meets_image(self, tile: Tile) -> bool:
-        k = self.factor
-        return self.turned is None or self.turned.meets(tile.x0 * k, tile.y0 * k,
-                                                        tile.width * k, tile.height * k)
 
     def cell_means(self, cell: int, folder: Path) -> np.ndarray:
         """The stitched coarse heights averaged over ``cell`` x ``cell`` coarse pixels."""

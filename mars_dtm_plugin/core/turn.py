@@ -10,6 +10,7 @@ resamplings either way.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -34,6 +35,18 @@ class Turned:
         self.height = _same_parity(w * abs(self.sin) + h * abs(self.cos) + 2, h)
         self._centre = ((w - 1) / 2, (h - 1) / 2)
         self._turned_centre = ((self.width - 1) / 2, (self.height - 1) / 2)
+
+    def coarser(self, averaged: Readable, factor: int) -> Turned:
+        """``averaged`` (this raster averaged in ``factor`` x ``factor`` blocks) turned onto
+        this grid's blocks of as many pixels: their centres where the blocks' are."""
+        coarse = copy.copy(self)
+        coarse.raster = averaged
+        coarse.width, coarse.height = -(-self.width // factor), -(-self.height // factor)
+        # A block's centre lies (factor - 1) / 2 fine pixels past its first pixel's.
+        half = (factor - 1) / 2
+        coarse._centre = tuple((c - half) / factor for c in self._centre)
+        coarse._turned_centre = tuple((c - half) / factor for c in self._turned_centre)
+        return coarse
 
     def source(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where turned pixels (cols, rows) lie in the raster."""

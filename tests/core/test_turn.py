@@ -91,3 +91,25 @@ def test_the_tiles_that_meet_a_turned_raster_are_those_that_can_hold_a_valid_pix
         if valid.any():
             assert meets, tile
     assert not all(met)  # the grid's corners lie beyond the turned raster
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_the_coarse_pass_turns_the_averaged_raster_onto_the_turned_grids_blocks(factor):
+    from mars_dtm_plugin.core.coarse import BlockAveraged, block_mean
+
+    plane = Plane(120, 90)
+    plane.valid[:] = True
+    fine = Turned(plane, 33.0)
+    coarse = fine.coarser(BlockAveraged(plane, factor), factor)
+    assert (coarse.width, coarse.height) == (-(-fine.width // factor), -(-fine.height // factor))
+    values, valid = coarse.read(0, 0, coarse.width, coarse.height)
+    fine_values, fine_valid = fine.read(0, 0, coarse.width * factor, coarse.height * factor)
+    blocks = block_mean(np.where(fine_valid, fine_values, np.nan), factor)
+    # Away from the raster's edges (where both extend it) a plane's block means are the
+    # plane at the blocks' centres, which the coarse turned pixels must be.
+    cols, rows = np.meshgrid(np.arange(coarse.width, dtype=float),
+                             np.arange(coarse.height, dtype=float))
+    xs, ys = coarse.source(cols, rows)  # in blocks
+    inner = (xs > 1) & (xs < 120 // factor - 2) & (ys > 1) & (ys < 90 // factor - 2)
+    assert valid[inner].all() and inner.sum() > 0.3 * inner.size
+    np.testing.assert_allclose(values[inner], blocks[inner], atol=1e-3)

@@ -76,14 +76,20 @@ class Turned:
 
     def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Values (float32) and validity of a window of the turned grid; 0 where invalid."""
-        xs, ys = self.source(*np.meshgrid(np.arange(x0, x0 + width, dtype=np.float64),
-                                          np.arange(y0, y0 + height, dtype=np.float64)))
-        left, top = math.floor(xs.min()), math.floor(ys.min())
-        right, bottom = math.floor(xs.max()) + 2, math.floor(ys.max()) + 2
+        corners_x, corners_y = self.source(np.array([x0, x0 + width - 1] * 2, np.float64),
+                                           np.array([y0] * 2 + [y0 + height - 1] * 2, np.float64))
+        left, top = math.floor(corners_x.min()), math.floor(corners_y.min())
+        right, bottom = math.floor(corners_x.max()) + 2, math.floor(corners_y.max()) + 2
         if right <= 0 or bottom <= 0 or left >= self.raster.width or top >= self.raster.height:
             return np.zeros((height, width), np.float32), np.zeros((height, width), bool)
         values, valid = self.raster.read(left, top, right - left, bottom - top)
-        return interpolate(values, xs - left, ys - top, valid)
+        # Positions within the window read, a few hundred pixels: float32 holds them to 1e-4.
+        cos, sin = np.float32(self.cos), np.float32(self.sin)
+        cols = np.arange(width, dtype=np.float32)
+        rows = np.arange(height, dtype=np.float32)[:, None]
+        xs = np.float32(corners_x[0] - left) + cols * cos + rows * sin
+        ys = np.float32(corners_y[0] - top) - cols * sin + rows * cos
+        return interpolate(values, xs, ys, valid)
 
 
 def _same_parity(length: float, like: int) -> int:
@@ -103,6 +109,10 @@ def interpolate(image: np.ndarray, x: np.ndarray, y: np.ndarray,
     fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
     first = y0 * cols + x0
     flat = image.reshape(-1)
+    if valid is not None and valid.all():  # the common case, plain bilinear
+        top = flat[first] + (flat[first + 1] - flat[first]) * fx
+        bottom = flat[first + cols] + (flat[first + cols + 1] - flat[first + cols]) * fx
+        return (top + (bottom - top) * fy).astype(np.float32), np.ones(x.shape, bool)
     total = np.zeros(x.shape, np.float32)
     weight = np.zeros(x.shape, np.float32)
     for step, w in ((0, (1 - fx) * (1 - fy)), (1, fx * (1 - fy)),

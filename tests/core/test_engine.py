@@ -169,6 +169,34 @@ def test_nodata_value_nan_and_alpha_stay_nodata(tmp_path):
     assert residual < 1e-3
 
 
+@pytest.mark.parametrize("azimuth", [200.0, 333.0])
+def test_a_turned_scene_has_heights_exactly_where_the_image_has_data(tmp_path, azimuth):
+    # Turned to the sun and back, every valid pixel (the raster's edges and corners, and
+    # those around a hole) gets a height, and no nodata pixel does.
+    image = ramp(150, 190) + 10
+    image[40:70, 60:100] = -5  # nodata value
+    image[:3, 150:] = np.nan  # a notch in the edge
+    heights, _, report = predict(tmp_path, image, "offsets", raster={"nodata": -5},
+                                 sun_azimuth=azimuth,
+                                 contract={"sun_mode": "rotate", "sun_azimuth": 270.0})
+    assert f"scene rotated by {(270.0 - azimuth) % 360:.1f} degrees" in report.messages[4]
+    invalid = np.zeros(image.shape, bool)
+    invalid[40:70, 60:100] = True
+    invalid[:3, 150:] = True
+    np.testing.assert_array_equal(heights == NODATA, invalid)
+    # Two bilinear resamplings keep a plane; within two pixels of nodata or the edge, a pixel
+    # takes it from fewer neighbours, some fraction of a pixel off.
+    inner = np.zeros(image.shape, bool)
+    inner[2:-2, 2:-2] = True
+    padded = np.pad(invalid, 2)
+    inner &= ~np.any([padded[2 + dy : 2 + dy + 150, 2 + dx : 2 + dx + 190]
+                      for dy in range(-2, 3) for dx in range(-2, 3)], axis=0)
+    (a, b, c), residual = plane_fit(heights, inner)
+    assert residual < 0.01 * math.hypot(a, b)  # a hundredth of a pixel
+    rows, cols = np.nonzero(~invalid)
+    assert np.abs(heights[rows, cols] - (a * cols + b * rows + c)).max() < 0.5 * math.hypot(a, b)
+
+
 def test_data_joined_by_a_thin_strip_stitches_into_one_surface(tmp_path):
     # Two patches of data joined only by row 23: the tiles right of the join share just that
     # row with their neighbours, and must still be tied to the rest, not float on their own.

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-data", default=DEFAULT_TRAINING_DATA,
                         help="one line on what the model learned from")
     parser.add_argument("--tiles-overlap", type=float, default=DEFAULT_OVERLAP,
-                        help="default overlap of the engine's tiles, percent of a tile's footprint")
+                        help="default overlap of the engine's tiles, percent of the tile size")
     parser.add_argument("--coarse-pass", type=coarse_pass_arg, metavar="FACTORxSIGMA",
                         help="ask the engine for a second pass over the image averaged in "
                              "FACTOR x FACTOR blocks, for the wavelengths beyond SIGMA pixels "

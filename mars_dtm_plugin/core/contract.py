@@ -32,7 +32,7 @@ class ModelContract:
     tile_size: int
     """Side of the square input tile, in pixels."""
     tiles_overlap: float
-    """Default overlap between neighbouring tiles, in percent of a tile's footprint."""
+    """Default overlap between neighbouring tiles, in percent of the tile size."""
     resolution: float
     """Ground sampling distance of the training data, in cm per pixel (Deepness/GeoDeep)."""
     standardization_mean: list[float]

@@ -100,28 +100,50 @@ def _same_parity(length: float, like: int) -> int:
 
 def interpolate(image: np.ndarray, x: np.ndarray, y: np.ndarray,
                 valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear in the valid pixels of ``image`` (``valid``; None: the finite ones) at
-    (x, y), each at least 0 and less than the last column and row: the weights of the valid
-    ones among the four around, made to sum to one. Values (float32, 0 where none of the four
-    is valid) and whether any is. ``image`` may be a memory map: only the four are read."""
+    """Bilinear in the valid pixels of ``image`` at (x, y), each at least 0 and less than the
+    last column and row: the weights of the valid ones among the four around, made to sum to
+    one. Valid: where ``valid`` is (the image 0 elsewhere, as rasters are read), or where
+    finite. Values (float32, 0 where none of the four is valid) and whether any is. ``image``
+    may be a memory map: only the four around each position are read."""
     cols = image.shape[1]
     x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
     fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
     first = y0 * cols + x0
     flat = image.reshape(-1)
-    if valid is not None and valid.all():  # the common case, plain bilinear
-        top = flat[first] + (flat[first + 1] - flat[first]) * fx
-        bottom = flat[first + cols] + (flat[first + cols + 1] - flat[first + cols]) * fx
-        return (top + (bottom - top) * fy).astype(np.float32), np.ones(x.shape, bool)
-    total = np.zeros(x.shape, np.float32)
-    weight = np.zeros(x.shape, np.float32)
+    values = _bilinear(flat, first, cols, fx, fy)
+    if valid is None:  # NaN where any of the four is: those again, from the finite ones
+        known = np.ones(x.shape, bool)
+        gaps = np.isnan(values)
+        if gaps.any():
+            values[gaps], known[gaps] = _finite(flat, first[gaps], cols, fx[gaps], fy[gaps])
+        return values, known
+    if valid.all():  # the common case
+        return values, np.ones(x.shape, bool)
+    weight = _bilinear(valid.reshape(-1).astype(np.float32), first, cols, fx, fy)
+    known = weight > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(known, values / weight, np.float32(0)), known
+
+
+def _bilinear(flat: np.ndarray, first: np.ndarray, cols: int, fx: np.ndarray,
+              fy: np.ndarray) -> np.ndarray:
+    """Plain bilinear in a flattened image of ``cols`` columns, from each upper left pixel."""
+    top = flat[first] + (flat[first + 1] - flat[first]) * fx
+    bottom = flat[first + cols] + (flat[first + cols + 1] - flat[first + cols]) * fx
+    return (top + (bottom - top) * fy).astype(np.float32)
+
+
+def _finite(flat: np.ndarray, first: np.ndarray, cols: int, fx: np.ndarray,
+            fy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear in the finite ones among the four, and whether any is."""
+    total = np.zeros(first.shape, np.float32)
+    weight = np.zeros(first.shape, np.float32)
     for step, w in ((0, (1 - fx) * (1 - fy)), (1, fx * (1 - fy)),
                     (cols, (1 - fx) * fy), (cols + 1, fx * fy)):
-        values = flat[first + step]
-        ok = np.isfinite(values) if valid is None else valid.reshape(-1)[first + step]
-        w[~ok] = 0
-        total += w * np.where(ok, values, 0)
-        weight += w
-    some = weight > 0
+        corner = flat[first + step]
+        finite = np.isfinite(corner)
+        total += np.where(finite, w * corner, 0)
+        weight += np.where(finite, w, 0)
+    known = weight > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(some, total / weight, np.float32(0)).astype(np.float32), some
+        return np.where(known, total / weight, np.float32(0)), known

@@ -75,7 +75,8 @@ def test_bilinear_in_the_valid_pixels():
     np.testing.assert_allclose(values, [20.0, 10.0, (10 + 20 + 40) / 3, 40.0], rtol=1e-6)
     assert ok.all()
     valid = np.array([[False, False, True], [False, False, False], [True, True, True]])
-    values, ok = interpolate(image, np.array([0.5, 1.5]), np.array([0.5, 0.0]), valid)
+    values, ok = interpolate(np.where(valid, image, 0), np.array([0.5, 1.5]),
+                             np.array([0.5, 0.0]), valid)
     assert (values[0], ok[0]) == (0.0, False)  # none of the four valid
     assert (values[1], ok[1]) == (20.0, True)
 

@@ -72,7 +72,7 @@ def main() -> None:
                         help="give the run a reference DTM with pixels N times the scene's")
     parser.add_argument("--sun-azimuth", type=float, default=None, metavar="DEG",
                         help="sun azimuth of the scene (default: the model's canonical one, "
-                             "which needs no turn; 315 turns the tiles by the most)")
+                             "which needs no turn; 315 turns the scene by the most)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

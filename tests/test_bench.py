@@ -39,7 +39,7 @@ def test_bad_arguments_are_one_sentence(args, said):
 
 
 def test_bare_onnxruntime_runs_as_many_tiles_as_a_turned_scene_needs(tmp_path):
-    # The model's sun at 225, the scene's at 270: the engine turns the scene, whose footprint
+    # The model's sun at 225, the scene's at 270: the engine turns the scene, whose turned grid
     # then needs more tiles than one the model's sun lights (the bench's default).
     model = write_test_model(tmp_path / "turned.onnx", "conv", tile_size=64,
                              tiles_overlap=25.0, sun_mode="rotate", sun_azimuth=225.0)

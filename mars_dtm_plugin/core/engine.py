@@ -379,7 +379,7 @@ class _Run:
         def strip(y0: int, y1: int) -> np.ndarray:
             width = self.raster.width
             heights = np.empty((y1 - y0, width), np.float32)
-            for x0 in range(0, width, BLOCK * 8):  # some 2 MB of positions at a time
+            for x0 in range(0, width, BLOCK * 8):  # positions of 2048 columns at a time
                 x1 = min(x0 + BLOCK * 8, width)
                 cols, rows = turned.turned(*np.meshgrid(np.arange(x0, x1, dtype=np.float64),
                                                         np.arange(y0, y1, dtype=np.float64)))

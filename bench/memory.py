@@ -54,12 +54,14 @@ def write_scene(path: Path, size: int) -> Path:
     return path
 
 
-def peak_rss_mib(scene: Path, model: Path, output: Path) -> tuple[float, float]:
+def peak_rss_mib(scene: Path, model: Path, output: Path, sun_azimuth: float
+                 ) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(ROOT)])}
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", CHILD, "predict", str(scene), str(output), "--model", str(model),
-         "--provider", "cpu", "--sun-azimuth", "270", "--sun-elevation", "30", "--quiet"],
+         "--provider", "cpu", "--sun-azimuth", f"{sun_azimuth:g}", "--sun-elevation", "30",
+         "--quiet"],
         capture_output=True, text=True, env=env, check=False)
     seconds = time.perf_counter() - started
     if result.returncode:
@@ -77,6 +79,9 @@ def main() -> None:
     parser.add_argument("--coarse-pass", type=coarse_pass_arg, metavar="FACTORxSIGMA",
                         help="the 3x3 convolution asks for this coarse pass (e.g. 2x48, the "
                              "bundled model's)")
+    parser.add_argument("--sun-azimuth", type=float, default=270.0, metavar="DEG",
+                        help="the scene's sun (default 270, the stand-in model's, which needs "
+                             "no turn; 315 turns the scene whole by 45 degrees)")
     args = parser.parse_args()
     if args.model and args.coarse_pass:
         parser.error("--coarse-pass is the stand-in model's; a --model has its own")
@@ -85,11 +90,13 @@ def main() -> None:
         work = Path(tmp)
         model = args.model or write_test_model(work / "conv.onnx", "conv",
                                                tile_size=args.tile_size,
-                                               coarse_pass=args.coarse_pass)
+                                               coarse_pass=args.coarse_pass,
+                                               sun_mode="rotate", sun_azimuth=270.0)
         rows = []
         for size in sorted(args.sizes):
             scene = write_scene(work / f"scene_{size}.tif", size)
-            rss, seconds = peak_rss_mib(scene, model, work / f"dtm_{size}.tif")
+            rss, seconds = peak_rss_mib(scene, model, work / f"dtm_{size}.tif",
+                                        args.sun_azimuth)
             rows.append((size, rss, seconds))
             passes = gdal.Open(str(work / f"dtm_{size}.tif")).GetMetadataItem("MARSDTM_COARSE_PASS")
             scene.unlink()
@@ -99,7 +106,8 @@ def main() -> None:
           f"model: 3x3 convolution, tiles of {args.tile_size} px (memory, not speed, is "
           "measured)" + (", coarse pass of {factor} x {factor} blocks beyond {sigma_px:g} px"
                           .format(**args.coarse_pass) if args.coarse_pass else ""))
-    print(f"coarse pass, as the last DTM records it: {passes}")
+    print(f"coarse pass, as the last DTM records it: {passes}; sun azimuth "
+          f"{args.sun_azimuth:g} degrees")
     print(f"{'size':>12} {'peak RSS':>10} {'vs smallest':>12} {'time':>8}")
     for size, rss, seconds in rows:
         print(f"{size:>5} x {size:<5} {rss:7.0f} MiB {rss / base:11.2f}x {seconds:7.1f} s")

@@ -78,8 +78,10 @@ class Turned:
         """Values (float32) and validity of a window of the turned grid; 0 where invalid."""
         corners_x, corners_y = self.source(np.array([x0, x0 + width - 1] * 2, np.float64),
                                            np.array([y0] * 2 + [y0 + height - 1] * 2, np.float64))
-        left, top = math.floor(corners_x.min()), math.floor(corners_y.min())
-        right, bottom = math.floor(corners_x.max()) + 2, math.floor(corners_y.max()) + 2
+        # A pixel of room each way beyond the four around each position: float32 rounding
+        # must not carry a position across the window's edge.
+        left, top = math.floor(corners_x.min()) - 1, math.floor(corners_y.min()) - 1
+        right, bottom = math.floor(corners_x.max()) + 3, math.floor(corners_y.max()) + 3
         if right <= 0 or bottom <= 0 or left >= self.raster.width or top >= self.raster.height:
             return np.zeros((height, width), np.float32), np.zeros((height, width), bool)
         values, valid = self.raster.read(left, top, right - left, bottom - top)

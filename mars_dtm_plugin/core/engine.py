@@ -370,11 +370,12 @@ class _Run:
         """The turned scene's heights parked in ``file``, and strips of them turned back onto
         the raster's grid, NaN where the raster has no data."""
         turned = self.turned
-        dtm = np.memmap(file, np.float32, "w+", shape=(turned.height, turned.width))
         for y0 in range(0, turned.height, BLOCK):
             if self.is_cancelled():
                 raise DtmCancelled
-            dtm[y0 : y0 + BLOCK] = tiled(y0, min(y0 + BLOCK, turned.height))
+            heights = tiled(y0, min(y0 + BLOCK, turned.height))
+            file.write(memoryview(np.ascontiguousarray(heights, np.float32)).cast("B"))
+        file.flush()
 
         def strip(y0: int, y1: int) -> np.ndarray:
             width = self.raster.width
@@ -383,7 +384,13 @@ class _Run:
                 x1 = min(x0 + BLOCK * 8, width)
                 cols, rows = turned.turned(*np.meshgrid(np.arange(x0, x1, dtype=np.float64),
                                                         np.arange(y0, y1, dtype=np.float64)))
-                values, known = interpolate(dtm, cols, rows)
+                # Mapped for these rows alone, and let go: the pages read stay off the
+                # process's memory, where one map of the whole file would hold them all.
+                top = math.floor(rows.min())
+                parked = np.memmap(file, np.float32, "r", offset=top * turned.width * 4,
+                                   shape=(math.floor(rows.max()) + 2 - top, turned.width))
+                values, known = interpolate(parked, cols, rows - top)
+                del parked
                 valid = self.raster.read(x0, y0, x1 - x0, y1 - y0)[1]
                 heights[:, x0:x1] = np.where(known & valid, values, np.float32(np.nan))
             return heights

@@ -56,7 +56,9 @@ model: venv-train
 
 bench: venv build
 	PYTHONPATH=build $(PY) -m bench.throughput
+	PYTHONPATH=build $(PY) -m bench.throughput --sun-azimuth 315
 	PYTHONPATH=build $(PY) -m bench.memory
+	PYTHONPATH=build $(PY) -m bench.memory --sun-azimuth 315
 	PYTHONPATH=build $(PY) -m bench.providers
 
 # Training steps per second on the CPU (and a GPU, if there is one).

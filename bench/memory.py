@@ -98,7 +98,10 @@ def main() -> None:
             rss, seconds = peak_rss_mib(scene, model, work / f"dtm_{size}.tif",
                                         args.sun_azimuth)
             rows.append((size, rss, seconds))
-            passes = gdal.Open(str(work / f"dtm_{size}.tif")).GetMetadataItem("MARSDTM_COARSE_PASS")
+            made = gdal.Open(str(work / f"dtm_{size}.tif"))
+            passes, sun = (made.GetMetadataItem(f"MARSDTM_{key}")
+                           for key in ("COARSE_PASS", "SUN_AZIMUTH"))
+            made = None
             scene.unlink()
             (work / f"dtm_{size}.tif").unlink()
     base = rows[0][1]
@@ -106,8 +109,9 @@ def main() -> None:
           f"model: 3x3 convolution, tiles of {args.tile_size} px (memory, not speed, is "
           "measured)" + (", coarse pass of {factor} x {factor} blocks beyond {sigma_px:g} px"
                           .format(**args.coarse_pass) if args.coarse_pass else ""))
-    print(f"coarse pass, as the last DTM records it: {passes}; sun azimuth "
-          f"{args.sun_azimuth:g} degrees")
+    print(f"coarse pass, as the last DTM records it: {passes}")
+    print(f"sun azimuth, as the last DTM records it: {sun}"
+          + ("" if args.model else " (the stand-in model's own: 270)"))
     print(f"{'size':>12} {'peak RSS':>10} {'vs smallest':>12} {'time':>8}")
     for size, rss, seconds in rows:
         print(f"{size:>5} x {size:<5} {rss:7.0f} MiB {rss / base:11.2f}x {seconds:7.1f} s")

@@ -67,6 +67,12 @@ def test_the_memory_bench_runs_its_stand_in_with_a_coarse_pass(tmp_path):
             "second pass over the image averaged in 2 x 2 blocks") in result.stdout
 
 
+def test_the_memory_bench_turns_the_scene_for_another_sun(tmp_path):
+    result = bench("bench.memory", "--sizes", "64", "--tile-size", "32", "--sun-azimuth", "315")
+    assert result.returncode == 0, result.stderr
+    assert "sun azimuth, as the last DTM records it: 315.0 (user)" in result.stdout
+
+
 def test_the_throughput_bench_times_a_reference_dtm_when_given_one(tmp_path):
     model = write_test_model(tmp_path / "m.onnx", "conv", tile_size=64)
     result = bench("bench.throughput", "--size", "200", "--repeats", "1", "--model", str(model),

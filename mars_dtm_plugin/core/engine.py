@@ -29,7 +29,7 @@ from .model import Generator, default_model_path, shared_generator
 from .raster import FILL_LIKE, InputRaster, ProductSun, gdal_exceptions, sun_from_product
 from .reference import open_reference
 from .stitch import OffsetProblem, blend_ramps
-from .tiling import Rotation, Tile, snap, tile_grid
+from .tiling import Rotation, Tile, TileGrid, snap, tile_grid
 from .turn import Turned, interpolate
 from .writer import BLOCK, DtmWriter, check_output_path
 
@@ -325,7 +325,7 @@ class _Run:
                 return files.enter_context(tempfile.TemporaryFile(dir=folder,
                                                                   prefix=".marsdtm-"))
 
-            self.store = _TileStore(temporary(), self.grid.tiles)
+            self.store = _TileStore(temporary(), self.grid, self.laid)
             problem = self._predict_tiles()
             clock.append(time.perf_counter())
             offsets = self._offsets(problem)
@@ -775,18 +775,20 @@ class _CoarseRun(_Run):
     def cell_means(self, cell: int, folder: Path) -> np.ndarray:
         """The stitched coarse heights averaged over ``cell`` x ``cell`` coarse pixels."""
         with tempfile.TemporaryFile(dir=folder, prefix=".marsdtm-") as file:
-            self.store = _TileStore(file, self.grid.tiles)
+            self.store = _TileStore(file, self.grid, self.laid)
             return self._cell_means(self._offsets(self._predict_tiles()), cell)
 
 
 class _TileStore:
     """Each tile's heights parked in a temporary file between the two passes."""
 
-    def __init__(self, file: BinaryIO, tiles: list[Tile]) -> None:
+    def __init__(self, file: BinaryIO, grid: TileGrid, laid: list[Tile]) -> None:
+        """Room for the tiles laid, one after another: a turned scene's grid has more."""
         self.file = file
-        sizes = [t.width * t.height * 4 for t in tiles]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self.valid_counts = np.zeros(len(tiles))  # 0: never predicted (all nodata)
+        sizes = [t.width * t.height * 4 for t in laid]
+        self.offsets = np.zeros(len(grid.tiles), np.int64)
+        self.offsets[[t.index for t in laid]] = np.cumsum([0, *sizes])[:-1]
+        self.valid_counts = np.zeros(len(grid.tiles))  # 0: never predicted (all nodata)
 
     def put(self, tile: Tile, heights: np.ndarray, valid_count: int) -> None:
         self.file.seek(int(self.offsets[tile.index]))

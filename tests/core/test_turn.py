@@ -148,3 +148,21 @@ def test_turned_windows_anywhere_agree_with_bilinear_in_float64():
     # A window whose last row's positions, in float32, round past the rows the float64
     # corners ask for (found by search: one in 20000 such windows).
     assert _agrees_with_float64(Turned(plane, 332.6758569385363), plane, -1, 35, 64, 64) > 0
+
+
+def test_the_tile_store_holds_the_laid_tiles_alone(tmp_path):
+    from mars_dtm_plugin.core.engine import _TileStore
+
+    plane = Plane(200, 50)
+    turned = Turned(plane, 45.0)
+    grid = tile_grid(turned.width, turned.height, 24, 6)
+    laid = [t for t in grid.tiles if turned.meets(t.x0, t.y0, t.width, t.height)]
+    assert len(laid) < len(grid.tiles)
+    with open(tmp_path / "store", "w+b") as file:
+        store = _TileStore(file, grid, laid)
+        for tile in reversed(laid):  # in any order
+            store.put(tile, np.full((tile.height, tile.width), tile.index, np.float32), 1)
+        # As large as the laid tiles, not the grid, and each tile's rows where it put them.
+        assert file.seek(0, 2) == sum(t.width * t.height * 4 for t in laid)
+        for tile in laid:
+            assert (store.rows(tile, 0, tile.height) == tile.index).all()

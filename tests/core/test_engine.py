@@ -481,6 +481,22 @@ def test_cancelling_while_writing_leaves_no_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif", "m.onnx"]
 
 
+def test_cancelling_a_turned_scene_after_its_model_pass_leaves_no_file(tmp_path):
+    # Between the model pass and the output, the turned scene's heights are parked and
+    # turned back: a cancel there must leave nothing either.
+    source = write_raster(tmp_path / "image.tif", ramp(300, 300), GT)
+    model = write_test_model(tmp_path / "m.onnx", "offsets", sun_mode="rotate",
+                             sun_azimuth=270.0)
+    seen: list[float] = []
+    with pytest.raises(DtmCancelled):
+        predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                    PredictOptions(model_path=str(model), sun_azimuth=200.0),
+                    progress=seen.append,
+                    is_cancelled=lambda: bool(seen) and seen[-1] >= MODEL_SHARE - 1e-9)
+    assert seen[-1] == pytest.approx(MODEL_SHARE)  # the model pass was over, nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif", "m.onnx"]
+
+
 def test_a_model_that_needs_no_sun_does_not_read_it(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT,
                           metadata={"SUN_ELEVATION": "unknown", "SUN_AZIMUTH": "west"})

@@ -199,10 +199,12 @@ class _Run:
     def _lay_tiles(self) -> None:
         """The tile grid over the tiled raster, the tiles that meet the image, and empty
         caches of their blending weights."""
-        # The raster's edge tiles are made narrower to give its edge context.
+        # The raster's edge tiles are made narrower to give its edge context; a turned grid's
+        # edges lie beyond the image but at its corners, and narrower tiles there would only
+        # make more of them.
         size = self.contract.tile_size
-        self.grid = tile_grid(self.tiled.width, self.tiled.height, size, self.overlap,
-                              round(size * EDGE_MARGIN))
+        margin = 0 if self.turned else round(size * EDGE_MARGIN)
+        self.grid = tile_grid(self.tiled.width, self.tiled.height, size, self.overlap, margin)
         self.laid = [tile for tile in self.grid.tiles if self._meets_image(tile)]
         self.tiles_run = 0  # those with a valid pixel, counted as they are read
         self._weight_cache: dict[tuple[bytes, bytes], np.ndarray] = {}

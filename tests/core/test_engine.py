@@ -768,7 +768,7 @@ def test_pixels_far_from_square_on_the_ground_are_reported(tmp_path):
     assert "0.50 times as wide as tall" in message and "gdalwarp" in message
 
 
-@pytest.mark.parametrize("azimuth", [270.0, 0.0])
+@pytest.mark.parametrize("azimuth", [270.0, 0.0, 315.0, 250.0])
 def test_the_rasters_edge_shows_no_padding_of_the_model(tmp_path, azimuth):
     # The blur model sags by a third at its own border (zero padding). At the raster's edge
     # it must see context beyond instead, and tile offsets must not carry the sag inwards.

@@ -63,16 +63,15 @@ class Turned:
     def meets(self, x0: int, y0: int, width: int, height: int) -> bool:
         """Whether the turned window [x0, x0 + width) x [y0, y0 + height) can hold a valid
         pixel: the window and the raster, both grown by a pixel, overlap (separating axes)."""
-        corners = np.array([[x0 - 1, y0 - 1], [x0 + width, y0 - 1], [x0 - 1, y0 + height],
-                            [x0 + width, y0 + height]], np.float64)
-        xs, ys = self.source(corners[:, 0], corners[:, 1])
-        if (xs.max() < -1 or xs.min() > self.raster.width
-                or ys.max() < -1 or ys.min() > self.raster.height):
-            return False
         w, h = self.raster.width, self.raster.height
+        left, right, top, bottom = x0 - 1.0, x0 + width, y0 - 1.0, y0 + height
+        xs, ys = self.source(np.array([left, right, left, right]),
+                             np.array([top, top, bottom, bottom]))
+        if xs.max() < -1 or xs.min() > w or ys.max() < -1 or ys.min() > h:
+            return False
         cols, rows = self.turned(np.array([-1.0, w, -1.0, w]), np.array([-1.0, -1.0, h, h]))
-        return not (cols.max() < x0 - 1 or cols.min() > x0 + width
-                    or rows.max() < y0 - 1 or rows.min() > y0 + height)
+        return not (cols.max() < left or cols.min() > right
+                    or rows.max() < top or rows.min() > bottom)
 
     def read(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Values (float32) and validity of a window of the turned grid; 0 where invalid."""

@@ -9,7 +9,9 @@ the ablation trains the same recipe with it, stopped at ``ablation.stop_at`` ste
 compared with the main run's checkpoint at the same step. A recipe with a ``finetune``
 section (options over ``train``) continues the main run's weights with them, and that run is
 the one bundled. An ``export`` section's ``coarse_pass`` (``FACTORxSIGMA``) goes into every
-exported model's contract (``training.export_onnx --coarse-pass``).
+exported model's contract (``training.export_onnx --coarse-pass``); its ``quantize`` (true)
+ships the bundled run in 8 bits, calibrated on the pool's training patches
+(``training.quantize``), and evaluates it beside the runs in floating point.
 """
 
 from __future__ import annotations
@@ -210,19 +212,35 @@ def _exported(recipe: dict) -> dict[str, str]:
             f"gan_{stop}": "gan/last.pt"}
 
 
+def _quantised(recipe: dict) -> bool:
+    return bool(recipe.get("export", {}).get("quantize"))
+
+
+def _bundled(recipe: dict) -> str:
+    """The ONNX name the plugin ships: the first exported, in 8 bits if the recipe says."""
+    first = next(iter(_exported(recipe)))
+    return f"{first}_int8" if _quantised(recipe) else first
+
+
 def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
     from training.export_onnx import main as export
+    from training.quantize import main as quantize
 
-    exported = _exported(recipe)
-    shipped = next(iter(exported))
+    shipped = _bundled(recipe)
     # Every model gets the recipe's coarse pass: the ablation compares them through one engine.
     coarse = recipe.get("export", {}).get("coarse_pass")
-    for name, checkpoint in exported.items():
+    for name, checkpoint in _exported(recipe).items():
         # Only the shipped model carries the recipe's version; the others say which run they are.
         version = recipe["version"] + ("" if name == shipped else f"+{name}")
         if export([str(work / checkpoint), str(work / "onnx" / f"{name}.onnx"),
                    "--version", version, *(["--coarse-pass", coarse] if coarse else [])]) != 0:
             raise RuntimeError(f"export of {checkpoint} failed")
+    if _quantised(recipe):
+        first = next(iter(_exported(recipe)))
+        if quantize([str(work / "onnx" / f"{first}.onnx"), str(work / "onnx" / f"{shipped}.onnx"),
+                     "--data", str(work / "pool" / "train"), "--version", recipe["version"],
+                     "--seed", str(recipe["seed"])]) != 0:
+            raise RuntimeError(f"quantisation of {first}.onnx failed")
     bundle.parent.mkdir(parents=True, exist_ok=True)
     partial = bundle.with_name(bundle.name + ".part")  # an interrupted copy is no model
     try:
@@ -236,7 +254,8 @@ def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
 def stage_evaluate(recipe: dict, work: Path) -> None:
     from training.evaluate import main as evaluate
 
-    args = [arg for name in _exported(recipe)
+    names = dict.fromkeys([_bundled(recipe), *_exported(recipe)])
+    args = [arg for name in names
             for arg in ("--model", f"{name}={work / 'onnx' / f'{name}.onnx'}")]
     args += ["--data", str(work / "eval_data"), "--out", str(work / "eval"),
              "--seed", str(recipe["seed"] + 7)]

@@ -25,7 +25,7 @@ def test_the_recipe_runs_end_to_end(tmp_path):
                   "threads": 1, "val_every": 2, "checkpoint_every": 2},
         "ablation": {"stop_at": 2},
         "finetune": {"steps": 2, "lr": 0.001, "distribution": 1.0},
-        "export": {"coarse_pass": "2x16"},
+        "export": {"coarse_pass": "2x16", "quantize": True},
         "evaluate": {"sets": ["gale"], "speed": False, "tilt_control": True},
     }
     path = tmp_path / "recipe.json"
@@ -34,18 +34,22 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     assert main(["--recipe", str(path), "--bundle", str(bundle)]) == 0
     model = onnx.load(str(bundle))
     contract = parse_contract({p.key: p.value for p in model.metadata_props})
-    # The fine-tune of the main run is what ships; its steps add to the main run's.
+    # The fine-tune of the main run, in 8 bits, is what ships; its steps add to the main run's.
     assert contract.version == "0.0.1" and contract.extra["marsdtm:training_steps"] == 4 + 2
-    assert bundle.read_bytes() == (tmp_path / "work" / "onnx" / "finetune.onnx").read_bytes()
+    assert bundle.read_bytes() == (tmp_path / "work" / "onnx" / "finetune_int8.onnx").read_bytes()
+    assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    floating = onnx.load(str(tmp_path / "work" / "onnx" / "finetune.onnx"))
+    assert parse_contract({p.key: p.value for p in floating.metadata_props}).version == \
+        "0.0.1+finetune"
     main_run = onnx.load(str(tmp_path / "work" / "onnx" / "main.onnx"))
     main_contract = parse_contract({p.key: p.value for p in main_run.metadata_props})
     assert main_contract.version == "0.0.1+main"  # what did not ship says which run it is
     # The recipe's coarse pass is in every model, so the ablation compares like with like.
     assert contract.coarse_pass == main_contract.coarse_pass == {"factor": 2, "sigma_px": 16.0}
     report = (tmp_path / "work" / "eval" / "report.md").read_text()
-    for row in ("| finetune |", "| main |", "| nogan_2 |", "| gan_2 |", "| flat |", "| sfs |",
-                "| finetune+true scene tilt |", "| sfs+true scene tilt |",
-                "| truth-scene tilt |"):
+    for row in ("| finetune_int8 |", "| finetune |", "| main |", "| nogan_2 |", "| gan_2 |",
+                "| flat |", "| sfs |", "| finetune_int8+true scene tilt |",
+                "| sfs+true scene tilt |", "| truth-scene tilt |"):
         assert row in report
     # Gale is one evaluation tile: given the scene's tilt, no tilt error is left.
     gale = json.loads((tmp_path / "work" / "eval" / "metrics.json").read_text())["sets"]["gale"]

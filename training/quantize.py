@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import torch
 
-from mars_dtm_plugin.core.contract import parse_contract
+from mars_dtm_plugin.core.contract import ModelContract, parse_contract
 from mars_dtm_plugin.core.errors import DtmError
 from training.data import Normalisation, ShardPatches, list_shards
 
@@ -33,7 +33,7 @@ QUANTISED_OPS = ["Conv", "Relu", "Concat", "Resize"]
 BATCH = 8
 
 
-def read_contract(model: Path) -> tuple[onnx.ModelProto, object]:
+def read_contract(model: Path) -> tuple[onnx.ModelProto, ModelContract]:
     proto = onnx.load(str(model))
     return proto, parse_contract({p.key: p.value for p in proto.metadata_props}, model.name)
 
@@ -79,13 +79,15 @@ def quantise(prepared: Path, out: Path, calibration: np.ndarray, float_nodes: li
         quantize_static,
     )
 
+    name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter(np.array_split(calibration, max(1, len(calibration) // BATCH)))
 
         def get_next(self) -> dict | None:
             batch = next(self.batches, None)
-            return None if batch is None else {"image": batch}
+            return None if batch is None else {name: batch}
 
     quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=QUANTISED_OPS, nodes_to_exclude=float_nodes,
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True,
                         help="folder of training pool shards to calibrate on")
     parser.add_argument("--samples", type=int, default=64,
-                        help="calibration patches, and as many more to check against")
+                        help="calibration patches, and as many more drawn after them to check "
+                             "against")
     parser.add_argument("--float-convs", type=int, default=1,
                         help="convolutions besides the head kept in floating point")
     parser.add_argument("--seed", type=int, default=0, help="which patches, and how augmented")

@@ -83,6 +83,8 @@ class PredictOptions:
     its long wavelengths and its datum from it, and its heights are no longer relative."""
     reference_resolution_m: float | None = None
     """The finest relief the reference DTM resolves, in metres; None: its pixel size."""
+    reference_open_options: tuple[str, ...] = ()
+    """GDAL open options of the reference DTM, as its GIS layer may be opened with."""
 
 
 @dataclass
@@ -175,7 +177,8 @@ class _Run:
         if options.reference_resolution_m is not None and not options.reference_dtm:
             raise DtmError("A reference resolution is given without a reference DTM.")
         self.reference = (open_reference(options.reference_dtm, raster.georef, raster.width,
-                                         raster.height, options.reference_resolution_m)
+                                         raster.height, options.reference_resolution_m,
+                                         options.reference_open_options)
                           if options.reference_dtm else None)
         self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()

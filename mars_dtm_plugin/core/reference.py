@@ -74,14 +74,16 @@ class Reference:
 
 
 def open_reference(path: str, georef: Georeferencing, width: int, height: int,
-                   resolution_m: float | None = None) -> Reference:
-    """The reference DTM at ``path`` averaged onto cells of the image's grid, trusted down to
-    ``resolution_m`` (default: its pixel size; a stereo DTM resolves some three of them)."""
+                   resolution_m: float | None = None,
+                   open_options: tuple[str, ...] = ()) -> Reference:
+    """The reference DTM at ``path`` (opened with GDAL's ``open_options``) averaged onto cells
+    of the image's grid, trusted down to ``resolution_m`` (default: its pixel size; a stereo
+    DTM resolves some three of them)."""
     if georef.geotransform is None or not georef.crs_wkt:
         raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
                        "place the one on the other.")
     try:
-        dataset = gdal.Open(str(path))
+        dataset = gdal.OpenEx(str(path), gdal.OF_RASTER, open_options=list(open_options))
     except RuntimeError as exc:
         raise DtmError(f"The reference DTM '{path}' cannot be read: "
                        f"{str(exc).strip().splitlines()[0]}") from exc

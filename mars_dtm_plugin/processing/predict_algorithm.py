@@ -337,7 +337,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if overlap is not None and not overlap.is_integer():
             raise QgsProcessingException(tr("The tile overlap must be a whole number of pixels, "
                                             "not {0}.").format(overlap))
-        return PredictOptions(
+        options = PredictOptions(
             model_path=model or None,
             # 0 is what an empty band parameter reads as; the engine's "auto" is None.
             band=self.parameterAsInt(parameters, self.BAND, context) or None,
@@ -346,19 +346,22 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             sun_elevation=self._optional_number(parameters, self.SUN_ELEVATION, context),
             provider=EXECUTION_PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)],
             pixel_size=self._optional_number(parameters, self.PIXEL_SIZE, context),
-            reference_dtm=self._reference_dtm(parameters, context),
             reference_resolution_m=self._optional_number(parameters, self.REFERENCE_RESOLUTION,
                                                          context),
         )
+        options.reference_dtm, options.reference_open_options = self._reference_dtm(
+            parameters, context)
+        return options
 
     def _reference_dtm(self, parameters: dict[str, Any],
-                       context: QgsProcessingContext) -> str | None:
+                       context: QgsProcessingContext) -> tuple[str | None, tuple[str, ...]]:
+        """The file behind REFERENCE_DTM and the open options of its layer."""
         layer = self.parameterAsRasterLayer(parameters, self.REFERENCE_DTM, context)
         if layer is None and parameters.get(self.REFERENCE_DTM) in (None, ""):
-            return None
+            return None, ()
         if layer is None or not layer.isValid():  # a vector layer, say: refused, not ignored
             raise QgsProcessingException(self.invalidRasterError(parameters, self.REFERENCE_DTM))
-        return gdal_source(layer.source())[0]
+        return gdal_source(layer.source())
 
     def _optional_number(self, parameters: dict[str, Any], name: str,
                          context: QgsProcessingContext) -> float | None:

@@ -146,6 +146,28 @@ def test_a_reference_dtm_layer_gives_the_dtm_its_datum(provider, identity_model,
         QgsProject.instance().removeMapLayer(layer.id())
 
 
+def test_a_reference_dtm_layer_is_read_with_its_open_options(provider, identity_model,
+                                                             image_factory, tmp_path):
+    # The file's own georeferencing puts it far from the image; its world file, which the
+    # layer is opened to prefer, puts it around the image.
+    image = image_factory(width=150, height=110)
+    far = (GEOTRANSFORM[0] + 1e6, 40.0, 0.0, GEOTRANSFORM[3], 0.0, -40.0)
+    reference = write_geotiff(tmp_path / "mola.tif", np.full((30, 30), 1234.0, np.float32),
+                              geotransform=far)
+    left, top = GEOTRANSFORM[0] - 400, GEOTRANSFORM[3] + 400
+    (tmp_path / "mola.tfw").write_text(f"40\n0\n0\n-40\n{left + 20}\n{top - 20}\n")
+    layer = QgsRasterLayer(f"{reference}|option:GEOREF_SOURCES=WORLDFILE,INTERNAL", "MOLA")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        output = tmp_path / "dtm.tif"
+        run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer.id(),
+             "OUTPUT": str(output)})
+        assert read_raster(output)[0].mean() == pytest.approx(1234.0, abs=0.05)
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+
+
 @pytest.mark.parametrize("file_crs", [None, "EPSG:4087"])  # none, or Earth's in place of Mars's
 def test_a_crs_set_on_the_layer_is_the_dtms(provider, identity_model, image_factory, tmp_path,
                                             file_crs):

@@ -5,9 +5,10 @@
 Static quantisation in onnxruntime's QDQ form: weights per output channel, activations per
 tensor, their ranges calibrated on training patches fed as training feeds them. Weights take 7
 bits (``reduce_range``): CPUs without VNNI multiply 8-bit pairs into 16-bit sums that would
-saturate. The shading prior (a running mean) and the head (whose output is the height) stay in
-floating point, so heights keep their resolution, and so do the ``--float-convs``
-convolutions whose quantisation alone moves the heights most on held-out training patches.
+saturate. The shading prior is computed in floating point (its running sums would not fit 8
+bits), and so is the head (whose output is the height), so heights keep their resolution; so
+are the ``--float-convs`` convolutions whose quantisation alone moves the heights most on other
+training patches.
 The contract is carried over, its version given a ``+int8`` suffix unless ``--version`` says
 otherwise.
 """

@@ -12,7 +12,7 @@ import torch
 
 from mars_dtm_plugin.core.model import load_contract
 from tests.training.fakesite import DTM_ROOT, SiteServer, build_rendered_site
-from training import evaluate, export_onnx, scrape, splits, tiles, train
+from training import evaluate, export_onnx, quantize, scrape, splits, tiles, train
 from training.shards import read_shard
 
 pytestmark = pytest.mark.slow
@@ -45,8 +45,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "--threads", "1", "--workers", "0", "--device", "cpu"])
     codes["export"] = export_onnx.main([str(root / "run/last.pt"), str(root / "m.onnx"),
                                         "--version", "0.0.1+chain"])
+    codes["quantize"] = quantize.main([str(root / "m.onnx"), str(root / "m8.onnx"), "--data",
+                                       str(root / "patches/train"), "--samples", "8",
+                                       "--version", "0.0.1+chain"])
     codes["evaluate"] = evaluate.main([
-        "--model", f"m={root / 'm.onnx'}", "--data", str(root / "eval_data"),
+        "--model", f"m={root / 'm.onnx'}", "--model", f"m8={root / 'm8.onnx'}",
+        "--data", str(root / "eval_data"),
         "--out", str(root / "report"), "--sets", "pairs",
         "--test-shards", str(root / "patches/test"), "--no-speed"])
     return {"root": root, "codes": codes, "made": {pair.pair_id: pair for pair in made}}
@@ -54,7 +58,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_every_documented_command_succeeds(chain):
     assert chain["codes"] == dict.fromkeys(
-        ("scrape", "splits", "tiles", "train", "export", "evaluate"), 0)
+        ("scrape", "splits", "tiles", "train", "export", "quantize", "evaluate"), 0)
 
 
 def test_each_split_holds_the_patches_of_its_own_pairs_only(chain):
@@ -80,8 +84,9 @@ def test_the_trained_weights_export_to_a_model_the_engine_accepts(chain):
     state = torch.load(root / "run/last.pt", weights_only=True)
     assert state["step"] == 4
     assert state["config"]["data"] == str(root / "patches/train")
-    contract = load_contract(root / "m.onnx")
-    assert (contract.version, contract.tile_size) == ("0.0.1+chain", PATCH)
+    for model in ("m.onnx", "m8.onnx"):  # and in 8 bits, calibrated on the real patches
+        contract = load_contract(root / model)
+        assert (contract.version, contract.tile_size) == ("0.0.1+chain", PATCH)
 
 
 def test_held_out_pairs_are_scored_on_their_own_heights_and_sun(chain):

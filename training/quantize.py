@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                                            convs[-1], args.float_convs, work)]
         quantised = onnx.load(str(quantise(prepared, work / "int8.onnx", calibration, kept)))
     version = args.version or f"{contract.version}+int8"
+    # The pre-processing's optimiser declares operator sets the graph does not use; older
+    # onnxruntimes need not know them.
+    used = {node.domain for node in quantised.graph.node} | {""}
+    kept_sets = [o for o in quantised.opset_import if o.domain in used]
+    del quantised.opset_import[:]
+    quantised.opset_import.extend(kept_sets)
     del quantised.metadata_props[:]
     for prop in source.metadata_props:
         entry = quantised.metadata_props.add()

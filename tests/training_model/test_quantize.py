@@ -53,6 +53,10 @@ def test_the_8_bit_model_keeps_the_contract_under_its_own_version(exported, quan
     assert {**vars(eight), "version": "9.9"} == vars(source)
     weights = [numpy_helper.to_array(i) for i in onnx.load(str(quantised)).graph.initializer]
     assert any(w.dtype == np.int8 and w.ndim == 4 for w in weights)  # convolution kernels
+    # Standard operators only, in the exported model's operator set: what any runtime loads.
+    model = onnx.load(str(quantised))
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    assert {n.domain for n in model.graph.node} == {""}
     # The head (the heights) and the one convolution chosen stay in floating point.
     convs = [n.name for n in onnx.load(str(exported)).graph.node if n.op_type == "Conv"]
     kept = _float_convs(quantised)

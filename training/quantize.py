@@ -39,23 +39,26 @@ def read_contract(model: Path) -> tuple[onnx.ModelProto, ModelContract]:
     return proto, parse_contract({p.key: p.value for p in proto.metadata_props}, model.name)
 
 
-def calibration_tiles(model: Path, data: Path, samples: int, seed: int) -> np.ndarray:
+def calibration_tiles(contract: ModelContract, data: Path, samples: int,
+                      seed: int) -> np.ndarray:
     """``samples`` training patches of the model's tile size, standardised as its contract says
     ([N, 1, H, W]); the pool's augmentation widens them as training did, and a small pool is
     read again, augmented afresh."""
-    _, contract = read_contract(model)
     norm = Normalisation(tuple(contract.input_percentiles), contract.standardization_mean[0],
                          contract.standardization_std[0], contract.input_scaling)
     patches = ShardPatches(list_shards(data), seed, norm, contract.sun_azimuth,
                            size=contract.tile_size, scene_mean=True)
-    if next(iter(patches), None) is None:
-        raise ValueError(f"the pool {data} holds no patches of {contract.tile_size} px to "
-                         "calibrate on")
 
     def epochs() -> Iterator[torch.Tensor]:
         for epoch in itertools.count():
             patches.set_epoch(epoch)
-            yield from (x for x, _ in patches)
+            read = 0
+            for x, _ in patches:
+                read += 1
+                yield x
+            if not read:
+                raise ValueError(f"the pool {data} holds no patches of {contract.tile_size} px "
+                                 "to calibrate on")
 
     return np.stack([x.numpy() for x in itertools.islice(epochs(), samples)]).astype(np.float32)
 
@@ -112,6 +115,22 @@ def most_sensitive(prepared: Path, calibration: np.ndarray, check: np.ndarray,
     return sorted(gaps, key=gaps.get)[:count]
 
 
+def carry_over(source: onnx.ModelProto, quantised: onnx.ModelProto, version: str) -> None:
+    """``source``'s contract onto ``quantised``, under ``version``, and only the operator sets
+    its graph uses: the pre-processing's optimiser declares others, which older onnxruntimes
+    need not know."""
+    used = {node.domain for node in quantised.graph.node} | {""}
+    kept = [o for o in quantised.opset_import if o.domain in used]
+    del quantised.opset_import[:]
+    quantised.opset_import.extend(kept)
+    del quantised.metadata_props[:]
+    for prop in source.metadata_props:
+        entry = quantised.metadata_props.add()
+        entry.key = prop.key
+        entry.value = f'"{version}"' if prop.key == "marsdtm:version" else prop.value
+    onnx.checker.check_model(quantised)
+
+
 def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -135,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples must be at least 1 and --float-convs at least 0")
     try:
         source, contract = read_contract(args.model)
-        tiles = calibration_tiles(args.model, args.data, 2 * args.samples, args.seed)
+        tiles = calibration_tiles(contract, args.data, 2 * args.samples, args.seed)
     except (OSError, ValueError, DtmError) as exc:  # onnx's load errors are OSError or its own
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -150,18 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                            convs[-1], args.float_convs, work)]
         quantised = onnx.load(str(quantise(prepared, work / "int8.onnx", calibration, kept)))
     version = args.version or f"{contract.version}+int8"
-    # The pre-processing's optimiser declares operator sets the graph does not use; older
-    # onnxruntimes need not know them.
-    used = {node.domain for node in quantised.graph.node} | {""}
-    kept_sets = [o for o in quantised.opset_import if o.domain in used]
-    del quantised.opset_import[:]
-    quantised.opset_import.extend(kept_sets)
-    del quantised.metadata_props[:]
-    for prop in source.metadata_props:
-        entry = quantised.metadata_props.add()
-        entry.key = prop.key
-        entry.value = f'"{version}"' if prop.key == "marsdtm:version" else prop.value
-    onnx.checker.check_model(quantised)
+    carry_over(source, quantised, version)
     parse_contract({p.key: p.value for p in quantised.metadata_props}, args.out.name)
     partial = args.out.with_name(args.out.name + ".part")  # no half-written model
     try:

@@ -14,14 +14,9 @@ from training.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
-def exported(pool, tmp_path_factory):
+def exported(train_tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    cfg = TrainConfig(data=str(pool), out=str(out), patch_size=64, batch_size=4, steps=2,
-                      channels=[4, 8, 16], threads=1, checkpoint_every=1000,
-                      input_scaling="mean_ratio", norm_mean=0.0, norm_std=0.3,
-                      shading_prior=True, prior_window=15)  # a window, as the recipe has (127)
-    trainer = Trainer(cfg)
-    trainer.fit()
+    trainer = train_tiny(out, 2)
     checkpoint = trainer.save()
     assert export_main([str(checkpoint), str(out / "g.onnx"), "--version", "9.9"]) == 0
     return trainer.generator.cpu().eval(), out / "g.onnx"  # the GPU, if any, trained it

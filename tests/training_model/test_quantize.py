@@ -12,19 +12,12 @@ from training.export_onnx import main as export_main
 from training.quantize import calibration_tiles, heights
 from training.quantize import main as quantize_main
 from training.synth import write_geotiff
-from training.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
-def exported(pool, tmp_path_factory):
+def exported(train_tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("quantize")
-    cfg = TrainConfig(data=str(pool), out=str(out), patch_size=64, batch_size=4, steps=6,
-                      channels=[4, 8, 16], threads=1, checkpoint_every=1000,
-                      input_scaling="mean_ratio", norm_mean=0.0, norm_std=0.3,
-                      shading_prior=True, prior_window=15)
-    trainer = Trainer(cfg)
-    trainer.fit()
-    assert export_main([str(trainer.save()), str(out / "g.onnx"), "--version", "9.9",
+    assert export_main([str(train_tiny(out, 6).save()), str(out / "g.onnx"), "--version", "9.9",
                         "--coarse-pass", "2x16"]) == 0
     return out / "g.onnx"
 
@@ -64,7 +57,7 @@ def test_the_8_bit_model_keeps_the_contract_under_its_own_version(exported, quan
 
 
 def test_the_8_bit_heights_stay_near_the_originals(exported, quantised, pool):
-    tiles = calibration_tiles(exported, pool, 24, seed=5)  # other draws than the calibration's
+    tiles = calibration_tiles(_contract(exported), pool, 24, seed=5)  # not the calibration's
     original, eight = heights(exported, tiles), heights(quantised, tiles)
     gap = np.sqrt(np.mean((eight - original) ** 2))
     assert 0 < gap < 0.1 * np.sqrt(np.mean(original**2))

@@ -23,7 +23,9 @@ the relief ratio (standard deviation of the prediction over the truth's: 1 is th
 and the detail ratio (the same for what a 4-pixel Gaussian smooths away: 1 is the right roughness);
 and the RMSE split in two: the error's best-fit plane over the tile (tilt) and the rest
 (detrended), whose squares add up in each tile. The flat row's two values are the truth's tilt
-and its relief beyond the tilt.
+and its relief beyond the tilt. Per scene: the scene tilt error, the slope of the plane by which
+the prediction's best-fit plane over the whole scene differs from the truth's (flat's is the
+truth's regional slope).
 Baselines: a flat surface and linear Fourier-domain shape from shading (Pentland). On a set of
 at least 10 scenes, the first model's difference from each baseline and each other model in
 the metrics the bar compares comes with a 95 % paired bootstrap interval over scenes.
@@ -479,6 +481,7 @@ COLUMNS = {"rmse_m": "RMSE (m)", "mae_m": "MAE (m)", "slope_err_deg": "slope err
            "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³",
            "relief_ratio": "relief ratio", "detail_ratio": "detail ratio",
            "tilt_rmse_m": "tilt RMSE (m)", "detrended_rmse_m": "detrended RMSE (m)",
+           "scene_tilt_err_deg": "scene tilt err (°)",
            "tiles": "tiles",
            "reshade_r": "re-shading r", "mean_slope_deg": "mean slope (°)"}
 SET_TITLES = {"synthetic": "Held-out synthetic scenes", "louth": "Louth crater (real HiRISE "
@@ -631,7 +634,10 @@ def write_report(results: dict, models: list[str], out: Path, command: str) -> P
              "δ on depth below the tile's highest point; relief ratio: standard deviation "
              "of the prediction over the truth's; tilt and detrended RMSE: the error's "
              "best-fit plane over the tile and the rest; in each tile RMSE² is the sum of "
-             "their squares). `flat` is the mean surface, `sfs` "
+             "their squares; scene tilt error: the slope of the plane by which the "
+             "prediction's best-fit plane over the whole scene differs from the truth's, "
+             "in degrees, averaged over scenes weighted by their tiles; flat's is the "
+             "truth's regional slope). `flat` is the mean surface, `sfs` "
              "linear Fourier-domain shape from shading given the sun azimuth and elevation the "
              "models are given. Models run through the plugin's engine.", ""]
     if DETILTED_TRUTH in order:
@@ -744,8 +750,20 @@ def score(scene: Scene, heights: np.ndarray) -> dict[str, float]:
 
 def score_on_truth_grid(scene: Scene, pred: np.ndarray) -> dict[str, float]:
     rows = scene_metrics(pred, scene.truth, scene.truth_pixel_m, scene.tile, scene.scored())
-    return {"tiles": len(rows), **{k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}} \
-        if rows else {"tiles": 0}
+    if not rows:
+        return {"tiles": 0}
+    tilt = scene_tilt_error_deg(pred, scene.truth, scene.scored(), scene.truth_pixel_m)
+    return {"tiles": len(rows), **{k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]},
+            "scene_tilt_err_deg": tilt}
+
+
+def scene_tilt_error_deg(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray,
+                         pixel_size_m: float) -> float:
+    """Slope (degrees) of the plane by which ``pred``'s best-fit plane over the whole scene
+    differs from ``truth``'s; for a flat prediction, the truth's own regional slope."""
+    fitted = valid & np.isfinite(pred) & np.isfinite(truth)
+    _, d_col, d_row = plane_fit(pred, fitted) - plane_fit(truth, fitted)
+    return math.degrees(math.atan(math.hypot(d_col, d_row) / pixel_size_m))
 
 
 def truth_without_scene_tilt(scene: Scene) -> np.ndarray:

@@ -38,6 +38,7 @@ __all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 Progress = Callable[[float], None]
 Strips = Callable[[int, int], np.ndarray]  # rows [y0, y1) of a DTM, computed on demand
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
+TURN_BACK_SHARE = 0.05  # of a turned scene's: parking its heights before turning them back
 SUN_SPREAD_DEG = 5.0  # a product whose images' suns differ more is worth a word
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
 # Edge tiles are this share of a tile narrower: half of it is context beyond the edge, filled
@@ -375,11 +376,13 @@ class _Run:
         """The turned scene's heights parked in ``file``, and strips of them turned back onto
         the raster's grid, NaN where the raster has no data."""
         turned = self.turned
-        for y0 in range(0, turned.height, BLOCK):
+        strips = range(0, turned.height, BLOCK)
+        for number, y0 in enumerate(strips):
             if self.is_cancelled():
                 raise DtmCancelled
             heights = tiled(y0, min(y0 + BLOCK, turned.height))
             file.write(memoryview(np.ascontiguousarray(heights, np.float32)).cast("B"))
+            self.progress(MODEL_SHARE + TURN_BACK_SHARE * (number + 1) / len(strips))
         file.flush()
 
         def strip(y0: int, y1: int) -> np.ndarray:
@@ -514,6 +517,7 @@ class _Run:
                            georef.geotransform, georef.crs_wkt, georef.gcps, georef.gcp_wkt,
                            self.provenance(), georef.rpc)
         statistics = _Statistics()
+        start = MODEL_SHARE + (TURN_BACK_SHARE if self.turned else 0.0)
         try:
             with ThreadPoolExecutor(1) as writing:
                 written = None
@@ -526,7 +530,7 @@ class _Run:
                     if written is not None:
                         written.result()
                     written = writing.submit(self._write_strip, writer, y0, strip, statistics)
-                    self.progress(MODEL_SHARE + (1 - MODEL_SHARE) * (number + 1) / len(strips))
+                    self.progress(start + (1 - start) * (number + 1) / len(strips))
                 written.result()
             if statistics.count == 0:
                 raise DtmError("No pixel of the input could be predicted.")

@@ -14,7 +14,7 @@ import pytest
 from osgeo import gdal, osr
 
 from mars_dtm_plugin.core import model as model_module
-from mars_dtm_plugin.core.engine import MODEL_SHARE, PredictOptions, predict_dtm
+from mars_dtm_plugin.core.engine import MODEL_SHARE, TURN_BACK_SHARE, PredictOptions, predict_dtm
 from mars_dtm_plugin.core.errors import Caution, DtmCancelled, DtmError
 from mars_dtm_plugin.core.model import preload_cuda_libraries
 from mars_dtm_plugin.core.writer import BLOCK, NODATA, DtmWriter
@@ -573,6 +573,18 @@ def test_progress_reaches_one_and_increases(tmp_path):
     predict_dtm(str(source), str(tmp_path / "o.tif"), PredictOptions(model_path=str(model)),
                 progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+
+
+def test_progress_moves_while_a_turned_scene_is_turned_back(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(600, 600), GT)
+    model = write_test_model(tmp_path / "m.onnx", sun_mode="rotate")
+    seen = []
+    predict_dtm(str(source), str(tmp_path / "o.tif"),
+                PredictOptions(model_path=str(model), sun_azimuth=315.0), progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    # The turned grid is some 850 rows: four strips parked, each a step of the bar.
+    parking = [f for f in seen if MODEL_SHARE + 1e-9 < f <= MODEL_SHARE + TURN_BACK_SHARE + 1e-9]
+    assert len(parking) == 4 and parking[-1] == pytest.approx(MODEL_SHARE + TURN_BACK_SHARE)
 
 
 def test_the_log_says_what_the_run_does_before_it_runs(tmp_path):

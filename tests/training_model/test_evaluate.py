@@ -25,6 +25,8 @@ from training.evaluate import (
     reference_alone,
     reshading_correlation,
     scene_metrics,
+    scene_tilt_error_deg,
+    score_on_truth_grid,
     set_source,
     sfs_fourier,
     sun_over,
@@ -109,6 +111,24 @@ def test_the_truth_without_its_scene_tilt_keeps_all_but_the_plane(tmp_path):
     scene = Scene("s", tmp_path / "s.tif", truth, np.ones(truth.shape, bool), 1.0,
                   (270.0, 30.0), truth=truth, truth_pixel_m=1.0)
     np.testing.assert_allclose(truth_without_scene_tilt(scene), bumps, atol=1e-9)
+
+
+def test_the_scene_tilt_error_is_the_slope_between_the_two_planes_by_hand(tmp_path):
+    y, x = np.mgrid[:40, :60].astype(float)
+    bumps = np.cos(x * 2 * np.pi / 20) * np.cos(y * 2 * np.pi / 20)  # no plane over the scene
+    truth = -0.1 * x + 0.3 * y + bumps
+    pred = 0.3 * x + bumps + 7.0  # the plane differs by (0.4, -0.3) m per 2 m pixel
+    valid = np.ones(truth.shape, bool)
+    expected = math.degrees(math.atan(0.5 / 2.0))
+    assert scene_tilt_error_deg(pred, truth, valid, 2.0) == pytest.approx(expected)
+    pred[:, :20], valid[:, :20] = 1e6, False  # left out where not valid
+    assert scene_tilt_error_deg(pred, truth, valid, 2.0) == pytest.approx(expected)
+    scene = Scene("s", tmp_path / "s.tif", truth, np.ones(truth.shape, bool), 2.0,
+                  (270.0, 30.0), truth=truth, truth_pixel_m=2.0, tile=20)
+    regional = math.degrees(math.atan(math.hypot(0.1, 0.3) / 2.0))  # flat's: the truth's own
+    assert score_on_truth_grid(scene, flat(truth))["scene_tilt_err_deg"] == \
+        pytest.approx(regional)
+    assert score_on_truth_grid(scene, truth)["scene_tilt_err_deg"] == pytest.approx(0, abs=1e-6)
 
 
 def test_pixel_size_scales_slopes_not_heights():

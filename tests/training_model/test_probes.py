@@ -1,4 +1,4 @@
-"""The low-contrast probe's figures, checked by hand on a model whose answer is known."""
+"""The probes, checked on models whose answer is known."""
 
 from __future__ import annotations
 
@@ -55,3 +55,39 @@ def test_the_coarse_pass_probe_writes_each_pass_into_a_copy_of_the_model(tmp_pat
     assert load_contract(copies["k2s24"]).coarse_pass == {"factor": 2, "sigma_px": 24.0}
     assert load_contract(copies["k3s48"]).coarse_pass == {"factor": 3, "sigma_px": 48.0}
     assert load_contract(copies["k3s48"]).version == load_contract(model).version
+
+
+def test_the_model_less_its_blank_response_is_flat_on_a_blank_image(tmp_path, capsys):
+    import onnxruntime as ort
+
+    from mars_dtm_plugin.core.model import load_contract
+    from training.probes.blank_response import main as blank_main
+
+    def run(path, image):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"image": image})[0]
+
+    image = np.random.default_rng(0).normal(size=(2, 1, 64, 96)).astype(np.float32)
+    ramp = write_test_model(tmp_path / "ramp.onnx", "ramp", sun_mode="rotate",
+                            sun_azimuth=270.0)
+    assert blank_main([str(ramp), str(tmp_path / "ramp_less.onnx"), "--tile", "64"]) == 0
+    # Height = column number whatever the image: all of it is the blank response, rising by a
+    # pixel per pixel away from a sun at the frame's left.
+    assert "rise away from the sun 1.00000 per pixel (45.000 degrees" in capsys.readouterr().out
+    np.testing.assert_array_equal(run(ramp, image)[0, 0, 0, :3], [1, 2, 3])
+    np.testing.assert_array_equal(run(tmp_path / "ramp_less.onnx", image), 0)
+    identity = write_test_model(tmp_path / "identity.onnx")  # blank in, blank out: kept
+    blank_main([str(identity), str(tmp_path / "identity_less.onnx")])
+    np.testing.assert_array_equal(run(tmp_path / "identity_less.onnx", image), image)
+    assert load_contract(tmp_path / "identity_less.onnx") == load_contract(identity)
+
+
+def test_the_blank_response_probe_will_not_overwrite_its_model(tmp_path, capsys):
+    from training.probes.blank_response import main as blank_main
+
+    model = write_test_model(tmp_path / "m.onnx")
+    before = model.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        blank_main([str(model), str(model)])
+    assert exit_info.value.code == 2 and "OUT must not be MODEL" in capsys.readouterr().err
+    assert model.read_bytes() == before

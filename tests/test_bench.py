@@ -79,3 +79,12 @@ def test_the_throughput_bench_times_a_reference_dtm_when_given_one(tmp_path):
                    "--reference-pixels", "16")
     assert result.returncode == 0, result.stderr
     assert re.search(r"stages of the best pipeline run: .*, reference DTM [0-9.]+ s", result.stdout)
+
+
+def test_the_throughput_bench_times_the_scene_as_a_geojp2_too(tmp_path):
+    model = write_test_model(tmp_path / "m.onnx", "conv", tile_size=64)
+    result = bench("bench.throughput", "--size", "200", "--repeats", "2", "--model", str(model),
+                   "--jp2")
+    assert result.returncode == 0, result.stderr
+    ratio = float(re.search(r"GeoTIFF time / GeoJP2 time: ([0-9.]+)", result.stdout)[1])
+    assert 0 < ratio < 10

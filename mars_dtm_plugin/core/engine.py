@@ -38,7 +38,7 @@ __all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 Progress = Callable[[float], None]
 Strips = Callable[[int, int], np.ndarray]  # rows [y0, y1) of a DTM, computed on demand
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
-TURN_BACK_SHARE = 0.05  # of a turned scene's: parking its heights before turning them back
+TURN_BACK_SHARE = 0.05  # of the bar, where a scene is turned: parking it for the turn back
 SUN_SPREAD_DEG = 5.0  # a product whose images' suns differ more is worth a word
 BATCH_PIXELS = 2**19  # per model call (32 tiles of 128 px): few calls, measured fastest
 # Edge tiles are this share of a tile narrower: half of it is context beyond the edge, filled

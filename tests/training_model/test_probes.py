@@ -69,11 +69,12 @@ def test_the_model_less_its_blank_response_is_flat_on_a_blank_image(tmp_path, ca
 
     image = np.random.default_rng(0).normal(size=(2, 1, 64, 96)).astype(np.float32)
     ramp = write_test_model(tmp_path / "ramp.onnx", "ramp", sun_mode="rotate",
-                            sun_azimuth=270.0)
-    assert blank_main([str(ramp), str(tmp_path / "ramp_less.onnx"), "--tile", "64"]) == 0
+                            sun_azimuth=270.0, tile_size=64)
+    assert blank_main([str(ramp), str(tmp_path / "ramp_less.onnx")]) == 0
     # Height = column number whatever the image: all of it is the blank response, rising by a
     # pixel per pixel away from a sun at the frame's left.
-    assert "rise away from the sun 1.00000 per pixel (45.000 degrees" in capsys.readouterr().out
+    assert ("over a 64 px tile: standard deviation 18.473; rise away from the sun 1.00000 per "
+            "pixel (45.000 degrees") in capsys.readouterr().out
     np.testing.assert_array_equal(run(ramp, image)[0, 0, 0, :3], [1, 2, 3])
     np.testing.assert_array_equal(run(tmp_path / "ramp_less.onnx", image), 0)
     identity = write_test_model(tmp_path / "identity.onnx")  # blank in, blank out: kept
@@ -91,3 +92,7 @@ def test_the_blank_response_probe_will_not_overwrite_its_model(tmp_path, capsys)
         blank_main([str(model), str(model)])
     assert exit_info.value.code == 2 and "OUT must not be MODEL" in capsys.readouterr().err
     assert model.read_bytes() == before
+    with pytest.raises(SystemExit) as exit_info:
+        blank_main([str(tmp_path / "none.onnx"), str(tmp_path / "out.onnx")])
+    assert exit_info.value.code == 2 and "none.onnx is not a file" in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()

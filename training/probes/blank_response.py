@@ -1,12 +1,13 @@
 """Probe: the model's heights for an image without shading, and the model less them.
 
-    python -m training.probes.blank_response MODEL.onnx OUT.onnx [--tile 256]
+    python -m training.probes.blank_response MODEL.onnx OUT.onnx
 
 An image of one brightness holds no relief, so whatever a model makes of it is a bias it adds
-to every tile. This prints that response for one tile (its spread, and its best-fit slope up
-towards the model's sun) and writes OUT, the model less its response to a blank copy of its
-input: ``height = model(image) - model(0 * image)``, the same contract. The network runs twice
-in OUT, so OUT is for scoring (``training.probes.coarse_pass --model OUT``), not for shipping.
+to every tile. This prints that response for one of the model's tiles (its spread, and its
+best-fit plane's rise away from the model's sun) and writes OUT, the model less its response to
+a blank copy of its input: ``height = model(image) - model(0 * image)``, the same contract. The
+network runs twice in OUT, so OUT is for scoring (``training.probes.coarse_pass --model OUT``),
+not for shipping.
 Results: docs/experiments.md ("Probe: each tile less the model's blank response").
 """
 
@@ -26,10 +27,11 @@ from training.evaluate import plane_fit
 BLANK = "blank/"  # prefix of the second copy's tensors
 
 
-def blank_response(model: Path, tile: int) -> tuple[np.ndarray, float]:
-    """The model's heights (its own units) for a tile of zeros, the input of an image at its
-    mean brightness under ``mean_ratio`` scaling, and the model's sun azimuth in its frame."""
+def blank_response(model: Path) -> tuple[np.ndarray, float]:
+    """The model's heights (its own units) for one of its tiles of zeros, the input of an image
+    at its mean brightness under ``mean_ratio`` scaling, and its sun azimuth in its frame."""
     generator = Generator(model, "cpu")
+    tile = generator.contract.tile_size
     azimuth = generator.contract.sun_azimuth or 0.0
     return generator.run(np.zeros((1, tile, tile), np.float32))[0], azimuth
 
@@ -66,17 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--tile", type=int, default=256, help="tile side in pixels")
     args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"{args.model} is not a file")
     if args.out.resolve() == args.model.resolve():
         parser.error("OUT must not be MODEL: the model would be overwritten")
-    response, azimuth = blank_response(args.model, args.tile)
+    response, azimuth = blank_response(args.model)
     _, per_col, per_row = plane_fit(response, np.ones(response.shape, bool))
     # Towards the sun, in (column, row): up is north, rows run south.
     towards = (math.sin(math.radians(azimuth)), -math.cos(math.radians(azimuth)))
     rise = -(per_col * towards[0] + per_row * towards[1])  # per pixel, away from the sun
-    print(f"blank response over a {args.tile} px tile: standard deviation {response.std():.3f}; "
-          f"rise away from the sun {rise:.5f} per pixel ({math.degrees(math.atan(rise)):.3f} "
+    degrees = math.degrees(math.atan(rise))
+    print(f"blank response over a {len(response)} px tile: standard deviation "
+          f"{response.std():.3f}; rise away from the sun {rise:.5f} per pixel ({degrees:.3f} "
           "degrees where heights are in pixel sizes)")
     less_blank_response(args.model, args.out)
     print(f"wrote {args.out}")

@@ -422,6 +422,27 @@ def test_the_bar_wants_both_baselines_beaten_on_every_metric_of_every_set_with_t
     assert "a MAE (m) (nan against flat's 1.5 and sfs's 1.5)" in bar_checks({"sets": sets}, "m")[1]
 
 
+def test_a_failed_check_says_how_far_the_draw_of_scenes_decides_it():
+    from training.evaluate import bar_checks
+
+    base = {"rmse_m": 2.0, "mae_m": 1.5, "slope_err_deg": 10.0,
+            "delta1": 0.2, "delta2": 0.4, "delta3": 0.6}
+    ours = {"rmse_m": 1.0, "mae_m": 1.0, "slope_err_deg": 5.0,
+            "delta1": 0.3, "delta2": 0.39, "delta3": 0.7}
+    sets = {name: {"m": ours, "other": ours, "flat": {**base, "delta2": 0.0}, "sfs": base}
+            for name in ("big", "small")}
+    intervals = {"big": {"against": {"sfs": {"delta2": (-0.01, -0.03, 0.01, 48)},
+                                     "flat": {"delta2": (0.39, 0.3, 0.5, 48)}}}}
+    results = {"sets": sets, "intervals": intervals, "interval_model": "m",
+               "scenes": {"big": 48, "small": 3}}
+    assert bar_checks(results, "m")[1] == [
+        "big δ<1.25² (0.39 against sfs's 0.4; difference from sfs -0.01 [-0.03, +0.01], which "
+        "holds 0)",
+        "small δ<1.25² (0.39 against sfs's 0.4; 3 scene(s): too few for an interval)"]
+    # The intervals are the first model's: another model's failed check on that set says none.
+    assert bar_checks(results, "other")[1][0] == "big δ<1.25² (0.39 against sfs's 0.4)"
+
+
 def test_more_louth_suns_add_renders_of_the_same_crops_after_the_first_three(tmp_path):
     from training.evaluate import louth_scenes
 

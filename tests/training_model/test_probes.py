@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import pytest
 
 from tests.models import write_test_model
@@ -57,42 +58,71 @@ def test_the_coarse_pass_probe_writes_each_pass_into_a_copy_of_the_model(tmp_pat
     assert load_contract(copies["k3s48"]).version == load_contract(model).version
 
 
-def test_the_model_less_its_blank_response_is_flat_on_a_blank_image(tmp_path, capsys):
+def _run(path, image):
     import onnxruntime as ort
 
-    from mars_dtm_plugin.core.model import load_contract
-    from training.probes.blank_response import main as blank_main
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": image})[0]
 
-    def run(path, image):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {"image": image})[0]
+
+def test_the_model_less_its_blank_response_is_flat_on_a_blank_image(tmp_path, capsys):
+    from mars_dtm_plugin.core.model import load_contract
+    from training.probes.doubled import main as doubled_main
 
     image = np.random.default_rng(0).normal(size=(2, 1, 64, 96)).astype(np.float32)
     ramp = write_test_model(tmp_path / "ramp.onnx", "ramp", sun_mode="rotate",
                             sun_azimuth=270.0, tile_size=64)
-    assert blank_main([str(ramp), str(tmp_path / "ramp_less.onnx")]) == 0
+    assert doubled_main(["less-blank", str(ramp), str(tmp_path / "ramp_less.onnx")]) == 0
     # Height = column number whatever the image: all of it is the blank response, rising by a
     # pixel per pixel away from a sun at the frame's left.
     assert ("over a 64 px tile: standard deviation 18.473; rise away from the sun 1.00000 per "
             "pixel (45.000 degrees") in capsys.readouterr().out
-    np.testing.assert_array_equal(run(ramp, image)[0, 0, 0, :3], [1, 2, 3])
-    np.testing.assert_array_equal(run(tmp_path / "ramp_less.onnx", image), 0)
+    np.testing.assert_array_equal(_run(ramp, image)[0, 0, 0, :3], [1, 2, 3])
+    np.testing.assert_array_equal(_run(tmp_path / "ramp_less.onnx", image), 0)
     identity = write_test_model(tmp_path / "identity.onnx")  # blank in, blank out: kept
-    blank_main([str(identity), str(tmp_path / "identity_less.onnx")])
-    np.testing.assert_array_equal(run(tmp_path / "identity_less.onnx", image), image)
+    doubled_main(["less-blank", str(identity), str(tmp_path / "identity_less.onnx")])
+    np.testing.assert_array_equal(_run(tmp_path / "identity_less.onnx", image), image)
     assert load_contract(tmp_path / "identity_less.onnx") == load_contract(identity)
 
 
-def test_the_blank_response_probe_will_not_overwrite_its_model(tmp_path, capsys):
-    from training.probes.blank_response import main as blank_main
+def test_the_flip_mean_averages_each_tile_with_its_mirror_flipped_back(tmp_path):
+    from training.probes.doubled import main as doubled_main
+
+    image = np.random.default_rng(0).normal(size=(2, 1, 64, 96)).astype(np.float32)
+    # A model that sees the rows' order: each row's heights are the running sum down the rows.
+    model = write_test_model(tmp_path / "m.onnx", "ramp", sun_mode="rotate", sun_azimuth=90.0)
+    proto = onnx.load(str(model))
+    proto.graph.node[0].input[1] = "one"  # image * 1 (not * 0): heights follow the image
+    proto.graph.node[2].input[1] = "rows"
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(2, np.int64), "rows"))
+    onnx.save(proto, str(model))
+    assert doubled_main(["flip-mean", str(model), str(tmp_path / "mean.onnx")]) == 0
+    down = np.cumsum(image + 1, axis=2)
+    up = np.cumsum((image + 1)[:, :, ::-1], axis=2)[:, :, ::-1]
+    np.testing.assert_allclose(_run(model, image), down, rtol=1e-5)
+    np.testing.assert_allclose(_run(tmp_path / "mean.onnx", image), (down + up) / 2, rtol=1e-5)
+
+
+def test_the_flip_mean_needs_the_sun_at_the_left_or_right(tmp_path, capsys):
+    from training.probes.doubled import main as doubled_main
+
+    model = write_test_model(tmp_path / "m.onnx", sun_mode="rotate", sun_azimuth=180.0)
+    with pytest.raises(SystemExit) as exit_info:
+        doubled_main(["flip-mean", str(model), str(tmp_path / "out.onnx")])
+    assert exit_info.value.code == 2 and "(azimuth 90 or 270), not 180" in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_the_doubled_probe_will_not_overwrite_its_model(tmp_path, capsys):
+    from training.probes.doubled import main as doubled_main
 
     model = write_test_model(tmp_path / "m.onnx")
     before = model.read_bytes()
     with pytest.raises(SystemExit) as exit_info:
-        blank_main([str(model), str(model)])
+        doubled_main(["less-blank", str(model), str(model)])
     assert exit_info.value.code == 2 and "OUT must not be MODEL" in capsys.readouterr().err
     assert model.read_bytes() == before
     with pytest.raises(SystemExit) as exit_info:
-        blank_main([str(tmp_path / "none.onnx"), str(tmp_path / "out.onnx")])
+        doubled_main(["flip-mean", str(tmp_path / "none.onnx"), str(tmp_path / "out.onnx")])
     assert exit_info.value.code == 2 and "none.onnx is not a file" in capsys.readouterr().err
     assert not (tmp_path / "out.onnx").exists()

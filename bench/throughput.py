@@ -42,7 +42,7 @@ def scene(path: Path, size: int) -> Path:
 
 
 def as_jp2(source: Path, path: Path) -> Path:
-    """``source`` as a lossless GeoJP2 (GDAL's default code-block tiles)."""
+    """``source`` as a lossless GeoJP2 (GDAL's default tiles of 1024 px)."""
     gdal.GetDriverByName("JP2OpenJPEG").CreateCopy(
         str(path), gdal.Open(str(source)), options=["REVERSIBLE=YES", "QUALITY=100"])
     return path

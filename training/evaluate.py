@@ -614,20 +614,26 @@ def bar_checks(results: dict, model: str) -> tuple[int, list[str]]:
 
 
 def _how_sure(results: dict, model: str, set_name: str, key: str, lost: list[str]) -> str:
-    """How far the draw of scenes decides a failed check: the intervals of the differences
-    where the set has them (for the first model, whose they are), else how few scenes it has."""
-    found = results.get("intervals", {}).get(set_name)
-    if found is None:
-        count = results.get("scenes", {}).get(set_name)
-        return f"{count} scene(s): too few for an interval" if count else ""
-    if results.get("interval_model") != model:
+    """Whether the draw of scenes alone could explain a failed check: the 95 % intervals of the
+    differences where the set has them (for the first model, whose they are), else why not."""
+    count = results.get("scenes", {}).get(set_name)
+    if count is None:
         return ""
+    unit = "pair(s)" if set_name == "pairs" else "scene(s)"
+    if count < INTERVAL_MIN_SCENES:
+        return f"{count} {unit}: too few for an interval"
+    first = results.get("interval_model")
+    if first != model:
+        return f"intervals are computed for {first} alone"
+    found = results.get("intervals", {}).get(set_name, {}).get("against", {})
     said = []
     for name in lost:
-        if cell := found["against"].get(name, {}).get(key):
+        if cell := found.get(name, {}).get(key):
             difference, low, high, _ = cell
             said.append(f"difference from {name} {difference:+.3g} [{low:+.3g}, {high:+.3g}]"
                         + (", which holds 0" if low <= 0 <= high else ""))
+        else:
+            said.append(f"no paired interval against {name}")
     return "; ".join(said)
 
 
@@ -642,9 +648,9 @@ def _bar_section(results: dict, models: list[str]) -> list[str]:
         return []
     return ["## The bar", "", "A check is one metric of one set with truth (RMSE, MAE, slope "
             "error, the three δ); a model passes it where it beats both flat and SFS there "
-            "(errors lower, δ higher, as averaged in the tables). A failed check says how far "
-            "the draw of scenes decides it: the 95 % interval of the first model's difference "
-            "where the set has one, else how many scenes the set has.", "", *lines, ""]
+            "(errors lower, δ higher, as averaged in the tables). A failed check says whether "
+            "the draw of scenes alone could explain it: the 95 % interval of the first model's "
+            "difference where the set has one, else why it has none.", "", *lines, ""]
 
 
 def write_report(results: dict, models: list[str], out: Path, command: str) -> Path:
@@ -784,6 +790,9 @@ def scene_tilt_error_deg(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray,
     """Slope (degrees) of the plane by which ``pred``'s best-fit plane over the whole scene
     differs from ``truth``'s; for a flat prediction, the truth's own regional slope."""
     fitted = valid & np.isfinite(pred) & np.isfinite(truth)
+    rows, cols = np.nonzero(fitted)
+    if rows.size < 3 or np.linalg.det(np.cov(cols, rows)) <= 1e-9:
+        return math.nan  # no plane through pixels on one line
     _, d_col, d_row = plane_fit(pred, fitted) - plane_fit(truth, fitted)
     return math.degrees(math.atan(math.hypot(d_col, d_row) / pixel_size_m))
 
@@ -941,7 +950,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 results["intervals"][set_name] = {"drawn": drawn, "count": count,
                                                   "against": found}
             results["notes"][set_name] = _set_note(notes)
-            results["scenes"][set_name] = len(notes)
+            results["scenes"][set_name] = len(set(pairs)) if pairs else len(notes)
             figures(set_name, figure_rows, first, drawn_figures)
         if speed and results["sets"]:
             results["speed"] = measure_speed(models[first], Path(tmp))

@@ -131,6 +131,13 @@ def test_the_scene_tilt_error_is_the_slope_between_the_two_planes_by_hand(tmp_pa
     assert score_on_truth_grid(scene, truth)["scene_tilt_err_deg"] == pytest.approx(0, abs=1e-6)
 
 
+def test_no_scene_tilt_error_from_pixels_on_one_line():
+    truth = np.arange(25.0).reshape(5, 5)
+    on_a_diagonal = np.eye(5, dtype=bool)
+    assert math.isnan(scene_tilt_error_deg(truth * 2, truth, on_a_diagonal, 1.0))
+    assert math.isnan(scene_tilt_error_deg(truth * 2, truth, np.zeros((5, 5), bool), 1.0))
+
+
 def test_pixel_size_scales_slopes_not_heights():
     m = tile_metrics(_ramp(2.0), _ramp(2.0) * 0, pixel_size_m=2.0)
     assert m["slope_err_deg"] == pytest.approx(45.0)
@@ -422,7 +429,7 @@ def test_the_bar_wants_both_baselines_beaten_on_every_metric_of_every_set_with_t
     assert "a MAE (m) (nan against flat's 1.5 and sfs's 1.5)" in bar_checks({"sets": sets}, "m")[1]
 
 
-def test_a_failed_check_says_how_far_the_draw_of_scenes_decides_it():
+def test_a_failed_check_says_whether_the_draw_of_scenes_alone_could_explain_it():
     from training.evaluate import bar_checks
 
     base = {"rmse_m": 2.0, "mae_m": 1.5, "slope_err_deg": 10.0,
@@ -430,17 +437,20 @@ def test_a_failed_check_says_how_far_the_draw_of_scenes_decides_it():
     ours = {"rmse_m": 1.0, "mae_m": 1.0, "slope_err_deg": 5.0,
             "delta1": 0.3, "delta2": 0.39, "delta3": 0.7}
     sets = {name: {"m": ours, "other": ours, "flat": {**base, "delta2": 0.0}, "sfs": base}
-            for name in ("big", "small")}
+            for name in ("big", "unpaired", "small", "pairs")}
     intervals = {"big": {"against": {"sfs": {"delta2": (-0.01, -0.03, 0.01, 48)},
                                      "flat": {"delta2": (0.39, 0.3, 0.5, 48)}}}}
     results = {"sets": sets, "intervals": intervals, "interval_model": "m",
-               "scenes": {"big": 48, "small": 3}}
+               "scenes": {"big": 48, "unpaired": 12, "small": 3, "pairs": 4}}
     assert bar_checks(results, "m")[1] == [
         "big δ<1.25² (0.39 against sfs's 0.4; difference from sfs -0.01 [-0.03, +0.01], which "
         "holds 0)",
-        "small δ<1.25² (0.39 against sfs's 0.4; 3 scene(s): too few for an interval)"]
-    # The intervals are the first model's: another model's failed check on that set says none.
-    assert bar_checks(results, "other")[1][0] == "big δ<1.25² (0.39 against sfs's 0.4)"
+        "unpaired δ<1.25² (0.39 against sfs's 0.4; no paired interval against sfs)",
+        "small δ<1.25² (0.39 against sfs's 0.4; 3 scene(s): too few for an interval)",
+        "pairs δ<1.25² (0.39 against sfs's 0.4; 4 pair(s): too few for an interval)"]
+    # The intervals are the first model's: another model's failed check says so.
+    assert bar_checks(results, "other")[1][0] == \
+        "big δ<1.25² (0.39 against sfs's 0.4; intervals are computed for m alone)"
 
 
 def test_more_louth_suns_add_renders_of_the_same_crops_after_the_first_three(tmp_path):

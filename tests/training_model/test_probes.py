@@ -113,6 +113,21 @@ def test_the_flip_mean_needs_the_sun_at_the_left_or_right(tmp_path, capsys):
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_the_doubled_probe_refuses_tensor_names_it_would_clash_with(tmp_path, capsys):
+    from training.probes.doubled import main as doubled_main
+
+    model = write_test_model(tmp_path / "m.onnx", "ramp")
+    proto = onnx.load(str(model))
+    proto.graph.node[0].output[0] = proto.graph.node[1].input[0] = "second/zeros"
+    onnx.save(proto, str(model))
+    with pytest.raises(SystemExit) as exit_info:
+        doubled_main(["less-blank", str(model), str(tmp_path / "out.onnx")])
+    assert exit_info.value.code == 2
+    assert "m.onnx: the model already has tensors named first/... or second/..." in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_the_doubled_probe_will_not_overwrite_its_model(tmp_path, capsys):
     from training.probes.doubled import main as doubled_main
 

@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 from mars_dtm_plugin.core.model import Generator, load_contract
 from training.evaluate import plane_fit
 
-SECOND = "second/"  # prefix of the second copy's tensors
+FIRST, SECOND = "first/", "second/"  # prefixes of the tensors the two runs add or copy
 ROWS_REVERSED = ("starts", [-1]), ("ends", [-(2**62)]), ("axes", [2]), ("steps", [-1])
 
 
@@ -47,11 +47,13 @@ def doubled(model: Path, out: Path, way: str) -> None:
     being ``less-blank`` or ``flip-mean``."""
     proto = onnx.load(str(model))
     graph = proto.graph
+    _check_plain(graph)
     image, height = graph.input[0].name, graph.output[0].name
     second = _second_copy(graph)
+    first, rerun = FIRST + height, SECOND + height
     for node in graph.node:  # the first run's heights, before they are combined
-        node.output[:] = ["first/" + name if name == height else name for name in node.output]
-    first, rerun = "first/" + height, SECOND + height
+        node.input[:] = [first if name == height else name for name in node.input]
+        node.output[:] = [first if name == height else name for name in node.output]
 
     def constant(name: str, value: list | float, dtype: type) -> str:
         graph.initializer.append(numpy_helper.from_array(np.array(value, dtype), SECOND + name))
@@ -71,6 +73,19 @@ def doubled(model: Path, out: Path, way: str) -> None:
     graph.node.extend([*feed, *second, *combine])
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
+
+
+def _check_plain(graph: onnx.GraphProto) -> None:
+    """Refuse what the copy would get wrong: tensors named with its prefixes, and subgraphs
+    (whose outer names it would not rename)."""
+    names = {tensor.name for tensor in graph.initializer} | {
+        name for node in graph.node for name in [*node.input, *node.output]}
+    if any(name.startswith((FIRST, SECOND)) for name in names):
+        raise ValueError(f"the model already has tensors named {FIRST}... or {SECOND}...")
+    if any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in graph.node for attribute in node.attribute):
+        raise ValueError("the model has subgraphs (If, Loop, Scan), which this probe does not "
+                         "copy")
 
 
 def _second_copy(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -116,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blank response over a {len(response)} px tile: standard deviation "
               f"{response.std():.3f}; rise away from the sun {rise:.5f} per pixel ({degrees:.3f} "
               "degrees where heights are in pixel sizes)")
-    doubled(args.model, args.out, args.way)
+    try:
+        doubled(args.model, args.out, args.way)
+    except ValueError as error:
+        parser.error(f"{args.model.name}: {error}")
     print(f"wrote {args.out}")
     return 0
 

@@ -69,6 +69,8 @@ DETAIL_SIGMA_PX = 4.0
 FIGURE_SCENES = 3
 """Scenes of each set shown in its figure."""
 SYNTHETIC_SCENES = 48
+ROUNDING_ZERO = 1e-6
+"""Table cells smaller than this (in metres, degrees or ratios) are shown as 0."""
 INTERVAL_KEYS = ("rmse_m", "mae_m", "slope_err_deg", "delta1", "delta2", "delta3")
 """The metrics the bar compares with the baselines, given a confidence interval."""
 INTERVAL_MIN_SCENES = 10
@@ -588,7 +590,10 @@ def interval_table(found: dict[str, dict], model: str, drawn: str, count: int) -
 def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return str(value) if isinstance(value, int) else f"{value:.3g}"
+    if isinstance(value, int):
+        return str(value)
+    # Rounding's residue of an exact zero (a tilt swapped for the truth's, a plane's detail).
+    return "0" if abs(value) < ROUNDING_ZERO else f"{value:.3g}"
 
 
 def bar_checks(results: dict, model: str) -> tuple[int, list[str]]:

@@ -131,6 +131,13 @@ def test_the_scene_tilt_error_is_the_slope_between_the_two_planes_by_hand(tmp_pa
     assert score_on_truth_grid(scene, truth)["scene_tilt_err_deg"] == pytest.approx(0, abs=1e-6)
 
 
+def test_tables_show_rounding_residues_as_zero_and_keep_small_figures():
+    from training.evaluate import table
+
+    metrics = {"m": {"scene_tilt_err_deg": 2.3e-07, "detail_ratio": 0.00123, "tiles": 27}}
+    assert table(metrics, ["m"]).splitlines()[-1] == "| m | 0.00123 | 0 | 27 |"
+
+
 def test_no_scene_tilt_error_from_pixels_on_one_line():
     truth = np.arange(25.0).reshape(5, 5)
     on_a_diagonal = np.eye(5, dtype=bool)

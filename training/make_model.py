@@ -226,21 +226,21 @@ def stage_export(recipe: dict, work: Path, bundle: Path = BUNDLED) -> None:
     from training.export_onnx import main as export
     from training.quantize import main as quantize
 
-    shipped = _bundled(recipe)
+    exported, shipped = _exported(recipe), _bundled(recipe)
+    first = next(iter(exported))
     # Every model gets the recipe's coarse pass: the ablation compares them through one engine.
     coarse = recipe.get("export", {}).get("coarse_pass")
-    for name, checkpoint in _exported(recipe).items():
+    for name, checkpoint in exported.items():
         # Only the shipped model carries the recipe's version; the others say which run they are.
         version = recipe["version"] + ("" if name == shipped else f"+{name}")
         if export([str(work / checkpoint), str(work / "onnx" / f"{name}.onnx"),
                    "--version", version, *(["--coarse-pass", coarse] if coarse else [])]) != 0:
             raise RuntimeError(f"export of {checkpoint} failed")
-    if _quantised(recipe):
-        first = next(iter(_exported(recipe)))
-        if quantize([str(work / "onnx" / f"{first}.onnx"), str(work / "onnx" / f"{shipped}.onnx"),
-                     "--data", str(work / "pool" / "train"), "--version", recipe["version"],
-                     "--seed", str(recipe["seed"])]) != 0:
-            raise RuntimeError(f"quantisation of {first}.onnx failed")
+    if _quantised(recipe) and quantize(
+            [str(work / "onnx" / f"{first}.onnx"), str(work / "onnx" / f"{shipped}.onnx"),
+             "--data", str(work / "pool" / "train"), "--version", recipe["version"],
+             "--seed", str(recipe["seed"])]) != 0:
+        raise RuntimeError(f"quantisation of {first}.onnx failed")
     bundle.parent.mkdir(parents=True, exist_ok=True)
     partial = bundle.with_name(bundle.name + ".part")  # an interrupted copy is no model
     try:

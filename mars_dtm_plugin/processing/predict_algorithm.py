@@ -337,7 +337,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if overlap is not None and not overlap.is_integer():
             raise QgsProcessingException(tr("The tile overlap must be a whole number of pixels, "
                                             "not {0}.").format(overlap))
-        options = PredictOptions(
+        reference, reference_open_options = self._reference_dtm(parameters, context)
+        return PredictOptions(
             model_path=model or None,
             # 0 is what an empty band parameter reads as; the engine's "auto" is None.
             band=self.parameterAsInt(parameters, self.BAND, context) or None,
@@ -346,12 +347,11 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             sun_elevation=self._optional_number(parameters, self.SUN_ELEVATION, context),
             provider=EXECUTION_PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)],
             pixel_size=self._optional_number(parameters, self.PIXEL_SIZE, context),
+            reference_dtm=reference,
+            reference_open_options=reference_open_options,
             reference_resolution_m=self._optional_number(parameters, self.REFERENCE_RESOLUTION,
                                                          context),
         )
-        options.reference_dtm, options.reference_open_options = self._reference_dtm(
-            parameters, context)
-        return options
 
     def _reference_dtm(self, parameters: dict[str, Any],
                        context: QgsProcessingContext) -> tuple[str | None, tuple[str, ...]]:

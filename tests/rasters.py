@@ -23,7 +23,7 @@ def write_raster(path: str | Path, bands: np.ndarray, geotransform=(0.0, 1.0, 0.
     """Write a (bands, rows, cols) or (rows, cols) array as a GeoTIFF; wkt='' leaves no CRS."""
     data = bands if bands.ndim == 3 else bands[None]
     dtype = gdal.GetDataTypeByName({"uint8": "Byte", "uint16": "UInt16", "float32": "Float32",
-                                    "int16": "Int16"}[data.dtype.name])
+                                    "float64": "Float64", "int16": "Int16"}[data.dtype.name])
     ds = gdal.GetDriverByName("GTiff").Create(str(path), data.shape[2], data.shape[1],
                                               data.shape[0], dtype)
     if geotransform is not None:

@@ -27,7 +27,7 @@ from .contract import ModelContract
 from .errors import Caution, DtmCancelled, DtmError
 from .model import Generator, default_model_path, shared_generator
 from .raster import FILL_LIKE, InputRaster, ProductSun, gdal_exceptions, sun_from_product
-from .reference import open_reference
+from .reference import open_reference, reference_files
 from .stitch import OffsetProblem, blend_ramps
 from .tiling import Rotation, Tile, TileGrid, snap, tile_grid
 from .turn import Turned, interpolate
@@ -86,6 +86,8 @@ class PredictOptions:
     """The finest relief the reference DTM resolves, in metres; None: its pixel size."""
     reference_open_options: tuple[str, ...] = ()
     """GDAL open options of the reference DTM, as its GIS layer may be opened with."""
+    reference_crs_wkt: str | None = None
+    """The reference DTM's CRS in place of its file's, as for ``crs_wkt``."""
 
 
 @dataclass
@@ -120,8 +122,9 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
         raster = InputRaster(input_path, options.band, options.pixel_size, options.crs_wkt,
                              options.nodata, options.file_nodata, options.open_options)
         try:
-            check_output_path(input_path, output_path, raster.files_read()
-                              + ([options.reference_dtm] if options.reference_dtm else []))
+            check_output_path(input_path, output_path, raster.files_read() + (
+                reference_files(options.reference_dtm, options.reference_open_options)
+                if options.reference_dtm else []))
             if os.path.islink(output_path):  # written through, as GDAL does: the link stays
                 output_path = os.path.realpath(output_path)
             generator = shared_generator(options.model_path or default_model_path(),
@@ -179,7 +182,8 @@ class _Run:
             raise DtmError("A reference resolution is given without a reference DTM.")
         self.reference = (open_reference(options.reference_dtm, raster.georef, raster.width,
                                          raster.height, options.reference_resolution_m,
-                                         options.reference_open_options)
+                                         options.reference_open_options,
+                                         options.reference_crs_wkt)
                           if options.reference_dtm else None)
         self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()

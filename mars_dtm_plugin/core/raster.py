@@ -131,9 +131,9 @@ class InputRaster:
             if self._masked(band):
                 mask = band.GetMaskBand().ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
                 valid &= mask > 0
-            if data.dtype.kind == "f":
-                valid &= np.isfinite(data)
-            values += data if weight == 1.0 else np.float32(weight) * data
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow: inf, invalid below
+                values += data if weight == 1.0 else np.float32(weight) * data
+        valid &= np.isfinite(values)  # NaN, infinity and values past float32's range (float64)
         if not valid.all():
             values[~valid] = 0
         return values, valid
@@ -195,19 +195,23 @@ class InputRaster:
             yield values[valid]
 
     def files_read(self) -> list[str]:
-        """Every file the raster is read from: a VRT's sources, theirs in turn, a label's image."""
-        files: dict[str, None] = {}  # an ordered set
-        pending = list(self.dataset.GetFileList() or [])
-        while pending:
-            path = pending.pop()
-            if path not in files:
-                files[path] = None
-                pending += _vrt_sources(path)
-        return list(files)
+        return files_read(self.dataset)
 
     def close(self) -> None:
         self.bands = []
         self.dataset = None
+
+
+def files_read(dataset: gdal.Dataset) -> list[str]:
+    """Every file a dataset is read from: a VRT's sources, theirs in turn, a label's image."""
+    files: dict[str, None] = {}  # an ordered set
+    pending = list(dataset.GetFileList() or [])
+    while pending:
+        path = pending.pop()
+        if path not in files:
+            files[path] = None
+            pending += _vrt_sources(path)
+    return list(files)
 
 
 def _vrt_sources(path: str) -> list[str]:

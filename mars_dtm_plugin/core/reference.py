@@ -21,7 +21,7 @@ from osgeo import gdal, osr
 
 from .coarse import gaussian_within
 from .errors import DtmError
-from .raster import FILL_LIKE, Georeferencing, ground_pixel_size_m
+from .raster import FILL_LIKE, Georeferencing, files_read, ground_pixel_size_m
 
 # The reference is trusted down to its own pixels (or the resolution the user gives it): the
 # blur keeps half of a wavelength some 5.3 sigma long, under 3 of them (2 are the shortest a grid
@@ -73,12 +73,22 @@ class Reference:
         return np.nan_to_num(added)
 
 
+def reference_files(path: str, open_options: tuple[str, ...] = ()) -> list[str]:
+    """The reference DTM's name and every file it is read from (a VRT's sources, say)."""
+    try:
+        dataset = gdal.OpenEx(path, gdal.OF_RASTER, open_options=list(open_options))
+    except RuntimeError:
+        return [path]  # open_reference says why it cannot be read
+    return [path, *files_read(dataset)]
+
+
 def open_reference(path: str, georef: Georeferencing, width: int, height: int,
-                   resolution_m: float | None = None,
-                   open_options: tuple[str, ...] = ()) -> Reference:
-    """The reference DTM at ``path`` (opened with GDAL's ``open_options``) averaged onto cells
-    of the image's grid, trusted down to ``resolution_m`` (default: its pixel size; a stereo
-    DTM resolves some three of them)."""
+                   resolution_m: float | None = None, open_options: tuple[str, ...] = (),
+                   crs_wkt: str | None = None) -> Reference:
+    """The reference DTM at ``path`` (opened with GDAL's ``open_options``, placed in
+    ``crs_wkt`` where given, else its file's CRS) averaged onto cells of the image's grid,
+    trusted down to ``resolution_m`` (default: its pixel size; a stereo DTM resolves some
+    three of them)."""
     if georef.geotransform is None or not georef.crs_wkt:
         raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
                        "place the one on the other.")
@@ -87,6 +97,8 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     except RuntimeError as exc:
         raise DtmError(f"The reference DTM '{path}' cannot be read: "
                        f"{str(exc).strip().splitlines()[0]}") from exc
+    if crs_wkt:  # the CRS its GIS layer shows it in, which its file may lack
+        dataset = gdal.Translate("", dataset, format="VRT", outputSRS=crs_wkt)
     name, band = Path(path).name, dataset.GetRasterBand(1)
     gt = dataset.GetGeoTransform(can_return_null=True)
     if gt is None or not dataset.GetProjection():
@@ -102,17 +114,18 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     sigma = max(SIGMA_REFERENCE_PIXELS * (resolution_m or pixel_m) / georef.pixel_size_m, 2.0)
     cell = max(1, round(sigma / 2), math.ceil(math.sqrt(width * height / MAX_CELLS)))
     pad = math.ceil(3 * sigma / cell)  # the blur's reach, in cells
-    cells = _warp(dataset, georef, -(-width // cell), -(-height // cell), cell, pad)
+    cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad)
     inside = (slice(pad, -pad), slice(pad, -pad))
     if not np.isfinite(cells[inside]).any():
         raise DtmError(f"The reference DTM {name} does not overlap the image.")
-    ringed = (slice(pad - Reference.ring, Reference.ring - pad),) * 2
+    keep = pad - Reference.ring  # cells cut from each side: the blur's reach beyond the ring
+    ringed = (slice(keep, -keep or None),) * 2
     across = min(width, height) * georef.pixel_size_m / pixel_m
     return Reference(str(path), sigma, across, cell,
                      gaussian_within(cells, sigma / cell)[ringed])
 
 
-def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,
+def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, rows: int,
           cell: int, pad: int) -> np.ndarray:
     """The reference's heights in metres, averaged onto the image's grid coarsened by
     ``cell`` and widened by ``pad`` cells on each side; NaN where it has none."""
@@ -127,9 +140,12 @@ def _warp(dataset: gdal.Dataset, georef: Georeferencing, cols: int, rows: int,
     target.GetRasterBand(1).Fill(math.nan)
     try:
         gdal.Warp(target, dataset, resampleAlg="average")
-    except RuntimeError as exc:  # another body's CRS, a transform PROJ cannot do
-        raise DtmError(f"The reference DTM {Path(dataset.GetDescription()).name} cannot be "
-                       f"placed on the image's grid: {str(exc).strip().splitlines()[0]}") from exc
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[0]
+        if "coordinate operation" in detail:  # GDAL's message quotes both CRSs in full
+            detail = "PROJ knows no way from its CRS to the image's (is it of another body?)"
+        raise DtmError(f"The reference DTM {name} cannot be placed on the image's grid: "
+                       f"{detail.rstrip('.')}.") from exc
     band = dataset.GetRasterBand(1)
     values = target.GetRasterBand(1).ReadAsArray().astype(np.float64)
     values[np.abs(values) >= FILL_LIKE] = np.nan  # an unmarked fill, alone or averaged in

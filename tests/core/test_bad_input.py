@@ -126,6 +126,21 @@ def test_an_unmarked_fill_value_is_refused_by_value(tmp_path, model):
                "--sun-azimuth", "270").returncode == 0
 
 
+def test_float64_values_past_float32_s_range_are_nodata_as_infinity_is(tmp_path, model):
+    # The engine works in float32, where -DBL_MAX (a float64 fill) is minus infinity.
+    image = ramp(100, 100).astype(np.float64)
+    image[40:60, 10:90] = -np.finfo(np.float64).max
+    image[5, 5] = np.inf
+    source = write_raster(tmp_path / "double.tif", image, GT)
+    out = tmp_path / "out.tif"
+    assert cli(str(source), str(out), "--model", str(model), "--sun-azimuth", "270",
+               "--quiet").returncode == 0
+    dataset = gdal.Open(str(out))
+    band = dataset.GetRasterBand(1)
+    nodata = band.ReadAsArray() == band.GetNoDataValue()
+    np.testing.assert_array_equal(nodata, ~np.isfinite(image.astype(np.float32)))
+
+
 def test_unreadable_and_truncated_input(tmp_path, scene, model):
     out = tmp_path / "out.tif"
     garbage = tmp_path / "garbage.tif"

@@ -133,6 +133,25 @@ def test_a_reference_in_feet_without_a_crs_or_unreadable_is_refused(tmp_path):
     _refusal(tmp_path, tmp_path / "text.tif", "The reference DTM '.*text.tif' cannot be read")
 
 
+def test_a_reference_file_without_a_crs_is_placed_by_the_crs_given_for_it(tmp_path):
+    # As a QGIS layer carries a CRS its file lacks: the same heights as with the file's own.
+    placed, *_ = _run(tmp_path, _plane_reference(tmp_path))
+    placeless = _plane_reference(tmp_path, wkt="")
+    given, *_ = _run(tmp_path, placeless, name="given.tif", reference_crs_wkt=mars_eqc_wkt())
+    np.testing.assert_array_equal(given, placed)
+
+
+def test_a_reference_of_another_body_is_refused_in_one_short_sentence(tmp_path):
+    earth = osr.SpatialReference()
+    earth.ImportFromEPSG(32633)
+    reference = _plane_reference(tmp_path, wkt=earth.ExportToWkt())
+    with pytest.raises(DtmError) as refusal:
+        _run(tmp_path, reference)
+    assert str(refusal.value) == (
+        "The reference DTM reference.tif cannot be placed on the image's grid: PROJ knows no "
+        "way from its CRS to the image's (is it of another body?).")
+
+
 def test_a_reference_resolution_finer_than_its_pixels_or_without_a_reference_is_refused(
         tmp_path):
     _refusal(tmp_path, _plane_reference(tmp_path),
@@ -159,6 +178,15 @@ def test_the_output_may_not_overwrite_the_reference(tmp_path):
     assert reference.read_bytes() == before
 
 
+def test_the_output_may_not_overwrite_a_file_a_vrt_reference_is_read_from(tmp_path):
+    reference = _plane_reference(tmp_path)
+    gdal.Translate(str(tmp_path / "reference.vrt"), str(reference), format="VRT")
+    before = reference.read_bytes()
+    with pytest.raises(DtmError, match=r"reference\.tif', which this run reads from"):
+        _run(tmp_path, tmp_path / "reference.vrt", name="reference.tif")
+    assert reference.read_bytes() == before
+
+
 def test_a_reference_of_few_pixels_across_the_image_is_a_caution(tmp_path):
     # 512 m of image under pixels of 200 m: 2.6 of them.
     coarse = _plane_reference(tmp_path, gt=(600.0, 200.0, 0.0, 5400.0, 0.0, -200.0), size=6)
@@ -179,7 +207,12 @@ def test_the_cells_of_a_fine_reference_under_a_huge_image_stay_few(tmp_path):
     huge = open_reference(str(fine), georef, 40_000, 40_000)
     assert (small.sigma, small.cell) == (2.0, 1)
     assert (huge.sigma, huge.cell) == (2.0, 20)
-    assert huge.long.size <= 1.01 * MAX_CELLS
+    # The blur reaches one cell: the ring alone is kept around 2000 x 2000 cells.
+    assert huge.long.shape == (2002, 2002) and huge.long.size <= 1.01 * MAX_CELLS
+    # The plane at the cells' centres where the reference covers them: 240 m from the ring's
+    # corner, 6 cells of 40 m each way.
+    plane = _plane(*_pixel_centres((GT[0] - 40, 40, 0, GT[3] + 40, 0, -40), 6, 6))
+    assert np.abs(huge.long[:6, :6] - plane).max() < 0.05
 
 
 def test_an_unmarked_fill_in_the_reference_is_a_hole_the_blur_closes(tmp_path):

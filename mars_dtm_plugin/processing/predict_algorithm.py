@@ -45,16 +45,24 @@ def tr(text: str) -> str:
     return QCoreApplication.translate("PredictDtmAlgorithm", text)
 
 
-def input_layer_problem(layer: QgsMapLayer) -> str | None:
-    """Why a layer cannot be the input, in one sentence; None when it can."""
+def input_layer_problem(layer: QgsMapLayer, reference: bool = False) -> str | None:
+    """Why a layer cannot be the input (or the ``reference`` DTM), in one sentence; None when
+    it can."""
     if not isinstance(layer, QgsRasterLayer):
-        return tr("'{0}' is not a raster layer; choose an image.").format(layer.name())
+        choose = tr("a DTM") if reference else tr("an image")
+        return tr("'{0}' is not a raster layer; choose {1}.").format(layer.name(), choose)
     if not layer.isValid():
         return tr("The layer '{0}' is unavailable: QGIS cannot read its source; fix the source "
                   "(Layer Properties > Source) first.").format(layer.name())
+    role = tr("The reference DTM layer") if reference else tr("The input layer")
     if layer.providerType() != "gdal":  # WMS, XYZ, WCS: no file for the engine to read
-        return tr("The input layer '{0}' is not a raster file; save it as a GeoTIFF "
-                  "first.").format(layer.name())
+        return tr("{0} '{1}' is not a raster file; save it as a GeoTIFF first.").format(
+            role, layer.name())
+    if reference and layer_nodata(layer):  # a reference is warped whole, by GDAL
+        return tr("{0} '{1}' has no data values set in QGIS, which the run cannot apply to "
+                  "it; set them in its file (Raster > Conversion > Translate: Assign a "
+                  "specified nodata value) or clear them (Layer Properties > "
+                  "Transparency).").format(role, layer.name())
     return None
 
 
@@ -80,6 +88,12 @@ def uses_file_nodata(layer: QgsRasterLayer) -> bool:
     Transparency: "No data value" unticked), as QGIS then draws those pixels."""
     provider = layer.dataProvider()
     return all(provider.useSourceNoDataValue(band) for band in range(1, layer.bandCount() + 1))
+
+
+def crs_of_its_own(layer: QgsRasterLayer) -> QgsCoordinateReferenceSystem | None:
+    """The layer's CRS where it is not its file's (set in QGIS, or given to a file without)."""
+    crs = layer.crs()
+    return crs if crs.isValid() and crs != layer.dataProvider().crs() else None
 
 
 # How an error names each number parameter (their labels also say what empty means).
@@ -230,7 +244,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
 
     def checkParameterValues(self, parameters: dict[str, Any],
                              context: QgsProcessingContext) -> tuple[bool, str]:
-        problem = self._input_problem(parameters, context)
+        problem = (self._layer_problem(parameters, self.INPUT, context)
+                   or self._layer_problem(parameters, self.REFERENCE_DTM, context))
         if problem:
             return False, problem
         # A scratch context: for a temporary output, parameterAsOutputLayer invents a file name
@@ -243,10 +258,12 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         return super().checkParameterValues(parameters, context)
 
     @staticmethod
-    def _input_problem(parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        """Why INPUT cannot be read, in one sentence, where QGIS would only say "invalid value"
-        or "not found" (batches and models skip checkParameterValues, so the run asks too)."""
-        value = parameters.get(PredictDtmAlgorithm.INPUT)
+    def _layer_problem(parameters: dict[str, Any], name: str,
+                       context: QgsProcessingContext) -> str | None:
+        """Why the layer parameter ``name`` cannot be read, in one sentence, where QGIS would
+        only say "invalid value" or "not found" (batches and models skip checkParameterValues,
+        so the run asks too)."""
+        value = parameters.get(name)
         layer = value if isinstance(value, QgsMapLayer) else None
         if isinstance(value, str) and value:
             # A raster first: a GeoPackage may hold a vector table beside the image.
@@ -255,7 +272,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                 QgsProcessingUtils.mapLayerFromString(value, context)
             if layer is None and Path(value).is_file():
                 return tr("GDAL cannot read '{0}' as a raster.").format(value)
-        return None if layer is None else input_layer_problem(layer)
+        if layer is None:
+            return None
+        return input_layer_problem(layer, reference=name == PredictDtmAlgorithm.REFERENCE_DTM)
 
     def canExecute(self) -> tuple[bool, str]:
         message = onnxruntime_missing_in_qgis()
@@ -302,7 +321,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         """The file behind INPUT, after the checks QGIS can make better than the engine, and
         the layer's CRS where it is not the file's (set in QGIS, or given to a file without);
         the layer's nodata go into ``options``."""
-        problem = self._input_problem(parameters, context)
+        problem = self._layer_problem(parameters, self.INPUT, context)
         if problem:
             raise QgsProcessingException(problem)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -310,12 +329,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
         options.nodata, options.file_nodata = layer_nodata(layer), uses_file_nodata(layer)
         source, options.open_options = gdal_source(layer.source())
-        crs = layer.crs()
-        # The DTM lies where QGIS shows the image: in the layer's CRS.
-        layer_crs = crs if crs.isValid() and crs != layer.dataProvider().crs() else None
+        layer_crs = crs_of_its_own(layer)  # the DTM lies where QGIS shows the image
         if options.pixel_size is not None:  # the engine then needs no georeferencing
             return source, layer_crs
-        if not crs.isValid():
+        if not layer.crs().isValid():
             raise QgsProcessingException(tr(
                 "The input image '{0}' has no coordinate reference system; set the layer's "
                 "CRS (Layer Properties > Source) if a world file places it, georeference it "
@@ -337,7 +354,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if overlap is not None and not overlap.is_integer():
             raise QgsProcessingException(tr("The tile overlap must be a whole number of pixels, "
                                             "not {0}.").format(overlap))
-        reference, reference_open_options = self._reference_dtm(parameters, context)
+        reference, reference_open_options, reference_crs = self._reference_dtm(parameters,
+                                                                               context)
         return PredictOptions(
             model_path=model or None,
             # 0 is what an empty band parameter reads as; the engine's "auto" is None.
@@ -349,19 +367,26 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             pixel_size=self._optional_number(parameters, self.PIXEL_SIZE, context),
             reference_dtm=reference,
             reference_open_options=reference_open_options,
+            reference_crs_wkt=reference_crs,
             reference_resolution_m=self._optional_number(parameters, self.REFERENCE_RESOLUTION,
                                                          context),
         )
 
-    def _reference_dtm(self, parameters: dict[str, Any],
-                       context: QgsProcessingContext) -> tuple[str | None, tuple[str, ...]]:
-        """The file behind REFERENCE_DTM and the open options of its layer."""
+    def _reference_dtm(self, parameters: dict[str, Any], context: QgsProcessingContext
+                       ) -> tuple[str | None, tuple[str, ...], str | None]:
+        """The file behind REFERENCE_DTM, the open options of its layer and the layer's CRS
+        (as WKT) where it is not the file's."""
+        problem = self._layer_problem(parameters, self.REFERENCE_DTM, context)
+        if problem:
+            raise QgsProcessingException(problem)
         layer = self.parameterAsRasterLayer(parameters, self.REFERENCE_DTM, context)
         if layer is None and parameters.get(self.REFERENCE_DTM) in (None, ""):
-            return None, ()
-        if layer is None or not layer.isValid():  # a vector layer, say: refused, not ignored
+            return None, (), None
+        if layer is None or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, self.REFERENCE_DTM))
-        return gdal_source(layer.source())
+        crs = crs_of_its_own(layer)
+        wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL) if crs else None
+        return (*gdal_source(layer.source()), wkt)
 
     def _optional_number(self, parameters: dict[str, Any], name: str,
                          context: QgsProcessingContext) -> float | None:

@@ -24,6 +24,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProject,
     QgsRasterLayer,
+    QgsRasterRange,
     QgsVectorLayer,
 )
 
@@ -166,6 +167,50 @@ def test_a_reference_dtm_layer_is_read_with_its_open_options(provider, identity_
         assert read_raster(output)[0].mean() == pytest.approx(1234.0, abs=0.05)
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
+
+
+def _reference_layer(tmp_path: Path, wkt: str | None = MARS_EQC_WKT, **kw) -> QgsRasterLayer:
+    """A DTM of 40 m pixels, 1 234 m up, around the 150 x 110 image of ``image_factory``."""
+    wider = (GEOTRANSFORM[0] - 400, 40.0, 0.0, GEOTRANSFORM[3] + 400, 0.0, -40.0)
+    reference = write_geotiff(tmp_path / "mola.tif", np.full((30, 30), 1234.0, np.float32),
+                              geotransform=wider, wkt=wkt, **kw)
+    return QgsRasterLayer(str(reference), "MOLA")
+
+
+def test_a_crs_set_on_the_reference_dtm_layer_places_it(provider, identity_model,
+                                                        image_factory, tmp_path):
+    image = image_factory(width=150, height=110)
+    layer = _reference_layer(tmp_path, wkt=None)
+    assert not layer.crs().isValid()
+    layer.setCrs(QgsCoordinateReferenceSystem.fromWkt(MARS_EQC_WKT))
+    output = tmp_path / "dtm.tif"
+    run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer,
+         "OUTPUT": str(output)})
+    assert read_raster(output)[0].mean() == pytest.approx(1234.0, abs=0.05)
+
+
+def test_a_reference_dtm_layer_the_run_cannot_read_as_qgis_does_is_refused_by_name(
+        provider, identity_model, image_factory, tmp_path):
+    image = image_factory(width=150, height=110)
+    marked = _reference_layer(tmp_path)
+    marked.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-9999, -9999)])
+    tiles = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png", "tiles", "wms")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a DTM")
+    alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+    for reference, says in [
+            (marked, "The reference DTM layer 'MOLA' has no data values set in QGIS, which "
+                     "the run cannot apply to it; set them in its file"),
+            (tiles, "The reference DTM layer 'tiles' is not a raster file; save it as a "
+                    "GeoTIFF first."),
+            (str(text), f"GDAL cannot read '{text}' as a raster.")]:
+        parameters = {"INPUT": str(image), "MODEL": str(identity_model),
+                      "REFERENCE_DTM": reference, "OUTPUT": str(tmp_path / "dtm.tif")}
+        ok, message = alg.checkParameterValues(parameters, QgsProcessingContext())
+        assert not ok and message.startswith(says)
+        with pytest.raises(QgsProcessingException, match=re.escape(says)):
+            run(parameters)  # batches and models skip the check: the run says the same
+        assert not (tmp_path / "dtm.tif").exists()
 
 
 @pytest.mark.parametrize("file_crs", [None, "EPSG:4087"])  # none, or Earth's in place of Mars's
@@ -551,7 +596,7 @@ def bad_input_cases(tmp_path: Path, image_factory) -> dict:
         "missing reference": ({"INPUT": str(good), "REFERENCE_DTM": str(tmp_path / "no.tif")},
                               "REFERENCE_DTM"),
         "reference not a raster": ({"INPUT": str(good), "REFERENCE_DTM": points},
-                                   "REFERENCE_DTM"),
+                                   "'points' is not a raster layer; choose a DTM."),
     }
 
 

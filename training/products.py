@@ -19,12 +19,12 @@ import re
 from dataclasses import dataclass
 
 _OBS = r"(PSP|ESP)_(\d{6})_(\d{4})"
-_PAIR_RE = re.compile(rf"^{_OBS}_{_OBS}$")
+_PAIR_RE = re.compile(rf"^{_OBS}_{_OBS}$", re.IGNORECASE)  # as a mirror may spell it
 _DTM_RE = re.compile(r"^DTE([EP])([A-Z])_(\d{6})_(\d{4})_(\d{6})_(\d{4})_([A-Z])(\d{2})\.IMG$",
                      re.IGNORECASE)
 _ORTHO_RE = re.compile(rf"^{_OBS}_([A-Z0-9]+)_([ABC])_(\d{{2}})_ORTHO\.(JP2|LBL)$",
                        re.IGNORECASE)
-_ORBIT_DIR_RE = re.compile(r"^ORB_(\d{6})_(\d{6})$")
+_ORBIT_DIR_RE = re.compile(r"^ORB_(\d{6})_(\d{6})$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, order=True)

@@ -267,7 +267,8 @@ class Scraper:
     def pair_dirs(self, root: list[Link]) -> Iterator[tuple[Pair, Link, list[str]]]:
         """Pair folders: phases in ``PHASES`` order, then orbit blocks and pairs by name, so
         ``--limit`` takes the same sample whatever order a server lists them in."""
-        phases = {link.name: link for link in root if link.is_dir and link.name in PHASES}
+        phases = {link.name.upper(): link for link in root
+                  if link.is_dir and link.name.upper() in PHASES}
         for phase in (phases[name] for name in PHASES if name in phases):
             for orbits in sorted(self.folder(phase.url), key=lambda link: link.name):
                 if not (orbits.is_dir and is_orbit_dir(orbits.name)):

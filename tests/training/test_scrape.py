@@ -26,6 +26,8 @@ from tests.training.fakesite import (
     PAIR_C,
     PAIR_NO_DTM,
     SiteServer,
+    Terrain,
+    build_site,
     dtm_name,
     pair_dir,
 )
@@ -260,6 +262,24 @@ def test_dropped_connections_are_retried_from_where_they_broke(
         None, "bytes=3000-", "bytes=7000-"]
     local = tmp_path / pair_dir(PAIR_A) / dtm_name(PAIR_A)
     assert local.read_bytes() == (site / DTM_A.lstrip("/")).read_bytes()
+
+
+def test_folders_named_in_lower_case_are_crawled_as_upper_case_ones(
+        tmp_path: Path, terrain: Terrain) -> None:
+    # As a mirror on a case-blind file system may list them.
+    site = tmp_path / "site"
+    build_site(site, terrain)
+    root = site / DTM_ROOT.strip("/")
+    for depth in ("*/*/*", "*/*", "*"):  # pairs, orbit blocks, phases
+        for folder in [path for path in root.glob(depth) if path.is_dir()]:
+            folder.rename(folder.with_name(folder.name.lower()))
+    server = SiteServer(site).start()
+    try:
+        summary = scrape(options(server, tmp_path / "out"))
+    finally:
+        server.stop()
+    assert (summary.found, summary.fetched, summary.unusable) == (4, 3, 1)
+    assert _pair_record(tmp_path / "out", PAIR_A)["dir"].endswith(PAIR_A.lower())
 
 
 def test_limit_takes_psp_then_esp_by_name(server: SiteServer, tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def input_layer_problem(layer: QgsMapLayer, reference: bool = False) -> str | No
         return tr("{0} '{1}' is not a raster file; save it as a GeoTIFF first.").format(
             role, layer.name())
     if reference and layer_nodata(layer):  # a reference is warped whole, by GDAL
-        return tr("{0} '{1}' has no data values set in QGIS, which the run cannot apply to "
+        return tr("{0} '{1}' has nodata values set in QGIS, which the run cannot apply to "
                   "it; set them in its file (Raster > Conversion > Translate: Assign a "
                   "specified nodata value) or clear them (Layer Properties > "
                   "Transparency).").format(role, layer.name())

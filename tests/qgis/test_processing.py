@@ -199,7 +199,7 @@ def test_a_reference_dtm_layer_the_run_cannot_read_as_qgis_does_is_refused_by_na
     text.write_text("not a DTM")
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
     for reference, says in [
-            (marked, "The reference DTM layer 'MOLA' has no data values set in QGIS, which "
+            (marked, "The reference DTM layer 'MOLA' has nodata values set in QGIS, which "
                      "the run cannot apply to it; set them in its file"),
             (tiles, "The reference DTM layer 'tiles' is not a raster file; save it as a "
                     "GeoTIFF first."),

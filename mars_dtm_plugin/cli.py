@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -92,7 +93,7 @@ class ProgressBar:
         if self.quiet and not isinstance(line, Caution):
             return
         self.close()
-        print(f"warning: {line}" if isinstance(line, Caution) else line, flush=True)
+        _print(f"warning: {line}" if isinstance(line, Caution) else line)
 
     def close(self) -> None:
         if self.drawn:
@@ -133,8 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     bar.close()
     if not args.quiet:
-        print(f"Done in {report.seconds:.1f} s")
+        _print(f"Done in {report.seconds:.1f} s")
     return 0
+
+
+def _print(text: str) -> None:
+    """Print to stdout; a reader that has stopped reading (``| head``) does not stop the run."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # the rest goes nowhere, the exit at the end included
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _fail(bar: ProgressBar, exc: Exception) -> None:

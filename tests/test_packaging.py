@@ -51,6 +51,7 @@ def test_the_wheel_holds_the_engine_the_model_and_the_command(wheel):
         model = archive.read("mars_dtm_plugin/models/mars_dtm_generator.onnx")
         scripts = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert model == MODEL.read_bytes()
+    assert "mars_dtm_plugin/models/NOTICE.md" in names  # the model's data credits travel with it
     assert "mars_dtm_plugin/core/engine.py" in names
     assert not [n for n in names if n.startswith(("training/", "tests/", "bench/"))]
     assert "mars-dtm = mars_dtm_plugin.cli:main" in scripts

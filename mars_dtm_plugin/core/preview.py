@@ -53,7 +53,11 @@ def _hillshade(heights: np.ndarray, pixel: float) -> np.ndarray:
 
 
 def _pixel_metres(path: str) -> float:
-    """The DTM's pixel size in metres (heights are metres), also in a lon/lat CRS."""
+    """The DTM's pixel size in metres (heights are metres): the one its run recorded (given
+    with ``--pixel-size``, say), else measured, also in a lon/lat CRS."""
+    recorded = gdal.Open(path).GetMetadataItem("MARSDTM_PIXEL_SIZE_M")
+    if recorded:
+        return float(recorded)
     try:
         return InputRaster(path).georef.pixel_size_m
     except DtmError:  # no CRS: take the geotransform's units for metres
@@ -70,6 +74,9 @@ def _colour(fraction: np.ndarray) -> np.ndarray:
 def make_preview(image_path: str, dtm_path: str, png_path: str) -> None:
     image, image_valid = _read_small(image_path)
     heights, valid = _read_small(dtm_path)
+    if image.shape != heights.shape:
+        raise DtmError(f"{image_path} and {dtm_path} are not the same size: give the DTM made "
+                       "from that image.")
     pixel = _pixel_metres(dtm_path) * gdal.Open(dtm_path).RasterXSize / heights.shape[1]
     filled = np.where(valid, heights, np.median(heights[valid]) if valid.any() else 0)
     shade = _hillshade(filled, pixel)
@@ -87,7 +94,13 @@ def _write_png(rgb: np.ndarray, path: str) -> None:
     memory = gdal.GetDriverByName("MEM").Create("", rgb.shape[1], rgb.shape[0], 3, gdal.GDT_Byte)
     for i in range(3):
         memory.GetRasterBand(i + 1).WriteArray(rgb[..., i])
-    gdal.GetDriverByName("PNG").CreateCopy(path, memory)
+    try:
+        written = gdal.GetDriverByName("PNG").CreateCopy(path, memory)
+    except RuntimeError:  # where GDAL's exceptions are on
+        written = None
+    if written is None:
+        raise DtmError(f"The preview {path} cannot be written.")
+    written = None  # closed: on disk
     Path(path + ".aux.xml").unlink(missing_ok=True)
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from osgeo import gdal
 
-from tests.conftest import predict_command
+from tests.conftest import PLUGIN_HOME, plugin_env, predict_command
 from tests.models import write_test_model
 from tests.rasters import ramp, read_raster, write_raster
 
@@ -78,3 +81,18 @@ def test_the_cli_module_runs_as_the_package_does(tmp_path):
                            module="mars_dtm_plugin.cli")
     assert done.returncode == 1 and "missing.tif" in done.stderr
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_reader_that_stops_reading_does_not_stop_the_run(tmp_path):
+    # As `mars-dtm predict ... | head -1`: the pipe is closed before the first message.
+    source = write_raster(tmp_path / "scene.tif", ramp(100, 100), GT)
+    out = tmp_path / "dtm.tif"
+    model = write_test_model(tmp_path / "model.onnx", "conv")
+    run = subprocess.Popen([sys.executable, "-m", "mars_dtm_plugin", "predict", str(source),
+                            str(out), "--model", str(model), "--sun-azimuth", "270"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=plugin_env(),
+                           cwd=PLUGIN_HOME)
+    run.stdout.close()
+    errors = run.stderr.read().decode()
+    assert run.wait(timeout=120) == 0 and "Traceback" not in errors
+    assert gdal.Open(str(out)).RasterXSize == 100

@@ -22,12 +22,12 @@ def _ridge(along_rows: bool = False) -> np.ndarray:
     return np.repeat(profile[None, :], 60, axis=0)
 
 
-def _preview(tmp_path, geotransform, wkt=None, heights=None) -> np.ndarray:
+def _preview(tmp_path, geotransform, wkt=None, heights=None, metadata=None) -> np.ndarray:
     tmp_path.mkdir(exist_ok=True)
     image = write_raster(tmp_path / "image.tif", ramp(60, 80).astype(np.uint8), geotransform,
                          wkt)
     heights = _ridge() if heights is None else heights
-    dtm = write_raster(tmp_path / "dtm.tif", heights, geotransform, wkt)
+    dtm = write_raster(tmp_path / "dtm.tif", heights, geotransform, wkt, metadata=metadata)
     png = tmp_path / "preview.png"
     make_preview(str(image), str(dtm), str(png))
     preview = gdal.Open(str(png))
@@ -66,3 +66,28 @@ def test_an_input_that_is_not_there_is_one_sentence(tmp_path, capsys):
     assert main([str(missing), str(dtm), str(tmp_path / "p.png")]) == 1
     assert capsys.readouterr().err == f"error: {missing} is not a raster GDAL can read.\n"
     assert not (tmp_path / "p.png").exists()
+
+
+def test_preview_shades_by_the_pixel_size_the_run_recorded(tmp_path):
+    # A run given --pixel-size 5 records it; the grid's own size (1) is not the ground's.
+    recorded = _preview(tmp_path / "r", (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+                        metadata={"MARSDTM_PIXEL_SIZE_M": "5"})
+    five = _preview(tmp_path / "5", (0.0, 5.0, 0.0, 0.0, 0.0, -5.0))
+    one = _preview(tmp_path / "1", (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    np.testing.assert_array_equal(recorded, five)
+    assert np.abs(one - five).max() > 20
+
+
+def test_an_image_and_dtm_of_other_sizes_or_an_unwritable_png_are_one_sentence(tmp_path,
+                                                                                 capsys):
+    grid = (0, 1.0, 0, 0, 0, -1.0)
+    image = write_raster(tmp_path / "image.tif", ramp(60, 80), grid)
+    other = write_raster(tmp_path / "other.tif", ramp(50, 80), grid)
+    png = tmp_path / "p.png"
+    assert main([str(image), str(other), str(png)]) == 1
+    assert capsys.readouterr().err == (f"error: {image} and {other} are not the same size: "
+                                       "give the DTM made from that image.\n")
+    nowhere = tmp_path / "gone" / "p.png"
+    assert main([str(image), str(image), str(nowhere)]) == 1
+    assert capsys.readouterr().err.endswith(f"error: The preview {nowhere} cannot be written.\n")
+    assert not png.exists() and not nowhere.parent.exists()

@@ -390,7 +390,7 @@ def louth_scenes(folder: Path, seed: int, suns: int = 1) -> list[Scene]:
 
 def karoo_scenes(_folder: Path, _seed: int) -> list[Scene]:
     base = set_source("karoo")
-    if not (base / "image_qb2_pan_8m.tif").exists():
+    if not _present(base, "image_qb2_pan_8m.tif", "dem_24m.tif"):
         return []
     image, nodata, gt, _ = read_band(base / "image_qb2_pan_8m.tif")
     dem, *_ = read_band(base / "dem_24m.tif")
@@ -411,7 +411,7 @@ def karoo_scenes(_folder: Path, _seed: int) -> list[Scene]:
 
 def gale_scenes(folder: Path, _seed: int) -> list[Scene]:
     base = set_source("gale")
-    if not (base / "image_hirise_color_0p63m.tif").exists():
+    if not _present(base, "image_hirise_color_0p63m.tif", "dem_5m.tif"):
         return []
     from osgeo import gdal
 
@@ -462,6 +462,11 @@ def _shard_scenes(shard: Path, workdir: Path) -> Iterator[Scene]:
                     tile=tile, notes={"pair": meta["pair_id"], "shards": shard.parent,
                                       "size": f"{cols} x {rows}", "tile": tile})
         path.unlink()  # scored by now
+
+
+def _present(folder: Path, *names: str) -> bool:
+    """Whether every file a set is made of is there (one alone is skipped as none)."""
+    return all((folder / name).is_file() for name in names)
 
 
 def set_source(set_name: str) -> Path | None:
@@ -943,7 +948,7 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                     figure_rows.append(row)
                 notes.append(scene.notes)
             if not notes:
-                note = f"skipped: its data in {set_source(set_name)} is absent"
+                note = f"skipped: its data in {set_source(set_name)} is absent or incomplete"
                 print(f"{set_name}: {note}", file=sys.stderr)
                 results["notes"][set_name] = note
                 continue

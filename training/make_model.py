@@ -49,18 +49,29 @@ PHOTOMETRY = 1.0  # the renderer's own photometric ranges, unscaled
 # What a recipe must say; every other option has a default.
 REQUIRED = {"work": (), "version": (), "seed": (), "train": (), "ablation": ("stop_at",),
             "pool": ("size", "synthetic", "dem_shapes", "val_each", "synthetic_relief")}
+# What else a recipe may say, by section; train, finetune and ablation.train hold options of
+# training.train, which checks them itself.
+OPTIONAL = {"finetune": (), "export": ("coarse_pass", "quantize"),
+            "evaluate": ("sets", "speed", "roughness_control", "tilt_control"),
+            "pool": ("photometry",), "ablation": ("train",)}
 
 
 def load_recipe(path: str | Path) -> dict:
     try:
         recipe = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read the recipe {path}: {exc}") from exc
     missing = [section for section in REQUIRED if section not in recipe]
     missing += [f"{section}.{key}" for section, keys in REQUIRED.items() for key in keys
                 if section in recipe and key not in recipe[section]]
     if missing:
         raise ValueError(f"the recipe {path} lacks {', '.join(missing)}")
+    unknown = [section for section in recipe if section not in REQUIRED | OPTIONAL]
+    unknown += [f"{section}.{key}" for section, keys in OPTIONAL.items() if keys
+                and isinstance(recipe.get(section), dict) for key in recipe[section]
+                if key not in keys + REQUIRED.get(section, ())]
+    if unknown:  # a misspelt option would be dropped in silence
+        raise ValueError(f"the recipe {path} has no option {', '.join(unknown)}")
     photometry = recipe["pool"].get("photometry", PHOTOMETRY)
     if (isinstance(photometry, bool) or not isinstance(photometry, int | float)
             or not math.isfinite(photometry) or photometry < 0):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from google.protobuf.message import DecodeError
 
 from mars_dtm_plugin.core.contract import ModelContract, parse_contract
 from mars_dtm_plugin.core.errors import DtmError
@@ -35,7 +36,10 @@ BATCH = 8
 
 
 def read_contract(model: Path) -> tuple[onnx.ModelProto, ModelContract]:
-    proto = onnx.load(str(model))
+    try:
+        proto = onnx.load(str(model))
+    except DecodeError as exc:  # a checkpoint, say
+        raise ValueError(f"{model} is not an ONNX model") from exc
     return proto, parse_contract({p.key: p.value for p in proto.metadata_props}, model.name)
 
 
@@ -150,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out.resolve() == args.model.resolve():
         parser.error("OUT must not be the model it quantises")
+    if args.out.is_dir():
+        parser.error(f"OUT {args.out} is a folder; give the file to write")
     if args.samples < 1 or args.float_convs < 0:
         parser.error("--samples must be at least 1 and --float-convs at least 0")
     try:
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     version = args.version or f"{contract.version}+int8"
     carry_over(source, quantised, version)
     parse_contract({p.key: p.value for p in quantised.metadata_props}, args.out.name)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".part")  # no half-written model
     try:
         onnx.save(quantised, str(partial))

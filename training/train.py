@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if args.config:
         try:
             given = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             parser.error(f"cannot read the config file {args.config}: {exc}")
         if not isinstance(given, dict):
             parser.error(f"the config file {args.config} must hold a JSON object")
@@ -368,7 +368,7 @@ def saved_config(checkpoint: str | Path) -> dict:
     beside = Path(checkpoint).parent / "config.json"
     try:
         config = json.loads(beside.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{checkpoint} holds no configuration and {beside} cannot be read: "
                          f"{exc}") from exc
     if not isinstance(config, dict):
@@ -416,7 +416,10 @@ def make_dataset(spec: str, cfg: TrainConfig, validation: bool = False) -> Itera
     if spec == "synthetic":
         return SyntheticPatches(cfg.patch_size, seed, sun, norm)
     if spec.startswith("dem:"):
-        return DemShapePatches(load_dem_shapes(spec[4:]), cfg.patch_size, seed, sun, norm)
+        shapes = load_dem_shapes(spec[4:])
+        if not shapes:
+            raise ValueError(f"no DEM shapes (*.tif) in {spec[4:]}")
+        return DemShapePatches(shapes, cfg.patch_size, seed, sun, norm)
     return ShardPatches(list_shards(spec), seed, norm, cfg.canonical_azimuth, augment=augment,
                         size=cfg.patch_size, mean_jitter=cfg.mean_jitter,
                         scene_mean=cfg.scene_mean, low_relief=cfg.low_relief,

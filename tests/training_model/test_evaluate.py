@@ -526,12 +526,17 @@ def test_every_set_skipped_names_its_folder_and_fails(tmp_path, capsys, monkeypa
     from training import evaluate
 
     monkeypatch.setattr(evaluate, "DATA_DIR", tmp_path / "shared")  # as on a fresh clone
+    karoo = tmp_path / "shared" / "karoo_quickbird"  # and a copy that lost its DEM
+    karoo.mkdir(parents=True)
+    (karoo / "image_qb2_pan_8m.tif").write_bytes(b"not read")
     model = write_test_model(tmp_path / "m.onnx")  # never run: there is nothing to run it on
     code = main(["--model", str(model), "--data", str(tmp_path / "d"), "--out",
-                 str(tmp_path / "eval"), "--sets", "gale,hirise"])
+                 str(tmp_path / "eval"), "--sets", "gale,hirise,karoo"])
     assert code == 1
     err = capsys.readouterr().err
-    assert f"gale: skipped: its data in {tmp_path / 'shared' / 'gale_hirise'} is absent" in err
+    assert (f"gale: skipped: its data in {tmp_path / 'shared' / 'gale_hirise'} is absent or "
+            "incomplete") in err
+    assert f"karoo: skipped: its data in {karoo} is absent or incomplete" in err
     assert f"hirise: skipped: its data in {tmp_path / 'shared' / 'hirise_tiles'}" in err
     assert "no test set could be evaluated" in err
     assert not (tmp_path / "eval").exists()

@@ -10,7 +10,7 @@ from osgeo import gdal
 
 from mars_dtm_plugin.core.contract import parse_contract
 from tests.conftest import SHARED_DATA
-from training.make_model import main
+from training.make_model import DEFAULT_RECIPE, main
 
 
 @pytest.mark.slow
@@ -72,6 +72,24 @@ def test_a_recipe_without_its_keys_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"error: the recipe {path} lacks version, seed, train, ablation.stop_at, "
         "pool.synthetic, pool.dem_shapes, pool.val_each, pool.synthetic_relief"]
+
+
+def test_a_recipe_option_misspelt_or_unknown_is_refused_before_anything_runs(tmp_path,
+                                                                           capsys):
+    path = tmp_path / "recipe.json"
+    recipe = json.loads(DEFAULT_RECIPE.read_text())
+    recipe["work"] = str(tmp_path / "work")
+    recipe["export"]["quantise"] = True  # as the prose spells it
+    recipe["evaluate"]["set"] = ["louth"]
+    recipe["notes"] = "x"
+    path.write_text(json.dumps(recipe))
+    assert main(["--recipe", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: the recipe {path} has no option notes, export.quantise, evaluate.set"]
+    assert not (tmp_path / "work").exists()
+    path.write_bytes(b"\xff\xfe{")  # not UTF-8
+    assert main(["--recipe", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot read the recipe {path}: ")
 
 
 @pytest.mark.parametrize("photometry", [-1, float("nan"), "2"])

@@ -102,3 +102,22 @@ def test_a_pool_without_shards_is_one_sentence_and_no_file(exported, tmp_path, c
     assert quantize_main([str(exported), str(out), "--data", str(tmp_path)]) == 1
     assert capsys.readouterr().err.splitlines() == [f"error: no shard files (*.tar) in {tmp_path}"]
     assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_a_folder_as_out_or_a_checkpoint_as_model_is_one_sentence(exported, pool, tmp_path,
+                                                                   capsys):
+    with pytest.raises(SystemExit):
+        quantize_main([str(exported), str(tmp_path), "--data", str(pool)])
+    assert f"OUT {tmp_path} is a folder; give the file to write" in capsys.readouterr().err
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes(b"PK\x03\x04 a torch checkpoint, not ONNX")
+    out = tmp_path / "g8.onnx"
+    assert quantize_main([str(checkpoint), str(out), "--data", str(pool)]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {checkpoint} is not an ONNX model"]
+    assert not out.exists()
+
+
+def test_out_in_a_folder_not_made_yet_is_written_there(exported, quantised, pool, tmp_path):
+    out = tmp_path / "new" / "g8.onnx"
+    assert quantize_main([str(exported), str(out), "--data", str(pool), "--samples", "16"]) == 0
+    assert out.read_bytes() == quantised.read_bytes()

@@ -358,6 +358,18 @@ def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
     code = main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "no shard files" in capsys.readouterr().err
+    code = main(["--data", f"dem:{tmp_path / 'nowhere'}", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert f"no DEM shapes (*.tif) in {tmp_path / 'nowhere'}" in capsys.readouterr().err
+
+
+def test_a_config_that_is_not_utf8_is_one_sentence(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_bytes(b"\xff\xfe{")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert f"cannot read the config file {path}" in capsys.readouterr().err
 
 
 def _ddp(pool, out, *options: str) -> subprocess.CompletedProcess:

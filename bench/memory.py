@@ -3,8 +3,8 @@
     python -m bench.memory [--sizes 2000 20000]
 
 Each size runs the command line in a fresh process on a generated 8-bit GeoTIFF and reads
-that process's peak resident memory. The smallest size is the baseline; the issue asks that a
-20000 x 20000 input stays under 1.5 GB.
+that process's own peak resident memory (VmHWM on Linux). The smallest size is the baseline;
+the target is that a 20000 x 20000 input stays under 1.5 GB.
 """
 
 from __future__ import annotations
@@ -27,11 +27,18 @@ from tests.models import write_test_model
 from . import at_least, existing_file
 
 ROOT = Path(__file__).resolve().parents[1]
+# The run's own peak: Linux's ru_maxrss also keeps the peak of the process it was started
+# from (here, the bench, which has just written a scene), so VmHWM is read where it exists.
 CHILD = """
 import resource, sys
 from mars_dtm_plugin.cli import main
 code = main(sys.argv[1:])
-print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:
+    with open("/proc/self/status") as status:
+        kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+except OSError:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("peak_rss_kb", kb)
 sys.exit(code)
 """
 

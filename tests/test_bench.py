@@ -68,6 +68,26 @@ def test_the_memory_bench_runs_its_stand_in_with_a_coarse_pass(tmp_path):
             "second pass over the image averaged in 2 x 2 blocks") in result.stdout
 
 
+def test_the_memory_bench_reads_the_run_s_own_peak_not_its_own(tmp_path):
+    # The bench holds some 800 MiB (as when it has written a 20000 px scene) when it starts the
+    # run: a 64 px run's peak is far below that.
+    script = f"""
+import numpy as np
+from pathlib import Path
+from bench.memory import peak_rss_mib, write_scene
+from tests.models import write_test_model
+held = np.ones(100_000_000)  # 800 MB, touched
+work = Path({str(tmp_path)!r})
+model = write_test_model(work / "conv.onnx", "conv", tile_size=32)
+print("run", peak_rss_mib(write_scene(work / "s.tif", 64), model, work / "d.tif", 270.0)[0])
+"""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'build'}{os.pathsep}{ROOT}"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 20 < float(result.stdout.split("run")[-1]) < 500
+
+
 def test_the_memory_bench_turns_the_scene_for_another_sun(tmp_path):
     result = bench("bench.memory", "--sizes", "64", "--tile-size", "32", "--sun-azimuth", "315")
     assert result.returncode == 0, result.stderr

@@ -138,17 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print(text: str) -> None:
-    """Print to stdout; a reader that has stopped reading (``| head``) does not stop the run."""
+def _print(text: str, stream: TextIO | None = None) -> None:
+    """Print (to stdout by default); a reader that has stopped reading (``| head``) does not
+    stop the run."""
+    stream = stream or sys.stdout
     try:
-        print(text, flush=True)
-    except BrokenPipeError:  # the rest goes nowhere, the exit at the end included
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:  # the rest goes nowhere, the flush at exit included
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(nowhere, stream.fileno())
+        os.close(nowhere)
 
 
 def _fail(bar: ProgressBar, exc: Exception) -> None:
     bar.close()
-    print(f"error: {exc}", file=sys.stderr)
+    _print(f"error: {exc}", sys.stderr)
 
 
 if __name__ == "__main__":

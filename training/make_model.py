@@ -17,6 +17,7 @@ ships the bundled run in 8 bits, calibrated on the pool's training patches
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import json
@@ -39,6 +40,7 @@ from training.data import (
     write_pool,
 )
 from training.evaluate import DATA_DIR
+from training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = Path(__file__).parent / "configs" / "quick.json"
@@ -50,7 +52,7 @@ PHOTOMETRY = 1.0  # the renderer's own photometric ranges, unscaled
 REQUIRED = {"work": (), "version": (), "seed": (), "train": (), "ablation": ("stop_at",),
             "pool": ("size", "synthetic", "dem_shapes", "val_each", "synthetic_relief")}
 # What else a recipe may say, by section; train, finetune and ablation.train hold options of
-# training.train, which checks them itself.
+# training.train (its TrainConfig).
 OPTIONAL = {"finetune": (), "export": ("coarse_pass", "quantize"),
             "evaluate": ("sets", "speed", "roughness_control", "tilt_control"),
             "pool": ("photometry",), "ablation": ("train",)}
@@ -70,6 +72,11 @@ def load_recipe(path: str | Path) -> dict:
     unknown += [f"{section}.{key}" for section, keys in OPTIONAL.items() if keys
                 and isinstance(recipe.get(section), dict) for key in recipe[section]
                 if key not in keys + REQUIRED.get(section, ())]
+    options = {field.name for field in dataclasses.fields(TrainConfig)}
+    runs = {"train": recipe["train"], "finetune": recipe.get("finetune", {}),
+            "ablation.train": recipe["ablation"].get("train", {})}
+    unknown += [f"{run}.{key}" for run, given in runs.items() for key in given
+                if key not in options]
     if unknown:  # a misspelt option would be dropped in silence
         raise ValueError(f"the recipe {path} has no option {', '.join(unknown)}")
     photometry = recipe["pool"].get("photometry", PHOTOMETRY)

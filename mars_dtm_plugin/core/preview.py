@@ -53,15 +53,13 @@ def _hillshade(heights: np.ndarray, pixel: float) -> np.ndarray:
 
 
 def _pixel_metres(path: str) -> float:
-    """The DTM's pixel size in metres (heights are metres): the one its run recorded (given
-    with ``--pixel-size``, say), else measured, also in a lon/lat CRS."""
-    recorded = gdal.Open(path).GetMetadataItem("MARSDTM_PIXEL_SIZE_M")
-    if recorded:
-        return float(recorded)
+    """The DTM's pixel size in metres (heights are metres), measured, also in a lon/lat CRS;
+    without a CRS, the one its run recorded (``--pixel-size``), else the geotransform's."""
     try:
         return InputRaster(path).georef.pixel_size_m
-    except DtmError:  # no CRS: take the geotransform's units for metres
-        return abs(gdal.Open(path).GetGeoTransform()[1])
+    except DtmError:  # a recorded size outlives a resampling: trusted only where none is left
+        recorded = gdal.Open(path).GetMetadataItem("MARSDTM_PIXEL_SIZE_M")
+        return float(recorded) if recorded else abs(gdal.Open(path).GetGeoTransform()[1])
 
 
 def _colour(fraction: np.ndarray) -> np.ndarray:

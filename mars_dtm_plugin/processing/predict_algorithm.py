@@ -306,6 +306,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             options.crs_wkt = layer_crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
             feedback.pushInfo(tr("CRS: the layer's, {0}, not the file's").format(
                 layer_crs.userFriendlyIdentifier()))
+        if options.reference_crs_wkt:  # as for the input: QGIS may have given it one
+            feedback.pushInfo(tr("Reference DTM's CRS: the layer's, {0}, not the file's").format(
+                QgsCoordinateReferenceSystem.fromWkt(
+                    options.reference_crs_wkt).userFriendlyIdentifier()))
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         report = self._run_engine(input_path, output, options, FeedbackAdapter(feedback))
         # The engine has logged provider (and why not a GPU), tiles, sun, heights and output.

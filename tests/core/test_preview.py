@@ -68,13 +68,18 @@ def test_an_input_that_is_not_there_is_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "p.png").exists()
 
 
-def test_preview_shades_by_the_pixel_size_the_run_recorded(tmp_path):
-    # A run given --pixel-size 5 records it; the grid's own size (1) is not the ground's.
-    recorded = _preview(tmp_path / "r", (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+def test_preview_of_a_dtm_without_a_crs_shades_by_the_pixel_size_its_run_recorded(tmp_path):
+    # A run given --pixel-size 5 on an image without georeferencing records it; the grid's own
+    # size (1) is not the ground's. With a CRS the grid is measured (it may have been resampled
+    # since the run).
+    recorded = _preview(tmp_path / "r", (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), wkt="",
                         metadata={"MARSDTM_PIXEL_SIZE_M": "5"})
-    five = _preview(tmp_path / "5", (0.0, 5.0, 0.0, 0.0, 0.0, -5.0))
-    one = _preview(tmp_path / "1", (0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    five = _preview(tmp_path / "5", (0.0, 5.0, 0.0, 0.0, 0.0, -5.0), wkt="")
+    one = _preview(tmp_path / "1", (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), wkt="")
+    resampled = _preview(tmp_path / "w", (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+                         metadata={"MARSDTM_PIXEL_SIZE_M": "5"})
     np.testing.assert_array_equal(recorded, five)
+    np.testing.assert_array_equal(resampled, one)
     assert np.abs(one - five).max() > 20
 
 

@@ -184,9 +184,13 @@ def test_a_crs_set_on_the_reference_dtm_layer_places_it(provider, identity_model
     assert not layer.crs().isValid()
     layer.setCrs(QgsCoordinateReferenceSystem.fromWkt(MARS_EQC_WKT))
     output = tmp_path / "dtm.tif"
+    messages: list[str] = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = messages.append
     run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer,
-         "OUTPUT": str(output)})
+         "OUTPUT": str(output)}, feedback)
     assert read_raster(output)[0].mean() == pytest.approx(1234.0, abs=0.05)
+    assert any(line.startswith("Reference DTM's CRS: the layer's") for line in messages)
 
 
 def test_a_reference_dtm_layer_the_run_cannot_read_as_qgis_does_is_refused_by_name(

@@ -82,10 +82,12 @@ def test_a_recipe_option_misspelt_or_unknown_is_refused_before_anything_runs(tmp
     recipe["export"]["quantise"] = True  # as the prose spells it
     recipe["evaluate"]["set"] = ["louth"]
     recipe["notes"] = "x"
+    recipe["finetune"]["learning_rate"] = 0.1  # training.train's own options too
     path.write_text(json.dumps(recipe))
     assert main(["--recipe", str(path)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: the recipe {path} has no option notes, export.quantise, evaluate.set"]
+        f"error: the recipe {path} has no option notes, export.quantise, evaluate.set, "
+        "finetune.learning_rate"]
     assert not (tmp_path / "work").exists()
     path.write_bytes(b"\xff\xfe{")  # not UTF-8
     assert main(["--recipe", str(path)]) == 2

@@ -30,15 +30,17 @@ def _read_small(path: str) -> tuple[np.ndarray, np.ndarray]:
     band = ds.GetRasterBand(1)
     scale = max(ds.RasterXSize, ds.RasterYSize) / PREVIEW_SIDE
     width, height = (max(1, round(n / max(scale, 1))) for n in (ds.RasterXSize, ds.RasterYSize))
-    values = band.ReadAsArray(buf_xsize=width, buf_ysize=height).astype(np.float32)
-    mask = band.GetMaskBand().ReadAsArray(buf_xsize=width, buf_ysize=height)
+    # Averaged, not sampled: GDAL's average leaves nodata out, so sparse data still shows.
+    average = {"buf_xsize": width, "buf_ysize": height, "resample_alg": gdal.GRIORA_Average}
+    values = band.ReadAsArray(**average).astype(np.float32)
+    mask = band.GetMaskBand().ReadAsArray(**average)
     valid = (mask > 0) & np.isfinite(values)  # NaN is nodata, as in the engine
     return values, valid
 
 
 def _stretch(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     low, high = np.percentile(values[valid], [1, 99]) if valid.any() else (0.0, 1.0)
-    return np.clip((values - low) / max(high - low, 1e-9), 0, 1)
+    return np.where(valid, np.clip((values - low) / max(high - low, 1e-9), 0, 1), 0)
 
 
 def _hillshade(heights: np.ndarray, pixel: float) -> np.ndarray:

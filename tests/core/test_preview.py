@@ -96,3 +96,18 @@ def test_an_image_and_dtm_of_other_sizes_or_an_unwritable_png_are_one_sentence(t
     assert main([str(image), str(image), str(nowhere)]) == 1
     assert capsys.readouterr().err.endswith(f"error: The preview {nowhere} cannot be written.\n")
     assert not png.exists() and not nowhere.parent.exists()
+
+
+def test_a_few_valid_pixels_of_a_large_dtm_still_show(tmp_path):
+    # 2300 px, decimated to 768: a sampled read would miss single pixels.
+    grid = (0, 1.0, 0, 0, 0, -1.0)
+    heights = np.full((2300, 2300), -99999, np.float32)  # the engine's nodata
+    heights[100, 100], heights[1000, 2000], heights[2000, 50] = 5, 7, 9
+    dtm = write_raster(tmp_path / "dtm.tif", heights, grid, wkt="", nodata=-99999)
+    image = write_raster(tmp_path / "image.tif", ramp(2300, 2300).astype(np.uint8), grid, wkt="")
+    make_preview(str(image), str(dtm), str(tmp_path / "p.png"))
+    relief = gdal.Open(str(tmp_path / "p.png")).ReadAsArray()[:, :, 2 * (768 + 8):]
+    lit = relief.max(axis=0) > 0
+    assert 3 <= lit.sum() <= 12  # each pixel in the one to four cells its footprint meets
+    # Where they lie, at 2300 / 768 of a pixel each: (100, 100), (1000, 2000), (2000, 50).
+    assert lit[32:35, 32:35].any() and lit[332:336, 666:670].any() and lit[666:670, 15:19].any()

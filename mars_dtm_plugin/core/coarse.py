@@ -85,18 +85,49 @@ def cell_means(strip: Callable[[int, int], np.ndarray], height: int, cell: int,
                       for y0 in range(0, height, step)])
 
 
+# 0: each blurred value a weighted mean; 1: the value of a weighted plane fitted about it, which
+# carries a slope to the data's edges (a probe: docs/experiments.md).
+FIT_ORDER = 0
+
+
 def gaussian_within(values: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of the finite values, each output a weighted mean of those alone (so
     the blur is not pulled towards zero at the data's edges); NaN far from any data."""
     radius = max(1, int(np.ceil(3 * sigma)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    offsets = np.arange(-radius, radius + 1)
+    taps = np.exp(-0.5 * (offsets / sigma) ** 2)
     known = np.isfinite(values)
-    total, weight = np.where(known, values, 0.0), known.astype(np.float64)
-    for axis in (0, 1):
-        total = _convolve(total, taps, axis)
-        weight = _convolve(weight, taps, axis)
+    data = np.where(known, values, 0.0)
+
+    def moment(field: np.ndarray, row_power: int, column_power: int) -> np.ndarray:
+        """Sum over the window of taps x field x (row offset)^p x (column offset)^q."""
+        field = _convolve(field, taps * offsets ** row_power, 0)
+        return _convolve(field, taps * offsets ** column_power, 1)
+
+    weight, total = moment(known.astype(np.float64), 0, 0), moment(data, 0, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(weight > 1e-3 * taps.sum() ** 2, total / weight, np.nan)
+        blurred = np.where(weight > 1e-3 * taps.sum() ** 2, total / weight, np.nan)
+        if FIT_ORDER == 1:
+            blurred = _plane_fit(known.astype(np.float64), data, moment, blurred)
+    return blurred
+
+
+def _plane_fit(known: np.ndarray, data: np.ndarray, moment, fallback: np.ndarray
+               ) -> np.ndarray:
+    """The weighted least-squares plane's value at each point; ``fallback`` where the
+    data about it cannot fix a plane (too few points, or on a line)."""
+    s = {pq: moment(known, *pq) for pq in ((0, 0), (1, 0), (0, 1), (2, 0), (0, 2), (1, 1))}
+    f = {pq: moment(data, *pq) for pq in ((0, 0), (1, 0), (0, 1))}
+    matrix = np.stack([np.stack([s[0, 0], s[1, 0], s[0, 1]], -1),
+                       np.stack([s[1, 0], s[2, 0], s[1, 1]], -1),
+                       np.stack([s[0, 1], s[1, 1], s[0, 2]], -1)], -2)
+    right = np.stack([f[0, 0], f[1, 0], f[0, 1]], -1)
+    det = np.linalg.det(matrix)
+    scale = s[0, 0] * s[2, 0] * s[0, 2]
+    solvable = np.isfinite(fallback) & (np.abs(det) > 1e-6 * np.abs(scale))
+    fitted = np.full(fallback.shape, np.nan)
+    fitted[solvable] = np.linalg.solve(matrix[solvable], right[solvable][..., None])[..., 0, 0]
+    return np.where(solvable, fitted, fallback)
 
 
 def _convolve(values: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:

@@ -98,6 +98,25 @@ def test_a_blur_within_the_data_is_not_pulled_towards_zero_at_its_edges():
     np.testing.assert_allclose(blurred[:, 8], 7.0)
 
 
+def test_a_first_order_blur_keeps_a_plane_to_the_data_s_edges_and_else_matches_the_mean(
+        monkeypatch):
+    from mars_dtm_plugin.core import coarse
+
+    rows, columns = np.mgrid[0:40, 0:50].astype(float)
+    plane = 3 + 0.5 * columns - 0.2 * rows
+    plane[10:15, 20:30] = np.nan  # a hole, whose rim is an edge too
+    mean = gaussian_within(plane, 4.0)
+    assert np.nanmax(np.abs(mean - plane)) > 1.0  # the mean's bend at the edges
+    noise = np.random.default_rng(0).normal(size=(40, 50))
+    mean_noise = gaussian_within(noise, 4.0)
+    monkeypatch.setattr(coarse, "FIT_ORDER", 1)
+    np.testing.assert_allclose(gaussian_within(plane, 4.0)[np.isfinite(plane)],
+                               plane[np.isfinite(plane)], atol=1e-9)
+    # Where the window is whole, a symmetric one, the plane's slope terms vanish: the mean.
+    np.testing.assert_allclose(gaussian_within(noise, 4.0)[13:27, 13:37],
+                               mean_noise[13:27, 13:37], atol=1e-9)
+
+
 def test_a_blur_keeps_a_wave_much_longer_than_sigma_and_removes_a_short_one():
     x = np.arange(200)
     long_wave = np.tile(np.sin(2 * np.pi * x / 100), (20, 1))

@@ -954,13 +954,12 @@ def evaluate(models: dict[str, Path], data: Path, out: Path, seed: int,
                 continue
             results["sets"][set_name] = {m: average(r) for m, r in by_method.items()}
             pairs = [n["pair"] for n in notes] if set_name == "pairs" else None
+            count = results["scenes"][set_name] = len(set(pairs)) if pairs else len(notes)
             if found := intervals(by_method, first, seed, pairs, others):
-                count = len(set(pairs)) if pairs else len(notes)
                 drawn = f"{count} {'pairs' if pairs else 'scenes'}"
                 results["intervals"][set_name] = {"drawn": drawn, "count": count,
                                                   "against": found}
             results["notes"][set_name] = _set_note(notes)
-            results["scenes"][set_name] = len(set(pairs)) if pairs else len(notes)
             figures(set_name, figure_rows, first, drawn_figures)
         if speed and results["sets"]:
             results["speed"] = measure_speed(models[first], Path(tmp))

@@ -96,28 +96,29 @@ def gaussian_within(values: np.ndarray, sigma: float) -> np.ndarray:
     radius = max(1, int(np.ceil(3 * sigma)))
     offsets = np.arange(-radius, radius + 1)
     taps = np.exp(-0.5 * (offsets / sigma) ** 2)
-    known = np.isfinite(values)
-    data = np.where(known, values, 0.0)
+    known = np.isfinite(values).astype(np.float64)
+    data = np.where(known > 0, values, 0.0)
 
     def moment(field: np.ndarray, row_power: int, column_power: int) -> np.ndarray:
         """Sum over the window of taps x field x (row offset)^p x (column offset)^q."""
         field = _convolve(field, taps * offsets ** row_power, 0)
         return _convolve(field, taps * offsets ** column_power, 1)
 
-    weight, total = moment(known.astype(np.float64), 0, 0), moment(data, 0, 0)
+    weight, total = moment(known, 0, 0), moment(data, 0, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         blurred = np.where(weight > 1e-3 * taps.sum() ** 2, total / weight, np.nan)
         if FIT_ORDER == 1:
-            blurred = _plane_fit(known.astype(np.float64), data, moment, blurred)
+            s = {(0, 0): weight, **{pq: moment(known, *pq)
+                                    for pq in ((1, 0), (0, 1), (2, 0), (0, 2), (1, 1))}}
+            f = {(0, 0): total, (1, 0): moment(data, 1, 0), (0, 1): moment(data, 0, 1)}
+            blurred = _plane_fit(s, f, blurred)
     return blurred
 
 
-def _plane_fit(known: np.ndarray, data: np.ndarray, moment, fallback: np.ndarray
-               ) -> np.ndarray:
-    """The weighted least-squares plane's value at each point; ``fallback`` where the
-    data about it cannot fix a plane (too few points, or on a line)."""
-    s = {pq: moment(known, *pq) for pq in ((0, 0), (1, 0), (0, 1), (2, 0), (0, 2), (1, 1))}
-    f = {pq: moment(data, *pq) for pq in ((0, 0), (1, 0), (0, 1))}
+def _plane_fit(s: dict, f: dict, fallback: np.ndarray) -> np.ndarray:
+    """The weighted least-squares plane's value at each point, from the window's moments of
+    the data's presence ``s`` and of the data ``f`` (by powers of the row and column offsets);
+    ``fallback`` where the data about it cannot fix a plane (too few points, or on a line)."""
     matrix = np.stack([np.stack([s[0, 0], s[1, 0], s[0, 1]], -1),
                        np.stack([s[1, 0], s[2, 0], s[1, 1]], -1),
                        np.stack([s[0, 1], s[1, 1], s[0, 2]], -1)], -2)

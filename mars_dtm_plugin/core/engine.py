@@ -26,7 +26,14 @@ from .coarse import BlockAveraged, cell_means, long_wavelength_correction, upsam
 from .contract import ModelContract
 from .errors import Caution, DtmCancelled, DtmError
 from .model import Generator, default_model_path, shared_generator
-from .raster import FILL_LIKE, InputRaster, ProductSun, gdal_exceptions, sun_from_product
+from .raster import (
+    FILL_LIKE,
+    InputRaster,
+    ProductSun,
+    gdal_exceptions,
+    nodata_said,
+    sun_from_product,
+)
 from .reference import open_reference, reference_files
 from .stitch import OffsetProblem, blend_ramps
 from .tiling import Rotation, Tile, TileGrid, snap, tile_grid
@@ -88,6 +95,10 @@ class PredictOptions:
     """GDAL open options of the reference DTM, as its GIS layer may be opened with."""
     reference_crs_wkt: str | None = None
     """The reference DTM's CRS in place of its file's, as for ``crs_wkt``."""
+    reference_nodata: tuple[tuple[float, float], ...] = ()
+    """The reference DTM's nodata ranges besides its file's, as ``nodata`` is the input's."""
+    reference_file_nodata: bool = True
+    """Whether the reference DTM's file's nodata value marks nodata, as ``file_nodata``."""
 
 
 @dataclass
@@ -129,7 +140,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
                 output_path = os.path.realpath(output_path)
             generator = shared_generator(options.model_path or default_model_path(),
                                          options.provider, options.threads)
-            run = _Run(raster, generator, options, progress, is_cancelled)
+            run = _Run(raster, generator, options, progress, is_cancelled,
+                       Path(output_path).parent)
             said = run.setup_messages() if log else []  # said now: a run can be long
             for line in said:
                 log(line)
@@ -159,7 +171,8 @@ class _Run:
     """State of one prediction: scene mapping, tile grid, tile store, offsets."""
 
     def __init__(self, raster: InputRaster, generator: Generator, options: PredictOptions,
-                 progress: Progress | None, is_cancelled: Callable[[], bool] | None) -> None:
+                 progress: Progress | None, is_cancelled: Callable[[], bool] | None,
+                 folder: Path) -> None:
         self.raster, self.generator, self.options = raster, generator, options
         if min(raster.width, raster.height) < MIN_SIDE_PX:
             raise DtmError(f"The input is {raster.width} x {raster.height} pixels, too small to "
@@ -183,7 +196,8 @@ class _Run:
         self.reference = (open_reference(options.reference_dtm, raster.georef, raster.width,
                                          raster.height, options.reference_resolution_m,
                                          options.reference_open_options,
-                                         options.reference_crs_wkt)
+                                         options.reference_crs_wkt, options.reference_nodata,
+                                         options.reference_file_nodata, folder)
                           if options.reference_dtm else None)
         self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()
@@ -688,9 +702,7 @@ class _Run:
         said = [f"Input: {self.raster.width} x {self.raster.height} px, "
                 + ("luminance of the red, green and blue bands" if len(bands) > 1
                    else f"band {bands[0].GetBand()}")
-                + "".join(f", {low:g}" + (f" to {high:g}" if high > low else "") + " as nodata"
-                          for low, high in self.options.nodata)
-                + ("" if self.raster.file_nodata_used() else ", the file's nodata value not used"),
+                + nodata_said(self.options.nodata, self.raster.file_nodata_used()),
                 f"Model: {generator.path.name}, version {self.contract.version}",
                 f"Execution provider: {generator.provider}"]
         if generator.provider_note:

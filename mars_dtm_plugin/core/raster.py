@@ -117,18 +117,13 @@ class InputRaster:
         valid = np.ones((bh, bw), bool)
         for band, weight in zip(self.bands, self.weights):
             data = band.ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
-            for low, high in self.nodata:  # on the stored values, as GDAL's nodata value
-                if math.isnan(low):  # NaN is nodata anyway (below); it compares false
-                    continue
-                if data.dtype.kind == "f":  # rounded to the band's type, as GDAL does
-                    low, high = data.dtype.type(low), data.dtype.type(high)
-                valid &= (data < low) | (data > high)
+            valid &= outside(data, self.nodata)
             scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
             if (scale, offset) == (1.0, 0.0):
                 scale, offset = self.label_scaling
             if (scale, offset) != (1.0, 0.0):  # DN to radiance (PDS, ISIS, GeoTIFF scaling)
                 data = data.astype(np.float64) * scale + offset
-            if self._masked(band):
+            if mask_marks_nodata(band, self.file_nodata):
                 mask = band.GetMaskBand().ReadAsArray(x0, y0, w, h, buf_xsize=bw, buf_ysize=bh)
                 valid &= mask > 0
             with np.errstate(over="ignore", invalid="ignore"):  # overflow: inf, invalid below
@@ -138,11 +133,6 @@ class InputRaster:
             values[~valid] = 0
         return values, valid
 
-    def _masked(self, band: gdal.Band) -> bool:
-        """Whether the band's mask marks nodata: any mask but one from an unused nodata value."""
-        flags = band.GetMaskFlags()
-        return flags != gdal.GMF_ALL_VALID and (self.file_nodata or not flags & gdal.GMF_NODATA)
-
     def file_nodata_used(self) -> bool:
         """False where the file has a nodata value that is not read as nodata."""
         return self.file_nodata or not any(b.GetMaskFlags() & gdal.GMF_NODATA for b in self.bands)
@@ -150,7 +140,7 @@ class InputRaster:
     def zero_rim(self) -> float:
         """Share of the outermost pixels that are exactly 0 while nothing marks nodata: an
         orthoimage's black collar without a nodata value is read as black ground."""
-        if any(self._masked(band) for band in self.bands):
+        if any(mask_marks_nodata(band, self.file_nodata) for band in self.bands):
             return 0.0
         w, h = self.width, self.height
         bw, bh = min(w, SAMPLE_SIDE), min(h, SAMPLE_SIDE)  # decimated: a few blocks each
@@ -200,6 +190,32 @@ class InputRaster:
     def close(self) -> None:
         self.bands = []
         self.dataset = None
+
+
+def outside(data: np.ndarray, ranges: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """Where the stored values lie outside every (low, high) range of nodata values."""
+    valid = np.ones(data.shape, bool)
+    for low, high in ranges:  # on the stored values, as GDAL's nodata value
+        if math.isnan(low):  # NaN is nodata anyway; it compares false
+            continue
+        if data.dtype.kind == "f":  # rounded to the band's type, as GDAL does
+            low, high = data.dtype.type(low), data.dtype.type(high)
+        valid &= (data < low) | (data > high)
+    return valid
+
+
+def nodata_said(ranges: tuple[tuple[float, float], ...], file_nodata_used: bool) -> str:
+    """What a run says of the nodata it reads besides a file's own: ", 0 as nodata", ..."""
+    return ("".join(f", {low:g}" + (f" to {high:g}" if high > low else "") + " as nodata"
+                    for low, high in ranges)
+            + ("" if file_nodata_used else ", the file's nodata value not used"))
+
+
+def mask_marks_nodata(band: gdal.Band, file_nodata: bool) -> bool:
+    """Whether the band's mask marks nodata: any mask but one from a nodata value the file
+    gives and the reader does not use (``file_nodata`` False)."""
+    flags = band.GetMaskFlags()
+    return flags != gdal.GMF_ALL_VALID and (file_nodata or not flags & gdal.GMF_NODATA)
 
 
 def files_read(dataset: gdal.Dataset) -> list[str]:

@@ -13,6 +13,8 @@ with what it holds beyond the image, so the image's edges take its slope unbent.
 from __future__ import annotations
 
 import math
+import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,15 @@ from osgeo import gdal, osr
 
 from .coarse import gaussian_within
 from .errors import DtmError
-from .raster import FILL_LIKE, Georeferencing, files_read, ground_pixel_size_m
+from .raster import (
+    FILL_LIKE,
+    Georeferencing,
+    files_read,
+    ground_pixel_size_m,
+    mask_marks_nodata,
+    nodata_said,
+    outside,
+)
 
 # The reference is trusted down to its own pixels (or the resolution the user gives it): the
 # blur keeps half of a wavelength some 5.3 sigma long, under 3 of them (2 are the shortest a grid
@@ -32,6 +42,7 @@ FEW_PIXELS = 4  # across the image, fewer of the reference's tell its height, ha
 METRES = {"", "m", "metre", "metres", "meter", "meters"}
 MAX_CELLS = 4_000_000  # some 32 MB a grid: a reference nearly as fine as a huge image gets
 # cells wider than half its sigma, so that memory stays flat
+STRIP_PIXELS = 4_000_000  # read at a time where nodata is applied to a copy
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class Reference:
     """The reference's heights beyond sigma on the image's grid of ``cell`` x ``cell`` px,
     with a ring of cells around it (so the image's edges lie between cells' centres); NaN far
     from its data."""
+    nodata: str = ""
+    """What the run reads as nodata besides its file's own, as the log says it."""
     ring = 1
 
     def caution(self) -> str | None:
@@ -58,7 +71,7 @@ class Reference:
 
     def describe(self) -> str:
         return (f"Long wavelengths and the heights' datum: beyond {self.sigma:.3g} px, from the "
-                f"reference DTM {Path(self.path).name}")
+                f"reference DTM {Path(self.path).name}{self.nodata}")
 
     def correction(self, dtm_cells: np.ndarray) -> np.ndarray:
         """What the reference adds to the DTM on the cells: its long wavelengths for the
@@ -84,11 +97,14 @@ def reference_files(path: str, open_options: tuple[str, ...] = ()) -> list[str]:
 
 def open_reference(path: str, georef: Georeferencing, width: int, height: int,
                    resolution_m: float | None = None, open_options: tuple[str, ...] = (),
-                   crs_wkt: str | None = None) -> Reference:
+                   crs_wkt: str | None = None, nodata: tuple[tuple[float, float], ...] = (),
+                   file_nodata: bool = True, folder: Path | None = None) -> Reference:
     """The reference DTM at ``path`` (opened with GDAL's ``open_options``, placed in
     ``crs_wkt`` where given, else its file's CRS) averaged onto cells of the image's grid,
     trusted down to ``resolution_m`` (default: its pixel size; a stereo DTM resolves some
-    three of them)."""
+    three of them). ``nodata`` and ``file_nodata`` are as the input's (``PredictOptions``):
+    where they say more than the file, its heights are copied with them applied into
+    ``folder`` (default: the system's temporary folder) for the time of the warp."""
     if georef.geotransform is None or not georef.crs_wkt:
         raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
                        "place the one on the other.")
@@ -114,7 +130,14 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     sigma = max(SIGMA_REFERENCE_PIXELS * (resolution_m or pixel_m) / georef.pixel_size_m, 2.0)
     cell = max(1, round(sigma / 2), math.ceil(math.sqrt(width * height / MAX_CELLS)))
     pad = math.ceil(3 * sigma / cell)  # the blur's reach, in cells
-    cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad)
+    unused = not file_nodata and bool(band.GetMaskFlags() & gdal.GMF_NODATA)
+    with ExitStack() as stack:
+        if nodata or unused:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(dir=folder,
+                                                                     prefix=".marsdtm-"))
+            dataset = _nodata_applied(dataset, nodata, file_nodata, Path(folder) / "dtm.tif")
+        cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad)
+        dataset = None  # closed before its folder goes
     inside = (slice(pad, -pad), slice(pad, -pad))
     if not np.isfinite(cells[inside]).any():
         raise DtmError(f"The reference DTM {name} does not overlap the image.")
@@ -122,7 +145,33 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     ringed = (slice(keep, -keep or None),) * 2
     across = min(width, height) * georef.pixel_size_m / pixel_m
     return Reference(str(path), sigma, across, cell,
-                     gaussian_within(cells, sigma / cell)[ringed])
+                     gaussian_within(cells, sigma / cell)[ringed], nodata_said(nodata, not unused))
+
+
+def _nodata_applied(dataset: gdal.Dataset, nodata: tuple[tuple[float, float], ...],
+                    file_nodata: bool, path: Path) -> gdal.Dataset:
+    """Band 1 of ``dataset`` as float32 heights at ``path``, NaN where ``nodata`` and
+    ``file_nodata`` say (GDAL's warp knows one nodata value, used or not); strip by strip."""
+    band, cols, rows = dataset.GetRasterBand(1), dataset.RasterXSize, dataset.RasterYSize
+    copy = gdal.GetDriverByName("GTiff").Create(str(path), cols, rows, 1, gdal.GDT_Float32,
+                                                ["TILED=YES", "BIGTIFF=IF_SAFER"])
+    copy.SetGeoTransform(dataset.GetGeoTransform())
+    copy.SetProjection(dataset.GetProjection())
+    out = copy.GetRasterBand(1)
+    out.SetNoDataValue(math.nan)
+    masked = mask_marks_nodata(band, file_nodata)
+    scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
+    step = max(1, STRIP_PIXELS // cols)
+    for y0 in range(0, rows, step):
+        n = min(step, rows - y0)
+        data = band.ReadAsArray(0, y0, cols, n)
+        valid = outside(data, nodata)
+        if masked:
+            valid &= band.GetMaskBand().ReadAsArray(0, y0, cols, n) > 0
+        heights = (data * scale + offset).astype(np.float32)
+        heights[~valid] = np.nan
+        out.WriteArray(heights, 0, y0)
+    return copy
 
 
 def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, rows: int,

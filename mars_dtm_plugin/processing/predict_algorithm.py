@@ -58,11 +58,6 @@ def input_layer_problem(layer: QgsMapLayer, reference: bool = False) -> str | No
     if layer.providerType() != "gdal":  # WMS, XYZ, WCS: no file for the engine to read
         return tr("{0} '{1}' is not a raster file; save it as a GeoTIFF first.").format(
             role, layer.name())
-    if reference and layer_nodata(layer):  # a reference is warped whole, by GDAL
-        return tr("{0} '{1}' has nodata values set in QGIS, which the run cannot apply to "
-                  "it; set them in its file (Raster > Conversion > Translate: Assign a "
-                  "specified nodata value) or clear them (Layer Properties > "
-                  "Transparency).").format(role, layer.name())
     return None
 
 
@@ -358,9 +353,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if overlap is not None and not overlap.is_integer():
             raise QgsProcessingException(tr("The tile overlap must be a whole number of pixels, "
                                             "not {0}.").format(overlap))
-        reference, reference_open_options, reference_crs = self._reference_dtm(parameters,
-                                                                               context)
-        return PredictOptions(
+        reference = self._reference_layer(parameters, context)
+        options = PredictOptions(
             model_path=model or None,
             # 0 is what an empty band parameter reads as; the engine's "auto" is None.
             band=self.parameterAsInt(parameters, self.BAND, context) or None,
@@ -369,28 +363,31 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             sun_elevation=self._optional_number(parameters, self.SUN_ELEVATION, context),
             provider=EXECUTION_PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)],
             pixel_size=self._optional_number(parameters, self.PIXEL_SIZE, context),
-            reference_dtm=reference,
-            reference_open_options=reference_open_options,
-            reference_crs_wkt=reference_crs,
             reference_resolution_m=self._optional_number(parameters, self.REFERENCE_RESOLUTION,
                                                          context),
         )
+        if reference is not None:  # read as QGIS shows it, as the input is
+            options.reference_dtm, options.reference_open_options = gdal_source(
+                reference.source())
+            crs = crs_of_its_own(reference)
+            options.reference_crs_wkt = crs.toWkt(
+                QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL) if crs else None
+            options.reference_nodata = layer_nodata(reference)
+            options.reference_file_nodata = uses_file_nodata(reference)
+        return options
 
-    def _reference_dtm(self, parameters: dict[str, Any], context: QgsProcessingContext
-                       ) -> tuple[str | None, tuple[str, ...], str | None]:
-        """The file behind REFERENCE_DTM, the open options of its layer and the layer's CRS
-        (as WKT) where it is not the file's."""
+    def _reference_layer(self, parameters: dict[str, Any], context: QgsProcessingContext
+                         ) -> QgsRasterLayer | None:
+        """The REFERENCE_DTM layer, after the checks; None where none is given."""
         problem = self._layer_problem(parameters, self.REFERENCE_DTM, context)
         if problem:
             raise QgsProcessingException(problem)
         layer = self.parameterAsRasterLayer(parameters, self.REFERENCE_DTM, context)
         if layer is None and parameters.get(self.REFERENCE_DTM) in (None, ""):
-            return None, (), None
+            return None
         if layer is None or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, self.REFERENCE_DTM))
-        crs = crs_of_its_own(layer)
-        wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL) if crs else None
-        return (*gdal_source(layer.source()), wkt)
+        return layer
 
     def _optional_number(self, parameters: dict[str, Any], name: str,
                          context: QgsProcessingContext) -> float | None:

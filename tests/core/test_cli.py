@@ -75,6 +75,20 @@ def test_a_reference_dtm_given_sets_the_datum_and_a_bad_one_is_one_sentence(tmp_
     assert "The reference DTM" in done.stderr and "cannot be read" in done.stderr
 
 
+def test_reference_nodata_values_given_are_holes(tmp_path):
+    model = write_test_model(tmp_path / "model.onnx")
+    scene = write_raster(tmp_path / "scene.tif", ramp(90, 100) + 20, GT)
+    heights = np.full((20, 20), -2500.0, np.float32)
+    heights[9:12, 9:12] = -9999  # under the image, marked nowhere in the file
+    ctx = write_raster(tmp_path / "ctx.tif", heights, (-40.0, 16.0, 0.0, 40.0, 0.0, -16.0))
+    out = tmp_path / "dtm.tif"
+    done = predict_command(str(scene), str(out), "--model", str(model), "--reference-dtm",
+                           str(ctx), "--reference-nodata=-9999")
+    assert done.returncode == 0, done.stderr
+    assert "from the reference DTM ctx.tif, -9999 as nodata" in done.stdout
+    assert abs(read_raster(out)[0].mean() + 2500) < 0.05
+
+
 def test_the_cli_module_runs_as_the_package_does(tmp_path):
     """``python -m mars_dtm_plugin.cli`` is not a silent no-op."""
     done = predict_command(str(tmp_path / "missing.tif"), str(tmp_path / "out.tif"),

@@ -230,6 +230,39 @@ def test_an_unmarked_fill_in_the_reference_is_a_hole_the_blur_closes(tmp_path):
     assert np.abs(heights - plane - without)[160:].max() < 0.006 * 6.4  # and far from it
 
 
+def _reference_with_patch(tmp_path, value: float, name: str, nodata: float | None = None):
+    """The plane reference with a 3 x 3 patch of ``value`` under the image."""
+    gt = (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0)
+    heights = _plane(*_pixel_centres(gt, 20, 20)).astype(np.float32)
+    heights[7:10, 7:10] = value
+    return write_raster(tmp_path / name, heights, gt, nodata=nodata)
+
+
+def test_nodata_values_given_for_the_reference_are_holes_as_its_file_s_would_be(tmp_path):
+    # A GIS layer's own nodata value on a file without one reads as the file's would.
+    unmarked = _reference_with_patch(tmp_path, -9999.0, "unmarked.tif")
+    marked = _reference_with_patch(tmp_path, -9999.0, "marked.tif", nodata=-9999.0)
+    given, _, report = _run(tmp_path, unmarked, name="given.tif",
+                            reference_nodata=((-10000.0, -9998.0),))
+    assert any(line.endswith("unmarked.tif, -10000 to -9998 as nodata")
+               for line in report.messages)
+    as_file, *_ = _run(tmp_path, marked, name="as_file.tif")
+    ignored, *_ = _run(tmp_path, unmarked, name="ignored.tif")
+    np.testing.assert_allclose(given, as_file, atol=1e-4)
+    assert np.abs(ignored - as_file).max() > 100  # read as heights, the patch is a deep pit
+    assert not list(tmp_path.glob(".marsdtm-*"))  # the masked copy is gone
+
+
+def test_a_reference_s_file_nodata_value_switched_off_is_read_as_a_height(tmp_path):
+    marked = _reference_with_patch(tmp_path, 0.0, "marked.tif", nodata=0.0)
+    unmarked = _reference_with_patch(tmp_path, 0.0, "unmarked.tif")
+    switched_off, *_ = _run(tmp_path, marked, name="off.tif", reference_file_nodata=False)
+    as_values, *_ = _run(tmp_path, unmarked, name="values.tif")
+    hole, *_ = _run(tmp_path, marked, name="hole.tif")
+    np.testing.assert_allclose(switched_off, as_values, atol=1e-4)
+    assert np.abs(hole - as_values).max() > 100
+
+
 def _rotated(degrees: float) -> tuple[float, ...]:
     """2 m pixels whose rows run ``degrees`` anticlockwise from east."""
     c, s = 2 * np.cos(np.radians(degrees)), 2 * np.sin(np.radians(degrees))

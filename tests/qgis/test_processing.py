@@ -169,12 +169,35 @@ def test_a_reference_dtm_layer_is_read_with_its_open_options(provider, identity_
         QgsProject.instance().removeMapLayer(layer.id())
 
 
-def _reference_layer(tmp_path: Path, wkt: str | None = MARS_EQC_WKT, **kw) -> QgsRasterLayer:
-    """A DTM of 40 m pixels, 1 234 m up, around the 150 x 110 image of ``image_factory``."""
+def _reference_layer(tmp_path: Path, wkt: str | None = MARS_EQC_WKT, patch: float | None = None,
+                     **kw) -> QgsRasterLayer:
+    """A DTM of 40 m pixels, 1 234 m up, around the 150 x 110 image of ``image_factory``; with
+    ``patch``, 3 x 3 of its pixels under the image hold that value."""
     wider = (GEOTRANSFORM[0] - 400, 40.0, 0.0, GEOTRANSFORM[3] + 400, 0.0, -40.0)
-    reference = write_geotiff(tmp_path / "mola.tif", np.full((30, 30), 1234.0, np.float32),
-                              geotransform=wider, wkt=wkt, **kw)
+    heights = np.full((30, 30), 1234.0, np.float32)
+    if patch is not None:
+        heights[12:15, 12:15] = patch
+    reference = write_geotiff(tmp_path / "mola.tif", heights, geotransform=wider, wkt=wkt, **kw)
     return QgsRasterLayer(str(reference), "MOLA")
+
+
+def test_the_reference_dtm_layer_s_nodata_is_read_as_qgis_shows_it(provider, identity_model,
+                                                                   image_factory, tmp_path):
+    image = image_factory(width=150, height=110)
+    for folder in ("given", "off"):
+        (tmp_path / folder).mkdir()
+    given = _reference_layer(tmp_path / "given", patch=-9999.0)  # a nodata value set in QGIS
+    given.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-9999, -9999)])
+    switched_off = _reference_layer(tmp_path / "off", patch=0.0, nodata=0.0)  # 0 m is ground
+    switched_off.dataProvider().setUseSourceNoDataValue(1, False)
+    means = []
+    for layer in (given, switched_off):
+        output = tmp_path / f"{layer.source().split('/')[-2]}.tif"
+        run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer,
+             "OUTPUT": str(output)})
+        means.append(read_raster(output)[0].mean())
+    assert means[0] == pytest.approx(1234.0, abs=0.05)  # the hole bridged by flat ground
+    assert means[1] < 1234.0 - 50  # the patch at 0 m pulls the datum down
 
 
 def test_a_crs_set_on_the_reference_dtm_layer_places_it(provider, identity_model,
@@ -196,15 +219,11 @@ def test_a_crs_set_on_the_reference_dtm_layer_places_it(provider, identity_model
 def test_a_reference_dtm_layer_the_run_cannot_read_as_qgis_does_is_refused_by_name(
         provider, identity_model, image_factory, tmp_path):
     image = image_factory(width=150, height=110)
-    marked = _reference_layer(tmp_path)
-    marked.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-9999, -9999)])
     tiles = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png", "tiles", "wms")
     text = tmp_path / "notes.txt"
     text.write_text("not a DTM")
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
     for reference, says in [
-            (marked, "The reference DTM layer 'MOLA' has nodata values set in QGIS, which "
-                     "the run cannot apply to it; set them in its file"),
             (tiles, "The reference DTM layer 'tiles' is not a raster file; save it as a "
                     "GeoTIFF first."),
             (str(text), f"GDAL cannot read '{text}' as a raster.")]:

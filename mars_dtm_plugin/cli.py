@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--nodata", type=float, action="append", default=[], metavar="V",
                          help="a value to read as nodata besides what the file marks, such as "
                               "0 for a black collar without a nodata value (repeatable)")
-    predict.add_argument("--reference-nodata", type=float, action="append", default=[],
-                         metavar="V", help="a value of the reference DTM to read as nodata "
-                                           "besides what its file marks (repeatable)")
+    predict.add_argument("--reference-nodata", type=float, metavar="V",
+                         help="a value of the reference DTM to read as nodata besides what "
+                              "its file marks")
     predict.add_argument("--batch-size", type=int, default=None, metavar="N",
                          help="tiles per model call (default: about half a megapixel)")
     predict.add_argument("--threads", type=int, default=None, metavar="N",
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         provider=args.provider, pixel_size=args.pixel_size, batch_size=args.batch_size,
         threads=args.threads, nodata=tuple((value, value) for value in args.nodata),
         reference_dtm=args.reference_dtm, reference_resolution_m=args.reference_resolution,
-        reference_nodata=tuple((value, value) for value in args.reference_nodata))
+        reference_nodata=args.reference_nodata)
     interrupted = []
     # Ctrl-C, and a batch system's time limit or a closed terminal, cancel cleanly; a signal
     # the caller ignores (nohup's SIGHUP) stays ignored.

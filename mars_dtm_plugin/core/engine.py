@@ -95,8 +95,8 @@ class PredictOptions:
     """GDAL open options of the reference DTM, as its GIS layer may be opened with."""
     reference_crs_wkt: str | None = None
     """The reference DTM's CRS in place of its file's, as for ``crs_wkt``."""
-    reference_nodata: tuple[tuple[float, float], ...] = ()
-    """The reference DTM's nodata ranges besides its file's, as ``nodata`` is the input's."""
+    reference_nodata: float | None = None
+    """A stored value of the reference DTM read as nodata besides its file's own."""
     reference_file_nodata: bool = True
     """Whether the reference DTM's file's nodata value marks nodata, as ``file_nodata``."""
 
@@ -140,8 +140,7 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
                 output_path = os.path.realpath(output_path)
             generator = shared_generator(options.model_path or default_model_path(),
                                          options.provider, options.threads)
-            run = _Run(raster, generator, options, progress, is_cancelled,
-                       Path(output_path).parent)
+            run = _Run(raster, generator, options, progress, is_cancelled)
             said = run.setup_messages() if log else []  # said now: a run can be long
             for line in said:
                 log(line)
@@ -171,8 +170,7 @@ class _Run:
     """State of one prediction: scene mapping, tile grid, tile store, offsets."""
 
     def __init__(self, raster: InputRaster, generator: Generator, options: PredictOptions,
-                 progress: Progress | None, is_cancelled: Callable[[], bool] | None,
-                 folder: Path) -> None:
+                 progress: Progress | None, is_cancelled: Callable[[], bool] | None) -> None:
         self.raster, self.generator, self.options = raster, generator, options
         if min(raster.width, raster.height) < MIN_SIDE_PX:
             raise DtmError(f"The input is {raster.width} x {raster.height} pixels, too small to "
@@ -197,7 +195,7 @@ class _Run:
                                          raster.height, options.reference_resolution_m,
                                          options.reference_open_options,
                                          options.reference_crs_wkt, options.reference_nodata,
-                                         options.reference_file_nodata, folder)
+                                         options.reference_file_nodata)
                           if options.reference_dtm else None)
         self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()

@@ -13,25 +13,17 @@ with what it holds beyond the image, so the image's edges take its slope unbent.
 from __future__ import annotations
 
 import math
-import tempfile
-from contextlib import ExitStack
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
-from osgeo import gdal, osr
+from osgeo import gdal, gdal_array, osr
 
 from .coarse import gaussian_within
 from .errors import DtmError
-from .raster import (
-    FILL_LIKE,
-    Georeferencing,
-    files_read,
-    ground_pixel_size_m,
-    mask_marks_nodata,
-    nodata_said,
-    outside,
-)
+from .raster import FILL_LIKE, Georeferencing, files_read, ground_pixel_size_m, nodata_said
 
 # The reference is trusted down to its own pixels (or the resolution the user gives it): the
 # blur keeps half of a wavelength some 5.3 sigma long, under 3 of them (2 are the shortest a grid
@@ -42,7 +34,6 @@ FEW_PIXELS = 4  # across the image, fewer of the reference's tell its height, ha
 METRES = {"", "m", "metre", "metres", "meter", "meters"}
 MAX_CELLS = 4_000_000  # some 32 MB a grid: a reference nearly as fine as a huge image gets
 # cells wider than half its sigma, so that memory stays flat
-STRIP_PIXELS = 4_000_000  # read at a time where nodata is applied to a copy
 
 
 @dataclass(frozen=True)
@@ -97,14 +88,13 @@ def reference_files(path: str, open_options: tuple[str, ...] = ()) -> list[str]:
 
 def open_reference(path: str, georef: Georeferencing, width: int, height: int,
                    resolution_m: float | None = None, open_options: tuple[str, ...] = (),
-                   crs_wkt: str | None = None, nodata: tuple[tuple[float, float], ...] = (),
-                   file_nodata: bool = True, folder: Path | None = None) -> Reference:
+                   crs_wkt: str | None = None, nodata: float | None = None,
+                   file_nodata: bool = True) -> Reference:
     """The reference DTM at ``path`` (opened with GDAL's ``open_options``, placed in
     ``crs_wkt`` where given, else its file's CRS) averaged onto cells of the image's grid,
     trusted down to ``resolution_m`` (default: its pixel size; a stereo DTM resolves some
-    three of them). ``nodata`` and ``file_nodata`` are as the input's (``PredictOptions``):
-    where they say more than the file, its heights are copied with them applied into
-    ``folder`` (default: the system's temporary folder) for the time of the warp."""
+    three of them). ``nodata`` is a stored value read as nodata besides the file's own
+    nodata value, which marks nodata where ``file_nodata``."""
     if georef.geotransform is None or not georef.crs_wkt:
         raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
                        "place the one on the other.")
@@ -130,14 +120,20 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     sigma = max(SIGMA_REFERENCE_PIXELS * (resolution_m or pixel_m) / georef.pixel_size_m, 2.0)
     cell = max(1, round(sigma / 2), math.ceil(math.sqrt(width * height / MAX_CELLS)))
     pad = math.ceil(3 * sigma / cell)  # the blur's reach, in cells
+    scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
     unused = not file_nodata and bool(band.GetMaskFlags() & gdal.GMF_NODATA)
-    with ExitStack() as stack:
-        if nodata or unused:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(dir=folder,
-                                                                     prefix=".marsdtm-"))
-            dataset = _nodata_applied(dataset, nodata, file_nodata, Path(folder) / "dtm.tif")
+    alpha = any(dataset.GetRasterBand(i + 1).GetColorInterpretation() == gdal.GCI_AlphaBand
+                for i in range(dataset.RasterCount))
+    folder = f"/vsimem/marsdtm-{uuid.uuid4().hex}"
+    try:  # a band beside the heights (an error band) would make the warp want two
+        if nodata is not None or unused or (dataset.RasterCount > 1 and not alpha):
+            dataset = _with_nodata(dataset, name, nodata, file_nodata, folder, alpha)
         cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad)
-        dataset = None  # closed before its folder goes
+    finally:
+        dataset = None
+        for file in gdal.ReadDirRecursive(folder) or []:  # in memory, but for the process
+            gdal.Unlink(f"{folder}/{file}")
+    cells = cells * scale + offset
     inside = (slice(pad, -pad), slice(pad, -pad))
     if not np.isfinite(cells[inside]).any():
         raise DtmError(f"The reference DTM {name} does not overlap the image.")
@@ -145,38 +141,43 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     ringed = (slice(keep, -keep or None),) * 2
     across = min(width, height) * georef.pixel_size_m / pixel_m
     return Reference(str(path), sigma, across, cell,
-                     gaussian_within(cells, sigma / cell)[ringed], nodata_said(nodata, not unused))
+                     gaussian_within(cells, sigma / cell)[ringed],
+                     nodata_said(() if nodata is None else ((nodata, nodata),), not unused))
 
 
-def _nodata_applied(dataset: gdal.Dataset, nodata: tuple[tuple[float, float], ...],
-                    file_nodata: bool, path: Path) -> gdal.Dataset:
-    """Band 1 of ``dataset`` as float32 heights at ``path``, NaN where ``nodata`` and
-    ``file_nodata`` say (GDAL's warp knows one nodata value, used or not); strip by strip."""
-    band, cols, rows = dataset.GetRasterBand(1), dataset.RasterXSize, dataset.RasterYSize
-    copy = gdal.GetDriverByName("GTiff").Create(str(path), cols, rows, 1, gdal.GDT_Float32,
-                                                ["TILED=YES", "BIGTIFF=IF_SAFER"])
-    copy.SetGeoTransform(dataset.GetGeoTransform())
-    copy.SetProjection(dataset.GetProjection())
-    out = copy.GetRasterBand(1)
-    out.SetNoDataValue(math.nan)
-    masked = mask_marks_nodata(band, file_nodata)
-    scale, offset = band.GetScale() or 1.0, band.GetOffset() or 0.0
-    step = max(1, STRIP_PIXELS // cols)
-    for y0 in range(0, rows, step):
-        n = min(step, rows - y0)
-        data = band.ReadAsArray(0, y0, cols, n)
-        valid = outside(data, nodata)
-        if masked:
-            valid &= band.GetMaskBand().ReadAsArray(0, y0, cols, n) > 0
-        heights = (data * scale + offset).astype(np.float32)
-        heights[~valid] = np.nan
-        out.WriteArray(heights, 0, y0)
-    return copy
+def _with_nodata(dataset: gdal.Dataset, name: str, value: float | None, file_nodata: bool,
+                 folder: str, alpha: bool) -> gdal.Dataset:
+    """Band 1 of ``dataset`` as a VRT in ``folder`` whose nodata is ``value`` and, where
+    ``file_nodata``, also the file's nodata value (GDAL's warp reads one, so the file's is
+    mapped onto ``value``); without ``value``, the file's, or none where unused."""
+    band = dataset.GetRasterBand(1)
+    if alpha or band.GetMaskFlags() not in (gdal.GMF_ALL_VALID, gdal.GMF_NODATA):
+        raise DtmError(f"The reference DTM {name} has a mask or alpha band, which the run "
+                       "cannot keep beside the nodata values given for it; set them in its "
+                       "file instead.")
+    own = band.GetNoDataValue() if file_nodata else None
+    values = f"{folder}/values.vrt"  # band 1; written as it closes, now
+    gdal.Translate(values, dataset, format="VRT", bandList=[1],
+                   noData="none" if own is None or value is not None else own)
+    if value is None:
+        return gdal.Open(values)
+    stored = np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(band.DataType))
+    if stored.kind == "f":  # rounded to the stored type, as GDAL rounds its nodata value
+        value = float(stored.type(value))
+    source = f"<NODATA>{own!r}</NODATA>" if own is not None else ""
+    return gdal.Open(
+        f'<VRTDataset rasterXSize="{dataset.RasterXSize}" rasterYSize="{dataset.RasterYSize}">'
+        f"<SRS>{escape(dataset.GetProjection())}</SRS>"
+        f"<GeoTransform>{', '.join(map(repr, dataset.GetGeoTransform()))}</GeoTransform>"
+        f'<VRTRasterBand dataType="Float64" band="1"><NoDataValue>{value!r}</NoDataValue>'
+        f'<ComplexSource><SourceFilename relativeToVRT="0">{values}'
+        f"</SourceFilename><SourceBand>1</SourceBand>{source}</ComplexSource>"
+        "</VRTRasterBand></VRTDataset>")
 
 
 def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, rows: int,
           cell: int, pad: int) -> np.ndarray:
-    """The reference's heights in metres, averaged onto the image's grid coarsened by
+    """The reference's stored values, averaged onto the image's grid coarsened by
     ``cell`` and widened by ``pad`` cells on each side; NaN where it has none."""
     gt = georef.geotransform
     target = gdal.GetDriverByName("MEM").Create("", cols + 2 * pad, rows + 2 * pad, 1,
@@ -195,7 +196,6 @@ def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, r
             detail = "PROJ knows no way from its CRS to the image's (is it of another body?)"
         raise DtmError(f"The reference DTM {name} cannot be placed on the image's grid: "
                        f"{detail.rstrip('.')}.") from exc
-    band = dataset.GetRasterBand(1)
     values = target.GetRasterBand(1).ReadAsArray().astype(np.float64)
     values[np.abs(values) >= FILL_LIKE] = np.nan  # an unmarked fill, alone or averaged in
-    return values * (band.GetScale() or 1.0) + (band.GetOffset() or 0.0)
+    return values

@@ -58,6 +58,11 @@ def input_layer_problem(layer: QgsMapLayer, reference: bool = False) -> str | No
     if layer.providerType() != "gdal":  # WMS, XYZ, WCS: no file for the engine to read
         return tr("{0} '{1}' is not a raster file; save it as a GeoTIFF first.").format(
             role, layer.name())
+    nodata = layer_nodata(layer, bands=(1,)) if reference else ()
+    if len(nodata) > 1 or any(low != high for low, high in nodata):
+        return tr("{0} '{1}' has several nodata values, or a range of them, set in QGIS; the "
+                  "run applies one: keep one (Layer Properties > Transparency) or set them in "
+                  "its file (Raster > Conversion > Translate).").format(role, layer.name())
     return None
 
 
@@ -69,20 +74,27 @@ def gdal_source(source: str) -> tuple[str, tuple[str, ...]]:
     return name, tuple(open_options)
 
 
-def layer_nodata(layer: QgsRasterLayer) -> tuple[tuple[float, float], ...]:
-    """The nodata values set on the layer in QGIS (Layer Properties > Transparency), of all
-    its bands, as ranges; the file's own nodata the engine reads itself."""
-    provider = layer.dataProvider()
-    ranges = {(r.min(), r.max()) for band in range(1, layer.bandCount() + 1)
-              for r in provider.userNoDataValues(band)}
+def layer_nodata(layer: QgsRasterLayer, bands: tuple[int, ...] | None = None
+                 ) -> tuple[tuple[float, float], ...]:
+    """The nodata values set on the layer in QGIS (Layer Properties > Transparency), of
+    ``bands`` (default: all), as ranges of stored values: QGIS compares them with the values
+    after the band's scale and offset, the engine as GDAL compares its nodata value."""
+    provider, ranges = layer.dataProvider(), set()
+    for band in bands or range(1, layer.bandCount() + 1):
+        scale, offset = provider.bandScale(band) or 1.0, provider.bandOffset(band)
+        for r in provider.userNoDataValues(band):
+            if not math.isnan(r.min() + r.max()):  # the Transparency tab makes closed ranges
+                ranges.add(tuple(sorted(((r.min() - offset) / scale,
+                                         (r.max() - offset) / scale))))
     return tuple(sorted(ranges))
 
 
-def uses_file_nodata(layer: QgsRasterLayer) -> bool:
+def uses_file_nodata(layer: QgsRasterLayer, bands: tuple[int, ...] | None = None) -> bool:
     """False where the file's nodata value is switched off on the layer (Layer Properties >
     Transparency: "No data value" unticked), as QGIS then draws those pixels."""
     provider = layer.dataProvider()
-    return all(provider.useSourceNoDataValue(band) for band in range(1, layer.bandCount() + 1))
+    return all(provider.useSourceNoDataValue(band)
+               for band in bands or range(1, layer.bandCount() + 1))
 
 
 def crs_of_its_own(layer: QgsRasterLayer) -> QgsCoordinateReferenceSystem | None:
@@ -372,8 +384,9 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             crs = crs_of_its_own(reference)
             options.reference_crs_wkt = crs.toWkt(
                 QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL) if crs else None
-            options.reference_nodata = layer_nodata(reference)
-            options.reference_file_nodata = uses_file_nodata(reference)
+            nodata = layer_nodata(reference, bands=(1,))  # one value: input_layer_problem
+            options.reference_nodata = nodata[0][0] if nodata else None
+            options.reference_file_nodata = uses_file_nodata(reference, bands=(1,))
         return options
 
     def _reference_layer(self, parameters: dict[str, Any], context: QgsProcessingContext

@@ -242,15 +242,54 @@ def test_nodata_values_given_for_the_reference_are_holes_as_its_file_s_would_be(
     # A GIS layer's own nodata value on a file without one reads as the file's would.
     unmarked = _reference_with_patch(tmp_path, -9999.0, "unmarked.tif")
     marked = _reference_with_patch(tmp_path, -9999.0, "marked.tif", nodata=-9999.0)
-    given, _, report = _run(tmp_path, unmarked, name="given.tif",
-                            reference_nodata=((-10000.0, -9998.0),))
-    assert any(line.endswith("unmarked.tif, -10000 to -9998 as nodata")
-               for line in report.messages)
+    given, _, report = _run(tmp_path, unmarked, name="given.tif", reference_nodata=-9999.0)
+    assert any(line.endswith("unmarked.tif, -9999 as nodata") for line in report.messages)
     as_file, *_ = _run(tmp_path, marked, name="as_file.tif")
     ignored, *_ = _run(tmp_path, unmarked, name="ignored.tif")
     np.testing.assert_allclose(given, as_file, atol=1e-4)
     assert np.abs(ignored - as_file).max() > 100  # read as heights, the patch is a deep pit
-    assert not list(tmp_path.glob(".marsdtm-*"))  # the masked copy is gone
+
+
+def test_a_value_given_for_a_scaled_reference_is_a_stored_one_beside_its_file_s(tmp_path):
+    # Int16 heights stored as (h - 1000) / 0.5; -32768 marked in the file, -9999 given.
+    gt = (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0)
+    stored = ((_plane(*_pixel_centres(gt, 20, 20)) - 1000) / 0.5).round().astype(np.int16)
+    holed = stored.copy()
+    stored[7:10, 7:10], stored[12, 12] = -9999, -32768
+    holed[7:10, 7:10] = holed[12, 12] = -32768
+    for name, array in (("given.tif", stored), ("holed.tif", holed)):
+        write_raster(tmp_path / name, array, gt, nodata=-32768)
+        ds = gdal.Open(str(tmp_path / name), gdal.GA_Update)
+        ds.GetRasterBand(1).SetScale(0.5)
+        ds.GetRasterBand(1).SetOffset(1000.0)
+        ds = None
+    given, *_ = _run(tmp_path, tmp_path / "given.tif", name="a.tif", reference_nodata=-9999)
+    holed, *_ = _run(tmp_path, tmp_path / "holed.tif", name="b.tif")
+    np.testing.assert_allclose(given, holed, atol=1e-4)
+    assert abs(given.mean() - _plane(*_pixel_centres(GT, SIZE, SIZE)).mean()) < 5
+    assert not [f for f in gdal.ReadDirRecursive("/vsimem/") or [] if "marsdtm" in f]
+
+
+def test_a_reference_with_a_band_beside_its_heights_is_read_from_band_1(tmp_path):
+    heights = np.stack([np.full((20, 20), 1234.0, np.float32),  # and an error band
+                        np.full((20, 20), 3.0, np.float32)])
+    reference = write_raster(tmp_path / "two.tif", heights, (600.0, 64.0, 0.0, 5400.0, 0.0,
+                                                              -64.0))
+    dtm, *_ = _run(tmp_path, reference)
+    assert abs(dtm.mean() - 1234.0) < 0.05
+
+
+def test_a_value_given_for_a_reference_with_an_alpha_band_is_refused(tmp_path):
+    heights = np.stack([np.full((20, 20), 1234.0, np.float32), np.full((20, 20), 255.0,
+                                                                       np.float32)])
+    reference = write_raster(tmp_path / "alpha.tif", heights,
+                             (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0),
+                             colour=[gdal.GCI_GrayIndex, gdal.GCI_AlphaBand])
+    with pytest.raises(DtmError, match=r"^The reference DTM alpha.tif has a mask or alpha "
+                                       r"band, which the run cannot keep beside the nodata "
+                                       r"values given for it; set them in its file instead.$"):
+        _run(tmp_path, reference, reference_nodata=-9999.0)
+    assert not (tmp_path / "dtm.tif").exists()
 
 
 def test_a_reference_s_file_nodata_value_switched_off_is_read_as_a_height(tmp_path):

@@ -184,20 +184,35 @@ def _reference_layer(tmp_path: Path, wkt: str | None = MARS_EQC_WKT, patch: floa
 def test_the_reference_dtm_layer_s_nodata_is_read_as_qgis_shows_it(provider, identity_model,
                                                                    image_factory, tmp_path):
     image = image_factory(width=150, height=110)
-    for folder in ("given", "off"):
+    for folder in ("given", "off", "plain"):
         (tmp_path / folder).mkdir()
     given = _reference_layer(tmp_path / "given", patch=-9999.0)  # a nodata value set in QGIS
     given.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-9999, -9999)])
     switched_off = _reference_layer(tmp_path / "off", patch=0.0, nodata=0.0)  # 0 m is ground
     switched_off.dataProvider().setUseSourceNoDataValue(1, False)
+    # Int16 stored as (h - 1000) / 0.5: QGIS shows the stored -32768 as -15384 m, and takes
+    # the value set in Transparency as shown.
+    scaled = tmp_path / "int16.tif"
+    gdal.Translate(str(scaled), _reference_layer(tmp_path / "plain").source(),
+                   outputType=gdal.GDT_Int16, scaleParams=[[1000, 1002, 0, 4]])
+    ds = gdal.Open(str(scaled), gdal.GA_Update)
+    stored = ds.GetRasterBand(1).ReadAsArray()
+    stored[12:15, 12:15] = -32768
+    ds.GetRasterBand(1).WriteArray(stored)
+    ds.GetRasterBand(1).SetScale(0.5)
+    ds.GetRasterBand(1).SetOffset(1000.0)
+    ds = None
+    shown = QgsRasterLayer(str(scaled), "MOLA")
+    shown.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-15384, -15384)])
     means = []
-    for layer in (given, switched_off):
-        output = tmp_path / f"{layer.source().split('/')[-2]}.tif"
+    for name, layer in (("given", given), ("off", switched_off), ("scaled", shown)):
+        output = tmp_path / f"{name}.tif"
         run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer,
              "OUTPUT": str(output)})
         means.append(read_raster(output)[0].mean())
     assert means[0] == pytest.approx(1234.0, abs=0.05)  # the hole bridged by flat ground
     assert means[1] < 1234.0 - 50  # the patch at 0 m pulls the datum down
+    assert means[2] == pytest.approx(1234.0, abs=0.05)
 
 
 def test_a_crs_set_on_the_reference_dtm_layer_places_it(provider, identity_model,
@@ -219,11 +234,16 @@ def test_a_crs_set_on_the_reference_dtm_layer_places_it(provider, identity_model
 def test_a_reference_dtm_layer_the_run_cannot_read_as_qgis_does_is_refused_by_name(
         provider, identity_model, image_factory, tmp_path):
     image = image_factory(width=150, height=110)
+    several = _reference_layer(tmp_path)
+    several.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-9999, -9999),
+                                                  QgsRasterRange(0, 10)])
     tiles = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png", "tiles", "wms")
     text = tmp_path / "notes.txt"
     text.write_text("not a DTM")
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
     for reference, says in [
+            (several, "The reference DTM layer 'MOLA' has several nodata values, or a range "
+                      "of them, set in QGIS; the run applies one: keep one"),
             (tiles, "The reference DTM layer 'tiles' is not a raster file; save it as a "
                     "GeoTIFF first."),
             (str(text), f"GDAL cannot read '{text}' as a raster.")]:

@@ -72,7 +72,8 @@ class Reference:
         beyond = np.isfinite(ringed) & ~np.isfinite(self.long)
         if beyond.any():
             share = beyond.sum() / np.isfinite(dtm_cells).sum()
-            raise DtmError(f"The reference DTM {Path(self.path).name} leaves {share:.0%} of the "
+            amount = f"{share:.0%}" if share >= 0.005 else "under 1%"
+            raise DtmError(f"The reference DTM {Path(self.path).name} leaves {amount} of the "
                            "image uncovered; give one that covers the whole image.")
         return np.nan_to_num(added)
 
@@ -170,7 +171,7 @@ def _with_nodata(dataset: gdal.Dataset, name: str, value: float | None, file_nod
         f"<SRS>{escape(dataset.GetProjection())}</SRS>"
         f"<GeoTransform>{', '.join(map(repr, dataset.GetGeoTransform()))}</GeoTransform>"
         f'<VRTRasterBand dataType="Float64" band="1"><NoDataValue>{value!r}</NoDataValue>'
-        f'<ComplexSource><SourceFilename relativeToVRT="0">{values}'
+        f'<ComplexSource><SourceFilename relativeToVRT="0" shared="0">{values}'
         f"</SourceFilename><SourceBand>1</SourceBand>{source}</ComplexSource>"
         "</VRTRasterBand></VRTDataset>")
 
@@ -189,7 +190,9 @@ def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, r
     target.GetRasterBand(1).SetNoDataValue(math.nan)
     target.GetRasterBand(1).Fill(math.nan)
     try:
-        gdal.Warp(target, dataset, resampleAlg="average")
+        # Every pixel, not an overview's: those a file holds may be sampled, not averaged,
+        # and a VRT's of a band with a nodata value given read as nodata (GDAL 3.6).
+        gdal.Warp(target, dataset, resampleAlg="average", overviewLevel="NONE")
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()[0]
         if "coordinate operation" in detail:  # GDAL's message quotes both CRSs in full

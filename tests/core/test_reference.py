@@ -270,6 +270,21 @@ def test_a_value_given_for_a_scaled_reference_is_a_stored_one_beside_its_file_s(
     assert not [f for f in gdal.ReadDirRecursive("/vsimem/") or [] if "marsdtm" in f]
 
 
+def test_a_reference_is_averaged_from_its_pixels_not_its_overviews(tmp_path):
+    # Rough heights at 0.5 m under the 2 m image; overviews that sample, as gdaladdo's do.
+    rough = (3000 + np.random.default_rng(0).normal(0, 5, (1300, 1300))).astype(np.float32)
+    gt = (900.0, 0.5, 0.0, 5100.0, 0.0, -0.5)
+    plain = write_raster(tmp_path / "plain.tif", rough, gt)
+    sampled = write_raster(tmp_path / "sampled.tif", rough, gt)
+    ds = gdal.Open(str(sampled), gdal.GA_Update)
+    ds.BuildOverviews("NEAREST", [2, 4, 8])
+    ds = None
+    expected, *_ = _run(tmp_path, plain, name="plain_dtm.tif")
+    for value in (None, -1e6):  # a value given that matches none changes nothing
+        dtm, *_ = _run(tmp_path, sampled, name="dtm.tif", reference_nodata=value)
+        np.testing.assert_allclose(dtm, expected, atol=1e-4)
+
+
 def test_a_reference_with_a_band_beside_its_heights_is_read_from_band_1(tmp_path):
     heights = np.stack([np.full((20, 20), 1234.0, np.float32),  # and an error band
                         np.full((20, 20), 3.0, np.float32)])

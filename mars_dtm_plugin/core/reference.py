@@ -100,12 +100,13 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
         raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
                        "place the one on the other.")
     try:
-        dataset = gdal.OpenEx(str(path), gdal.OF_RASTER, open_options=list(open_options))
+        opened = gdal.OpenEx(str(path), gdal.OF_RASTER, open_options=list(open_options))
     except RuntimeError as exc:
         raise DtmError(f"The reference DTM '{path}' cannot be read: "
                        f"{str(exc).strip().splitlines()[0]}") from exc
+    dataset = opened
     if crs_wkt:  # the CRS its GIS layer shows it in, which its file may lack
-        dataset = gdal.Translate("", dataset, format="VRT", outputSRS=crs_wkt)
+        dataset = gdal.Translate("", opened, format="VRT", outputSRS=crs_wkt)
     name, band = Path(path).name, dataset.GetRasterBand(1)
     gt = dataset.GetGeoTransform(can_return_null=True)
     if gt is None or not dataset.GetProjection():
@@ -128,10 +129,10 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     folder = f"/vsimem/marsdtm-{uuid.uuid4().hex}"
     try:  # a band beside the heights (an error band) would make the warp want two
         if nodata is not None or unused or (dataset.RasterCount > 1 and not alpha):
-            dataset = _with_nodata(dataset, name, nodata, file_nodata, folder, alpha)
+            dataset = _with_nodata(opened, name, nodata, file_nodata, folder, alpha, crs_wkt)
         cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad)
     finally:
-        dataset = None
+        dataset = opened = None
         for file in gdal.ReadDirRecursive(folder) or []:  # in memory, but for the process
             gdal.Unlink(f"{folder}/{file}")
     cells = cells * scale + offset
@@ -147,10 +148,11 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
 
 
 def _with_nodata(dataset: gdal.Dataset, name: str, value: float | None, file_nodata: bool,
-                 folder: str, alpha: bool) -> gdal.Dataset:
-    """Band 1 of ``dataset`` as a VRT in ``folder`` whose nodata is ``value`` and, where
-    ``file_nodata``, also the file's nodata value (GDAL's warp reads one, so the file's is
-    mapped onto ``value``); without ``value``, the file's, or none where unused."""
+                 folder: str, alpha: bool, crs_wkt: str | None) -> gdal.Dataset:
+    """Band 1 of ``dataset`` (placed in ``crs_wkt`` where given) as a VRT in ``folder`` whose
+    nodata is ``value`` and, where ``file_nodata``, also the file's nodata value (GDAL's warp
+    reads one, so the file's is mapped onto ``value``); without ``value``, the file's, or
+    none where unused."""
     band = dataset.GetRasterBand(1)
     if alpha or band.GetMaskFlags() not in (gdal.GMF_ALL_VALID, gdal.GMF_NODATA):
         raise DtmError(f"The reference DTM {name} has a mask or alpha band, which the run "
@@ -158,18 +160,19 @@ def _with_nodata(dataset: gdal.Dataset, name: str, value: float | None, file_nod
                        "file instead.")
     own = band.GetNoDataValue() if file_nodata else None
     values = f"{folder}/values.vrt"  # band 1; written as it closes, now
-    gdal.Translate(values, dataset, format="VRT", bandList=[1],
+    gdal.Translate(values, dataset, format="VRT", bandList=[1], outputSRS=crs_wkt,
                    noData="none" if own is None or value is not None else own)
+    placed = gdal.Open(values)
     if value is None:
-        return gdal.Open(values)
+        return placed
     stored = np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(band.DataType))
     if stored.kind == "f":  # rounded to the stored type, as GDAL rounds its nodata value
         value = float(stored.type(value))
     source = f"<NODATA>{own!r}</NODATA>" if own is not None else ""
     return gdal.Open(
-        f'<VRTDataset rasterXSize="{dataset.RasterXSize}" rasterYSize="{dataset.RasterYSize}">'
-        f"<SRS>{escape(dataset.GetProjection())}</SRS>"
-        f"<GeoTransform>{', '.join(map(repr, dataset.GetGeoTransform()))}</GeoTransform>"
+        f'<VRTDataset rasterXSize="{placed.RasterXSize}" rasterYSize="{placed.RasterYSize}">'
+        f"<SRS>{escape(placed.GetProjection())}</SRS>"
+        f"<GeoTransform>{', '.join(map(repr, placed.GetGeoTransform()))}</GeoTransform>"
         f'<VRTRasterBand dataType="Float64" band="1"><NoDataValue>{value!r}</NoDataValue>'
         f'<ComplexSource><SourceFilename relativeToVRT="0" shared="0">{values}'
         f"</SourceFilename><SourceBand>1</SourceBand>{source}</ComplexSource>"

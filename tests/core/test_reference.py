@@ -139,6 +139,9 @@ def test_a_reference_file_without_a_crs_is_placed_by_the_crs_given_for_it(tmp_pa
     placeless = _plane_reference(tmp_path, wkt="")
     given, *_ = _run(tmp_path, placeless, name="given.tif", reference_crs_wkt=mars_eqc_wkt())
     np.testing.assert_array_equal(given, placed)
+    with_nodata, *_ = _run(tmp_path, placeless, name="nodata.tif",
+                           reference_crs_wkt=mars_eqc_wkt(), reference_nodata=-9999.0)
+    np.testing.assert_allclose(with_nodata, placed, atol=1e-4)  # and with a value given
 
 
 def test_a_reference_of_another_body_is_refused_in_one_short_sentence(tmp_path):

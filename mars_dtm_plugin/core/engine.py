@@ -195,7 +195,7 @@ class _Run:
                                          raster.height, options.reference_resolution_m,
                                          options.reference_open_options,
                                          options.reference_crs_wkt, options.reference_nodata,
-                                         options.reference_file_nodata)
+                                         options.reference_file_nodata, self.is_cancelled)
                           if options.reference_dtm else None)
         self.model_span = (0.0, MODEL_SHARE * (1 - self.coarse.share if self.coarse else 1))
         sample = self.raster.sample()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -22,7 +23,7 @@ import numpy as np
 from osgeo import gdal, gdal_array, osr
 
 from .coarse import gaussian_within
-from .errors import DtmError
+from .errors import DtmCancelled, DtmError
 from .raster import FILL_LIKE, Georeferencing, files_read, ground_pixel_size_m, nodata_said
 
 # The reference is trusted down to its own pixels (or the resolution the user gives it): the
@@ -90,12 +91,14 @@ def reference_files(path: str, open_options: tuple[str, ...] = ()) -> list[str]:
 def open_reference(path: str, georef: Georeferencing, width: int, height: int,
                    resolution_m: float | None = None, open_options: tuple[str, ...] = (),
                    crs_wkt: str | None = None, nodata: float | None = None,
-                   file_nodata: bool = True) -> Reference:
+                   file_nodata: bool = True,
+                   is_cancelled: Callable[[], bool] = lambda: False) -> Reference:
     """The reference DTM at ``path`` (opened with GDAL's ``open_options``, placed in
     ``crs_wkt`` where given, else its file's CRS) averaged onto cells of the image's grid,
     trusted down to ``resolution_m`` (default: its pixel size; a stereo DTM resolves some
     three of them). ``nodata`` is a stored value read as nodata besides the file's own
-    nodata value, which marks nodata where ``file_nodata``."""
+    nodata value, which marks nodata where ``file_nodata``. The warp, which reads every
+    pixel under the image, stops when ``is_cancelled`` says so."""
     if georef.geotransform is None or not georef.crs_wkt:
         raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
                        "place the one on the other.")
@@ -130,7 +133,8 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     try:  # a band beside the heights (an error band) would make the warp want two
         if nodata is not None or unused or (dataset.RasterCount > 1 and not alpha):
             dataset = _with_nodata(opened, name, nodata, file_nodata, folder, alpha, crs_wkt)
-        cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad)
+        cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad,
+                      is_cancelled)
     finally:
         dataset = opened = None
         for file in gdal.ReadDirRecursive(folder) or []:  # in memory, but for the process
@@ -154,10 +158,11 @@ def _with_nodata(dataset: gdal.Dataset, name: str, value: float | None, file_nod
     reads one, so the file's is mapped onto ``value``); without ``value``, the file's, or
     none where unused."""
     band = dataset.GetRasterBand(1)
-    if alpha or band.GetMaskFlags() not in (gdal.GMF_ALL_VALID, gdal.GMF_NODATA):
+    flags = band.GetMaskFlags()  # a driver's own mask (ISIS3's) follows its nodata value
+    if alpha or flags & gdal.GMF_PER_DATASET or (flags == 0 and band.GetNoDataValue() is None):
         raise DtmError(f"The reference DTM {name} has a mask or alpha band, which the run "
-                       "cannot keep beside the nodata values given for it; set them in its "
-                       "file instead.")
+                       "cannot keep while it reads band 1 alone or applies a nodata value "
+                       "given for it; set the nodata in its file, or give band 1 alone.")
     own = band.GetNoDataValue() if file_nodata else None
     values = f"{folder}/values.vrt"  # band 1; written as it closes, now
     gdal.Translate(values, dataset, format="VRT", bandList=[1], outputSRS=crs_wkt,
@@ -180,7 +185,7 @@ def _with_nodata(dataset: gdal.Dataset, name: str, value: float | None, file_nod
 
 
 def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, rows: int,
-          cell: int, pad: int) -> np.ndarray:
+          cell: int, pad: int, is_cancelled: Callable[[], bool]) -> np.ndarray:
     """The reference's stored values, averaged onto the image's grid coarsened by
     ``cell`` and widened by ``pad`` cells on each side; NaN where it has none."""
     gt = georef.geotransform
@@ -195,13 +200,18 @@ def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, r
     try:
         # Every pixel, not an overview's: those a file holds may be sampled, not averaged,
         # and a VRT's of a band with a nodata value given read as nodata (GDAL 3.6).
-        gdal.Warp(target, dataset, resampleAlg="average", overviewLevel="NONE")
+        gdal.Warp(target, dataset, resampleAlg="average", overviewLevel="NONE",
+                  callback=lambda *_: 0 if is_cancelled() else 1)
     except RuntimeError as exc:
+        if is_cancelled():
+            raise DtmCancelled from exc
         detail = str(exc).strip().splitlines()[0]
         if "coordinate operation" in detail:  # GDAL's message quotes both CRSs in full
             detail = "PROJ knows no way from its CRS to the image's (is it of another body?)"
         raise DtmError(f"The reference DTM {name} cannot be placed on the image's grid: "
                        f"{detail.rstrip('.')}.") from exc
+    if is_cancelled():  # the warp stops where the callback says so, without a word
+        raise DtmCancelled
     values = target.GetRasterBand(1).ReadAsArray().astype(np.float64)
     values[np.abs(values) >= FILL_LIKE] = np.nan  # an unmarked fill, alone or averaged in
     return values

@@ -9,8 +9,9 @@ import pytest
 from osgeo import gdal, osr
 
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
-from mars_dtm_plugin.core.errors import Caution, DtmError
+from mars_dtm_plugin.core.errors import Caution, DtmCancelled, DtmError
 from mars_dtm_plugin.core.raster import InputRaster
+from mars_dtm_plugin.core.reference import open_reference
 from tests.conftest import SHARED_DATA
 from tests.models import write_test_model
 from tests.rasters import mars_eqc_wkt, read_raster, write_raster
@@ -304,10 +305,31 @@ def test_a_value_given_for_a_reference_with_an_alpha_band_is_refused(tmp_path):
                              (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0),
                              colour=[gdal.GCI_GrayIndex, gdal.GCI_AlphaBand])
     with pytest.raises(DtmError, match=r"^The reference DTM alpha.tif has a mask or alpha "
-                                       r"band, which the run cannot keep beside the nodata "
-                                       r"values given for it; set them in its file instead.$"):
+                                       r"band, which the run cannot keep while it reads band "
+                                       r"1 alone or applies a nodata value given for it; "):
         _run(tmp_path, reference, reference_nodata=-9999.0)
     assert not (tmp_path / "dtm.tif").exists()
+
+
+def test_a_value_given_for_an_isis3_cube_holes_it_beside_its_own_nodata(tmp_path):
+    # ISIS3 gives its band a mask of its own, from its special pixel values.
+    heights = np.full((20, 20), 1234.0, np.float32)
+    heights[7:10, 7:10], heights[12, 12] = -9999.0, -3.4028226550889045e38
+    gt = (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0)
+    tif = write_raster(tmp_path / "dtm_source.tif", heights, gt)
+    cube = tmp_path / "reference.cub"
+    gdal.Translate(str(cube), str(tif), format="ISIS3")
+    dtm, *_ = _run(tmp_path, cube, reference_nodata=-9999.0)
+    assert abs(dtm.mean() - 1234.0) < 0.05
+
+
+def test_a_cancel_stops_the_reference_s_warp(tmp_path):
+    source = write_raster(tmp_path / "image.tif", _image(), GT)
+    raster = InputRaster(str(source))
+    with pytest.raises(DtmCancelled):
+        open_reference(str(_plane_reference(tmp_path)), raster.georef, SIZE, SIZE,
+                       is_cancelled=lambda: True)
+    assert not [f for f in gdal.ReadDirRecursive("/vsimem/") or [] if "marsdtm" in f]
 
 
 def test_a_reference_s_file_nodata_value_switched_off_is_read_as_a_height(tmp_path):

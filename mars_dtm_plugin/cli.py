@@ -21,6 +21,15 @@ from .core.engine import PredictOptions, predict_dtm
 from .core.errors import Caution, DtmCancelled, DtmError
 
 
+class _Once(argparse.Action):
+    """An option given once: a second value is refused rather than kept in silence."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} takes one value")
+        setattr(namespace, self.dest, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mars-dtm" if sys.argv[0].endswith("mars-dtm") else "python -m mars_dtm_plugin",
@@ -59,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--nodata", type=float, action="append", default=[], metavar="V",
                          help="a value to read as nodata besides what the file marks, such as "
                               "0 for a black collar without a nodata value (repeatable)")
-    predict.add_argument("--reference-nodata", type=float, metavar="V",
+    predict.add_argument("--reference-nodata", type=float, metavar="V", action=_Once,
                          help="a value of the reference DTM to read as nodata besides what "
                               "its file marks")
     predict.add_argument("--batch-size", type=int, default=None, metavar="N",

@@ -87,6 +87,11 @@ def test_reference_nodata_values_given_are_holes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "from the reference DTM ctx.tif, -9999 as nodata" in done.stdout
     assert abs(read_raster(out)[0].mean() + 2500) < 0.05
+    twice = predict_command(str(scene), str(tmp_path / "twice.tif"), "--model", str(model),
+                            "--reference-dtm", str(ctx), "--reference-nodata=-9999",
+                            "--reference-nodata=0")
+    assert twice.returncode == 2 and "--reference-nodata takes one value" in twice.stderr
+    assert not (tmp_path / "twice.tif").exists()
 
 
 def test_the_cli_module_runs_as_the_package_does(tmp_path):

@@ -132,7 +132,7 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     folder = f"/vsimem/marsdtm-{uuid.uuid4().hex}"
     try:  # a band beside the heights (an error band) would make the warp want two
         if nodata is not None or unused or (dataset.RasterCount > 1 and not alpha):
-            dataset = _with_nodata(opened, name, nodata, file_nodata, folder, alpha, crs_wkt)
+            dataset = _band_one(opened, name, nodata, file_nodata, folder, alpha, crs_wkt)
         cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad,
                       is_cancelled)
     finally:
@@ -151,7 +151,7 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
                      nodata_said(() if nodata is None else ((nodata, nodata),), not unused))
 
 
-def _with_nodata(dataset: gdal.Dataset, name: str, value: float | None, file_nodata: bool,
+def _band_one(dataset: gdal.Dataset, name: str, value: float | None, file_nodata: bool,
                  folder: str, alpha: bool, crs_wkt: str | None) -> gdal.Dataset:
     """Band 1 of ``dataset`` (placed in ``crs_wkt`` where given) as a VRT in ``folder`` whose
     nodata is ``value`` and, where ``file_nodata``, also the file's nodata value (GDAL's warp

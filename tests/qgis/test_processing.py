@@ -205,9 +205,8 @@ def test_nodata_set_in_qgis_is_taken_as_shown_after_the_band_s_scale(tmp_path):
     # value set in Transparency is one it shows; the engine compares stored values.
     from mars_dtm_plugin.processing.predict_algorithm import layer_nodata
 
-    scaled = write_geotiff(tmp_path / "int16.tif", np.zeros((30, 30), np.float32))
-    gdal.Translate(str(tmp_path / "scaled.tif"), str(scaled), outputType=gdal.GDT_Int16,
-                   scaleParams=[[0, 1, 0, 1]])
+    heights = write_geotiff(tmp_path / "float.tif", np.zeros((30, 30), np.float32))
+    gdal.Translate(str(tmp_path / "scaled.tif"), str(heights), outputType=gdal.GDT_Int16)
     ds = gdal.Open(str(tmp_path / "scaled.tif"), gdal.GA_Update)
     ds.GetRasterBand(1).SetScale(0.5)
     ds.GetRasterBand(1).SetOffset(1000.0)

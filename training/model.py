@@ -105,7 +105,9 @@ class Generator(nn.Module):
         x = skips.pop()
         for block in self.up:
             skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            # A constant factor (the sizes are multiples of size_multiple): read from a shape,
+            # the exported Resize would keep onnxruntime from running it in 8 bits.
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         height = self.head(x)
         return height if prior is None else height + self.prior_gain * prior

@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         prepared = work / "prepared.onnx"
-        quant_pre_process(str(args.model), str(prepared))
+        # auto_merge: the decoder's Resize doubles symbolic sizes, which the symbolic shape
+        # inference can only carry by merging them.
+        quant_pre_process(str(args.model), str(prepared), auto_merge=True)
         kept = [convs[-1], *most_sensitive(prepared, calibration, check, reference, convs,
                                            convs[-1], args.float_convs, work)]
         quantised = onnx.load(str(quantise(prepared, work / "int8.onnx", calibration, kept)))

@@ -56,6 +56,15 @@ def test_the_8_bit_model_keeps_the_contract_under_its_own_version(exported, quan
     assert len(kept) == 2 and kept[-1] == convs[-1]
 
 
+def test_the_upsampling_reads_no_shape(exported, quantised):
+    """A factor read from a tensor's shape made onnxruntime dequantise and transpose the whole
+    8-bit tensor only to read it."""
+    for path in (exported, quantised):
+        graph = onnx.load(str(path)).graph
+        assert [n.op_type for n in graph.node].count("Resize") == 2
+        assert not [n for n in graph.node if n.op_type == "Shape"]
+
+
 def test_the_8_bit_heights_stay_near_the_originals(exported, quantised, pool):
     tiles = calibration_tiles(_contract(exported), pool, 24, seed=5)  # not the calibration's
     original, eight = heights(exported, tiles), heights(quantised, tiles)

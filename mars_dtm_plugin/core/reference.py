@@ -129,12 +129,18 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     unused = not file_nodata and bool(band.GetMaskFlags() & gdal.GMF_NODATA)
     alpha = any(dataset.GetRasterBand(i + 1).GetColorInterpretation() == gdal.GCI_AlphaBand
                 for i in range(dataset.RasterCount))
+    own = band.GetNoDataValue() if file_nodata else None
+    beside = dataset.RasterCount > 1 and not alpha  # a band beside the heights (an error band)
+    if nodata is not None or unused or beside:
+        _refuse_masks(band, alpha, name)
+    # One nodata value the warp can take in place of the file's; two need band 1 as a VRT.
+    source_nodata = repr(nodata) if nodata is not None else "None" if unused else None
     folder = f"/vsimem/marsdtm-{uuid.uuid4().hex}"
-    try:  # a band beside the heights (an error band) would make the warp want two
-        if nodata is not None or unused or (dataset.RasterCount > 1 and not alpha):
-            dataset = _band_one(opened, name, nodata, file_nodata, folder, alpha, crs_wkt)
+    try:
+        if beside or (nodata is not None and own is not None):  # two bands, or two values
+            dataset, source_nodata = _band_one(opened, nodata, own, folder, crs_wkt), None
         cells = _warp(dataset, name, georef, -(-width // cell), -(-height // cell), cell, pad,
-                      is_cancelled)
+                      source_nodata, is_cancelled)
     finally:
         dataset = opened = None
         for file in gdal.ReadDirRecursive(folder) or []:  # in memory, but for the process
@@ -151,19 +157,20 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
                      nodata_said(() if nodata is None else ((nodata, nodata),), not unused))
 
 
-def _band_one(dataset: gdal.Dataset, name: str, value: float | None, file_nodata: bool,
-                 folder: str, alpha: bool, crs_wkt: str | None) -> gdal.Dataset:
-    """Band 1 of ``dataset`` (placed in ``crs_wkt`` where given) as a VRT in ``folder`` whose
-    nodata is ``value`` and, where ``file_nodata``, also the file's nodata value (GDAL's warp
-    reads one, so the file's is mapped onto ``value``); without ``value``, the file's, or
-    none where unused."""
-    band = dataset.GetRasterBand(1)
+def _refuse_masks(band: gdal.Band, alpha: bool, name: str) -> None:
     flags = band.GetMaskFlags()  # a driver's own mask (ISIS3's) follows its nodata value
     if alpha or flags & gdal.GMF_PER_DATASET or (flags == 0 and band.GetNoDataValue() is None):
         raise DtmError(f"The reference DTM {name} has a mask or alpha band, which the run "
                        "cannot keep while it reads band 1 alone or applies a nodata value "
                        "given for it; set the nodata in its file, or give band 1 alone.")
-    own = band.GetNoDataValue() if file_nodata else None
+
+
+def _band_one(dataset: gdal.Dataset, value: float | None, own: float | None, folder: str,
+              crs_wkt: str | None) -> gdal.Dataset:
+    """Band 1 of ``dataset`` (placed in ``crs_wkt`` where given) as a VRT in ``folder`` whose
+    nodata is ``value`` and also ``own``, the file's nodata value where it is kept (GDAL's
+    warp reads one, so the file's is mapped onto ``value``); without ``value``, ``own``."""
+    band = dataset.GetRasterBand(1)
     values = f"{folder}/values.vrt"  # band 1; written as it closes, now
     gdal.Translate(values, dataset, format="VRT", bandList=[1], outputSRS=crs_wkt,
                    noData="none" if own is None or value is not None else own)
@@ -185,9 +192,11 @@ def _band_one(dataset: gdal.Dataset, name: str, value: float | None, file_nodata
 
 
 def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, rows: int,
-          cell: int, pad: int, is_cancelled: Callable[[], bool]) -> np.ndarray:
+          cell: int, pad: int, source_nodata: str | None,
+          is_cancelled: Callable[[], bool]) -> np.ndarray:
     """The reference's stored values, averaged onto the image's grid coarsened by
-    ``cell`` and widened by ``pad`` cells on each side; NaN where it has none."""
+    ``cell`` and widened by ``pad`` cells on each side; NaN where it has none. A
+    ``source_nodata`` ("None": none) replaces the file's nodata value."""
     gt = georef.geotransform
     target = gdal.GetDriverByName("MEM").Create("", cols + 2 * pad, rows + 2 * pad, 1,
                                                 gdal.GDT_Float32)
@@ -201,7 +210,7 @@ def _warp(dataset: gdal.Dataset, name: str, georef: Georeferencing, cols: int, r
         # Every pixel, not an overview's: those a file holds may be sampled, not averaged,
         # and a VRT's of a band with a nodata value given read as nodata (GDAL 3.6).
         gdal.Warp(target, dataset, resampleAlg="average", overviewLevel="NONE",
-                  callback=lambda *_: 0 if is_cancelled() else 1)
+                  srcNodata=source_nodata, callback=lambda *_: 0 if is_cancelled() else 1)
     except RuntimeError as exc:
         if is_cancelled():
             raise DtmCancelled from exc

@@ -254,6 +254,20 @@ def test_nodata_values_given_for_the_reference_are_holes_as_its_file_s_would_be(
     assert np.abs(ignored - as_file).max() > 100  # read as heights, the patch is a deep pit
 
 
+@pytest.mark.parametrize("dtype, value, holes", [
+    (np.int16, -9999.0, True), (np.int16, -1e6, False),  # GDAL would clamp -1e6 to -32768
+    (np.float32, 0.1, True)])  # typed as a double, stored as the nearest float32
+def test_a_value_given_is_compared_with_the_stored_type_s_values(tmp_path, dtype, value, holes):
+    gt = (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0)
+    heights = _plane(*_pixel_centres(gt, 20, 20)).astype(dtype)
+    heights[7:10, 7:10] = value if holes else np.iinfo(dtype).min
+    given = write_raster(tmp_path / "given.tif", heights, gt)
+    marked = write_raster(tmp_path / "marked.tif", heights, gt, nodata=float(heights[7, 7]))
+    dtm, *_ = _run(tmp_path, given, name="given_dtm.tif", reference_nodata=value)
+    as_file, *_ = _run(tmp_path, marked if holes else given, name="as_file.tif")
+    np.testing.assert_allclose(dtm, as_file, atol=1e-4)
+
+
 def test_a_value_given_for_a_scaled_reference_is_a_stored_one_beside_its_file_s(tmp_path):
     # Int16 heights stored as (h - 1000) / 0.5; -32768 marked in the file, -9999 given.
     gt = (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0)
@@ -340,6 +354,18 @@ def test_a_reference_s_file_nodata_value_switched_off_is_read_as_a_height(tmp_pa
     hole, *_ = _run(tmp_path, marked, name="hole.tif")
     np.testing.assert_allclose(switched_off, as_values, atol=1e-4)
     assert np.abs(hole - as_values).max() > 100
+
+
+def test_a_value_given_where_the_file_s_own_is_switched_off_is_the_only_one(tmp_path):
+    gt = (600.0, 64.0, 0.0, 5400.0, 0.0, -64.0)
+    heights = _plane(*_pixel_centres(gt, 20, 20)).astype(np.float32)
+    heights[7:10, 7:10], heights[12:14, 12:14] = 0.0, -9999.0
+    marked = write_raster(tmp_path / "marked.tif", heights, gt, nodata=0.0)
+    other = write_raster(tmp_path / "other.tif", heights, gt, nodata=-9999.0)
+    given, *_ = _run(tmp_path, marked, name="given.tif", reference_nodata=-9999.0,
+                     reference_file_nodata=False)
+    as_file, *_ = _run(tmp_path, other, name="as_file.tif")
+    np.testing.assert_allclose(given, as_file, atol=1e-4)
 
 
 def _rotated(degrees: float) -> tuple[float, ...]:

@@ -114,8 +114,9 @@ def main() -> None:
             bare.append(bare_seconds(model, tiles, batch, args.threads))
     megapixels = args.size**2 / 1e6
     best_pipeline, best_bare = min(pipeline), min(bare)
-    print(f"model: {label}; scene {args.size} x {args.size}; sun azimuth {sun:g} degrees; "
-          f"{tiles} tiles of {contract.tile_size} px; batch {batch}; best of {args.repeats}")
+    print(f"model: {label} (version {contract.version}); scene {args.size} x {args.size}; "
+          f"sun azimuth {sun:g} degrees; {tiles} tiles of {contract.tile_size} px; "
+          f"batch {batch}; best of {args.repeats}")
     print(f"bare onnxruntime: {best_bare:7.2f} s  {megapixels / best_bare:6.2f} MP/s")
     print(f"full pipeline:    {best_pipeline:7.2f} s  {megapixels / best_pipeline:6.2f} MP/s")
     print(f"first pipeline run, loading the model too: {pipeline[0]:.2f} s "

@@ -11,6 +11,7 @@ import pytest
 from osgeo import gdal
 
 from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+from mars_dtm_plugin.core.model import load_contract
 from tests.models import write_test_model
 from tests.rasters import write_raster
 
@@ -49,6 +50,7 @@ def test_bare_onnxruntime_runs_as_many_tiles_as_a_turned_scene_needs(tmp_path):
     assert result.returncode == 0, result.stderr
     unturned = bench("bench.throughput", "--size", "200", "--repeats", "1", "--model", str(model))
     assert "sun azimuth 225 degrees;" in unturned.stdout
+    assert f"(version {load_contract(model).version});" in unturned.stdout  # which model ran
     assert int(re.search(r"(\d+) tiles", unturned.stdout)[1]) < int(
         re.search(r"(\d+) tiles", result.stdout)[1])
 

@@ -105,8 +105,8 @@ class Generator(nn.Module):
         x = skips.pop()
         for block in self.up:
             skip = skips.pop()
-            # A constant factor (the sizes are multiples of size_multiple): read from a shape,
-            # the exported Resize would keep onnxruntime from running it in 8 bits.
+            # A constant factor (the sizes are multiples of size_multiple): read from the
+            # tensors' shapes, it made onnxruntime dequantise them whole, in 8 bits, to read it.
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         height = self.head(x)

@@ -16,6 +16,7 @@ from .errors import DtmError
 
 CONTRACT_VERSION = 2  # 2: adds marsdtm:input_scaling
 NAMESPACE = "marsdtm:"
+SIZE_MULTIPLE = NAMESPACE + "size_multiple"  # optional: what tile_size must be a multiple of
 
 HEIGHT_UNITS = ("gsd", "metres")
 SUN_MODES = ("rotate", "none")
@@ -182,6 +183,13 @@ def _check(c: ModelContract, source: str) -> None:
     if c.coarse_pass is not None and not _is_coarse_pass(c.coarse_pass):
         fail("coarse_pass", "expected null or {\"factor\": an integer of at least 2, "
                             "\"sigma_px\": a positive number}")
+    multiple = c.extra.get(SIZE_MULTIPLE, 1)  # its network halves the tiles this many times
+    if not (isinstance(multiple, int) and not isinstance(multiple, bool) and multiple >= 1):
+        raise DtmError(f"{source} has an invalid metadata key '{SIZE_MULTIPLE}': expected a "
+                       "positive integer.")
+    if c.tile_size % multiple:
+        fail("tile_size", f"expected a multiple of '{SIZE_MULTIPLE}' ({multiple}), the sizes "
+                          "its network takes")
     lo_hi = c.input_percentiles
     if not (_numbers(lo_hi, 2) and 0 <= lo_hi[0] < lo_hi[1] <= 100):
         fail("input_percentiles", "expected [low, high] percentiles with low < high")

@@ -99,6 +99,8 @@ def open_reference(path: str, georef: Georeferencing, width: int, height: int,
     three of them). ``nodata`` is a stored value read as nodata besides the file's own
     nodata value, which marks nodata where ``file_nodata``. The warp, which reads every
     pixel under the image, stops when ``is_cancelled`` says so."""
+    if nodata is not None:  # a plain float: numpy 2 writes its own scalars as no number GDAL reads
+        nodata = float(nodata)
     if georef.geotransform is None or not georef.crs_wkt:
         raise DtmError("A reference DTM needs an image with a geotransform and a CRS, to "
                        "place the one on the other.")

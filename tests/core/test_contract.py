@@ -72,6 +72,19 @@ def test_invalid_values_are_refused_naming_the_key(key, value, words):
         parse_contract(props)
 
 
+@pytest.mark.parametrize("multiple, words", [
+    ("48", "'tile_size'.*a multiple of 'marsdtm:size_multiple' \\(48\\)"),
+    ("0", "'marsdtm:size_multiple'.*positive integer"),
+    ('"32"', "'marsdtm:size_multiple'.*positive integer")])
+def test_a_tile_size_the_network_cannot_take_is_refused(multiple, words):
+    props = contract_for_tests(tile_size=256).to_metadata()
+    props["marsdtm:size_multiple"] = multiple
+    with pytest.raises(DtmError, match=words):
+        parse_contract(props)
+    props["marsdtm:size_multiple"] = "32"
+    assert parse_contract(props).extra["marsdtm:size_multiple"] == 32
+
+
 def test_a_model_without_a_coarse_pass_gets_one_pass_and_one_with_it_keeps_it():
     props = contract_for_tests(coarse_pass={"factor": 3, "sigma_px": 24.0}).to_metadata()
     assert parse_contract(props).coarse_pass == {"factor": 3, "sigma_px": 24.0}

@@ -183,7 +183,7 @@ def _check(c: ModelContract, source: str) -> None:
     if c.coarse_pass is not None and not _is_coarse_pass(c.coarse_pass):
         fail("coarse_pass", "expected null or {\"factor\": an integer of at least 2, "
                             "\"sigma_px\": a positive number}")
-    multiple = c.extra.get(SIZE_MULTIPLE, 1)  # its network halves the tiles this many times
+    multiple = c.extra.get(SIZE_MULTIPLE, 1)  # a U-Net's halvings need tiles divisible by it
     if not (isinstance(multiple, int) and not isinstance(multiple, bool) and multiple >= 1):
         raise DtmError(f"{source} has an invalid metadata key '{SIZE_MULTIPLE}': expected a "
                        "positive integer.")

@@ -217,6 +217,27 @@ def test_nodata_set_in_qgis_is_taken_as_shown_after_the_band_s_scale(tmp_path):
     assert layer_nodata(layer) == ((-32768.0, -32768.0), (0.0, 20.0))
 
 
+def test_a_scaled_reference_layer_s_nodata_set_in_qgis_holes_it_end_to_end(
+        provider, identity_model, image_factory, tmp_path):
+    # Int16 stored as (h - 1000) / 0.5; the patch's stored -9999 shows in QGIS as -3999.5 m.
+    image = image_factory(width=150, height=110)
+    wider = (GEOTRANSFORM[0] - 400, 40.0, 0.0, GEOTRANSFORM[3] + 400, 0.0, -40.0)
+    stored = np.full((30, 30), (1234.0 - 1000) / 0.5, np.float32)
+    stored[12:15, 12:15] = -9999
+    floats = write_geotiff(tmp_path / "float.tif", stored, geotransform=wider)
+    gdal.Translate(str(tmp_path / "scaled.tif"), str(floats), outputType=gdal.GDT_Int16)
+    ds = gdal.Open(str(tmp_path / "scaled.tif"), gdal.GA_Update)
+    ds.GetRasterBand(1).SetScale(0.5)
+    ds.GetRasterBand(1).SetOffset(1000.0)
+    ds = None
+    layer = QgsRasterLayer(str(tmp_path / "scaled.tif"), "MOLA")
+    layer.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-3999.5, -3999.5)])
+    output = tmp_path / "dtm.tif"
+    run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer,
+         "OUTPUT": str(output)})
+    assert read_raster(output)[0].mean() == pytest.approx(1234.0, abs=0.05)
+
+
 def test_a_crs_set_on_the_reference_dtm_layer_places_it(provider, identity_model,
                                                         image_factory, tmp_path):
     image = image_factory(width=150, height=110)

@@ -200,18 +200,23 @@ def test_the_reference_dtm_layer_s_nodata_is_read_as_qgis_shows_it(provider, ide
     assert means[1] < 1234.0 - 50  # the patch at 0 m pulls the datum down
 
 
-def test_nodata_set_in_qgis_is_taken_as_shown_after_the_band_s_scale(tmp_path):
-    # Int16 stored as (h - 1000) / 0.5: QGIS shows the stored -32768 as -15384 m, and the
-    # value set in Transparency is one it shows; the engine compares stored values.
-    from mars_dtm_plugin.processing.predict_algorithm import layer_nodata
-
-    heights = write_geotiff(tmp_path / "float.tif", np.zeros((30, 30), np.float32))
-    gdal.Translate(str(tmp_path / "scaled.tif"), str(heights), outputType=gdal.GDT_Int16)
+def _scaled_layer(tmp_path: Path, stored: np.ndarray, **kw) -> QgsRasterLayer:
+    """``stored`` as Int16 heights of (h - 1000) / 0.5 (the band's scale and offset)."""
+    floats = write_geotiff(tmp_path / "float.tif", stored, **kw)
+    gdal.Translate(str(tmp_path / "scaled.tif"), str(floats), outputType=gdal.GDT_Int16)
     ds = gdal.Open(str(tmp_path / "scaled.tif"), gdal.GA_Update)
     ds.GetRasterBand(1).SetScale(0.5)
     ds.GetRasterBand(1).SetOffset(1000.0)
     ds = None
-    layer = QgsRasterLayer(str(tmp_path / "scaled.tif"), "MOLA")
+    return QgsRasterLayer(str(tmp_path / "scaled.tif"), "MOLA")
+
+
+def test_nodata_set_in_qgis_is_taken_as_shown_after_the_band_s_scale(tmp_path):
+    # QGIS shows the stored -32768 as -15384 m, and the value set in Transparency is one it
+    # shows; the engine compares stored values.
+    from mars_dtm_plugin.processing.predict_algorithm import layer_nodata
+
+    layer = _scaled_layer(tmp_path, np.zeros((30, 30), np.float32))
     layer.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-15384, -15384),
                                                 QgsRasterRange(1000, 1010)])
     assert layer_nodata(layer) == ((-32768.0, -32768.0), (0.0, 20.0))
@@ -219,18 +224,12 @@ def test_nodata_set_in_qgis_is_taken_as_shown_after_the_band_s_scale(tmp_path):
 
 def test_a_scaled_reference_layer_s_nodata_set_in_qgis_holes_it_end_to_end(
         provider, identity_model, image_factory, tmp_path):
-    # Int16 stored as (h - 1000) / 0.5; the patch's stored -9999 shows in QGIS as -3999.5 m.
+    # The patch's stored -9999 shows in QGIS as -3999.5 m.
     image = image_factory(width=150, height=110)
     wider = (GEOTRANSFORM[0] - 400, 40.0, 0.0, GEOTRANSFORM[3] + 400, 0.0, -40.0)
     stored = np.full((30, 30), (1234.0 - 1000) / 0.5, np.float32)
     stored[12:15, 12:15] = -9999
-    floats = write_geotiff(tmp_path / "float.tif", stored, geotransform=wider)
-    gdal.Translate(str(tmp_path / "scaled.tif"), str(floats), outputType=gdal.GDT_Int16)
-    ds = gdal.Open(str(tmp_path / "scaled.tif"), gdal.GA_Update)
-    ds.GetRasterBand(1).SetScale(0.5)
-    ds.GetRasterBand(1).SetOffset(1000.0)
-    ds = None
-    layer = QgsRasterLayer(str(tmp_path / "scaled.tif"), "MOLA")
+    layer = _scaled_layer(tmp_path, stored, geotransform=wider)
     layer.dataProvider().setUserNoDataValue(1, [QgsRasterRange(-3999.5, -3999.5)])
     output = tmp_path / "dtm.tif"
     run({"INPUT": str(image), "MODEL": str(identity_model), "REFERENCE_DTM": layer,

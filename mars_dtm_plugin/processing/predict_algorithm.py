@@ -106,7 +106,8 @@ def crs_of_its_own(layer: QgsRasterLayer) -> QgsCoordinateReferenceSystem | None
 # How an error names each number parameter (their labels also say what empty means).
 NUMBER_NAMES = {"SUN_AZIMUTH": "The sun azimuth", "SUN_ELEVATION": "The sun elevation",
                 "OVERLAP": "The tile overlap", "PIXEL_SIZE": "The pixel size",
-                "REFERENCE_RESOLUTION": "The reference DTM's resolution"}
+                "REFERENCE_RESOLUTION": "The reference DTM's resolution", "BAND": "The band",
+                "PROVIDER": "The choice of where to run"}
 
 
 class PredictDtmAlgorithm(QgsProcessingAlgorithm):
@@ -190,7 +191,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         # No default path: a saved model, batch or script must not carry this profile's folder.
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, tr("Model (ONNX; empty: the bundled model)"),
-            behavior=QgsProcessingParameterFile.File, fileFilter=tr("ONNX models (*.onnx)"),
+            behavior=QgsProcessingParameterFile.File, extension="onnx",  # any case: MODEL.ONNX
             optional=True))
         self._add_sun_parameters()
         reference = QgsProcessingParameterRasterLayer(
@@ -207,8 +208,8 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             self.OUTPUT, tr("Predicted DTM")))
 
     def _add_sun_parameters(self) -> None:
-        angles = (
-            (self.SUN_AZIMUTH, tr("Sun azimuth (degrees clockwise from north)"), 360.0,
+        angles = (  # an azimuth of -90 (as some metadata give it) is 270: no range
+            (self.SUN_AZIMUTH, tr("Sun azimuth (degrees clockwise from north)"), None,
              tr("Leave empty to read it from the product's label or metadata. Required when "
                 "the image carries none and the model needs the sun direction.")),
             (self.SUN_ELEVATION, tr("Sun elevation (degrees above the horizon)"), 90.0,
@@ -218,8 +219,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         )
         for name, description, maximum, help_text in angles:
             parameter = QgsProcessingParameterNumber(
-                name, description, QgsProcessingParameterNumber.Double, optional=True,
-                minValue=0.0, maxValue=maximum)
+                name, description, QgsProcessingParameterNumber.Double, optional=True)
+            if maximum is not None:
+                parameter.setMinimum(0.0)
+                parameter.setMaximum(maximum)
             parameter.setHelp(help_text)
             self.addParameter(parameter)
 
@@ -255,6 +258,10 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
                    or self._layer_problem(parameters, self.REFERENCE_DTM, context))
         if problem:
             return False, problem
+        try:  # before QGIS's own checks, which would say only "Incorrect parameter value"
+            self._options(parameters, context)
+        except QgsProcessingException as refusal:
+            return False, str(refusal)
         # A scratch context: for a temporary output, parameterAsOutputLayer invents a file name
         # and registers it for loading, and the run (which invents another) never writes it.
         scratch = QgsProcessingContext()
@@ -324,7 +331,7 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.setPostProcessor(
-                DtmStyler.create(output, report.height_min, report.height_max))
+                DtmStyler.create(report.height_min, report.height_max))
         return {self.OUTPUT: output}
 
     def _input(self, parameters: dict[str, Any], context: QgsProcessingContext,
@@ -338,11 +345,16 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
-        options.nodata, options.file_nodata = layer_nodata(layer), uses_file_nodata(layer)
+        # The band read, where one is chosen: QGIS's Transparency tab sets the same values on
+        # every band, but a script may set a band's own.
+        bands = (options.band,) if options.band else None
+        options.nodata = layer_nodata(layer, bands)
+        options.file_nodata = uses_file_nodata(layer, bands)
         source, options.open_options = gdal_source(layer.source())
         layer_crs = crs_of_its_own(layer)  # the DTM lies where QGIS shows the image
         if options.pixel_size is not None:  # the engine then needs no georeferencing
-            return source, layer_crs
+            placed = has_geotransform(source, options.open_options)
+            return source, layer_crs if placed else None  # without a grid, no CRS either
         if not layer.crs().isValid():
             raise QgsProcessingException(tr(
                 "The input image '{0}' has no coordinate reference system; set the layer's "
@@ -361,19 +373,16 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
     def _options(self, parameters: dict[str, Any],
                  context: QgsProcessingContext) -> PredictOptions:
         model = self.parameterAsFile(parameters, self.MODEL, context)
-        overlap = self._optional_number(parameters, self.OVERLAP, context)
-        if overlap is not None and not overlap.is_integer():
-            raise QgsProcessingException(tr("The tile overlap must be a whole number of pixels, "
-                                            "not {0}.").format(overlap))
         reference = self._reference_layer(parameters, context)
         options = PredictOptions(
             model_path=model or None,
-            # 0 is what an empty band parameter reads as; the engine's "auto" is None.
-            band=self.parameterAsInt(parameters, self.BAND, context) or None,
-            overlap_px=None if overlap is None else int(overlap),
+            # 0 is what QGIS makes of an empty band; the engine's "auto" is None.
+            band=self._whole_number(parameters, self.BAND, context) or None,
+            overlap_px=self._whole_number(parameters, self.OVERLAP, context),
             sun_azimuth=self._optional_number(parameters, self.SUN_AZIMUTH, context),
             sun_elevation=self._optional_number(parameters, self.SUN_ELEVATION, context),
-            provider=EXECUTION_PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)],
+            provider=EXECUTION_PROVIDERS[self._whole_number(parameters, self.PROVIDER, context)
+                                         or 0],
             pixel_size=self._optional_number(parameters, self.PIXEL_SIZE, context),
             reference_resolution_m=self._optional_number(parameters, self.REFERENCE_RESOLUTION,
                                                          context),
@@ -419,7 +428,32 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
             decimals = tr(" (with a point for decimals)") if "," in str(value) else ""
             raise QgsProcessingException(tr("{0} must be a number{1}, not '{2}'.").format(
                 tr(NUMBER_NAMES[name]), decimals, value))
+        low, high = self._range(name)
+        if not low <= number <= high:  # models and batches skip QGIS's check of the range
+            limits = (tr("from {0:g} to {1:g}").format(low, high) if high < math.inf
+                      else tr("at least {0:g}").format(low))
+            raise QgsProcessingException(tr("{0} must be {1}, not {2:g}.").format(
+                tr(NUMBER_NAMES[name]), limits, number))
         return number
+
+    def _whole_number(self, parameters: dict[str, Any], name: str,
+                      context: QgsProcessingContext) -> int | None:
+        """As ``_optional_number``, refusing a fraction that QGIS would round."""
+        number = self._optional_number(parameters, name, context)
+        if number is not None and not number.is_integer():
+            raise QgsProcessingException(tr("{0} must be a whole number, not {1:g}.").format(
+                tr(NUMBER_NAMES[name]), number))
+        return None if number is None else int(number)
+
+    def _range(self, name: str) -> tuple[float, float]:
+        """The values a number parameter takes; QGIS's largest double stands for none."""
+        definition = self.parameterDefinition(name)
+        if isinstance(definition, QgsProcessingParameterEnum):
+            return 0, len(definition.options()) - 1
+        if isinstance(definition, QgsProcessingParameterNumber):
+            high = definition.maximum()
+            return definition.minimum(), math.inf if high >= 1e300 else high
+        return 0, math.inf  # a band number
 
     @staticmethod
     def _run_engine(input_path: str, output: str, options: PredictOptions,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from typing import ClassVar
 
 from qgis.core import (
@@ -79,26 +78,19 @@ class DtmStyler(QgsProcessingLayerPostProcessorInterface):
     """Post-processor that styles one output; kept alive by a class-level reference."""
 
     # Processing holds only a C++ pointer to the post-processor: without a Python reference the
-    # object is garbage-collected before the layer loads. Keyed by output so that batch rows do
-    # not drop each other's; a few recent ones are kept, never removed while Processing may call.
-    _alive: ClassVar[dict[str, DtmStyler]] = {}
-    _alive_lock = threading.Lock()  # batch rows may run in parallel tasks
-    _KEEP = 64
+    # object is garbage-collected before the layer loads. A context may call it for as long as
+    # it lives, and nothing says when that ends, so every one is kept (a few hundred bytes).
+    _alive: ClassVar[list[DtmStyler]] = []
 
-    def __init__(self, key: str, low: float | None, high: float | None) -> None:
+    def __init__(self, low: float | None, high: float | None) -> None:
         super().__init__()
-        self.key = key
         self.low = low
         self.high = high
 
     @classmethod
-    def create(cls, key: str, low: float | None = None, high: float | None = None) -> DtmStyler:
-        styler = cls(key, low, high)
-        with cls._alive_lock:
-            cls._alive.pop(key, None)
-            cls._alive[key] = styler
-            while len(cls._alive) > cls._KEEP:
-                del cls._alive[next(iter(cls._alive))]
+    def create(cls, low: float | None = None, high: float | None = None) -> DtmStyler:
+        styler = cls(low, high)
+        cls._alive.append(styler)  # atomic: batch rows may run in parallel tasks
         return styler
 
     def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,

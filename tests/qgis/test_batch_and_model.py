@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,24 @@ def test_model3_chains_prediction_and_hillshade(provider, identity_model, image_
                                    azimuth=315, altitude=45, zFactor=1, computeEdges=True)
     np.testing.assert_array_equal(shading, reference.GetRasterBand(1).ReadAsArray())
     assert heights.shape == shading.shape and shading.std() > 0
+
+
+def test_a_styler_outlives_any_number_of_later_runs(qgis_new_project):
+    """A context may load its DTM after many more runs (one context shared by a script's
+    loop): its post-processor must still be the styler, not freed."""
+    from qgis.core import QgsProcessingContext
+
+    from mars_dtm_plugin.processing.styling import DtmStyler
+
+    context = QgsProcessingContext()
+    context.addLayerToLoadOnCompletion(
+        "first.tif", QgsProcessingContext.LayerDetails("dtm", QgsProject.instance()))
+    # As the algorithm does: the context keeps only C++'s pointer.
+    context.layerToLoadOnCompletionDetails("first.tif").setPostProcessor(
+        DtmStyler.create(-5.0, 7.0))
+    for _ in range(100):
+        DtmStyler.create()
+    gc.collect()
+
+    styler = context.layerToLoadOnCompletionDetails("first.tif").postProcessor()
+    assert isinstance(styler, DtmStyler) and (styler.low, styler.high) == (-5.0, 7.0)

@@ -82,8 +82,9 @@ def test_parameters(provider):
     # Every number field has a name for the sentence that refuses text typed into it.
     from mars_dtm_plugin.processing.predict_algorithm import NUMBER_NAMES
 
-    assert set(NUMBER_NAMES) == {p.name() for p in alg.parameterDefinitions()
-                                 if isinstance(p, QgsProcessingParameterNumber)}
+    assert set(NUMBER_NAMES) == {"BAND", "PROVIDER"} | {
+        p.name() for p in alg.parameterDefinitions()
+        if isinstance(p, QgsProcessingParameterNumber)}
     assert isinstance(alg.parameterDefinition("OUTPUT"), QgsProcessingParameterRasterDestination)
     assert alg.canExecute() == (True, "")
 
@@ -500,6 +501,35 @@ def test_rgb_band_choice(provider, identity_model, tmp_path):
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
 
 
+def test_nodata_set_in_qgis_on_another_band_leaves_the_band_read_whole(
+        provider, identity_model, tmp_path):
+    planes = np.stack([terrain_image(80, 70, seed) for seed in (1, 2, 3)])
+    planes[0, 10:20], planes[2, 30:40] = -7.0, -7.0  # a value band 3 marks as nodata in QGIS
+    layer = QgsRasterLayer(str(write_geotiff(tmp_path / "rgb.tif", planes)), "rgb")
+    layer.dataProvider().setUserNoDataValue(3, [QgsRasterRange(-7.0, -7.0)])  # a script's
+    QgsProject.instance().addMapLayer(layer)
+    output = tmp_path / "band1.tif"
+    run({"INPUT": layer.id(), "BAND": 1, "MODEL": str(identity_model), "OUTPUT": str(output)})
+    heights, _, _, nodata = read_raster(output)
+    assert (heights != nodata).all()  # band 1's -7 is a value, as QGIS draws it
+
+
+def test_a_crs_set_on_an_image_without_a_grid_is_not_said_to_place_its_dtm(
+        provider, identity_model, image_factory, tmp_path):
+    image = image_factory("plain.tif", wkt=None, geotransform=None, width=90, height=70)
+    layer = QgsRasterLayer(str(image), "plain")
+    layer.setCrs(QgsCoordinateReferenceSystem("EPSG:4326"))
+    messages: list[str] = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = messages.append
+    output = tmp_path / "dtm.tif"
+    run({"INPUT": layer, "MODEL": str(identity_model), "PIXEL_SIZE": 5.0,
+         "OUTPUT": str(output)}, feedback)
+    _, geotransform, wkt, _ = read_raster(output)
+    assert wkt == "" and geotransform == (0, 1, 0, 0, 0, 1)  # GDAL's for none
+    assert not any("CRS: the layer's" in message for message in messages)
+
+
 def test_sun_azimuth_needed_and_given(provider, tmp_path, image_factory):
     from tests.models import write_test_model
 
@@ -545,27 +575,56 @@ def test_checking_a_temporary_output_registers_no_layer_the_run_does_not_write(
     ("PIXEL_SIZE", "0,5", "The pixel size must be a number (with a point for decimals), "
                           "not '0,5'."),
     ("REFERENCE_RESOLUTION", "fine", "The reference DTM's resolution must be a number, not "
-                                     "'fine'.")])
-def test_an_optional_number_that_is_no_number_is_refused(provider, tmp_path, image_factory,
-                                                         name, value, said):
+                                     "'fine'."),
+    ("OVERLAP", "2.7", "The tile overlap must be a whole number, not 2.7."),
+    ("OVERLAP", 0, "The tile overlap must be at least 1, not 0."),
+    ("SUN_ELEVATION", 95, "The sun elevation must be from 0 to 90, not 95."),
+    ("PIXEL_SIZE", -2, "The pixel size must be at least 0, not -2."),
+    ("BAND", "blue", "The band must be a number, not 'blue'."),
+    ("BAND", "2.6", "The band must be a whole number, not 2.6."),
+    ("PROVIDER", -1, "The choice of where to run must be from 0 to 2, not -1."),
+    ("PROVIDER", 3, "The choice of where to run must be from 0 to 2, not 3.")])
+@pytest.mark.parametrize("checked", [True, False])  # batches and models skip QGIS's checks
+def test_a_number_out_of_place_is_refused_in_one_sentence(provider, tmp_path, image_factory,
+                                                          name, value, said, checked):
     from tests.models import write_test_model
 
     model = write_test_model(tmp_path / "rotate.onnx", "identity", sun_mode="rotate")
     output = tmp_path / "dtm.tif"
     parameters = {"INPUT": str(image_factory()), "MODEL": str(model), "SUN_AZIMUTH": 270.0,
                   "OUTPUT": str(output), name: value}
-    with pytest.raises(QgsProcessingException) as error:
-        run(parameters)
-    assert str(error.value).strip() == said
+    if checked:
+        with pytest.raises(QgsProcessingException) as error:
+            run(parameters)
+        assert str(error.value).strip().splitlines()[-1] == said  # after "Unable to execute"
+    else:
+        feedback = ErrorsKept()
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+        assert not algorithm.run(parameters, QgsProcessingContext(), feedback)[1]
+        assert said in feedback.errors
     assert not output.exists()
 
 
-def test_a_fractional_overlap_is_refused(provider, identity_model, image_factory, tmp_path):
+@pytest.mark.parametrize("azimuth", [-90, 630])
+def test_any_sun_azimuth_is_read_round_the_circle(provider, tmp_path, image_factory, azimuth):
+    from tests.models import write_test_model
+
+    model = write_test_model(tmp_path / "rotate.onnx", "identity", sun_mode="rotate")
+    image = str(image_factory())
+    heights = []
+    for given in (azimuth, 270.0):
+        output = tmp_path / f"dtm{given}.tif"
+        run({"INPUT": image, "MODEL": str(model), "SUN_AZIMUTH": given, "OUTPUT": str(output)})
+        heights.append(read_raster(output)[0])
+    np.testing.assert_array_equal(*heights)
+
+
+def test_a_model_named_in_capitals_is_taken(provider, identity_model, image_factory, tmp_path):
+    model = tmp_path / "GENERATOR.ONNX"
+    model.write_bytes(identity_model.read_bytes())
     output = tmp_path / "dtm.tif"
-    with pytest.raises(QgsProcessingException, match=r"whole number of pixels, not 2\.7"):
-        run({"INPUT": str(image_factory()), "MODEL": str(identity_model), "OVERLAP": "2.7",
-             "OUTPUT": str(output)})
-    assert not output.exists()
+    run({"INPUT": str(image_factory()), "MODEL": str(model), "OUTPUT": str(output)})
+    assert read_raster(output)[0].shape == (110, 150)
 
 
 def test_a_number_given_as_text_or_an_empty_expression_is_read_as_such(provider, tmp_path,

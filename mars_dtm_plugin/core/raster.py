@@ -347,7 +347,9 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None, path: str,
         # A world file without a CRS still places the output, and still says where up is;
         # without one, a PDS label may say where north is.
         if geotransform is None:
-            return Georeferencing(None, "", float(pixel_size), _north_from_label(path, dataset),
+            north, mirrored = _frame_from_points(dataset) or (_north_from_label(path, dataset),
+                                                              False)
+            return Georeferencing(None, "", float(pixel_size), north, mirrored,
                                   gcps=tuple(dataset.GetGCPs()),
                                   gcp_wkt=dataset.GetGCPProjection() or "",
                                   rpc=dataset.GetMetadata("RPC") or None)
@@ -653,6 +655,33 @@ def _label_scaling(label: str) -> tuple[float, float]:
     if scale is None or not math.isfinite(scale) or scale <= 0:
         return 1.0, 0.0
     return scale, offset if offset is not None and math.isfinite(offset) else 0.0
+
+
+def _frame_from_points(dataset: gdal.Dataset) -> tuple[float, bool] | None:
+    """North and mirroring of an image placed only by ground control points or RPCs (a raw
+    product may be turned or mirrored), from the affine grid they give about the scene's
+    centre; None where they say nothing."""
+    if dataset.GetGCPCount():
+        method, srs = "GCP_POLYNOMIAL", dataset.GetGCPSpatialRef()
+    elif dataset.GetMetadata("RPC"):
+        method, srs = "RPC", osr.SpatialReference()
+        srs.ImportFromEPSG(4326)  # RPCs give WGS84 longitude and latitude
+    else:
+        return None
+    cx, cy = dataset.RasterXSize / 2, dataset.RasterYSize / 2
+    try:
+        transformer = gdal.Transformer(dataset, None, [f"METHOD={method}"])
+        points, placed = transformer.TransformPoints(
+            False, [(cx, cy, 0.0), (cx + 1, cy, 0.0), (cx, cy + 1, 0.0)])
+    except RuntimeError:  # too few points for a grid
+        return None
+    (x0, y0, _), (x1, y1, _), (x2, y2, _) = points
+    if srs is None or not all(placed) or not all(map(math.isfinite, (x0, y0, x1, y1, x2, y2))):
+        return None
+    gt = (x0 - cx * (x1 - x0) - cy * (x2 - x0), x1 - x0, x2 - x0,
+          y0 - cx * (y1 - y0) - cy * (y2 - y0), y1 - y0, y2 - y0)
+    north, mirrored = image_frame(gt, srs, dataset.RasterXSize, dataset.RasterYSize)
+    return (north, mirrored) if math.isfinite(north) else None
 
 
 def _north_from_label(path: str, dataset: gdal.Dataset) -> float:

@@ -274,6 +274,37 @@ def test_north_of_an_image_without_a_grid_comes_from_its_label(tmp_path):
     assert InputRaster(str(path), pixel_size=1.0).georef.north_deg == 0.0
 
 
+UTM_35S = 32735
+
+
+@pytest.mark.parametrize("col, row, north, mirrored", [
+    ((1, 0), (0, -1), 0.0, False),     # north up
+    ((-1, 0), (0, 1), 180.0, False),   # turned round, as some raw products are
+    ((0, -1), (1, 0), 270.0, True),    # transposed: east down, north left
+    ((-1, 0), (0, -1), 0.0, True)])    # east to the left
+def test_an_image_placed_by_gcps_alone_is_framed_by_them(tmp_path, col, row, north, mirrored):
+    """Each image pixel (i, j) lies at (500000, 6000000) + i * col + j * row, in metres."""
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(UTM_35S)
+    path = write_raster(tmp_path / "gcps.tif", ramp(40, 40), None, wkt="")
+    dataset = gdal.Open(str(path), gdal.GA_Update)
+    dataset.SetGCPs([gdal.GCP(500000.0 + 8 * (i * col[0] + j * row[0]),
+                              6000000.0 + 8 * (i * col[1] + j * row[1]), 0, i, j)
+                     for i, j in ((0, 0), (40, 0), (0, 40), (40, 40))], srs.ExportToWkt())
+    dataset = None
+    georef = InputRaster(str(path), pixel_size=8.0).georef
+    # UTM's grid north is within a degree of true north near its central meridian.
+    assert georef.north_deg == pytest.approx(north, abs=1.0) or \
+        georef.north_deg == pytest.approx(north + 360.0, abs=1.0)
+    assert georef.mirrored is mirrored
+
+
+def test_an_image_placed_by_rpcs_alone_is_framed_by_them(tmp_path):
+    from tests.rasters import write_rpc_only  # north up, east right
+
+    georef = InputRaster(str(write_rpc_only(tmp_path / "rpc.tif")), pixel_size=1.0).georef
+    assert georef.north_deg == pytest.approx(0.0, abs=0.01) and georef.mirrored is False
+
 @pytest.mark.parametrize("step, mirrored", [(-1.0, False), (1.0, True)])
 def test_a_crs_counting_longitude_west(tmp_path, step, mirrored):
     # Mars planetographic (IAU 49911): map x is westing, so an image with east on the right

@@ -30,6 +30,7 @@ from .raster import (
     FILL_LIKE,
     InputRaster,
     ProductSun,
+    fill_refused,
     gdal_exceptions,
     nodata_said,
     sun_from_product,
@@ -204,10 +205,7 @@ class _Run:
                            "shading to read heights from.")
         extreme = np.abs(sample) >= FILL_LIKE
         if extreme.any() and not extreme.all():  # beside ordinary values: a fill value
-            fill = sample[extreme]
-            raise DtmError(f"The image holds the value {fill[0]}, a fill value rather than a "
-                           f"brightness; give it as nodata (--nodata={fill[0]}, or the "
-                           "layer's no data values in QGIS), or set the file's nodata value.")
+            raise fill_refused(sample[extreme][0])
         self.scale, self.fill = self._intensity_mapping(sample)
         level = float(sample.mean(dtype=np.float64))  # > 0 where the contrast is used
         self.contrast = float(sample.std(dtype=np.float64)) / level if level > 0 else math.inf

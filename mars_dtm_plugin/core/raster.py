@@ -105,6 +105,8 @@ class InputRaster:
         if ix1 <= ix0 or iy1 <= iy0:
             raise ValueError("window does not touch the raster")
         values, valid = self._read_inside(ix0, iy0, ix1 - ix0, iy1 - iy0)
+        if values.max() >= FILL_LIKE or values.min() <= -FILL_LIKE:  # nodata are 0 here
+            raise fill_refused(values[np.abs(values) >= FILL_LIKE][0])
         pads = ((iy0 - y0, y0 + height - iy1), (ix0 - x0, x0 + width - ix1))
         if any(p for pair in pads for p in pair):
             values, valid = np.pad(values, pads), np.pad(valid, pads)
@@ -202,6 +204,14 @@ def outside(data: np.ndarray, ranges: tuple[tuple[float, float], ...]) -> np.nda
             low, high = data.dtype.type(low), data.dtype.type(high)
         valid &= (data < low) | (data > high)
     return valid
+
+
+def fill_refused(value: float) -> DtmError:
+    """The refusal of an image holding a fill value beside ordinary brightness (the scene's
+    sample finds most; a window read finds one the sample's decimation missed)."""
+    return DtmError(f"The image holds the value {value}, a fill value rather than a "
+                    f"brightness; give it as nodata (--nodata={value}, or the layer's no data "
+                    "values in QGIS), or set the file's nodata value.")
 
 
 def nodata_said(ranges: tuple[tuple[float, float], ...], file_nodata_used: bool) -> str:

@@ -126,6 +126,19 @@ def test_an_unmarked_fill_value_is_refused_by_value(tmp_path, model):
                "--sun-azimuth", "270").returncode == 0
 
 
+def test_a_fill_value_the_scene_s_sample_steps_over_is_refused_by_value(tmp_path, model):
+    # 2050 columns are sampled as 1025, every second one: column 1000 is not among them.
+    from mars_dtm_plugin.core.raster import InputRaster
+
+    image = (np.arange(64 * 2050, dtype=np.float32).reshape(64, 2050) % 97) + 10
+    image[:, 1000] = -3.4028226550889045e38
+    source = write_raster(tmp_path / "float.tif", image, GT)
+    assert (InputRaster(str(source)).sample() > 0).all()  # the sample holds no fill value
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(source), str(out), "--model", str(model), "--sun-azimuth", "270"),
+                   out, "The image holds the value -3.4028226550889045e+38, a fill value")
+
+
 def test_float64_values_past_float32_s_range_are_nodata_as_infinity_is(tmp_path, model):
     # The engine works in float32, where -DBL_MAX (a float64 fill) is minus infinity.
     image = ramp(100, 100).astype(np.float64)

@@ -206,6 +206,7 @@ class _Run:
         extreme = np.abs(sample) >= FILL_LIKE
         if extreme.any() and not extreme.all():  # beside ordinary values: a fill value
             raise fill_refused(sample[extreme][0])
+        raster.refuse_fills = not extreme.any()  # and where the sample steps over it
         self.scale, self.fill = self._intensity_mapping(sample)
         level = float(sample.mean(dtype=np.float64))  # > 0 where the contrast is used
         self.contrast = float(sample.std(dtype=np.float64)) / level if level > 0 else math.inf

@@ -89,6 +89,8 @@ class InputRaster:
         self.path = path
         self.nodata = nodata  # value ranges read as nodata besides the file's own
         self.file_nodata = file_nodata  # False: the file's nodata value is a value like any other
+        self.refuse_fills = False  # where the scene's values are ordinary, one past FILL_LIKE is
+        # a fill value the scene's sample missed
         self.dataset = _open(path, open_options)
         self.width = self.dataset.RasterXSize
         self.height = self.dataset.RasterYSize
@@ -105,8 +107,8 @@ class InputRaster:
         if ix1 <= ix0 or iy1 <= iy0:
             raise ValueError("window does not touch the raster")
         values, valid = self._read_inside(ix0, iy0, ix1 - ix0, iy1 - iy0)
-        if values.max() >= FILL_LIKE or values.min() <= -FILL_LIKE:  # nodata are 0 here
-            raise fill_refused(values[np.abs(values) >= FILL_LIKE][0])
+        if self.refuse_fills and (values.max() >= FILL_LIKE or values.min() <= -FILL_LIKE):
+            raise fill_refused(values[np.abs(values) >= FILL_LIKE][0])  # nodata are 0 here
         pads = ((iy0 - y0, y0 + height - iy1), (ix0 - x0, x0 + width - ix1))
         if any(p for pair in pads for p in pair):
             values, valid = np.pad(values, pads), np.pad(valid, pads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import socket
@@ -71,9 +72,25 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+# The world files GDAL reads beside a GeoTIFF.
+WORLD_FILES = (".tfw", ".TFW", ".tifw", ".TIFW", ".tiffw", ".TIFFW", ".wld", ".WLD")
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` where it exists; beside a long name, a sidecar's name may be too long
+    to exist."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+
+
 def _partial_prefix(path: Path) -> str:
     # The host in the name: a folder shared over the network may hold another machine's runs.
-    return f".{path.name}.partial-{socket.gethostname()}-"
+    # The output's name cut short: the suffixes must not take a long name past 255 bytes.
+    name = path.name.encode()[:120].decode(errors="ignore")
+    return f".{name}.partial-{socket.gethostname()[:40]}-"
 
 
 def _remove_stale_partials(path: Path) -> None:
@@ -107,6 +124,7 @@ class DtmWriter:
                  metadata: dict[str, str] | None = None,
                  rpc: dict[str, str] | None = None) -> None:
         self.path = Path(path)
+        self.placed = geotransform is not None
         _remove_stale_partials(self.path)
         # Unique per run, not per process: a QGIS batch runs several in one process.
         self.partial = self.path.with_name(
@@ -189,7 +207,10 @@ class DtmWriter:
         # Statistics, overviews or a mask GDAL or QGIS kept beside an earlier output would
         # describe the old file.
         for sidecar in (".aux.xml", ".ovr", ".msk"):
-            Path(f"{self.path}{sidecar}").unlink(missing_ok=True)
+            _remove(Path(f"{self.path}{sidecar}"))
+        if not self.placed:  # a world file would place a DTM its image did not place
+            for world in WORLD_FILES:
+                _remove(self.path.with_suffix(world))
         # A CRS that GeoTIFF's keys cannot hold (an oblique Mars projection) is in the
         # partial file's own .aux.xml: it goes with the file.
         if Path(f"{self.partial}.aux.xml").exists():

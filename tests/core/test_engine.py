@@ -538,6 +538,28 @@ def test_rerun_drops_statistics_and_overviews_cached_for_the_old_output(tmp_path
     assert gdal.Open(str(out)).GetRasterBand(1).GetOverviewCount() == 0
 
 
+@pytest.mark.parametrize("placed", [False, True])
+def test_a_world_file_beside_the_output_goes_where_it_would_place_a_dtm_that_has_no_grid(
+        tmp_path, placed):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT if placed else None,
+                          wkt=None if placed else "")
+    model = write_test_model(tmp_path / "m.onnx")
+    out = tmp_path / "dtm.tif"
+    world = tmp_path / "dtm.tfw"  # left by an earlier output, or by hand
+    world.write_text("2\n0\n0\n-2\n1000\n2000\n")
+    predict_dtm(str(source), str(out), PredictOptions(model_path=str(model), pixel_size=2.0))
+    assert world.exists() is placed  # a grid of its own comes before a world file
+    assert gdal.Open(str(out)).GetGeoTransform() == (GT if placed else (0, 1, 0, 0, 0, 1))
+
+
+def test_an_output_named_up_to_the_file_system_s_limit_is_written(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT)
+    out = tmp_path / ("é" * 100 + "a" * 46 + ".tif")  # 250 bytes: the partial file's is less
+    predict_dtm(str(source), str(out),
+                PredictOptions(model_path=str(write_test_model(tmp_path / "m.onnx"))))
+    assert gdal.Open(str(out)).RasterXSize == 100
+
+
 def test_existing_output_is_replaced_only_on_success(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT)
     model = write_test_model(tmp_path / "m.onnx")

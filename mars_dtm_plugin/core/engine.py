@@ -260,7 +260,7 @@ class _Run:
             raise DtmError("This model needs the sun azimuth and the input's label or metadata "
                            "does not give it; give it in degrees clockwise from north "
                            "(--sun-azimuth; Sun azimuth in QGIS, SUN_AZIMUTH in qgis_process).")
-        return product.azimuth, product.azimuth_from
+        return product.azimuth % 360, product.azimuth_from  # as some metadata say: -60
 
     @cached_property
     def _product_sun(self) -> ProductSun:

@@ -303,6 +303,11 @@ def _open(path: str, open_options: tuple[str, ...] = ()) -> gdal.Dataset:
         raise DtmError(f"The input '{path}' does not exist.")
     if error is not None:
         raise DtmError(f"GDAL cannot read '{Path(path).name}' as a raster: {error}") from error
+    inside = dataset.GetSubDatasets() if dataset is not None else []
+    if inside and dataset.RasterCount == 0:  # a NetCDF, HDF or GeoPackage of several rasters
+        names = " or ".join(name for name, _ in inside[:2])
+        raise DtmError(f"'{Path(path).name}' holds {len(inside)} rasters; name the one to use, "
+                       f"such as {names}.")
     if dataset is None or dataset.RasterCount == 0:
         raise DtmError(f"GDAL cannot read '{Path(path).name}' as a raster.")
     driver = dataset.GetDriver().ShortName

@@ -104,6 +104,21 @@ def test_a_basemap_is_refused_before_its_tiles_are_laid_out(tmp_path, model):
                    "'basemap.vrt' is 400000 x 400000 pixels, a basemap rather than an image")
 
 
+def test_a_file_of_several_rasters_names_them(tmp_path, model):
+    package = tmp_path / "scenes.gpkg"
+    for table in ("north", "south"):
+        gdal.Translate(str(package), str(write_raster(tmp_path / f"{table}.tif", ramp(40, 40),
+                                                      GT)),
+                       format="GPKG", outputType=gdal.GDT_Float32,
+                       creationOptions=[f"RASTER_TABLE={table}", "APPEND_SUBDATASET=YES"])
+    out = tmp_path / "out.tif"
+    assert_refused(cli(str(package), str(out), "--model", str(model)), out,
+                   f"'scenes.gpkg' holds 2 rasters; name the one to use, such as "
+                   f"GPKG:{package}:north or GPKG:{package}:south.")
+    assert cli(f"GPKG:{package}:south", str(out), "--model", str(model), "--sun-azimuth", "270",
+               "--quiet").returncode == 0
+
+
 def test_an_image_of_one_value_is_refused(tmp_path, model):
     source = write_raster(tmp_path / "blank.tif", np.full((60, 60), 128, np.uint8), GT)
     out = tmp_path / "out.tif"

@@ -510,6 +510,17 @@ def test_a_model_that_needs_no_sun_does_not_read_it(tmp_path):
             sun_azimuth=270))
 
 
+def test_a_sun_azimuth_from_metadata_is_read_round_the_circle(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT,
+                          metadata={"SUN_AZIMUTH": "-90", "SUN_ELEVATION": "30"})
+    model = write_test_model(tmp_path / "m.onnx", sun_mode="rotate", sun_azimuth=270.0)
+    report = predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                         PredictOptions(model_path=str(model)))
+    assert (report.sun_azimuth, report.sun_source) == (270, "metadata")
+    assert gdal.Open(str(tmp_path / "dtm.tif")).GetMetadataItem("MARSDTM_SUN_AZIMUTH") == \
+        "270.0 (metadata)"
+
+
 def test_a_bad_sun_angle_the_user_gave_instead_does_not_stop_the_run(tmp_path):
     source = write_raster(tmp_path / "image.tif", ramp(100, 100), GT,
                           metadata={"SUN_AZIMUTH": "west", "SUN_ELEVATION": "30"})

@@ -43,6 +43,10 @@ from .writer import BLOCK, DtmWriter, check_output_path
 
 __all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 
+# Ground pixel sizes of real images, from a drone's millimetres to a global mosaic's
+# kilometres: outside, the georeferencing is more likely wrong than the image.
+PLAUSIBLE_PIXEL_M = (1e-3, 1e5)
+
 Progress = Callable[[float], None]
 Strips = Callable[[int, int], np.ndarray]  # rows [y0, y1) of a DTM, computed on demand
 MODEL_SHARE = 0.9  # share of the progress bar for pass 1
@@ -724,6 +728,12 @@ class _Run:
                 f"{self.zero_rim:.0%} of the image's outermost pixels are 0 and it has no "
                 "nodata value: a black collar is read as black ground; set its nodata "
                 "(gdal_edit.py -a_nodata 0) if it is one"))
+        pixel = self.raster.georef.pixel_size_m
+        if not PLAUSIBLE_PIXEL_M[0] <= pixel <= PLAUSIBLE_PIXEL_M[1]:
+            said.append(Caution(
+                f"Pixels of {pixel:.3g} m on the ground are not an orbital or aerial image's: "
+                "check the image's CRS and geotransform (a grid in degrees labelled with a CRS "
+                "in metres?), or give the pixel size"))
         if abs(math.log(aspect)) > math.log(1.05):
             said.append(Caution(
                 f"Pixels are {aspect:.2f} times as wide as tall on the ground, which the "

@@ -125,6 +125,8 @@ class Generator:
         if not self.path.is_file():
             raise DtmError(f"The model file '{self.path}' "
                            f"{'is a folder' if self.path.is_dir() else 'does not exist'}.")
+        if not os.access(self.path, os.R_OK):
+            raise DtmError(f"The model file '{self.path}' cannot be read (permission denied).")
         providers, self.provider_note = _choose_providers(ort, provider)
         missing = preload_cuda_libraries(ort) if providers[0] == PROVIDERS["cuda"] else ""
         options = ort.SessionOptions()

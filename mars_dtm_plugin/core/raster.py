@@ -347,12 +347,15 @@ def _select_bands(dataset: gdal.Dataset, band: int | None) -> tuple[list, tuple[
     return [dataset.GetRasterBand(band)], (1.0,)
 
 
+DEGENERATE_GRID = ("The input's geotransform is degenerate (its pixels have no size); fix "
+                   "its georeferencing or remove it and give the pixel size.")
+
+
 def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None, path: str,
                     crs_wkt: str | None = None) -> Georeferencing:
     geotransform = dataset.GetGeoTransform(can_return_null=True)
     if geotransform is not None and gdal.InvGeoTransform(geotransform) is None:
-        raise DtmError("The input's geotransform is degenerate (its pixels have no size); "
-                       "fix its georeferencing or remove it and give the pixel size.")
+        raise DtmError(DEGENERATE_GRID)
     wkt = crs_wkt or dataset.GetProjection() or ""
     srs = osr.SpatialReference()
     if wkt and srs.ImportFromWkt(wkt) != 0:
@@ -388,6 +391,8 @@ def _georeferencing(dataset: gdal.Dataset, pixel_size: float | None, path: str,
                        "unknown; give the pixel size in metres (the output keeps the grid), or "
                        "assign the CRS (gdal_edit.py -a_srs).")
     width, height = ground_pixel_sides_m(geotransform, srs, cols, rows)
+    if not (width > 0 and height > 0):  # sides so small they are 0 in floating point
+        raise DtmError(DEGENERATE_GRID)
     north, mirrored = image_frame(geotransform, srs, cols, rows)
     return Georeferencing(tuple(geotransform), wkt, math.sqrt(width * height), north, mirrored,
                           width / height)

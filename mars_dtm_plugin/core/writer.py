@@ -33,6 +33,8 @@ def check_output_path(input_path: str, output_path: str, input_files: Iterable[s
     """Refuse an output that would overwrite the input (or a file it is read from, such as a
     VRT's source or a PDS label's image: ``input_files``) or cannot be written."""
     out = Path(output_path)
+    if out.name.lower() in OUTPUT_EXTENSIONS:  # ".tif" is a hidden file's name, not a suffix
+        raise DtmError(f"The output '{out.name}' needs a name before its extension.")
     if out.suffix.lower() not in OUTPUT_EXTENSIONS:
         raise DtmError(f"The output must be a GeoTIFF (.tif) file, not '{out.name}'.")
     if _same_file(out, Path(input_path)):

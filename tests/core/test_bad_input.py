@@ -449,6 +449,9 @@ def test_output_that_is_not_a_geotiff(tmp_path, scene, model):
     out = tmp_path / "out.png"
     assert_refused(cli(str(scene), str(out), "--model", str(model)), out,
                    "must be a GeoTIFF (.tif) file, not 'out.png'")
+    out = tmp_path / ".tif"
+    assert_refused(cli(str(scene), str(out), "--model", str(model)), out,
+                   "The output '.tif' needs a name before its extension.")
 
 
 def test_batch_size_below_one(tmp_path, scene, model):
@@ -574,6 +577,8 @@ def test_degenerate_geotransform_and_gcps_alone_without_pixel_size(tmp_path, mod
                            "<GeoTransform>0,0,0,0,0,0</GeoTransform>", flat.read_text()))
     out = tmp_path / "out.tif"
     assert_refused(cli(str(flat), str(out), "--model", str(model)), out, "degenerate")
+    tiny = write_raster(tmp_path / "tiny.tif", ramp(50, 50), (0, 1e-300, 0, 0, 0, -1e-300))
+    assert_refused(cli(str(tiny), str(out), "--model", str(model)), out, "degenerate")
     gcps = write_raster(tmp_path / "gcps.tif", ramp(50, 50), None)
     ds = gdal.Open(str(gcps), gdal.GA_Update)
     srs = ds.GetSpatialRef()

@@ -813,6 +813,20 @@ def test_pixels_far_from_square_on_the_ground_are_reported(tmp_path):
     assert "0.50 times as wide as tall" in message and "gdalwarp" in message
 
 
+@pytest.mark.parametrize("degrees, said", [(8e-5, True), (8.0, False)])
+def test_a_grid_in_degrees_labelled_in_metres_is_reported(tmp_path, degrees, said):
+    utm = osr.SpatialReference()
+    utm.ImportFromEPSG(32735)
+    source = write_raster(tmp_path / "image.tif", ramp(64, 64),
+                          (24.39, degrees, 0.0, -33.69, 0.0, -degrees), wkt=utm.ExportToWkt())
+    report = predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                         PredictOptions(model_path=str(write_test_model(tmp_path / "m.onnx"))))
+    cautions = [m for m in report.messages if "not an orbital or aerial image's" in m]
+    assert len(cautions) == said  # 8e-5 degrees read as metres: 0.08 mm on the ground
+    assert all(c.startswith("Pixels of 7.95e-05 m") and "(a grid in degrees labelled with a "
+               "CRS in metres?)" in c for c in cautions)
+
+
 @pytest.mark.parametrize("azimuth", [270.0, 0.0, 315.0, 250.0])
 def test_the_rasters_edge_shows_no_padding_of_the_model(tmp_path, azimuth):
     # The blur model sags by a third at its own border (zero padding). At the raster's edge

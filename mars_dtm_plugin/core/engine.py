@@ -194,8 +194,10 @@ class _Run:
         self._lay_tiles()
         self.coarse = self._coarse_pass()
         self.coarse_tiles = 0  # counted when the coarse pass runs
-        if options.reference_resolution_m is not None and not options.reference_dtm:
-            raise DtmError("A reference resolution is given without a reference DTM.")
+        for given, what in ((options.reference_resolution_m, "resolution"),
+                            (options.reference_nodata, "nodata value")):
+            if given is not None and not options.reference_dtm:
+                raise DtmError(f"A reference {what} is given without a reference DTM.")
         self.reference = (open_reference(options.reference_dtm, raster.georef, raster.width,
                                          raster.height, options.reference_resolution_m,
                                          options.reference_open_options,
@@ -726,8 +728,9 @@ class _Run:
         if self.zero_rim > 0.5:
             said.append(Caution(
                 f"{self.zero_rim:.0%} of the image's outermost pixels are 0 and it has no "
-                "nodata value: a black collar is read as black ground; set its nodata "
-                "(gdal_edit.py -a_nodata 0) if it is one"))
+                "nodata value: a black collar is read as black ground; give 0 as nodata "
+                "(--nodata 0, the layer's no data values in QGIS, or gdal_edit.py -a_nodata 0 "
+                "in the file) if it is one"))
         pixel = self.raster.georef.pixel_size_m
         if not PLAUSIBLE_PIXEL_M[0] <= pixel <= PLAUSIBLE_PIXEL_M[1]:
             said.append(Caution(

@@ -163,6 +163,8 @@ def test_a_reference_resolution_finer_than_its_pixels_or_without_a_reference_is_
              reference_resolution_m=10.0)
     _refusal(tmp_path, None, "A reference resolution is given without a reference DTM.",
              reference_resolution_m=200.0)
+    _refusal(tmp_path, None, "A reference nodata value is given without a reference DTM.",
+             reference_nodata=-9999.0)
 
 
 def test_a_reference_needs_a_georeferenced_image(tmp_path):

@@ -30,7 +30,7 @@ OPSET = 17
 # (96 px of a 256 px tile) hides most tile-scale seams in hillshades and keeps the engine
 # above 1 MP/s on two CPU cores (docs/model-card.md).
 DEFAULT_OVERLAP = 37.5
-EXPORT_SHAPE = (1, 1, 256, 256)  # traced here; height and width stay dynamic
+EXPORT_SIDE = 256  # traced at this side (or the size multiple above it); sizes stay dynamic
 DEFAULT_TRAINING_DATA = ("synthetic Mars terrain and real DEM shapes (Mars HiRISE, Earth, Moon) "
                          "rendered under many suns; no real image/DTM pairs")
 
@@ -109,7 +109,8 @@ def export(model: Generator, contract: ModelContract, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     dims = {0: "batch", 2: "height_px", 3: "width_px"}
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(EXPORT_SHAPE),), str(out), dynamo=False,
+        side = -(-EXPORT_SIDE // model.size_multiple) * model.size_multiple
+        torch.onnx.export(model, (torch.zeros(1, 1, side, side),), str(out), dynamo=False,
                           opset_version=OPSET, input_names=["image"], output_names=["height"],
                           dynamic_axes={"image": dims, "height": dims}, do_constant_folding=True)
     proto = onnx.load(str(out))
@@ -121,10 +122,13 @@ def export(model: Generator, contract: ModelContract, out: str | Path) -> Path:
     return out
 
 
-def parity(model: Generator, path: str | Path, shape: tuple[int, int, int, int] = (2, 1, 160, 224),
+def parity(model: Generator, path: str | Path, shape: tuple[int, int, int, int] | None = None,
            seed: int = 0) -> float:
-    """Largest |onnxruntime - PyTorch| at ``shape`` (not the traced shape), in pixel units."""
+    """Largest |onnxruntime - PyTorch| at ``shape`` (default: 5 by 7 size multiples, not the
+    traced shape), in pixel units."""
     import onnxruntime as ort
+
+    shape = shape or (2, 1, 5 * model.size_multiple, 7 * model.size_multiple)
 
     x = np.random.default_rng(seed).normal(0, 1, shape).astype(np.float32)
     with torch.no_grad():

@@ -616,8 +616,13 @@ class Trainer:
         path = self.out / name
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            torch.save(self.state(), path.with_suffix(".tmp"))
-            os.replace(path.with_suffix(".tmp"), path)
+            partial = path.with_suffix(".tmp")
+            try:
+                torch.save(self.state(), partial)
+            except BaseException:  # a full disk, or Ctrl-C: no half-written file stays
+                partial.unlink(missing_ok=True)
+                raise
+            os.replace(partial, path)
             # Without "resume": the file given as --config starts a new run from these options.
             options = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "resume"}
             (self.out / "config.json").write_text(json.dumps(options, indent=2) + "\n")
@@ -810,6 +815,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: interrupted at step {trainer.step}; {_kept(trainer, 'continue')}",
               file=sys.stderr)
         return 130
+    except OSError as exc:  # a checkpoint or log that cannot be written: a full disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; the run stopped at step {trainer.step} "
+              f"({_kept(trainer, 'make room and continue')})", file=sys.stderr)
+        return 1
     if trainer.rank == 0:
         print(json.dumps({"step": trainer.step, **{k: round(v, 5) for k, v in logs.items()}}))
     if dist.is_initialized():

@@ -222,3 +222,14 @@ def test_a_checkpoint_with_damaged_bytes_is_refused_by_name(exported, tmp_path, 
     assert export_main([str(checkpoint), str(tmp_path / "m.onnx")]) == 2
     assert f"its part {part.filename} is damaged" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_deep_u_net_exports_and_is_checked_at_its_own_size_multiple(exported, tmp_path):
+    from training.export_onnx import export
+    from training.model import Generator, GeneratorConfig
+
+    deep = Generator(GeneratorConfig(channels=(2,) * 7)).eval()  # sizes: multiples of 64
+    assert deep.size_multiple == 64
+    contract = parse_contract({p.key: p.value for p in onnx.load(str(exported[1])).metadata_props})
+    path = export(deep, contract, tmp_path / "deep.onnx")
+    assert parity(deep, path) < 1e-4  # at 320 x 448, not the traced 256 x 256

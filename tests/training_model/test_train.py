@@ -699,3 +699,23 @@ def test_ctrl_c_says_where_the_run_stopped_and_keeps_its_checkpoint(pool, tmp_pa
     assert "error: interrupted at step " in err
     assert f"its last checkpoint is kept: continue with --resume {tmp_path / 'last.pt'}" in err
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] >= 1
+
+
+def test_a_full_disk_stops_the_run_in_one_sentence_and_keeps_the_checkpoint(
+        pool, tmp_path, capsys, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_fills(state, file, *args, **kwargs):  # a full disk cannot be had
+        calls.append(file)
+        if len(calls) < 2:
+            return real_save(state, file, *args, **kwargs)
+        Path(file).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device", str(file))
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    assert _tiny_run(pool, tmp_path, "--steps", "4", "--checkpoint-every", "1") == 1
+    err = capsys.readouterr().err
+    assert f"error: No space left on device ({tmp_path / 'last.tmp'}); the run stopped at step 2" \
+        in err and f"make room and continue with --resume {tmp_path / 'last.pt'}" in err
+    assert sorted(p.name for p in tmp_path.glob("last*")) == ["last.pt"]  # no half-written file
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 1

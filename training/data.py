@@ -192,7 +192,12 @@ def load_dem_shapes(folder: str | os.PathLike) -> list[DemShape]:
 
     shapes = []
     for path in sorted(Path(folder).glob("*.tif")):
-        ds = gdal.Open(str(path))
+        try:
+            ds = gdal.Open(str(path))
+        except RuntimeError:  # where GDAL's exceptions are on
+            ds = None
+        if ds is None:  # a damaged or half-copied file
+            raise ValueError(f"{path.name} cannot be read as a raster; replace it or remove it")
         band = ds.GetRasterBand(1)
         heights = band.ReadAsArray().astype(np.float32)
         # A crop through a void would render as a cliff: such a DEM is refused, not guessed.

@@ -1044,10 +1044,14 @@ def _parse_models(values: list[str]) -> dict[str, Path]:
 
     models = {}
     for value in values:
-        name, _, path = value.rpartition("=")
+        # NAME=FILE, or a FILE whose folders may hold "=" (a sweep's lr=0.001/model.onnx).
+        name, _, path = ("", "", value) if Path(value).exists() else value.partition("=")
+        if not path or "/" in name:
+            name, path = "", value
         path, name = Path(path), name or Path(path).stem
         if not path.is_file():
-            raise ValueError(f"the model file {path} does not exist")
+            raise ValueError(f"the model file {path} "
+                             f"{'is a folder' if path.is_dir() else 'does not exist'}")
         if name in models or name in (*BASELINES, DETILTED_TRUTH):
             raise ValueError(f"the model name '{name}' is taken; name each model NAME=FILE")
         try:  # before any test data is made: a checkpoint given for its ONNX export, say

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -131,7 +132,7 @@ def carry_over(source: onnx.ModelProto, quantised: onnx.ModelProto, version: str
     for prop in source.metadata_props:
         entry = quantised.metadata_props.add()
         entry.key = prop.key
-        entry.value = f'"{version}"' if prop.key == "marsdtm:version" else prop.value
+        entry.value = json.dumps(version) if prop.key == "marsdtm:version" else prop.value
     onnx.checker.check_model(quantised)
 
 

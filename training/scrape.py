@@ -48,6 +48,7 @@ PHASES = ("PSP", "ESP")
 CHUNK = 1 << 20
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 MAX_ASKED_WAIT = 300.0  # seconds: a longer Retry-After is cut to this
+MAX_WAIT_S = 3600.0  # a --delay or --backoff beyond an hour is a slip of the keyboard
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 log = logging.getLogger("training.scrape")
@@ -571,6 +572,8 @@ def parse_args(argv: list[str] | None) -> Options:
         (not 1 <= args.workers <= 16, "--workers must be between 1 and 16"),
         (args.delay < 0 or args.retries < 0 or args.backoff < 0,
          "--delay, --retries and --backoff must not be negative"),
+        (not (args.delay <= MAX_WAIT_S and args.backoff <= MAX_WAIT_S),  # NaN too
+         f"--delay and --backoff must be at most {MAX_WAIT_S} seconds"),
     ]
     for bad, message in problems:
         if bad:

@@ -226,6 +226,14 @@ def build(pairs: list[PairFiles], out: Path, size: int = 512, overlap: int = 64,
     return index
 
 
+def _why_no_patch(pair: PairFiles, size: int) -> str:
+    dtm = gdal.OpenEx(str(pair.dtm), gdal.OF_RASTER)
+    if min(dtm.RasterXSize, dtm.RasterYSize) < size:
+        return f"the DTM is {dtm.RasterXSize} x {dtm.RasterYSize} px, smaller than --size {size}"
+    return (f"no {size} px window with heights and image throughout (does the ortho lie on the "
+            "DTM?)")
+
+
 def _write_pairs(pairs: list[PairFiles], shards: Shards, index: dict, size: int, overlap: int,
                  splits: dict[str, str] | None) -> None:
     """Each pair's patches into its split's shards, noting in ``index`` what each gave."""
@@ -240,9 +248,7 @@ def _write_pairs(pairs: list[PairFiles], shards: Shards, index: dict, size: int,
             shards.write(split, patch)
             count += 1
         if not unreadable and not count:  # an ortho off its DTM, say: not silently lost
-            index["skipped"][pair.pair_id] = (
-                f"no {size} px window with heights and image throughout (does the ortho lie "
-                "on the DTM?)")
+            index["skipped"][pair.pair_id] = _why_no_patch(pair, size)
             log.warning("skipped %s: %s", pair.pair_id, index["skipped"][pair.pair_id])
         elif not unreadable:
             index["pairs"][pair.pair_id] = {"patches": count, "split": split}

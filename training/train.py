@@ -204,7 +204,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     saved options < the few of ``RESUMABLE`` given."""
     parser = _Parser(prog="python -m training.train", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="JSON file of options (keys as the flags below)")
+    parser.add_argument("--config", help="JSON file of options (keys as the flags below, "
+                        "with _ for -: patch_size)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind = {"bool": _bool, "int": int, "float": float, "str": str}.get(str(f.type), _floats)
@@ -239,6 +240,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if cfg.patch_size <= 0 or cfg.patch_size % multiple:
         parser.error(f"--patch-size {cfg.patch_size} must be a positive multiple of "
                      f"{multiple}, the size multiple of a U-Net of {len(cfg.channels)} levels")
+    if cfg.patch_size == multiple and cfg.batch_size == 1:  # batch norm of one value
+        parser.error(f"--patch-size {multiple} leaves the U-Net's deepest level one pixel, "
+                     "whose batch norm needs at least 2 patches a batch: raise --batch-size "
+                     "or --patch-size")
     return cfg
 
 
@@ -247,7 +252,8 @@ def _check_options(parser: argparse.ArgumentParser, values: dict, source: str) -
     fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     unknown = set(values) - set(fields)
     if unknown:
-        parser.error(f"unknown option(s) in {source}: {', '.join(sorted(unknown))}")
+        hint = " (keys are written with _, not -)" if any("-" in k for k in unknown) else ""
+        parser.error(f"unknown option(s) in {source}: {', '.join(sorted(unknown))}{hint}")
     for name, value in values.items():
         if not _fits(fields[name], value):
             parser.error(f"{name} in {source} must be {_KINDS[fields[name]]}, not {value!r}")

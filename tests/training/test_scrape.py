@@ -382,6 +382,8 @@ def _free_port() -> int:
     (["--base-url", "ftp://x/"], 2, "error: --base-url must be an http(s) URL, got 'ftp://x/'."),
     (["--limit", "0"], 2, "error: --limit must be at least 1."),
     (["--workers", "99"], 2, "error: --workers must be between 1 and 16."),
+    (["--delay", "inf"], 2, "error: --delay and --backoff must be at most 3600.0 seconds."),
+    (["--backoff", "nan"], 2, "error: --delay and --backoff must be at most 3600.0 seconds."),
     (["--base-url", "http://127.0.0.1:{port}/PDS/DTM/", "--retries", "0"], 1,
      "error: cannot read the listing at http://127.0.0.1:{port}/PDS/DTM/"),
 ])

@@ -138,6 +138,9 @@ def test_a_pair_whose_ortho_lies_off_its_dtm_is_skipped_with_a_reason(tmp_path: 
     assert index["pairs"] == {}
     assert index["skipped"] == {"p": "no 16 px window with heights and image throughout (does "
                                      "the ortho lie on the DTM?)"}
+    index = build([PairFiles("p", dtm, ortho, ortho.with_suffix(".LBL"))], tmp_path / "big", 64,
+                  0)
+    assert index["skipped"] == {"p": "the DTM is 32 x 32 px, smaller than --size 64"}
 
 
 def test_an_orthos_dn_scaling_turns_its_patches_into_i_over_f(tmp_path: Path) -> None:

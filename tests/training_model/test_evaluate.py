@@ -416,6 +416,18 @@ def test_two_models_under_one_name_are_refused(tmp_path, capsys, second):
     assert "is taken; name each model NAME=FILE" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("given, name", [("{sweep}/m.onnx", "m"), ("run={sweep}/m.onnx", "run")])
+def test_a_model_in_a_folder_named_with_an_equals_sign_is_found(tmp_path, given, name):
+    from training.evaluate import _parse_models
+
+    sweep = tmp_path / "lr=0.001"
+    sweep.mkdir()
+    write_test_model(sweep / "m.onnx")
+    assert _parse_models([given.format(sweep=sweep)]) == {name: sweep / "m.onnx"}
+    with pytest.raises(ValueError, match=f"the model file {sweep} is a folder"):
+        _parse_models([str(sweep)])
+
+
 def test_the_bar_wants_both_baselines_beaten_on_every_metric_of_every_set_with_truth():
     from training.evaluate import bar_checks
 

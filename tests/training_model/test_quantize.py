@@ -56,6 +56,14 @@ def test_the_8_bit_model_keeps_the_contract_under_its_own_version(exported, quan
     assert len(kept) == 2 and kept[-1] == convs[-1]
 
 
+def test_a_version_given_is_carried_as_written(exported, pool, tmp_path):
+    out = tmp_path / "q.onnx"
+    version = '1.0 "rc1" C:\\x'
+    assert quantize_main([str(exported), str(out), "--data", str(pool), "--samples", "4",
+                          "--version", version]) == 0
+    assert _contract(out).version == version
+
+
 def test_the_upsampling_reads_no_shape(exported, quantised):
     """A factor read from a tensor's shape made onnxruntime dequantise and transpose the whole
     8-bit tensor only to read it."""

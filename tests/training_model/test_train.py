@@ -333,6 +333,10 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
         parse_args(["--config", str(path)])
     assert exit_info.value.code != 0
     assert "stepz" in capsys.readouterr().err
+    path.write_text(json.dumps({"patch-size": 64}))
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)])
+    assert "patch-size (keys are written with _, not -)" in capsys.readouterr().err
 
 
 def test_the_shading_prior_needs_the_sun_from_the_left(tmp_path, capsys):
@@ -352,6 +356,13 @@ def test_a_dem_with_voids_is_refused_by_name(tmp_path, capsys):
     code = main(["--data", f"dem:{tmp_path}", "--out", str(tmp_path / "o"), "--patch-size", "32"])
     assert code == 2
     assert "holey.tif has 20 nodata pixels" in capsys.readouterr().err
+
+
+def test_a_dem_that_cannot_be_read_is_refused_by_name(tmp_path, capsys):
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 a download cut short")
+    code = main(["--data", f"dem:{tmp_path}", "--out", str(tmp_path / "o"), "--patch-size", "32"])
+    assert code == 2
+    assert "broken.tif cannot be read as a raster" in capsys.readouterr().err
 
 
 def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
@@ -575,6 +586,14 @@ def test_values_that_cannot_work_are_refused_before_training(capsys, flag, value
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1  # one sentence, without fifty options' usage
+
+
+def test_one_patch_a_batch_with_a_one_pixel_deepest_level_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--channels", "4,8,16", "--patch-size", "4", "--batch-size", "1"])
+    assert exit_info.value.code == 2
+    assert "whose batch norm needs at least 2 patches a batch" in capsys.readouterr().err
+    assert parse_args(["--channels", "4,8,16", "--patch-size", "8", "--batch-size", "1"])
 
 
 def test_low_relief_patches_need_ratio_scaled_input(capsys):

@@ -114,6 +114,8 @@ def export(model: Generator, contract: ModelContract, out: str | Path) -> Path:
                           opset_version=OPSET, input_names=["image"], output_names=["height"],
                           dynamic_axes={"image": dims, "height": dims}, do_constant_folding=True)
     proto = onnx.load(str(out))
+    # One channel of heights, as the contract says; the tracer leaves it a symbol.
+    proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1
     onnx.helper.set_model_props(proto, contract.to_metadata())
     proto.doc_string = "Mars DTM generator: image -> heights in pixel units, tile-mean relative."
     onnx.checker.check_model(proto)

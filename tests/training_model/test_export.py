@@ -39,6 +39,9 @@ def test_exported_model_passes_the_engine_contract(exported):
     assert contract.extra["marsdtm:architecture"]["prior_window"] == 15
     assert [i.name for i in model.graph.input] == ["image"]
     assert [o.name for o in model.graph.output] == ["height"]
+    dims = [[d.dim_value or d.dim_param for d in io.type.tensor_type.shape.dim]
+            for io in (*model.graph.input, *model.graph.output)]
+    assert dims == [["batch", 1, "height_px", "width_px"]] * 2
     assert model.opset_import[0].version == 17
 
 

@@ -1038,17 +1038,26 @@ def network_speed(model: Path, threads: int = 2, repeats: int = 5) -> float:
     return batch.size / 1e6 / best
 
 
+def _model_argument(value: str) -> tuple[str, Path]:
+    """NAME=FILE, or FILE; either may hold "=" (a sweep's lr=0.001/model.onnx): the first "="
+    after which a file lies splits them."""
+    if Path(value).exists():
+        return "", Path(value)
+    for at in (i for i, char in enumerate(value) if char == "="):
+        if Path(value[at + 1:]).is_file():
+            return value[:at], Path(value[at + 1:])
+    name, _, path = value.rpartition("=")
+    return name, Path(path)
+
+
 def _parse_models(values: list[str]) -> dict[str, Path]:
     from mars_dtm_plugin.core.errors import DtmError
     from mars_dtm_plugin.core.model import load_contract
 
     models = {}
     for value in values:
-        # NAME=FILE, or a FILE whose folders may hold "=" (a sweep's lr=0.001/model.onnx).
-        name, _, path = ("", "", value) if Path(value).exists() else value.partition("=")
-        if not path or "/" in name:
-            name, path = "", value
-        path, name = Path(path), name or Path(path).stem
+        name, path = _model_argument(value)
+        name = name or path.stem
         if not path.is_file():
             raise ValueError(f"the model file {path} "
                              f"{'is a folder' if path.is_dir() else 'does not exist'}")

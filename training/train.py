@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import gc
 import itertools
 import json
@@ -625,8 +626,11 @@ class Trainer:
             partial = path.with_suffix(".tmp")
             try:
                 torch.save(self.state(), partial)
-            except BaseException:  # a full disk, or Ctrl-C: no half-written file stays
+            except BaseException as exc:  # a full disk, or Ctrl-C: no half-written file stays
                 partial.unlink(missing_ok=True)
+                if isinstance(exc, RuntimeError):  # how torch says its writes failed
+                    raise OSError(errno.EIO, "the checkpoint could not be written (is the disk "
+                                  "full?)", str(partial)) from exc
                 raise
             os.replace(partial, path)
             # Without "resume": the file given as --config starts a new run from these options.

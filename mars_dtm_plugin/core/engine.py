@@ -732,7 +732,8 @@ class _Run:
                 "(--nodata 0, the layer's no data values in QGIS, or gdal_edit.py -a_nodata 0 "
                 "in the file) if it is one"))
         pixel = self.raster.georef.pixel_size_m
-        if not PLAUSIBLE_PIXEL_M[0] <= pixel <= PLAUSIBLE_PIXEL_M[1]:
+        if self.options.pixel_size is None and not (
+                PLAUSIBLE_PIXEL_M[0] <= pixel <= PLAUSIBLE_PIXEL_M[1]):
             said.append(Caution(
                 f"Pixels of {pixel:.3g} m on the ground are not an orbital or aerial image's: "
                 "check the image's CRS and geotransform (a grid in degrees labelled with a CRS "

@@ -322,6 +322,15 @@ def _open(path: str, open_options: tuple[str, ...] = ()) -> gdal.Dataset:
     return dataset
 
 
+def bands_read(path: str, band: int | None, open_options: tuple[str, ...] = ()
+               ) -> tuple[int, ...]:
+    """The numbers of the bands a run reads for ``band`` (None: band 1 or the luminance of
+    RGB; 0: luminance); DtmError where it can read none."""
+    with gdal_exceptions():
+        dataset = _open(path, open_options)  # held: its bands die with it
+        return tuple(b.GetBand() for b in _select_bands(dataset, band)[0])
+
+
 def _select_bands(dataset: gdal.Dataset, band: int | None) -> tuple[list, tuple[float, ...]]:
     count = dataset.RasterCount
     colour = [dataset.GetRasterBand(i + 1).GetColorInterpretation() for i in range(count)]
@@ -693,10 +702,12 @@ def _frame_from_points(dataset: gdal.Dataset) -> tuple[float, bool] | None:
     cx, cy = dataset.RasterXSize / 2, dataset.RasterYSize / 2
     try:
         transformer = gdal.Transformer(dataset, None, [f"METHOD={method}"])
-        points, placed = transformer.TransformPoints(
-            False, [(cx, cy, 0.0), (cx + 1, cy, 0.0), (cx, cy + 1, 0.0)])
-    except RuntimeError:  # too few points for a grid
+    except RuntimeError:  # too few points for a grid (None where GDAL's exceptions are off)
+        transformer = None
+    if transformer is None:
         return None
+    points, placed = transformer.TransformPoints(
+        False, [(cx, cy, 0.0), (cx + 1, cy, 0.0), (cx, cy + 1, 0.0)])
     (x0, y0, _), (x1, y1, _), (x2, y2, _) = points
     if srs is None or not all(placed) or not all(map(math.isfinite, (x0, y0, x1, y1, x2, y2))):
         return None

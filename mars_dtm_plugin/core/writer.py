@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import os
 import socket
 import stat
@@ -74,8 +75,8 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-# The world files GDAL reads beside a GeoTIFF.
-WORLD_FILES = (".tfw", ".TFW", ".tifw", ".TIFW", ".tiffw", ".TIFFW", ".wld", ".WLD")
+# The world files GDAL reads beside a GeoTIFF, in either case.
+WORLD_FILES = (".tfw", ".tifw", ".tiffw", ".wld")
 
 
 def _remove(path: Path) -> None:
@@ -88,11 +89,23 @@ def _remove(path: Path) -> None:
             raise
 
 
+def _stale_world_files(path: Path) -> list[Path]:
+    """The world files that would place ``path``, where no other file shares its name's stem
+    (a dtm.wld beside dtm.tif may be a dtm.png's)."""
+    beside = [p for p in path.parent.glob(glob.escape(path.stem) + ".*")
+              if p != path and not p.name.startswith(path.name)]  # not its own dtm.tif.ovr
+    worlds = [p for p in beside if p.suffix.lower() in WORLD_FILES]
+    return worlds if len(worlds) == len(beside) else []
+
+
 def _partial_prefix(path: Path) -> str:
-    # The host in the name: a folder shared over the network may hold another machine's runs.
+    # The host in the name: a folder shared over the network may hold another machine's runs
+    # (a long name by its hash, which tells hosts apart as a cut would not).
+    host = socket.gethostname()
+    host = host if len(host) <= 40 else hashlib.sha1(host.encode()).hexdigest()[:12]
     # The output's name cut short: the suffixes must not take a long name past 255 bytes.
     name = path.name.encode()[:120].decode(errors="ignore")
-    return f".{name}.partial-{socket.gethostname()[:40]}-"
+    return f".{name}.partial-{host}-"
 
 
 def _remove_stale_partials(path: Path) -> None:
@@ -211,8 +224,8 @@ class DtmWriter:
         for sidecar in (".aux.xml", ".ovr", ".msk"):
             _remove(Path(f"{self.path}{sidecar}"))
         if not self.placed:  # a world file would place a DTM its image did not place
-            for world in WORLD_FILES:
-                _remove(self.path.with_suffix(world))
+            for world in _stale_world_files(self.path):
+                _remove(world)
         # A CRS that GeoTIFF's keys cannot hold (an oblique Mars projection) is in the
         # partial file's own .aux.xml: it goes with the file.
         if Path(f"{self.partial}.aux.xml").exists():

@@ -30,7 +30,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.engine import PredictOptions, RunReport, predict_dtm
 from ..core.errors import DtmError
-from ..core.raster import has_geotransform
+from ..core.raster import bands_read, has_geotransform
 from ..core.writer import OUTPUT_EXTENSIONS
 from .feedback import FeedbackAdapter
 from .icons import icon_path
@@ -345,12 +345,15 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
-        # The band read, where one is chosen: QGIS's Transparency tab sets the same values on
-        # every band, but a script may set a band's own.
-        bands = (options.band,) if options.band else None
+        source, options.open_options = gdal_source(layer.source())
+        # The bands read alone: QGIS's Transparency tab sets the same values on every band, but
+        # a script may set a band's own.
+        try:
+            bands = bands_read(source, options.band, options.open_options)
+        except DtmError as exc:  # a band that does not exist, say
+            raise QgsProcessingException(str(exc)) from exc
         options.nodata = layer_nodata(layer, bands)
         options.file_nodata = uses_file_nodata(layer, bands)
-        source, options.open_options = gdal_source(layer.source())
         layer_crs = crs_of_its_own(layer)  # the DTM lies where QGIS shows the image
         if options.pixel_size is not None:  # the engine then needs no georeferencing
             placed = has_geotransform(source, options.open_options)

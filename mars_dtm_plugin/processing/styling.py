@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import ClassVar
 
 from qgis.core import (
@@ -21,6 +22,7 @@ from qgis.core import (
     QgsRasterShader,
     QgsSingleBandPseudoColorRenderer,
 )
+from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QColor
 
 # Low to high: blue, green, yellow, orange, red, the usual reading of a colourised DTM.
@@ -79,8 +81,9 @@ class DtmStyler(QgsProcessingLayerPostProcessorInterface):
 
     # Processing holds only a C++ pointer to the post-processor: without a Python reference the
     # object is garbage-collected before the layer loads. A context may call it for as long as
-    # it lives, and nothing says when that ends, so every one is kept (a few hundred bytes).
+    # it lives, however many runs later; it deletes the C++ object as it goes.
     _alive: ClassVar[list[DtmStyler]] = []
+    _alive_lock = threading.Lock()  # batch rows may run in parallel tasks
 
     def __init__(self, low: float | None, high: float | None) -> None:
         super().__init__()
@@ -90,7 +93,8 @@ class DtmStyler(QgsProcessingLayerPostProcessorInterface):
     @classmethod
     def create(cls, low: float | None = None, high: float | None = None) -> DtmStyler:
         styler = cls(low, high)
-        cls._alive.append(styler)  # atomic: batch rows may run in parallel tasks
+        with cls._alive_lock:
+            cls._alive = [*(kept for kept in cls._alive if not sip.isdeleted(kept)), styler]
         return styler
 
     def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,

@@ -8,6 +8,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -561,6 +562,11 @@ def test_a_world_file_beside_the_output_goes_where_it_would_place_a_dtm_that_has
     predict_dtm(str(source), str(out), PredictOptions(model_path=str(model), pixel_size=2.0))
     assert world.exists() is placed  # a grid of its own comes before a world file
     assert gdal.Open(str(out)).GetGeoTransform() == (GT if placed else (0, 1, 0, 0, 0, 1))
+    # Beside another image of the same name, a world file may be that image's: it stays.
+    (tmp_path / "dtm.png").write_bytes(b"a picture")
+    world.with_suffix(".wld").write_text("2\n0\n0\n-2\n1000\n2000\n")
+    predict_dtm(str(source), str(out), PredictOptions(model_path=str(model), pixel_size=2.0))
+    assert world.with_suffix(".wld").exists()
 
 
 def test_an_output_named_up_to_the_file_system_s_limit_is_written(tmp_path):
@@ -825,6 +831,9 @@ def test_a_grid_in_degrees_labelled_in_metres_is_reported(tmp_path, degrees, sai
     assert len(cautions) == said  # 8e-5 degrees read as metres: 0.08 mm on the ground
     assert all(c.startswith("Pixels of 7.95e-05 m") and "(a grid in degrees labelled with a "
                "CRS in metres?)" in c for c in cautions)
+    given = predict_dtm(str(source), str(tmp_path / "given.tif"), PredictOptions(
+        model_path=str(tmp_path / "m.onnx"), pixel_size=degrees))  # a bench photo's, say
+    assert not [m for m in given.messages if "not an orbital or aerial image's" in m]
 
 
 @pytest.mark.parametrize("azimuth", [270.0, 0.0, 315.0, 250.0])
@@ -982,3 +991,14 @@ def test_progress_reaches_one_and_increases_through_a_coarse_pass(tmp_path):
     # The coarse pass's 2 x 2 blocks are a fifth of the model's work: the last fifth of its share.
     in_coarse = [f for f in seen if MODEL_SHARE * 0.8 + 1e-9 < f <= MODEL_SHARE + 1e-9]
     assert len(in_coarse) > 1 and in_coarse[-1] == pytest.approx(MODEL_SHARE)
+
+
+def test_partial_files_of_hosts_whose_long_names_differ_late_are_told_apart(monkeypatch):
+    from mars_dtm_plugin.core import writer
+
+    prefixes = set()
+    for host in ("render-node-0001.cluster.example-university.edu",
+                 "render-node-0001.cluster.example-university.org"):  # the same first 40
+        monkeypatch.setattr(writer.socket, "gethostname", lambda host=host: host)
+        prefixes.add(writer._partial_prefix(Path("dtm.tif")))
+    assert len(prefixes) == 2

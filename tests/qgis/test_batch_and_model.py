@@ -88,6 +88,7 @@ def test_a_styler_outlives_any_number_of_later_runs(qgis_new_project):
     """A context may load its DTM after many more runs (one context shared by a script's
     loop): its post-processor must still be the styler, not freed."""
     from qgis.core import QgsProcessingContext
+    from qgis.PyQt import sip
 
     from mars_dtm_plugin.processing.styling import DtmStyler
 
@@ -103,3 +104,7 @@ def test_a_styler_outlives_any_number_of_later_runs(qgis_new_project):
 
     styler = context.layerToLoadOnCompletionDetails("first.tif").postProcessor()
     assert isinstance(styler, DtmStyler) and (styler.low, styler.high) == (-5.0, 7.0)
+    del context, styler  # the context deletes its post-processor: it need be kept no longer
+    gc.collect()
+    DtmStyler.create()
+    assert not any(sip.isdeleted(kept) for kept in DtmStyler._alive)

@@ -501,15 +501,17 @@ def test_rgb_band_choice(provider, identity_model, tmp_path):
     np.testing.assert_allclose(heights - heights.mean(), expected - expected.mean(), atol=1e-3)
 
 
+@pytest.mark.parametrize("band", [1, None])  # None: band 1 of bands not tagged RGB
 def test_nodata_set_in_qgis_on_another_band_leaves_the_band_read_whole(
-        provider, identity_model, tmp_path):
+        provider, identity_model, tmp_path, band):
     planes = np.stack([terrain_image(80, 70, seed) for seed in (1, 2, 3)])
     planes[0, 10:20], planes[2, 30:40] = -7.0, -7.0  # a value band 3 marks as nodata in QGIS
     layer = QgsRasterLayer(str(write_geotiff(tmp_path / "rgb.tif", planes)), "rgb")
     layer.dataProvider().setUserNoDataValue(3, [QgsRasterRange(-7.0, -7.0)])  # a script's
     QgsProject.instance().addMapLayer(layer)
     output = tmp_path / "band1.tif"
-    run({"INPUT": layer.id(), "BAND": 1, "MODEL": str(identity_model), "OUTPUT": str(output)})
+    run({"INPUT": layer.id(), "BAND": band, "MODEL": str(identity_model),
+         "OUTPUT": str(output)})
     heights, _, _, nodata = read_raster(output)
     assert (heights != nodata).all()  # band 1's -7 is a value, as QGIS draws it
 

@@ -416,7 +416,9 @@ def test_two_models_under_one_name_are_refused(tmp_path, capsys, second):
     assert "is taken; name each model NAME=FILE" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("given, name", [("{sweep}/m.onnx", "m"), ("run={sweep}/m.onnx", "run")])
+@pytest.mark.parametrize("given, name", [("{sweep}/m.onnx", "m"), ("run={sweep}/m.onnx", "run"),
+                                         ("lr=0.001={sweep}/m.onnx", "lr=0.001"),
+                                         ("cnn/v2={sweep}/m.onnx", "cnn/v2")])
 def test_a_model_in_a_folder_named_with_an_equals_sign_is_found(tmp_path, given, name):
     from training.evaluate import _parse_models
 

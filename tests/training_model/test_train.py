@@ -720,21 +720,24 @@ def test_ctrl_c_says_where_the_run_stopped_and_keeps_its_checkpoint(pool, tmp_pa
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] >= 1
 
 
-def test_a_full_disk_stops_the_run_in_one_sentence_and_keeps_the_checkpoint(
-        pool, tmp_path, capsys, monkeypatch):
-    real_save, calls = torch.save, []
+def test_a_checkpoint_the_disk_cannot_take_stops_the_run_in_one_sentence(pool, tmp_path):
+    """A file size limit below a checkpoint's: writes fail as on a full disk."""
+    import resource
+    import signal
 
-    def save_until_the_disk_fills(state, file, *args, **kwargs):  # a full disk cannot be had
-        calls.append(file)
-        if len(calls) < 2:
-            return real_save(state, file, *args, **kwargs)
-        Path(file).write_bytes(b"PK\x03\x04 half a checkpoint")
-        raise OSError(28, "No space left on device", str(file))
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
 
-    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
-    assert _tiny_run(pool, tmp_path, "--steps", "4", "--checkpoint-every", "1") == 1
-    err = capsys.readouterr().err
-    assert f"error: No space left on device ({tmp_path / 'last.tmp'}); the run stopped at step 2" \
-        in err and f"make room and continue with --resume {tmp_path / 'last.pt'}" in err
-    assert sorted(p.name for p in tmp_path.glob("last*")) == ["last.pt"]  # no half-written file
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 1
+    root = Path(__file__).parents[2]
+    command = [sys.executable, "-m", "training.train", "--data", str(pool), "--out",
+               str(tmp_path), "--patch-size", "32", "--batch-size", "2", "--channels",
+               "4,8,16", "--threads", "1", "--steps", "2", "--checkpoint-every", "1"]
+    run = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300,
+                         preexec_fn=limit_file_size, env={**os.environ, "PYTHONPATH": str(root),
+                                                          "PYTHONDONTWRITEBYTECODE": "1"})
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert (f"error: the checkpoint could not be written (is the disk full?) "
+            f"({tmp_path / 'last.tmp'}); the run stopped at step 1 (no checkpoint was written)"
+            in run.stderr)
+    assert not list(tmp_path.glob("last*"))  # nothing half-written

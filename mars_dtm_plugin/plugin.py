@@ -34,9 +34,13 @@ class MarsDtmPlugin:
     def initProcessing(self) -> None:  # qgis_process calls this alone, without initGui
         if self.provider is None:
             self.provider = MarsDtmProvider()
-            QgsApplication.processingRegistry().addProvider(self.provider)
+            # Refused (and deleted by QGIS) where another copy of the plugin registered first.
+            if not QgsApplication.processingRegistry().addProvider(self.provider):
+                self.provider = None
 
     def initGui(self) -> None:
+        if self.actions:  # started already: one button, one menu entry
+            return
         self.initProcessing()
         action = QAction(QIcon(icon_path("predict_dtm.svg")), tr("Predict DTM from Image…"),
                          self.iface.mainWindow())

@@ -269,19 +269,24 @@ def _collect_closing_error(unraisable: sys.UnraisableHookArgs) -> None:
 def _closing_errors() -> Iterator[list[str]]:
     """GDAL's errors from closing a file in this thread inside the block. A file is closed by
     its dataset's destructor, which cannot raise: Python would print them as "Exception
-    ignored". The hook stays installed (concurrent runs come and go); it takes only a GDAL
-    dataset's errors on a thread inside this block, and passes on everything else."""
+    ignored". The hook is installed while any thread is inside the block (concurrent runs
+    come and go); it takes only a GDAL dataset's errors on such a thread, and passes on
+    everything else."""
     global _other_hook
+    errors: list[str] = []
     with _hook_lock:
-        if sys.unraisablehook is not _collect_closing_error:
+        if not _closing:
             _other_hook = sys.unraisablehook
             sys.unraisablehook = _collect_closing_error
-    errors: list[str] = []
-    _closing[threading.get_ident()] = errors
+        _closing[threading.get_ident()] = errors
     try:
         yield errors
     finally:
-        del _closing[threading.get_ident()]
+        with _hook_lock:
+            del _closing[threading.get_ident()]
+            # Gone with the last: a plugin reloaded in QGIS would otherwise chain one more.
+            if not _closing and sys.unraisablehook is _collect_closing_error:
+                sys.unraisablehook = _other_hook
 
 
 def _overview_levels(dataset: gdal.Dataset) -> list[int]:

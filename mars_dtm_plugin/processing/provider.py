@@ -34,4 +34,4 @@ class MarsDtmProvider(QgsProcessingProvider):
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:
         # The engine writes tiled, compressed GeoTIFF only.
-        return ["tif"]
+        return ["tif", "tiff"]  # the first is the default

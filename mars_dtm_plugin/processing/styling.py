@@ -69,10 +69,10 @@ def _finite(*values: float | None) -> bool:
 def _band_range(provider: QgsRasterDataProvider) -> tuple[float, float]:
     stats = provider.bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
     low, high = stats.minimumValue, stats.maximumValue
-    if not _finite(low, high) or high <= low:
-        # A flat or empty DTM: any non-empty interval keeps the renderer valid.
-        low = low if _finite(low) else 0.0
-        high = low + 1.0
+    if not _finite(low, high) or high < low:  # no valid pixel: QGIS says max < min
+        return 0.0, 1.0  # any non-empty interval keeps the renderer valid
+    if high == low:  # flat: its colour mid-ramp
+        return low - 0.5, high + 0.5
     return low, high
 
 

@@ -108,3 +108,19 @@ def test_a_styler_outlives_any_number_of_later_runs(qgis_new_project):
     gc.collect()
     DtmStyler.create()
     assert not any(sip.isdeleted(kept) for kept in DtmStyler._alive)
+
+
+@pytest.mark.parametrize("fill, expected", [(12.5, (12.0, 13.0)), (-9999.0, (0.0, 1.0))])
+def test_a_flat_or_empty_dtm_gets_a_valid_ramp(qgis_new_project, tmp_path, fill, expected):
+    from qgis.core import QgsRasterLayer
+
+    from mars_dtm_plugin.processing.styling import style_as_dtm
+
+    from .conftest import write_geotiff
+
+    path = write_geotiff(tmp_path / "dtm.tif", np.full((32, 32), fill, np.float32),
+                         nodata=-9999.0)  # all nodata where fill is -9999
+    layer = QgsRasterLayer(str(path), "dtm")
+    style_as_dtm(layer)
+    renderer = layer.renderer()
+    assert (renderer.classificationMin(), renderer.classificationMax()) == expected

@@ -82,6 +82,23 @@ def test_unload_removes_everything(qgis_iface, qgis_processing):
     qgis_iface.removePluginRasterMenu.assert_called_with(plugin.menu, action)
 
 
+def test_a_second_start_adds_nothing_and_unload_removes_all(plugin, qgis_iface):
+    plugin.initGui()  # a script's, or a reloader's
+    assert len(plugin.actions) == 1 and len(plugin_toolbars(qgis_iface)) == 1
+    plugin.unload()
+    QApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    assert plugin_toolbars(qgis_iface) == []
+
+
+def test_a_copy_whose_provider_qgis_refuses_unloads_cleanly(plugin, qgis_iface):
+    registered = QgsApplication.processingRegistry().providerById("marsdtm")
+    second = mars_dtm_plugin.classFactory(qgis_iface)  # another copy of the plugin
+    second.initGui()
+    assert second.provider is None  # QGIS kept the first and deleted this one's
+    second.unload()
+    assert QgsApplication.processingRegistry().providerById("marsdtm") is registered
+
+
 def algorithm_dialog() -> QgsProcessingAlgorithmDialogBase | None:
     dialogs = [widget for widget in QApplication.topLevelWidgets()
                if isinstance(widget, QgsProcessingAlgorithmDialogBase) and widget.isVisible()]

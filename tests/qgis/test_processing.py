@@ -335,6 +335,14 @@ def test_an_output_that_is_not_a_geotiff_is_refused_before_the_run(provider, ima
                                     QgsProcessingContext())[0]
 
 
+@pytest.mark.parametrize("name", ["dtm.tif", "dtm.tiff", "DTM.TIFF"])
+def test_the_dialog_takes_every_name_the_run_writes(provider, tmp_path, name):
+    output = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID) \
+        .parameterDefinition("OUTPUT")  # the dialog asks it before it runs
+    assert output.isSupportedOutputValue(str(tmp_path / name), QgsProcessingContext()) == \
+        (True, "")
+
+
 class ErrorsKept(QgsProcessingFeedback):
     def __init__(self) -> None:
         super().__init__()

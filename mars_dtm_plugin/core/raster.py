@@ -89,8 +89,9 @@ class InputRaster:
         self.path = path
         self.nodata = nodata  # value ranges read as nodata besides the file's own
         self.file_nodata = file_nodata  # False: the file's nodata value is a value like any other
-        self.refuse_fills = False  # where the scene's values are ordinary, one past FILL_LIKE is
-        # a fill value the scene's sample missed
+        # Set where the scene's sample holds ordinary values: then a window's value past
+        # FILL_LIKE is a fill value the sample stepped over.
+        self.refuse_fills = False
         self.dataset = _open(path, open_options)
         self.width = self.dataset.RasterXSize
         self.height = self.dataset.RasterYSize

@@ -93,7 +93,7 @@ def _stale_world_files(path: Path) -> list[Path]:
     """The world files that would place ``path``, where no other file shares its name's stem
     (a dtm.wld beside dtm.tif may be a dtm.png's)."""
     beside = [p for p in path.parent.glob(glob.escape(path.stem) + ".*")
-              if p != path and not p.name.startswith(path.name)]  # not its own dtm.tif.ovr
+              if p != path and not p.name.startswith(f"{path.name}.")]  # not its dtm.tif.ovr
     worlds = [p for p in beside if p.suffix.lower() in WORLD_FILES]
     return worlds if len(worlds) == len(beside) else []
 

@@ -1058,9 +1058,10 @@ def _parse_models(values: list[str]) -> dict[str, Path]:
     for value in values:
         name, path = _model_argument(value)
         name = name or path.stem
-        if not path.is_file():
-            raise ValueError(f"the model file {path} "
-                             f"{'is a folder' if path.is_dir() else 'does not exist'}")
+        if path.is_dir():
+            raise ValueError(f"the model file {path} is a folder")
+        if not path.is_file():  # where it splits is a guess: the whole value is said
+            raise ValueError(f"the model file {value} does not exist (give FILE or NAME=FILE)")
         if name in models or name in (*BASELINES, DETILTED_TRUTH):
             raise ValueError(f"the model name '{name}' is taken; name each model NAME=FILE")
         try:  # before any test data is made: a checkpoint given for its ONNX export, say

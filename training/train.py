@@ -623,14 +623,16 @@ class Trainer:
         path = self.out / name
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".tmp")
+            partial, state = path.with_suffix(".tmp"), self.state()
             try:
-                torch.save(self.state(), partial)
+                torch.save(state, partial)
             except BaseException as exc:  # a full disk, or Ctrl-C: no half-written file stays
                 partial.unlink(missing_ok=True)
                 if isinstance(exc, RuntimeError):  # how torch says its writes failed
-                    raise OSError(errno.EIO, "the checkpoint could not be written (is the disk "
-                                  "full?)", str(partial)) from exc
+                    reason = str(exc).strip().splitlines()[-1].split("] ")[-1].strip(" .")
+                    full = "unexpected pos" in reason  # its writer's word for a short write
+                    raise OSError(errno.EIO, f"the checkpoint could not be written: {reason}"
+                                  + (" (is the disk full?)" if full else ""), str(partial)) from exc
                 raise
             os.replace(partial, path)
             # Without "resume": the file given as --config starts a new run from these options.

@@ -39,7 +39,7 @@ from .reference import open_reference, reference_files
 from .stitch import OffsetProblem, blend_ramps
 from .tiling import Rotation, Tile, TileGrid, snap, tile_grid
 from .turn import Turned, interpolate
-from .writer import BLOCK, DtmWriter, check_output_path
+from .writer import BLOCK, DtmWriter, check_output_path, remove_sidecars
 
 __all__ = ["PredictOptions", "RunReport", "default_model_path", "predict_dtm"]
 
@@ -141,7 +141,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
             check_output_path(input_path, output_path, raster.files_read() + (
                 reference_files(options.reference_dtm, options.reference_open_options)
                 if options.reference_dtm else []))
-            if os.path.islink(output_path):  # written through, as GDAL does: the link stays
+            link = output_path if os.path.islink(output_path) else None
+            if link:  # written through, as GDAL does: the link stays
                 output_path = os.path.realpath(output_path)
             generator = shared_generator(options.model_path or default_model_path(),
                                          options.provider, options.threads)
@@ -150,6 +151,8 @@ def predict_dtm(input_path: str, output_path: str, options: PredictOptions | Non
             for line in said:
                 log(line)
             report = run.execute(output_path)
+            if link:  # GDAL and QGIS look for sidecars beside the name they open too
+                remove_sidecars(Path(link), raster.georef.geotransform is not None)
         except OSError as exc:  # the tile store or the rename
             full = exc.errno in (errno.ENOSPC, errno.EFBIG)
             raise DtmError(f"Writing near '{output_path}' failed: {exc.strerror}"

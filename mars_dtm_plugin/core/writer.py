@@ -89,13 +89,26 @@ def _remove(path: Path) -> None:
             raise
 
 
+def remove_sidecars(path: Path, placed: bool) -> None:
+    """Delete what GDAL or QGIS kept beside an earlier file at ``path`` and would read as this
+    one's: statistics, overviews, a mask and, for a file without a grid (not ``placed``), the
+    world files that would place it."""
+    for sidecar in (".aux.xml", ".ovr", ".msk"):
+        _remove(Path(f"{path}{sidecar}"))
+    if not placed:
+        for world in _stale_world_files(path):
+            _remove(world)
+
+
 def _stale_world_files(path: Path) -> list[Path]:
-    """The world files that would place ``path``, where no other file shares its name's stem
-    (a dtm.wld beside dtm.tif may be a dtm.png's)."""
-    beside = [p for p in path.parent.glob(glob.escape(path.stem) + ".*")
-              if p != path and not p.name.startswith(f"{path.name}.")]  # not its dtm.tif.ovr
-    worlds = [p for p in beside if p.suffix.lower() in WORLD_FILES]
-    return worlds if len(worlds) == len(beside) else []
+    """The world files that would place ``path``, but those that may be another file's: a
+    .tfw beside dtm.tiff as well as dtm.tif, a .wld beside dtm.png."""
+    same = [p for p in path.parent.glob(glob.escape(path.stem) + ".*")
+            if p.stem == path.stem and p != path]  # dtm.*, not dtm.v2.tif or dtm.tif.ovr
+    others = [p for p in same if p.suffix.lower() not in (*WORLD_FILES, ".prj")]
+    tiffs = [p for p in others if p.suffix.lower() in OUTPUT_EXTENSIONS]
+    return [p for p in same if p.suffix.lower() in WORLD_FILES
+            and not (others if p.suffix.lower() == ".wld" else tiffs)]
 
 
 def _partial_prefix(path: Path) -> str:
@@ -219,13 +232,7 @@ class DtmWriter:
         if errors:  # a file that failed to close is not renamed into place
             self._fail(errors[0])
         os.replace(self.partial, self.path)
-        # Statistics, overviews or a mask GDAL or QGIS kept beside an earlier output would
-        # describe the old file.
-        for sidecar in (".aux.xml", ".ovr", ".msk"):
-            _remove(Path(f"{self.path}{sidecar}"))
-        if not self.placed:  # a world file would place a DTM its image did not place
-            for world in _stale_world_files(self.path):
-                _remove(world)
+        remove_sidecars(self.path, self.placed)  # they would describe the old file
         # A CRS that GeoTIFF's keys cannot hold (an oblique Mars projection) is in the
         # partial file's own .aux.xml: it goes with the file.
         if Path(f"{self.partial}.aux.xml").exists():
@@ -275,7 +282,7 @@ def _closing_errors() -> Iterator[list[str]]:
     global _other_hook
     errors: list[str] = []
     with _hook_lock:
-        if not _closing:
+        if not _closing and sys.unraisablehook is not _collect_closing_error:
             _other_hook = sys.unraisablehook
             sys.unraisablehook = _collect_closing_error
         _closing[threading.get_ident()] = errors

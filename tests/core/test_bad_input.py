@@ -420,6 +420,19 @@ def test_closing_errors_stay_with_their_run(tmp_path):
     assert "delete_Dataset" not in result.stderr
 
 
+def test_the_closing_hook_never_takes_itself_for_the_one_it_stands_in_for(monkeypatch):
+    from mars_dtm_plugin.core import writer
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    with writer._closing_errors():
+        pass
+    # Left installed by another copy of the plugin, reloaded while this one was closing a file.
+    sys.unraisablehook = writer._collect_closing_error
+    with writer._closing_errors():
+        pass
+    assert sys.unraisablehook is sys.__unraisablehook__  # not itself: that would recurse
+
+
 def test_a_model_with_a_fixed_batch_gets_full_batches(tmp_path):
     image = np.random.default_rng(3).integers(1, 255, (64, 150)).astype(np.uint8)
     source = write_raster(tmp_path / "scene.tif", image, GT)  # 8 tiles: batches of 3, 3 and 2

@@ -562,11 +562,39 @@ def test_a_world_file_beside_the_output_goes_where_it_would_place_a_dtm_that_has
     predict_dtm(str(source), str(out), PredictOptions(model_path=str(model), pixel_size=2.0))
     assert world.exists() is placed  # a grid of its own comes before a world file
     assert gdal.Open(str(out)).GetGeoTransform() == (GT if placed else (0, 1, 0, 0, 0, 1))
-    # Beside another image of the same name, a world file may be that image's: it stays.
-    (tmp_path / "dtm.png").write_bytes(b"a picture")
-    world.with_suffix(".wld").write_text("2\n0\n0\n-2\n1000\n2000\n")
-    predict_dtm(str(source), str(out), PredictOptions(model_path=str(model), pixel_size=2.0))
-    assert world.with_suffix(".wld").exists()
+
+
+
+@pytest.mark.parametrize("beside, worlds, kept", [
+    (["dtm.prj", "dtm.v2.tif", "dtm.v2.tfw"], ["dtm.tfw"], []),  # none of them holds dtm.tfw
+    (["dtm.tiff"], ["dtm.tfw"], ["dtm.tfw"]),  # a .tfw beside dtm.tiff may be its
+    (["dtm.png"], ["dtm.tfw", "dtm.wld"], ["dtm.wld"]),  # a .wld beside dtm.png may be its
+])
+def test_a_world_file_that_may_be_another_file_s_stays(tmp_path, beside, worlds, kept):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), None, wkt="")
+    model = write_test_model(tmp_path / "m.onnx")
+    for name in [*beside, *worlds]:
+        (tmp_path / name).write_text("2\n0\n0\n-2\n1000\n2000\n")
+    predict_dtm(str(source), str(tmp_path / "dtm.tif"),
+                PredictOptions(model_path=str(model), pixel_size=2.0))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert set(beside) <= names and names - set(beside) == {"image.tif", "m.onnx", "dtm.tif",
+                                                            *kept}
+
+
+def test_the_sidecars_of_a_linked_output_go_from_beside_the_link_too(tmp_path):
+    source = write_raster(tmp_path / "image.tif", ramp(100, 100), None, wkt="")
+    target, link = tmp_path / "store" / "dtm.tif", tmp_path / "dtm.tif"
+    target.parent.mkdir()
+    target.write_bytes(b"an earlier DTM")
+    link.symlink_to(target)
+    for sidecar in ("dtm.tif.aux.xml", "dtm.tfw"):  # what GDAL reads when it opens the link
+        (tmp_path / sidecar).write_text("stale")
+    predict_dtm(str(source), str(link), PredictOptions(
+        model_path=str(write_test_model(tmp_path / "m.onnx")), pixel_size=2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dtm.tif", "image.tif", "m.onnx",
+                                                          "store"]
+    assert gdal.Open(str(link)).GetGeoTransform() == (0, 1, 0, 0, 0, 1)
 
 
 def test_an_output_named_up_to_the_file_system_s_limit_is_written(tmp_path):

@@ -162,3 +162,31 @@ def test_near_the_edges_the_coarse_pass_bends_a_regional_slope(tmp_path):
     bend = (profiles[1] - np.polyval(coarse, columns)) / coarse[0]  # in pixels' rise
     assert 4 < bend[0] < 10 and -10 < bend[-1] < -4  # towards the model's own, flatter slope
     assert np.abs(bend[48:-48]).max() < 0.1
+
+
+# Known: the fine pass's cell means take in a ragged last row or column of blocks (and the
+# valid pixels of blocks with nodata, as at a turned scene's edges), which the coarse pass's
+# leave out, so the two means lie over slightly different ground and the correction bends by
+# up to some 0.4 px's rise near the edge. Left until the model card's figures are next remade:
+# the fix (NaN outside whole valid blocks before the fine cell means) moves 132 of its 392.
+RAGGED = pytest.mark.xfail(strict=True, reason="the two passes' cell means cover different "
+                                               "pixels at a ragged edge")
+
+
+@pytest.mark.parametrize("rows, cols", [(300, 328), pytest.param(300, 331, marks=RAGGED),
+                                        pytest.param(303, 330, marks=RAGGED)])
+def test_two_passes_that_agree_leave_a_plane_whole_at_ragged_edges(tmp_path, rows, cols):
+    # Both passes give the same plane (2 m a column): the correction must be nothing, however
+    # the image's sides fall against the coarse pass's 4 x 4 blocks.
+    from mars_dtm_plugin.core.engine import PredictOptions, predict_dtm
+    from tests.models import write_test_model
+    from tests.rasters import read_raster
+
+    image = (100 + np.random.default_rng(4).normal(0, 5, (rows, cols))).astype(np.float32)
+    source = write_raster(tmp_path / "image.tif", image, (1000.0, 2.0, 0.0, 5000.0, 0.0, -2.0))
+    model = write_test_model(tmp_path / "ramp.onnx", "ramp", sun_mode="none",
+                             coarse_pass={"factor": 4, "sigma_px": 50.0})
+    predict_dtm(str(source), str(tmp_path / "dtm.tif"), PredictOptions(model_path=str(model)))
+    heights = read_raster(tmp_path / "dtm.tif")[0].astype(float)
+    off_plane = heights - 2.0 * np.arange(cols)
+    assert np.ptp(off_plane) < 1e-3

@@ -254,12 +254,11 @@ class PredictDtmAlgorithm(QgsProcessingAlgorithm):
 
     def checkParameterValues(self, parameters: dict[str, Any],
                              context: QgsProcessingContext) -> tuple[bool, str]:
-        problem = (self._layer_problem(parameters, self.INPUT, context)
-                   or self._layer_problem(parameters, self.REFERENCE_DTM, context))
+        problem = self._layer_problem(parameters, self.INPUT, context)
         if problem:
             return False, problem
-        try:  # before QGIS's own checks, which would say only "Incorrect parameter value"
-            self._options(parameters, context)
+        try:  # the reference layer and the numbers, before QGIS's own checks, which would say
+            self._options(parameters, context)  # only "Incorrect parameter value"
         except QgsProcessingException as refusal:
             return False, str(refusal)
         # A scratch context: for a temporary output, parameterAsOutputLayer invents a file name
